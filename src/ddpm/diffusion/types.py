@@ -6,7 +6,9 @@ Names follow the official code's axes (``model_mean_type``, ``model_var_type``, 
 * :class:`VarType`: how the reverse-process variance Sigma_theta(x_t, t) is chosen.
 * :class:`LossType`: which training loss is minimised.
 
-The values are the strings used in the Hydra configs (``objective.mean_type=eps``).
+The values are the strings used in the Hydra configs (``objective.mean_type=eps``). Members are named by
+their lower-case value (OmegaConf validates enum fields by member *name*, so ``eps`` must be a name); the
+upper-case names are aliases for code (``MeanType.EPS is MeanType.eps``).
 """
 
 from __future__ import annotations
@@ -15,16 +17,23 @@ from enum import Enum
 
 
 class MeanType(str, Enum):
-    EPS = "eps"  # network predicts the noise epsilon (official "eps")
-    X0 = "x0"  # network predicts x_0 (official "xstart"; not a Table 2 row)
-    MU = "mu"  # network predicts the posterior mean mu-tilde (official "xprev")
+    eps = "eps"  # network predicts the noise epsilon (official "eps")
+    x0 = "x0"  # network predicts x_0 (official "xstart"; not a Table 2 row)
+    mu = "mu"  # network predicts the posterior mean mu-tilde (official "xprev")
+    EPS = "eps"  # upper-case aliases for code
+    X0 = "x0"
+    MU = "mu"
 
 
 class VarType(str, Enum):
-    FIXED_LARGE = "fixed_large"  # sigma_t^2 = beta_t (log-variance uses beta-tilde_1 at t=0); CIFAR-10 default
-    FIXED_SMALL = "fixed_small"  # sigma_t^2 = beta-tilde_t (clipped log at t=0); LSUN / CelebA-HQ default
-    LEARNED = "learned"  # extra output channels are log sigma^2 directly (paper Table 2)
-    LEARNED_RANGE = "learned_range"  # Improved DDPM: v in [-1,1] interpolates log beta-tilde .. log beta
+    fixed_large = "fixed_large"  # sigma_t^2 = beta_t (log-variance uses beta-tilde_1 at t=0); CIFAR-10 default
+    fixed_small = "fixed_small"  # sigma_t^2 = beta-tilde_t (clipped log at t=0); LSUN / CelebA-HQ default
+    learned = "learned"  # extra output channels are log sigma^2 directly (paper Table 2)
+    learned_range = "learned_range"  # Improved DDPM: v in [-1,1] interpolates log beta-tilde .. log beta
+    FIXED_LARGE = "fixed_large"
+    FIXED_SMALL = "fixed_small"
+    LEARNED = "learned"
+    LEARNED_RANGE = "learned_range"
 
     @property
     def is_learned(self) -> bool:
@@ -32,9 +41,12 @@ class VarType(str, Enum):
 
 
 class LossType(str, Enum):
-    MSE = "mse"  # unweighted MSE to the mean type's target (L_simple for eps)
-    KL = "kl"  # one uniformly drawn term of the true bound L, in bits/dim
-    HYBRID = "hybrid"  # Improved DDPM: L_simple + L_vlb with stop-gradient on the mean (trains the variance)
+    mse = "mse"  # unweighted MSE to the mean type's target (L_simple for eps)
+    kl = "kl"  # one uniformly drawn term of the true bound L, in bits/dim
+    hybrid = "hybrid"  # Improved DDPM: L_simple + L_vlb with stop-gradient on the mean (trains the variance)
+    MSE = "mse"
+    KL = "kl"
+    HYBRID = "hybrid"
 
 
 def validate_objective(mean_type: MeanType | str, var_type: VarType | str, loss_type: LossType | str) -> None:
