@@ -1,0 +1,473 @@
+"""The Gaussian diffusion process of Ho et al. 2020 (forward q, reverse p_theta, losses, bits/dim).
+
+Conventions (reference §1):
+
+* ``t`` is the **code index** ``0..T-1``; code index ``k`` is paper time ``k+1``. ``betas[k] = beta_{k+1}``,
+  ``alphas_cumprod_prev = [1, abar_1, ..., abar_{T-1}]``. Code ``t = 0`` is the decoder term L_0.
+* Every schedule quantity is computed in float64 numpy and stored as a float32 buffer (not saved in
+  checkpoints), gathered per example with :func:`extract`.
+* Images are ``x_start`` (x_0) of shape ``[N, C, ...]`` with values in ``[-1, 1]``; ``t`` is a long tensor
+  ``[N]``.
+* ``model_fn(x_t, t_model)`` returns ``[N, C, ...]`` (``[N, 2C, ...]`` for learned variances: mean output
+  first, variance output second). ``t_model = timestep_map[t]`` is the original timestep (identity unless respaced).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from .schedules import get_beta_schedule
+from .types import LossType, MeanType, VarType, validate_objective
+
+ModelFn = Callable[[Tensor, Tensor], Tensor]
+
+_LN2 = math.log(2.0)
+
+
+def extract(a: Tensor, t: Tensor, x_shape: torch.Size | tuple[int, ...]) -> Tensor:
+    """Gather ``a[t]`` (``a``: ``[T]``, ``t``: long ``[N]``) as float32, shaped ``[N, 1, ..., 1]`` to
+    broadcast
+    against a tensor of shape ``x_shape``."""
+    out = a.to(t.device)[t].float()
+    return out.reshape(t.shape[0], *([1] * (len(x_shape) - 1)))
+
+
+class GaussianDiffusion(nn.Module):
+    """Forward process q, reverse process p_theta and the DDPM training / evaluation objectives.
+
+    Args:
+        betas: float64 ``[T]``, ``betas[k] = beta_{k+1}``, all in ``(0, 1)``.
+        mean_type: what the network's first ``C`` channels predict (``eps`` / ``x0`` / ``mu``).
+        var_type: ``fixed_large`` / ``fixed_small`` / ``learned`` (raw log sigma^2) / ``learned_range``.
+        loss_type: ``mse`` / ``kl`` / ``hybrid``. Enums or their string values; checked by
+            :func:`validate_objective`.
+        timestep_map: int ``[T]``, internal index -> the timestep given to the network (default ``arange(T)``;
+            set by :func:`ddpm.diffusion.samplers.respace`).
+    """
+
+    def __init__(
+        self,
+        betas: np.ndarray,
+        mean_type: MeanType | str = MeanType.EPS,
+        var_type: VarType | str = VarType.FIXED_LARGE,
+        loss_type: LossType | str = LossType.MSE,
+        timestep_map: np.ndarray | None = None,
+    ):
+        super().__init__()
+        self.mean_type = MeanType(mean_type)
+        self.var_type = VarType(var_type)
+        self.loss_type = LossType(loss_type)
+        validate_objective(self.mean_type, self.var_type, self.loss_type)
+
+        betas = np.asarray(betas, dtype=np.float64)
+        if betas.ndim != 1 or betas.size < 1:
+            raise ValueError(f"betas must be a non-empty 1-D array, got shape {betas.shape}")
+        if not (np.all(betas > 0) and np.all(betas <= 1)):
+            raise ValueError("betas must lie in (0, 1]")
+        T = int(betas.shape[0])
+        self.num_timesteps = T
+        if timestep_map is None:
+            timestep_map = np.arange(T, dtype=np.int64)
+        timestep_map = np.asarray(timestep_map, dtype=np.int64)
+        if timestep_map.shape != (T,):
+            raise ValueError(f"timestep_map must have shape ({T},), got {timestep_map.shape}")
+
+        alphas = 1.0 - betas
+        alphas_cumprod = np.cumprod(alphas)
+        alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
+        posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+        # beta-tilde at code index 0 is exactly 0: replace it by index 1 (official diffusion_utils_2 / ID).
+        # With T == 1 there is no index 1; fall back to beta_1 (only the decoder uses it).
+        tilde_1 = posterior_variance[1] if T > 1 else betas[0]
+        posterior_log_variance_clipped = np.log(np.append(tilde_1, posterior_variance[1:]))
+        fixed_large_variance = np.append(tilde_1, betas[1:])
+
+        # float64 copies for respacing / inspection.
+        self.betas_np = betas
+        self.alphas_cumprod_np = alphas_cumprod
+        self.alphas_cumprod_prev_np = alphas_cumprod_prev
+        self.posterior_variance_np = posterior_variance
+        self.timestep_map_np = timestep_map
+
+        buffers = {
+            "betas": betas,
+            "alphas_cumprod": alphas_cumprod,
+            "alphas_cumprod_prev": alphas_cumprod_prev,
+            "sqrt_alphas_cumprod": np.sqrt(alphas_cumprod),
+            "one_minus_alphas_cumprod": 1.0 - alphas_cumprod,
+            "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - alphas_cumprod),
+            "log_one_minus_alphas_cumprod": np.log(1.0 - alphas_cumprod),
+            "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod),
+            "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod - 1.0),
+            "posterior_variance": posterior_variance,
+            "posterior_log_variance_clipped": posterior_log_variance_clipped,
+            "posterior_mean_coef1": betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
+            "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod),
+            "log_betas": np.log(betas),
+            "fixed_large_variance": fixed_large_variance,
+            "fixed_large_log_variance": np.log(fixed_large_variance),
+        }
+        for name, arr in buffers.items():
+            assert arr.shape == (T,) and arr.dtype == np.float64, name
+            self.register_buffer(name, torch.from_numpy(arr).float(), persistent=False)
+        self.register_buffer("timestep_map", torch.from_numpy(timestep_map), persistent=False)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(
+        cls,
+        schedule: str = "linear",
+        num_timesteps: int = 1000,
+        mean_type: MeanType | str = MeanType.EPS,
+        var_type: VarType | str = VarType.FIXED_LARGE,
+        loss_type: LossType | str = LossType.MSE,
+    ) -> GaussianDiffusion:
+        """Build from a named schedule (:func:`get_beta_schedule`) and the three objective axes."""
+        return cls(get_beta_schedule(schedule, num_timesteps), mean_type, var_type, loss_type)
+
+    def extra_repr(self) -> str:
+        return (
+            f"T={self.num_timesteps}, mean_type={self.mean_type.value}, var_type={self.var_type.value}, "
+            f"loss_type={self.loss_type.value}"
+        )
+
+    @property
+    def model_out_channels_factor(self) -> int:
+        """2 if the network must output mean and variance channels, else 1."""
+        return 2 if self.var_type.is_learned else 1
+
+    def _as_t(self, t: Tensor | int, x: Tensor) -> Tensor:
+        if not isinstance(t, Tensor):
+            t = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
+        elif t.ndim == 0:
+            t = t.expand(x.shape[0])
+        return t.long().to(x.device)
+
+    def model_timesteps(self, t: Tensor) -> Tensor:
+        """The timesteps the network sees for internal indices ``t`` (``timestep_map[t]``)."""
+        return self.timestep_map.to(t.device)[t]
+
+    # ------------------------------------------------------------------ forward process
+    def q_mean_variance(self, x_start: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) (Paper Eq. 4): ``(mean, variance,
+        log_variance)``."""
+        t = self._as_t(t, x_start)
+        mean = extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
+        variance = extract(self.one_minus_alphas_cumprod, t, x_start.shape).expand(x_start.shape)
+        log_variance = extract(self.log_one_minus_alphas_cumprod, t, x_start.shape).expand(x_start.shape)
+        return mean, variance, log_variance
+
+    def q_sample(self, x_start: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (Paper Eq. 4)."""
+        t = self._as_t(t, x_start)
+        if noise is None:
+            noise = torch.randn_like(x_start)
+        assert noise.shape == x_start.shape
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
+            + extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise
+        )
+
+    def q_posterior_mean_variance(
+        self, x_start: Tensor, x_t: Tensor, t: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """q(x_{t-1} | x_t, x_0) = N(mu-tilde, beta-tilde I) (Paper Eqs. 6-7).
+
+        Returns ``(mean, variance, log_variance_clipped)``; the log-variance at code index 0 is log
+        beta-tilde at
+        index 1 (official ``diffusion_utils_2``), since beta-tilde at index 0 is 0.
+        """
+        assert x_start.shape == x_t.shape
+        t = self._as_t(t, x_t)
+        mean = (
+            extract(self.posterior_mean_coef1, t, x_t.shape) * x_start
+            + extract(self.posterior_mean_coef2, t, x_t.shape) * x_t
+        )
+        variance = extract(self.posterior_variance, t, x_t.shape).expand(x_t.shape)
+        log_variance = extract(self.posterior_log_variance_clipped, t, x_t.shape).expand(x_t.shape)
+        return mean, variance, log_variance
+
+    # ------------------------------------------------------------------ parameterisation conversions
+    def predict_xstart_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """x_0 = sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps."""
+        t = self._as_t(t, x_t)
+        return (
+            extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
+            - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * eps
+        )
+
+    def predict_eps_from_xstart(self, x_t: Tensor, t: Tensor, pred_xstart: Tensor) -> Tensor:
+        """eps = (sqrt(1/abar_t) x_t - x_0) / sqrt(1/abar_t - 1)."""
+        t = self._as_t(t, x_t)
+        return (extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - pred_xstart) / extract(
+            self.sqrt_recipm1_alphas_cumprod, t, x_t.shape
+        )
+
+    def predict_xstart_from_xprev(self, x_t: Tensor, t: Tensor, xprev: Tensor) -> Tensor:
+        """Invert mu-tilde: x_0 = (x_{t-1} - coef2 x_t) / coef1."""
+        t = self._as_t(t, x_t)
+        return (xprev - extract(self.posterior_mean_coef2, t, x_t.shape) * x_t) / extract(
+            self.posterior_mean_coef1, t, x_t.shape
+        )
+
+    # ------------------------------------------------------------------ reverse process
+    def p_mean_variance(
+        self,
+        model_fn: ModelFn | None,
+        x_t: Tensor,
+        t: Tensor,
+        clip_denoised: bool = True,
+        model_output: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """p_theta(x_{t-1} | x_t) = N(mean, variance).
+
+        Calls ``model_fn(x_t, timestep_map[t])`` unless ``model_output`` is given. With ``clip_denoised`` the
+        predicted x_0 is clamped to [-1, 1] before forming mu-tilde (official default; no effect on the mean
+        for
+        ``mu``, whose x_0 is only reported).
+
+        Returns dict: ``mean``, ``variance``, ``log_variance`` (all shaped like ``x_t``), ``pred_xstart``,
+        ``model_output`` (the raw network output, ``[N, C or 2C, ...]``).
+        """
+        t = self._as_t(t, x_t)
+        if model_output is None:
+            if model_fn is None:
+                raise ValueError("p_mean_variance needs model_fn or model_output")
+            model_output = model_fn(x_t, self.model_timesteps(t))
+        C = x_t.shape[1]
+        expected = C * self.model_out_channels_factor
+        if model_output.shape[0] != x_t.shape[0] or model_output.shape[1] != expected:
+            raise ValueError(
+                f"model output has shape {tuple(model_output.shape)}, expected "
+                f"[N={x_t.shape[0]}, {expected}, ...] for var_type={self.var_type.value}"
+            )
+
+        if self.var_type.is_learned:
+            mean_out, var_out = torch.split(model_output, C, dim=1)
+            if self.var_type == VarType.LEARNED:
+                log_variance = var_out
+            else:
+                min_log = extract(self.posterior_log_variance_clipped, t, x_t.shape)
+                max_log = extract(self.log_betas, t, x_t.shape)
+                frac = (var_out + 1.0) / 2.0
+                log_variance = frac * max_log + (1.0 - frac) * min_log
+            variance = torch.exp(log_variance)
+        else:
+            mean_out = model_output
+            if self.var_type == VarType.FIXED_LARGE:
+                var_arr, log_arr = self.fixed_large_variance, self.fixed_large_log_variance
+            else:
+                var_arr, log_arr = self.posterior_variance, self.posterior_log_variance_clipped
+            variance = extract(var_arr, t, x_t.shape).expand(x_t.shape)
+            log_variance = extract(log_arr, t, x_t.shape).expand(x_t.shape)
+
+        def process_xstart(x: Tensor) -> Tensor:
+            return x.clamp(-1.0, 1.0) if clip_denoised else x
+
+        if self.mean_type == MeanType.MU:
+            pred_xstart = process_xstart(self.predict_xstart_from_xprev(x_t, t, mean_out))
+            mean = mean_out
+        else:
+            if self.mean_type == MeanType.X0:
+                pred_xstart = process_xstart(mean_out)
+            else:
+                pred_xstart = process_xstart(self.predict_xstart_from_eps(x_t, t, mean_out))
+            mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x_t, t)
+        return {
+            "mean": mean,
+            "variance": variance,
+            "log_variance": log_variance,
+            "pred_xstart": pred_xstart,
+            "model_output": model_output,
+        }
+
+    # ------------------------------------------------------------------ bound terms
+    def vb_terms_bpd(
+        self,
+        model_fn: ModelFn | None,
+        x_start: Tensor,
+        x_t: Tensor,
+        t: Tensor,
+        clip_denoised: bool = True,
+        model_output: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """One term of the bound, in bits/dim (official ``_vb_terms_bpd``).
+
+        Code ``t > 0``: KL(q(x_{t-1}|x_t,x_0) || p_theta(x_{t-1}|x_t)) (L_{t} in paper time), mean over dims
+        / ln 2.
+        Code ``t = 0``: -log p_theta(x_0|x_1) under the discretized Gaussian decoder, mean over dims / ln 2.
+
+        Returns dict: ``output`` ``[N]`` bits/dim, ``pred_xstart``, ``mean``, ``log_variance``.
+        """
+        t = self._as_t(t, x_t)
+        true_mean, _, true_log_variance = self.q_posterior_mean_variance(x_start, x_t, t)
+        out = self.p_mean_variance(model_fn, x_t, t, clip_denoised=clip_denoised, model_output=model_output)
+        kl = mean_flat(normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])) / _LN2
+        decoder_nll = -discretized_gaussian_log_likelihood(
+            x_start, means=out["mean"], log_scales=0.5 * out["log_variance"]
+        )
+        decoder_nll = mean_flat(decoder_nll) / _LN2
+        output = torch.where(t == 0, decoder_nll, kl)
+        return {
+            "output": output,
+            "pred_xstart": out["pred_xstart"],
+            "mean": out["mean"],
+            "log_variance": out["log_variance"],
+        }
+
+    def prior_bpd(self, x_start: Tensor) -> Tensor:
+        """L_T = KL(q(x_T | x_0) || N(0, I)), mean over dims / ln 2, ``[N]`` bits/dim.
+
+        Computed in float64 (where the device supports it) from the float64 schedule: in float32 the ~1e-9
+        value is
+        below rounding noise.
+        """
+        dtype = torch.float32 if x_start.device.type == "mps" else torch.float64
+        abar_T = float(self.alphas_cumprod_np[-1])
+        x = x_start.to(dtype)
+        mean = math.sqrt(abar_T) * x
+        log_variance = torch.full_like(x, math.log1p(-abar_T))
+        kl = normal_kl(mean, log_variance, torch.zeros_like(x), torch.zeros_like(x))
+        return (mean_flat(kl) / _LN2).to(x_start.dtype)
+
+    # ------------------------------------------------------------------ training
+    def training_losses(
+        self, model_fn: ModelFn, x_start: Tensor, t: Tensor, noise: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Per-example training losses ``[N]`` for one ``t`` per example (the caller averages over the batch).
+
+        * ``mse``: ``loss = mse = mean over dims of (target - output)^2``, target eps / x_0 / mu-tilde(x_t,
+          x_0)
+          for mean type eps / x0 / mu (``eps`` is L_simple, Paper Eq. 14).
+        * ``kl``: ``loss = vb`` = one term of the bound in bits/dim (:meth:`vb_terms_bpd`,
+          ``clip_denoised=False``):
+          an unbiased estimate of (L - L_T)/T, **not** multiplied by T (official ``kl``). ``mse`` is also
+          returned as a detached diagnostic (it is not part of ``loss``).
+        * ``hybrid`` (Improved DDPM, needs a learned variance): ``loss = mse + vb`` where ``vb`` is the bound
+          term
+          computed from ``[mean output detached, variance output]``, so it trains only the variance channels.
+          ``vb`` is in bits/dim scaled by ``T/1000`` exactly like improved-diffusion's RESCALED_MSE, i.e.
+          ``L_simple + 0.001 * L_vlb`` with ``L_vlb = T * E_t[term]``.
+        """
+        t = self._as_t(t, x_start)
+        if noise is None:
+            noise = torch.randn_like(x_start)
+        x_t = self.q_sample(x_start, t, noise=noise)
+        model_output = model_fn(x_t, self.model_timesteps(t))
+        C = x_start.shape[1]
+        if model_output.shape[1] != C * self.model_out_channels_factor:
+            raise ValueError(
+                f"model output has {model_output.shape[1]} channels, expected "
+                f"{C * self.model_out_channels_factor} for var_type={self.var_type.value}"
+            )
+        mean_out = model_output[:, :C]
+
+        if self.mean_type == MeanType.EPS:
+            target = noise
+        elif self.mean_type == MeanType.X0:
+            target = x_start
+        else:
+            target, _, _ = self.q_posterior_mean_variance(x_start, x_t, t)
+        mse = mean_flat((target - mean_out) ** 2)
+
+        terms: dict[str, Tensor] = {}
+        if self.loss_type == LossType.KL:
+            vb = self.vb_terms_bpd(None, x_start, x_t, t, clip_denoised=False, model_output=model_output)[
+                "output"
+            ]
+            terms["vb"] = vb
+            terms["mse"] = mse.detach()
+            terms["loss"] = vb
+        else:
+            terms["mse"] = mse
+            loss = mse
+            if self.var_type.is_learned:  # hybrid (validate_objective forbids mse + learned)
+                frozen = torch.cat([mean_out.detach(), model_output[:, C:]], dim=1)
+                vb = self.vb_terms_bpd(None, x_start, x_t, t, clip_denoised=False, model_output=frozen)[
+                    "output"
+                ]
+                vb = vb * (self.num_timesteps / 1000.0)
+                terms["vb"] = vb
+                loss = loss + vb
+            terms["loss"] = loss
+        return terms
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def calc_bpd_loop(
+        self,
+        model_fn: ModelFn,
+        x_start: Tensor,
+        clip_denoised: bool = True,
+        noise_fn: Callable[[torch.Size], Tensor] | Any | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        t_batch: int = 1,
+    ) -> dict[str, Tensor]:
+        """Upper bound on the NLL of ``x_start`` in bits/dim (official ``calc_bpd_loop``).
+
+        For each code index ``t = T-1 .. 0`` a fresh ``x_t ~ q(x_t | x_0)`` is drawn and the bound term is
+        evaluated with one network forward pass. ``t_batch > 1`` stacks ``x_t`` for that many consecutive
+        ``t``
+        into one forward pass of batch ``t_batch * N`` (same noise draws in the same order, so the result
+        does not
+        depend on ``t_batch``).
+
+        Args:
+            noise_fn: source of the per-term noise: ``None`` (``torch.randn_like``), a callable
+                ``noise_fn(x_start.shape) -> Tensor``, or a :class:`~ddpm.diffusion.noise.SeededNoise`
+                (anything with a ``randn(*shape_per_image)`` method).
+            progress: called as ``progress(done_terms, T)`` after each forward pass.
+
+        Returns dict: ``total_bpd`` ``[N]`` (= prior + sum of vb), ``prior_bpd`` ``[N]``, ``vb`` ``[N, T]``
+        (column ``t`` is code index ``t``), ``xstart_mse`` ``[N, T]``, ``mse`` ``[N, T]`` (eps MSE, eps
+        derived from
+        the (clipped) predicted x_0).
+        """
+        N, T = x_start.shape[0], self.num_timesteps
+        t_batch = max(1, int(t_batch))
+        dev = x_start.device
+        vb = torch.zeros(N, T, device=dev)
+        xstart_mse = torch.zeros(N, T, device=dev)
+        mse = torch.zeros(N, T, device=dev)
+
+        def draw() -> Tensor:
+            if noise_fn is None:
+                return torch.randn_like(x_start)
+            if hasattr(noise_fn, "randn"):
+                z = noise_fn.randn(*x_start.shape[1:])
+            else:
+                z = noise_fn(x_start.shape)
+            return z.to(device=dev, dtype=x_start.dtype)
+
+        order = list(range(T))[::-1]
+        done = 0
+        for start in range(0, T, t_batch):
+            ts = order[start : start + t_batch]
+            k = len(ts)
+            t_vec = torch.tensor(ts, device=dev, dtype=torch.long).repeat_interleave(N)  # [k*N]
+            noise = torch.cat([draw() for _ in ts], dim=0)
+            x0 = x_start.repeat(k, *([1] * (x_start.ndim - 1)))
+            x_t = self.q_sample(x0, t_vec, noise=noise)
+            model_output = model_fn(x_t, self.model_timesteps(t_vec))
+            out = self.vb_terms_bpd(
+                None, x0, x_t, t_vec, clip_denoised=clip_denoised, model_output=model_output
+            )
+            eps = self.predict_eps_from_xstart(x_t, t_vec, out["pred_xstart"])
+            cols = torch.tensor(ts, device=dev)
+            vb[:, cols] = out["output"].float().reshape(k, N).T
+            xstart_mse[:, cols] = mean_flat((out["pred_xstart"] - x0) ** 2).float().reshape(k, N).T
+            mse[:, cols] = mean_flat((eps - noise) ** 2).float().reshape(k, N).T
+            done += k
+            if progress is not None:
+                progress(done, T)
+
+        prior = self.prior_bpd(x_start).float()
+        total = vb.sum(dim=1) + prior
+        return {"total_bpd": total, "prior_bpd": prior, "vb": vb, "xstart_mse": xstart_mse, "mse": mse}
