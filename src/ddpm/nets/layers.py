@@ -27,7 +27,8 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     """Sinusoidal timestep embedding exactly as the official ``nn.get_timestep_embedding``.
 
     ``emb[:, i] = sin(t * f_i)``, ``emb[:, half + i] = cos(t * f_i)`` with
-    ``f_i = exp(-ln(max_period) * i / (half - 1))``, ``half = dim // 2`` (sin first; denominator ``half - 1``).
+    ``f_i = exp(-ln(max_period) * i / (half - 1))``, ``half = dim // 2``
+    (sin first; the denominator is ``half - 1``).
 
     :param t: ``[N]`` timesteps (raw integer indices 0..T-1; floats are accepted too).
     :param dim: embedding width (even; an odd ``dim`` gets one zero column appended).
@@ -61,8 +62,9 @@ def group_norm(channels: int) -> nn.GroupNorm:
 def default_init_(module: nn.Conv2d | nn.Linear, scale: float = 1.0) -> nn.Module:
     """Official ``default_init(scale)``: variance scaling, fan_avg, uniform; bias 0.
 
-    The TF limit ``sqrt(3 * scale / ((fan_in + fan_out) / 2))`` equals Xavier-uniform with gain ``sqrt(scale)``;
-    PyTorch's fans for convs include the kernel area, as TF's do. Scale 0 becomes 1e-10 (near-zero, not zero).
+    The TF limit ``sqrt(3 * scale / ((fan_in + fan_out) / 2))`` equals Xavier-uniform with gain
+    ``sqrt(scale)``; PyTorch's fans for convs include the kernel area, as TF's do.
+    Scale 0 becomes 1e-10 (near-zero, not zero).
     """
     scale = ZERO_INIT_SCALE if scale == 0 else scale
     nn.init.xavier_uniform_(module.weight, gain=math.sqrt(scale))
@@ -136,7 +138,10 @@ class AttnBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve H and W: 3x3 stride-2 conv with TF ``'SAME'`` padding (0 top/left, 1 bottom/right), or 2x2 avg-pool."""
+    """Halve H and W: 3x3 stride-2 conv with TF ``'SAME'`` padding (0 top/left, 1 bottom/right).
+
+    Without a conv (``with_conv=False``) it is a 2x2 average pool.
+    """
 
     def __init__(self, channels: int, with_conv: bool = True):
         super().__init__()

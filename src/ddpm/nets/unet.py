@@ -5,9 +5,9 @@ to every residual block, and single-head self-attention at the listed resolution
 35,746,307-parameter CIFAR-10 model; ``ch_mult=(1, 1, 2, 2, 4, 4), dropout=0`` at 256x256 is the 113,673,219-
 parameter LSUN / CelebA-HQ model.
 
-The network knows nothing about diffusion: ``forward(x, t)`` maps ``[N, C, H, W]`` and integer timesteps ``[N]``
-to ``[N, out_channels, H, W]``. The caller decides what the output means (``out_channels = 2 * C`` when the
-variance is learned).
+The network knows nothing about diffusion: ``forward(x, t)`` maps ``[N, C, H, W]`` and integer timesteps
+``[N]`` to ``[N, out_channels, H, W]``. The caller decides what the output means
+(``out_channels = 2 * C`` when the variance is learned).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from ddpm.nets.layers import (
 
 
 class _Level(nn.Module):
-    """One resolution level: ``blocks[j]`` (ResBlocks), ``attns[j]`` (empty if no attention here), a resampler."""
+    """One resolution level: ``blocks[j]``, ``attns[j]`` (empty without attention), an optional resampler."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -50,7 +50,7 @@ class UNet(nn.Module):
     :param ch: base width; the timestep MLP is ``ch -> 4ch -> 4ch``.
     :param ch_mult: width multiplier per resolution level (level ``i`` has ``ch * ch_mult[i]`` channels).
     :param num_res_blocks: ResBlocks per level on the way down (``+ 1`` on the way up).
-    :param attn_resolutions: spatial sizes (relative to ``resolution``) that get self-attention after each block.
+    :param attn_resolutions: spatial sizes (given ``resolution``) with self-attention after each block.
     :param dropout: dropout inside the ResBlocks (paper: 0.1 on CIFAR-10, 0 at 256x256).
     :param resolution: the training image size; only used to place the attention layers.
     :param resamp_with_conv: conv in the down/up samplers (official default); else avg-pool / plain nearest.
@@ -77,7 +77,8 @@ class UNet(nn.Module):
             raise ValueError("UNet: ch_mult must name at least one level")
         if resolution % 2 ** (len(ch_mult) - 1) != 0:
             raise ValueError(
-                f"UNet: resolution {resolution} is not divisible by 2**{len(ch_mult) - 1} ({len(ch_mult)} levels)"
+                f"UNet: resolution {resolution} is not divisible by 2**{len(ch_mult) - 1} "
+                f"({len(ch_mult)} levels)"
             )
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.ch, self.ch_mult, self.num_res_blocks = int(ch), ch_mult, int(num_res_blocks)
