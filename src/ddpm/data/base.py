@@ -1,0 +1,284 @@
+"""Shared base of the DDPM data modules.
+
+Every data module hands the model float32 images ``[C, H, W]`` scaled exactly as in the paper
+(Ho et al. 2020, §3.3; official ``tpu_utils.normalize_data``): the integers ``0..255`` are mapped to
+``x / 127.5 - 1``, so neighbouring levels are ``2/255`` apart and **no dequantisation noise** is added
+(the discretised decoder L_0 makes the loss a lossless codelength of the integer data).
+
+Subclasses only provide the real images as uint8 ``[C, H, W]`` tensors per split (``"train"``,
+``"val"``, ``"test"``) by implementing :meth:`ImageDataModule._build_splits`. The base then provides:
+
+* the global -> per-device batch split (``batch_size`` is the **global** batch, paper: 128 for CIFAR-10,
+  64 at 256^2; each device gets ``batch_size // world_size``, and a batch that does not divide raises),
+* the random horizontal flip, on the training split only and only when ``random_flip`` is true,
+* the three dataloaders (batches are plain ``[B, C, H, W]`` tensors, not tuples),
+* :meth:`ImageDataModule.iter_uint8`, the un-normalised real images in a fixed order (FID reference stats).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+SPLITS = ("train", "val", "test")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset is missing or empty; the message says how to get it."""
+
+
+def uint8_to_model(x: torch.Tensor) -> torch.Tensor:
+    """uint8 ``{0..255}`` -> float32 ``[-1, 1]`` via ``x / 127.5 - 1`` (paper scaling, no dequantisation)."""
+    if x.dtype != torch.uint8:
+        raise TypeError(f"expected a uint8 image tensor, got {x.dtype}")
+    return x.to(torch.float32) / 127.5 - 1.0
+
+
+def model_to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`uint8_to_model`: float ``[-1, 1]`` -> uint8, rounded and clamped."""
+    return ((x.to(torch.float32) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+class TensorImages(Dataset):
+    """Images held in memory as one uint8 tensor ``[N, C, H, W]``; item ``i`` is ``images[i]``."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"expected uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+        self.images = images
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.images[index]
+
+
+class ModelImages(Dataset):
+    """Wraps a uint8 image dataset: scales to ``[-1, 1]`` float32 and optionally flips horizontally.
+
+    ``flip_p`` is the probability of the horizontal flip when ``random_flip`` is on (0.5, as the official
+    ``tf.image.random_flip_left_right``); the coin comes from torch's global RNG, which Lightning's
+    ``seed_everything(workers=True)`` seeds in every dataloader worker.
+    """
+
+    def __init__(self, source: Dataset, random_flip: bool = False, flip_p: float = 0.5) -> None:
+        self.source = source
+        self.random_flip = random_flip
+        self.flip_p = flip_p
+
+    def __len__(self) -> int:
+        return len(self.source)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        x = uint8_to_model(self.source[index])
+        if self.random_flip and torch.rand(()) < self.flip_p:
+            x = x.flip(-1)
+        return x
+
+
+def seeded_split(n: int, fractions: dict[str, float], seed: int) -> dict[str, torch.Tensor]:
+    """Split ``range(n)`` at random (fixed generator) into the named fractions; ``"train"`` gets the rest.
+
+    Each fraction > 0 gets at least one item. The index lists are sorted, so reading a split is sequential.
+    """
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    out: dict[str, torch.Tensor] = {}
+    start = 0
+    for name, frac in fractions.items():
+        if not 0.0 <= frac < 1.0:
+            raise ValueError(f"{name}_fraction must be in [0, 1), got {frac}")
+        k = 0 if frac == 0 else max(1, round(frac * n))
+        out[name] = perm[start : start + k].sort().values
+        start += k
+    if start >= n:
+        raise ValueError(f"only {n} images: nothing left for training after the held-out splits {fractions}")
+    out["train"] = perm[start:].sort().values
+    return out
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def per_device_batch(global_batch: int, world_size: int, what: str = "batch_size") -> int:
+    """``global_batch // world_size``; raises a ValueError naming the valid choices if it does not divide."""
+    if global_batch < 1:
+        raise ValueError(f"data.{what} must be >= 1, got {global_batch}")
+    if global_batch % world_size:
+        lower = global_batch - global_batch % world_size
+        upper = lower + world_size
+        sizes = f"{lower} or {upper}" if lower > 0 else f"{upper}"
+        raise ValueError(
+            f"data.{what}={global_batch} is the GLOBAL batch and must be divisible by the world size "
+            f"(devices x nodes) = {world_size}. Valid device counts for {global_batch}: "
+            f"{_divisors(global_batch)}; or use a global batch that is a multiple of {world_size} "
+            f"(e.g. data.{what}={sizes})."
+        )
+    return global_batch // world_size
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Base LightningDataModule for unconditional image datasets.
+
+    Args:
+        batch_size: GLOBAL training batch (paper: 128 for CIFAR-10, 64 at 256^2); every device gets
+            ``batch_size // world_size``.
+        num_workers: dataloader worker processes.
+        random_flip: random horizontal flips (p = 0.5) on the training split only.
+        eval_batch_size: GLOBAL batch of the val/test loaders; defaults to ``batch_size``.
+        seed: seed of the train/val/test split (datasets that split at random).
+        pin_memory: ``DataLoader(pin_memory=...)``.
+        persistent_workers: keep workers alive between epochs (only used when ``num_workers > 0``).
+
+    Subclasses set ``self.name`` and ``self.image_shape`` (``(C, H, W)``) in ``__init__``, before
+    ``setup``, because the model is sized from them, and implement :meth:`_build_splits`.
+    """
+
+    name: str = "images"
+    image_shape: tuple[int, int, int] = (3, 32, 32)
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        random_flip: bool = True,
+        eval_batch_size: int | None = None,
+        seed: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else int(batch_size)
+        self.num_workers = int(num_workers)
+        self.random_flip = bool(random_flip)
+        self.seed = int(seed)
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers)
+        self._splits: dict[str, Dataset] | None = None
+        self.train_dataset: ModelImages | None = None
+        self.val_dataset: ModelImages | None = None
+        self.test_dataset: ModelImages | None = None
+
+    # ----------------------------------------------------------------- to implement in subclasses
+    def _build_splits(self) -> dict[str, Dataset]:
+        """Return ``{"train", "val", "test"}`` -> datasets whose items are uint8 ``[C, H, W]`` tensors.
+
+        Raise :class:`DatasetNotFoundError` when the data are missing or empty.
+        """
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- batch sizes
+    @property
+    def world_size(self) -> int:
+        """Number of processes sharing the global batch: ``trainer.world_size``, or 1 without a trainer."""
+        trainer = getattr(self, "trainer", None)
+        return int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+
+    @property
+    def per_device_batch_size(self) -> int:
+        """Training batch of one device: ``batch_size // world_size`` (raises if it does not divide)."""
+        return per_device_batch(self.batch_size, self.world_size, "batch_size")
+
+    @property
+    def per_device_eval_batch_size(self) -> int:
+        """Val/test batch of one device: ``eval_batch_size // world_size`` (raises if it does not divide)."""
+        return per_device_batch(self.eval_batch_size, self.world_size, "eval_batch_size")
+
+    # ----------------------------------------------------------------- Lightning hooks
+    def splits(self) -> dict[str, Dataset]:
+        """The uint8 datasets per split, built once (reads the data on first call)."""
+        if self._splits is None:
+            splits = self._build_splits()
+            missing = [s for s in SPLITS if s not in splits]
+            if missing:
+                raise RuntimeError(f"{type(self).__name__}._build_splits() did not return splits {missing}")
+            self._splits = splits
+        return self._splits
+
+    def setup(self, stage: str | None = None) -> None:
+        # Check the batch split first: it fails fast, before any data are read.
+        per_device = self.per_device_batch_size
+        _ = self.per_device_eval_batch_size
+        splits = self.splits()
+        if stage in (None, "fit"):
+            n_train = len(splits["train"])  # type: ignore[arg-type]
+            if n_train < per_device * self.world_size:
+                raise ValueError(
+                    f"{self.name}: the train split has {n_train} images, fewer than one global batch "
+                    f"(data.batch_size={self.batch_size}); with drop_last=True there would be no training "
+                    f"step. Lower data.batch_size or add images."
+                )
+        if self.train_dataset is None:
+            self.train_dataset = ModelImages(splits["train"], random_flip=self.random_flip)
+            self.val_dataset = ModelImages(splits["val"], random_flip=False)
+            self.test_dataset = ModelImages(splits["test"], random_flip=False)
+
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+        )
+
+    def _require_setup(self) -> None:
+        if self.train_dataset is None:
+            self.setup(None)
+
+    def train_dataloader(self) -> DataLoader:
+        self._require_setup()
+        assert self.train_dataset is not None
+        return self._loader(self.train_dataset, self.per_device_batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self._require_setup()
+        assert self.val_dataset is not None
+        return self._loader(self.val_dataset, self.per_device_eval_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        self._require_setup()
+        assert self.test_dataset is not None
+        return self._loader(self.test_dataset, self.per_device_eval_batch_size, train=False)
+
+    # ----------------------------------------------------------------- real images for FID
+    def num_images(self, split: str) -> int:
+        """Number of images in ``split``."""
+        return len(self._split(split))  # type: ignore[arg-type]
+
+    def _split(self, split: str) -> Dataset:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        return self.splits()[split]
+
+    def iter_uint8(
+        self, split: str = "train", max_items: int | None = None, batch_size: int = 256
+    ) -> Iterator[torch.Tensor]:
+        """Yield the real images of ``split`` as uint8 ``[B, C, H, W]`` batches.
+
+        No flip, no shuffling: the order is fixed (the split's order), so reference statistics are
+        reproducible. ``max_items`` keeps the first ``max_items`` images.
+        """
+        source = self._split(split)
+        n = len(source)  # type: ignore[arg-type]
+        if max_items is not None:
+            n = min(n, int(max_items))
+        if n <= 0:
+            return
+        if isinstance(source, TensorImages):
+            for start in range(0, n, batch_size):
+                yield source.images[start : min(start + batch_size, n)]
+            return
+        subset: Any = source if n == len(source) else torch.utils.data.Subset(source, range(n))  # type: ignore[arg-type]
+        loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=self.num_workers)
+        yield from loader

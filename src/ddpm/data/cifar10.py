@@ -1,0 +1,139 @@
+"""CIFAR-10 (32x32 RGB), as in the paper: train on the 50k training images with random horizontal flips.
+
+The files are the standard python-pickle release in torchvision's layout::
+
+    <root>/cifar-10-batches-py/data_batch_1 .. data_batch_5   (50 000 train images)
+    <root>/cifar-10-batches-py/test_batch                     (10 000 test images)
+
+Nothing is downloaded unless ``download=true``; then ``prepare_data`` (one process per node) calls
+``torchvision.datasets.CIFAR10(root, download=True)``. Reading never goes through torchvision (its
+loader insists on the release's md5 sums); the batches are read directly into one uint8 tensor per
+split (150 MB for the train split), so items are cheap.
+
+Splits: ``train`` = the 50k training images (FID reference "train", paper 3.17); ``test`` = the 10k test
+images (NLL in bits/dim, FID "test", paper 5.24); ``val`` = the test images too, or a seeded random subset
+of ``val_size`` of them (validation loss during training; the paper has no separate validation set).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ddpm.data.base import DatasetNotFoundError, ImageDataModule, TensorImages
+
+BASE_FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILES = ("test_batch",)
+
+
+def find_cifar10_dir(root: str | os.PathLike) -> Path:
+    """``<root>/cifar-10-batches-py`` (or ``root`` itself when it already is that folder)."""
+    root = Path(root).expanduser()
+    if root.name == BASE_FOLDER and (root / TEST_FILES[0]).exists():
+        return root
+    return root / BASE_FOLDER
+
+
+def _how_to_get(root: Path, problem: str) -> str:
+    return (
+        f"CIFAR-10 not found: {problem}. Expected the python-pickle release in "
+        f"{root / BASE_FOLDER}/ (data_batch_1..5, test_batch). Either let it download once with "
+        f"`data.download=true` (into data.root={root}), or point to an existing copy with "
+        f"`data.root=/path/containing/cifar-10-batches-py` (the default root is $DDPM_DATA/cifar10, "
+        f"DDPM_DATA defaulting to ./data)."
+    )
+
+
+def read_cifar_batches(root: str | os.PathLike, files: tuple[str, ...]) -> torch.Tensor:
+    """Read CIFAR pickle batches into one uint8 tensor ``[N, 3, 32, 32]`` (file order, then row order)."""
+    folder = find_cifar10_dir(root)
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        raise DatasetNotFoundError(_how_to_get(Path(root).expanduser(), f"missing {missing} in {folder}"))
+    arrays = []
+    for f in files:
+        path = folder / f
+        try:
+            with open(path, "rb") as fh:
+                entry = pickle.load(fh, encoding="latin1")
+            data = entry["data"] if "data" in entry else entry[b"data"]
+            data = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
+        except Exception as e:  # re-raised with the file name
+            raise RuntimeError(
+                f"Could not read CIFAR-10 batch {path}: {type(e).__name__}: {e}. The file looks corrupted; "
+                f"delete {folder} and re-download with data.download=true."
+            ) from e
+        arrays.append(data)
+    images = torch.from_numpy(np.concatenate(arrays, axis=0))
+    if images.shape[0] == 0:
+        raise DatasetNotFoundError(_how_to_get(Path(root).expanduser(), f"the batches in {folder} are empty"))
+    return images.contiguous()
+
+
+class CIFAR10DataModule(ImageDataModule):
+    """CIFAR-10, image_shape ``(3, 32, 32)``; paper: global batch 128, random flips.
+
+    Args:
+        root: folder containing ``cifar-10-batches-py`` (yaml default ``$DDPM_DATA/cifar10``).
+        download: download with torchvision in ``prepare_data`` when true; never otherwise.
+        val_size: size of the validation subset drawn (seeded) from the test split; None = all 10k.
+        Other args: see :class:`~ddpm.data.base.ImageDataModule`.
+    """
+
+    def __init__(
+        self,
+        root: str = "./data/cifar10",
+        download: bool = False,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        random_flip: bool = True,
+        eval_batch_size: int | None = None,
+        seed: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        val_size: int | None = None,
+    ) -> None:
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            random_flip=random_flip,
+            eval_batch_size=eval_batch_size,
+            seed=seed,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+        )
+        self.root = str(root)
+        self.download = bool(download)
+        if val_size is not None and int(val_size) < 1:
+            raise ValueError(f"data.val_size must be >= 1 or null, got {val_size}")
+        self.val_size = None if val_size is None else int(val_size)
+        self.image_shape = (3, 32, 32)
+        self.name = "cifar10"
+
+    def prepare_data(self) -> None:
+        # Download only when asked (data.download=true). Runs on one process per node.
+        if not self.download:
+            return
+        from torchvision.datasets import CIFAR10
+
+        root = str(Path(self.root).expanduser())
+        os.makedirs(root, exist_ok=True)
+        CIFAR10(root, train=True, download=True)
+        CIFAR10(root, train=False, download=True)
+
+    def _build_splits(self) -> dict[str, Dataset]:
+        train = read_cifar_batches(self.root, TRAIN_FILES)
+        test = read_cifar_batches(self.root, TEST_FILES)
+        if self.val_size is None or self.val_size >= test.shape[0]:
+            val = test
+        else:
+            g = torch.Generator().manual_seed(self.seed)
+            idx = torch.randperm(test.shape[0], generator=g)[: self.val_size].sort().values
+            val = test[idx].contiguous()
+        return {"train": TensorImages(train), "val": TensorImages(val), "test": TensorImages(test)}

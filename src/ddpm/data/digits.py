@@ -1,0 +1,76 @@
+"""scikit-learn's bundled 8x8 digits: the offline quickstart dataset (no download, nothing on disk).
+
+``sklearn.datasets.load_digits`` ships 1797 grayscale 8x8 images with integer values ``0..16``. They are
+mapped to uint8 by ``round(v * 255 / 16)`` and then scaled like every other dataset (``x / 127.5 - 1``).
+The shuffled set (fixed generator seeded by ``seed``) is split into train / val / test, 80 / 10 / 10 by
+default; the three splits are disjoint.
+
+Random flips are OFF by default: digits are not symmetric under a horizontal flip (a flipped 3 is not a 3).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+from ddpm.data.base import ImageDataModule, TensorImages, seeded_split
+
+
+def load_digits_uint8() -> torch.Tensor:
+    """All 1797 digits as uint8 ``[N, 1, 8, 8]`` (``round(v * 255 / 16)`` of the 0..16 values)."""
+    from sklearn.datasets import load_digits
+
+    images = torch.from_numpy(load_digits().images).to(torch.float64)  # [N, 8, 8], values 0..16
+    return (images * 255.0 / 16.0).round().clamp(0, 255).to(torch.uint8).unsqueeze(1).contiguous()
+
+
+class DigitsDataModule(ImageDataModule):
+    """scikit-learn digits, 1 channel, 8x8 (or ``8*upscale`` with nearest-neighbour upscaling).
+
+    Args:
+        batch_size: GLOBAL training batch (default 128).
+        random_flip: default False (digits are not flip-symmetric).
+        upscale: integer nearest-neighbour upscaling factor (2 -> 16x16); 1 keeps 8x8.
+        val_fraction, test_fraction: held-out fractions of the seeded shuffle (default 0.1 each).
+        Other args: see :class:`~ddpm.data.base.ImageDataModule`.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        random_flip: bool = False,
+        eval_batch_size: int | None = None,
+        seed: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        upscale: int = 1,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+    ) -> None:
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            random_flip=random_flip,
+            eval_batch_size=eval_batch_size,
+            seed=seed,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+        )
+        if int(upscale) < 1:
+            raise ValueError(f"data.upscale must be an integer >= 1, got {upscale}")
+        self.upscale = int(upscale)
+        self.val_fraction = float(val_fraction)
+        self.test_fraction = float(test_fraction)
+        size = 8 * self.upscale
+        self.image_shape = (1, size, size)
+        self.name = "digits" if self.upscale == 1 else f"digits_{size}"
+
+    def _build_splits(self) -> dict[str, Dataset]:
+        images = load_digits_uint8()
+        if self.upscale > 1:
+            images = images.repeat_interleave(self.upscale, dim=2).repeat_interleave(self.upscale, dim=3)
+        idx = seeded_split(
+            images.shape[0], {"test": self.test_fraction, "val": self.val_fraction}, seed=self.seed
+        )
+        return {k: TensorImages(images[v].contiguous()) for k, v in idx.items()}
