@@ -1,0 +1,321 @@
+"""ddpm.data: paper scaling, splits, per-device batches, flips, CIFAR-10 and image folders from fake files.
+
+Nothing here downloads: CIFAR-10 and the image folders are tiny fakes written into tmp_path.
+"""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from ddpm.data import (
+    DATASETS,
+    CIFAR10DataModule,
+    DatasetNotFoundError,
+    DigitsDataModule,
+    ImageDecodeError,
+    ImageFolderDataModule,
+    LSUNBedroomDataModule,
+    LSUNCatDataModule,
+    LSUNChurchDataModule,
+    uint8_to_model,
+)
+
+CONF_DATA = Path(__file__).resolve().parents[1] / "conf" / "data"
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def write_fake_cifar(root: Path, n_per_batch: int = 4, n_test: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """The torchvision layout: root/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, size=(5 * n_per_batch, 3072), dtype=np.uint8)
+    test = rng.integers(0, 256, size=(n_test, 3072), dtype=np.uint8)
+    for i in range(5):
+        rows = train[i * n_per_batch : (i + 1) * n_per_batch]
+        entry = {"batch_label": f"training batch {i + 1} of 5", "data": rows, "labels": [0] * n_per_batch}
+        with open(folder / f"data_batch_{i + 1}", "wb") as f:
+            pickle.dump(entry, f, protocol=2)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"batch_label": "testing batch 1 of 1", "data": test, "labels": [1] * n_test}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)], "num_vis": 3072}, f)
+    return train.reshape(-1, 3, 32, 32), test.reshape(-1, 3, 32, 32)
+
+
+def save(img: Image.Image, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+def rgb(w: int, h: int, seed: int) -> Image.Image:
+    arr = np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+def write_mixed_folder(root: Path) -> None:
+    """Nested dirs, mixed extensions (upper case too), grayscale/RGBA/palette/wrong sizes, non-image files."""
+    save(rgb(16, 16, 0), root / "a.png")
+    save(rgb(40, 20, 1), root / "sub" / "b.JPG")
+    save(rgb(16, 16, 2).convert("L"), root / "sub" / "deeper" / "c.jpeg")
+    rgba = rgb(20, 40, 3).convert("RGBA")
+    rgba.putalpha(128)
+    save(rgba, root / "sub" / "deeper" / "d.PNG")
+    save(rgb(16, 16, 4).convert("P"), root / "e.bmp")
+    save(rgb(30, 30, 5), root / "other" / "f.webp")
+    save(rgb(8, 8, 6), root / "g.jpg")  # smaller than the resolution: upscaled
+    (root / "notes.txt").write_text("not an image")
+    save(rgb(16, 16, 7), root / ".hidden" / "h.png")  # hidden folders are skipped
+
+
+# ----------------------------------------------------------------------------------------------- digits
+@pytest.fixture(scope="module")
+def digits() -> DigitsDataModule:
+    dm = DigitsDataModule(batch_size=32)
+    dm.setup("fit")
+    return dm
+
+
+def test_digits_shape_name_and_paper_scaling(digits: DigitsDataModule) -> None:
+    assert digits.image_shape == (1, 8, 8) and digits.name == "digits"
+    assert DigitsDataModule().image_shape == (1, 8, 8)  # available before setup
+    batch = next(iter(digits.train_dataloader()))
+    assert isinstance(batch, torch.Tensor) and batch.shape == (32, 1, 8, 8) and batch.dtype == torch.float32
+    assert batch.min() >= -1 and batch.max() <= 1
+    k = (batch + 1) * 127.5  # x = k/127.5 - 1 for an integer k: no dequantisation noise
+    assert torch.allclose(k, k.round(), atol=1e-4)
+    # 0..16 -> round(v*255/16): only 17 distinct levels, the extremes included
+    levels = torch.cat(list(digits.iter_uint8("train"))).unique()
+    assert len(levels) <= 17 and levels.min() == 0 and levels.max() == 255
+    assert torch.equal(uint8_to_model(torch.tensor([0, 255], dtype=torch.uint8)), torch.tensor([-1.0, 1.0]))
+
+
+def test_digits_splits_disjoint_and_deterministic(digits: DigitsDataModule) -> None:
+    sizes = [digits.num_images(s) for s in ("train", "val", "test")]
+    assert sum(sizes) == 1797 and sizes[1] == sizes[2] == 180
+    imgs = {s: digits.splits()[s].images.flatten(1) for s in ("train", "val", "test")}  # type: ignore[union-attr]
+    # the same images again for the same seed, different ones for another seed
+    again = DigitsDataModule(seed=0).splits()["val"].images  # type: ignore[union-attr]
+    assert torch.equal(again.flatten(1), imgs["val"])
+    other = DigitsDataModule(seed=1).splits()["val"].images  # type: ignore[union-attr]
+    assert not torch.equal(other.flatten(1), imgs["val"])
+    # disjoint by index: rebuild the index split the same way the module does
+    from ddpm.data.base import seeded_split
+
+    idx = seeded_split(1797, {"test": 0.1, "val": 0.1}, seed=0)
+    sets = [set(idx[s].tolist()) for s in ("train", "val", "test")]
+    assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+
+
+def test_digits_upscale() -> None:
+    dm = DigitsDataModule(upscale=2)
+    assert dm.image_shape == (1, 16, 16) and dm.name == "digits_16"
+    x = next(dm.iter_uint8("test", max_items=3))
+    assert x.shape == (3, 1, 16, 16) and torch.equal(x[:, :, ::2, ::2], x[:, :, 1::2, 1::2])
+
+
+# ----------------------------------------------------------------------------------------------- batches
+def test_global_batch_split_per_device() -> None:
+    dm = DigitsDataModule(batch_size=128)
+    assert dm.per_device_batch_size == 128
+    dm.trainer = SimpleNamespace(world_size=2)  # type: ignore[assignment]
+    dm.setup("fit")
+    assert dm.per_device_batch_size == 64 and dm.train_dataloader().batch_size == 64
+    assert dm.val_dataloader().batch_size == 64
+    dm3 = DigitsDataModule(batch_size=128)
+    dm3.trainer = SimpleNamespace(world_size=3)  # type: ignore[assignment]
+    with pytest.raises(ValueError, match="128") as err:
+        dm3.setup("fit")
+    msg = str(err.value)
+    assert "3" in msg and "[1, 2, 4, 8, 16, 32, 64, 128]" in msg and "126" in msg
+
+
+def test_train_loader_shuffles_drops_last_eval_does_not(digits: DigitsDataModule) -> None:
+    train, val = digits.train_dataloader(), digits.val_dataloader()
+    assert train.drop_last and len(train) == 1437 // 32
+    assert not val.drop_last and len(val) == -(-180 // 32)
+    first = torch.cat(list(val))
+    assert torch.equal(first, torch.cat(list(digits.val_dataloader())))  # fixed order
+    assert torch.equal(first, uint8_to_model(digits.splits()["val"].images))  # type: ignore[union-attr]
+
+
+# ----------------------------------------------------------------------------------------------- flips
+def test_flip_only_on_train_and_only_when_enabled() -> None:
+    on = DigitsDataModule(batch_size=16, random_flip=True)
+    on.setup("fit")
+    assert on.train_dataset.random_flip and not on.val_dataset.random_flip and not on.test_dataset.random_flip
+    src = on.splits()["train"].images  # type: ignore[union-attr]
+    on.train_dataset.flip_p = 1.0  # deterministic case: always flip
+    assert torch.equal(on.train_dataset[5], torch.flip(uint8_to_model(src[5]), dims=[-1]))
+    on.train_dataset.flip_p = 0.5  # random case: every item is the original or its mirror, both occur
+    torch.manual_seed(0)
+    outcomes = set()
+    for _ in range(40):
+        x = on.train_dataset[3]
+        orig = uint8_to_model(src[3])
+        assert torch.equal(x, orig) or torch.equal(x, orig.flip(-1))
+        outcomes.add(torch.equal(x, orig))
+    assert outcomes == {True, False}
+    assert torch.equal(on.val_dataset[0], uint8_to_model(on.splits()["val"][0]))
+    off = DigitsDataModule(batch_size=16)  # digits default: no flips
+    off.setup("fit")
+    assert not off.train_dataset.random_flip
+    off.train_dataset.flip_p = 1.0
+    assert torch.equal(off.train_dataset[5], uint8_to_model(off.splits()["train"][5]))
+
+
+# ----------------------------------------------------------------------------------------------- CIFAR-10
+def test_cifar10_from_fake_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    train, test = write_fake_cifar(tmp_path)
+    import torchvision.datasets
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("CIFAR10 must not be constructed (no download) unless data.download=true")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", no_download)
+    dm = CIFAR10DataModule(root=str(tmp_path), batch_size=4)
+    assert dm.image_shape == (3, 32, 32) and dm.name == "cifar10" and dm.random_flip
+    dm.prepare_data()
+    dm.setup("fit")
+    assert [dm.num_images(s) for s in ("train", "val", "test")] == [20, 6, 6]
+    got = torch.cat(list(dm.iter_uint8("train", batch_size=7)))
+    assert got.dtype == torch.uint8 and torch.equal(got, torch.from_numpy(train))
+    assert torch.equal(torch.cat(list(dm.iter_uint8("test", max_items=5))), torch.from_numpy(test[:5]))
+    batch = next(iter(dm.test_dataloader()))
+    assert batch.shape == (4, 3, 32, 32) and torch.equal(batch, uint8_to_model(torch.from_numpy(test[:4])))
+    # root may also be the cifar-10-batches-py folder itself; val_size takes a seeded subset of test
+    dm2 = CIFAR10DataModule(root=str(tmp_path / "cifar-10-batches-py"), batch_size=4, val_size=3)
+    assert dm2.num_images("val") == 3 and dm2.num_images("test") == 6
+
+
+def test_cifar10_missing_says_how_to_get_it(tmp_path: Path) -> None:
+    dm = CIFAR10DataModule(root=str(tmp_path / "nowhere"), batch_size=4)
+    dm.prepare_data()  # download=False: does nothing
+    with pytest.raises(FileNotFoundError) as err:
+        dm.setup("fit")
+    assert isinstance(err.value, DatasetNotFoundError)
+    assert "data.download=true" in str(err.value) and "cifar-10-batches-py" in str(err.value)
+
+
+def test_cifar10_download_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", lambda *a, **k: calls.append(k))
+    CIFAR10DataModule(root=str(tmp_path)).prepare_data()
+    assert calls == []
+    CIFAR10DataModule(root=str(tmp_path), download=True).prepare_data()
+    assert calls and all(k["download"] is True for k in calls)
+
+
+# ----------------------------------------------------------------------------------------------- folders
+def test_image_folder_mixed_files(tmp_path: Path) -> None:
+    write_mixed_folder(tmp_path / "imgs")
+    dm = ImageFolderDataModule(root=str(tmp_path / "imgs"), resolution=12, batch_size=2, val_fraction=0.2)
+    assert dm.image_shape == (3, 12, 12) and dm.name == "image_folder_12"
+    dm.setup("fit")
+    sizes = [dm.num_images(s) for s in ("train", "val", "test")]
+    assert sum(sizes) == 7 and sizes[1] == 1 and sizes[2] == 1  # .txt and .hidden/ ignored
+    all_imgs = torch.cat([torch.cat(list(dm.iter_uint8(s, batch_size=3))) for s in ("train", "val", "test")])
+    assert all_imgs.shape == (7, 3, 12, 12) and all_imgs.dtype == torch.uint8
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.shape == (2, 3, 12, 12) and batch.dtype == torch.float32
+    # grayscale -> 3 equal channels; RGBA composited on white; exact-size image unchanged
+    from ddpm.data.folder import load_image
+
+    gray = load_image(tmp_path / "imgs" / "sub" / "deeper" / "c.jpeg", 12)
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+    same = load_image(tmp_path / "imgs" / "a.png", 16)
+    assert torch.equal(same, torch.from_numpy(np.array(rgb(16, 16, 0))).permute(2, 0, 1))
+    # deterministic split for a seed
+    dm_again = ImageFolderDataModule(root=str(tmp_path / "imgs"), resolution=12, val_fraction=0.2)
+    assert dm_again.splits()["val"].files == dm.splits()["val"].files  # type: ignore[union-attr]
+
+
+def test_image_folder_resize_short_side_then_center_crop(tmp_path: Path) -> None:
+    from ddpm.data.folder import load_image
+
+    arr = np.zeros((20, 40, 3), dtype=np.uint8)  # 40 wide, 20 high; the middle half is white
+    arr[:, 10:30] = 255
+    x = load_image(save(Image.fromarray(arr), tmp_path / "wide.png"), 10)
+    assert x.shape == (3, 10, 10) and x.float().mean() > 250  # resized to 20x10, center 10 columns kept
+
+
+def test_image_folder_train_test_subfolders(tmp_path: Path) -> None:
+    for i in range(3):
+        save(rgb(8, 8, i), tmp_path / "train" / f"{i}.png")
+    save(rgb(8, 8, 9), tmp_path / "test" / "t.png")
+    dm = ImageFolderDataModule(root=str(tmp_path), resolution=8, batch_size=1)
+    assert [dm.num_images(s) for s in ("train", "val", "test")] == [3, 1, 1]
+
+
+def test_undecodable_file_is_named(tmp_path: Path) -> None:
+    save(rgb(8, 8, 0), tmp_path / "ok.png")
+    save(rgb(8, 8, 1), tmp_path / "ok2.png")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    (tmp_path / "quota.png").write_text(
+        "<!DOCTYPE html><html><body>Google Drive quota exceeded</body></html>"
+    )
+    dm = ImageFolderDataModule(root=str(tmp_path), resolution=8, val_fraction=0, test_fraction=0)
+    with pytest.raises(ImageDecodeError, match="broken.jpg"):
+        list(dm.iter_uint8("train"))
+    from ddpm.data.folder import load_image
+
+    with pytest.raises(ImageDecodeError, match="quota.png") as err:
+        load_image(tmp_path / "quota.png", 8)
+    assert "HTML" in str(err.value)
+
+
+def test_empty_or_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "readme.txt").write_text("no images")
+    with pytest.raises(DatasetNotFoundError, match="no image files") as err:
+        ImageFolderDataModule(root=str(tmp_path / "empty"), resolution=8).setup("fit")
+    assert str((tmp_path / "empty").resolve()) in str(err.value) and ".png" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="does not exist") as err:
+        LSUNChurchDataModule(root=str(tmp_path / "missing")).setup("fit")
+    assert "fyu/lsun" in str(err.value) and "church_outdoor" in str(err.value)
+
+
+def test_paper_dataset_defaults(tmp_path: Path) -> None:
+    church, bedroom, cat = (
+        c(root=str(tmp_path)) for c in (LSUNChurchDataModule, LSUNBedroomDataModule, LSUNCatDataModule)
+    )
+    assert church.name == "lsun_church256" and church.image_shape == (3, 256, 256)
+    assert (church.random_flip, bedroom.random_flip, cat.random_flip) == (True, False, False)
+    assert church.batch_size == bedroom.batch_size == cat.batch_size == 64
+    assert DATASETS["celebahq256"](root=str(tmp_path)).name == "celebahq256"
+    assert CIFAR10DataModule().batch_size == 128 and CIFAR10DataModule().random_flip
+    assert not DigitsDataModule().random_flip
+
+
+# ----------------------------------------------------------------------------------------------- yaml
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_yaml_matches_class(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DDPM_DATA", raising=False)
+    cfg = OmegaConf.load(CONF_DATA / f"{name}.yaml")
+    cls = DATASETS[name]
+    assert cfg._target_ == f"ddpm.data.{cls.__name__}"
+    keys = {k for k in cfg if k not in ("_target_", "defaults")}
+    params = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+    if "kwargs" in inspect.signature(cls.__init__).parameters:  # LSUN subclasses forward to LSUNDataModule
+        params |= set(inspect.signature(cls.__mro__[1].__init__).parameters) - {"self", "category"}
+    assert keys <= params, keys - params
+    if name != "image_folder":
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        assert all(
+            resolved[k] == getattr(cls(**{"root": "x"} if "root" in keys else {}), k)
+            for k in ("batch_size", "random_flip")
+        )
+        if "root" in keys:
+            assert resolved["root"].startswith("./data/")
