@@ -9,7 +9,8 @@ Conventions (reference §1):
 * Images are ``x_start`` (x_0) of shape ``[N, C, ...]`` with values in ``[-1, 1]``; ``t`` is a long tensor
   ``[N]``.
 * ``model_fn(x_t, t_model)`` returns ``[N, C, ...]`` (``[N, 2C, ...]`` for learned variances: mean output
-  first, variance output second). ``t_model = timestep_map[t]`` is the original timestep (identity unless respaced).
+  first, variance output second). ``t_model = timestep_map[t]`` is the original timestep (identity unless
+  respaced).
 """
 
 from __future__ import annotations
