@@ -181,9 +181,8 @@ class GaussianDiffusion(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """q(x_{t-1} | x_t, x_0) = N(mu-tilde, beta-tilde I) (Paper Eqs. 6-7).
 
-        Returns ``(mean, variance, log_variance_clipped)``; the log-variance at code index 0 is log
-        beta-tilde at
-        index 1 (official ``diffusion_utils_2``), since beta-tilde at index 0 is 0.
+        Returns ``(mean, variance, log_variance_clipped)``; the log-variance at code index 0 is log beta-tilde
+        at index 1 (official ``diffusion_utils_2``), since beta-tilde at index 0 is 0.
         """
         assert x_start.shape == x_t.shape
         t = self._as_t(t, x_t)
@@ -231,8 +230,7 @@ class GaussianDiffusion(nn.Module):
 
         Calls ``model_fn(x_t, timestep_map[t])`` unless ``model_output`` is given. With ``clip_denoised`` the
         predicted x_0 is clamped to [-1, 1] before forming mu-tilde (official default; no effect on the mean
-        for
-        ``mu``, whose x_0 is only reported).
+        for ``mu``, whose x_0 is only reported).
 
         Returns dict: ``mean``, ``variance``, ``log_variance`` (all shaped like ``x_t``), ``pred_xstart``,
         ``model_output`` (the raw network output, ``[N, C or 2C, ...]``).
@@ -301,9 +299,10 @@ class GaussianDiffusion(nn.Module):
     ) -> dict[str, Tensor]:
         """One term of the bound, in bits/dim (official ``_vb_terms_bpd``).
 
-        Code ``t > 0``: KL(q(x_{t-1}|x_t,x_0) || p_theta(x_{t-1}|x_t)) (L_{t} in paper time), mean over dims
-        / ln 2.
-        Code ``t = 0``: -log p_theta(x_0|x_1) under the discretized Gaussian decoder, mean over dims / ln 2.
+        * code ``t > 0``: KL(q(x_{t-1}|x_t,x_0) || p_theta(x_{t-1}|x_t)) (L_t in paper time), mean over dims,
+          divided by ln 2;
+        * code ``t = 0``: -log p_theta(x_0|x_1) under the discretized Gaussian decoder, mean over dims,
+          divided by ln 2.
 
         Returns dict: ``output`` ``[N]`` bits/dim, ``pred_xstart``, ``mean``, ``log_variance``.
         """
@@ -327,8 +326,7 @@ class GaussianDiffusion(nn.Module):
         """L_T = KL(q(x_T | x_0) || N(0, I)), mean over dims / ln 2, ``[N]`` bits/dim.
 
         Computed in float64 (where the device supports it) from the float64 schedule: in float32 the ~1e-9
-        value is
-        below rounding noise.
+        value is below rounding noise.
         """
         dtype = torch.float32 if x_start.device.type == "mps" else torch.float64
         abar_T = float(self.alphas_cumprod_np[-1])
@@ -345,17 +343,14 @@ class GaussianDiffusion(nn.Module):
         """Per-example training losses ``[N]`` for one ``t`` per example (the caller averages over the batch).
 
         * ``mse``: ``loss = mse = mean over dims of (target - output)^2``, target eps / x_0 / mu-tilde(x_t,
-          x_0)
-          for mean type eps / x0 / mu (``eps`` is L_simple, Paper Eq. 14).
-        * ``kl``: ``loss = vb`` = one term of the bound in bits/dim (:meth:`vb_terms_bpd`,
-          ``clip_denoised=False``):
-          an unbiased estimate of (L - L_T)/T, **not** multiplied by T (official ``kl``). ``mse`` is also
-          returned as a detached diagnostic (it is not part of ``loss``).
+          x_0) for mean type eps / x0 / mu (``eps`` is L_simple, Paper Eq. 14).
+        * ``kl``: ``loss = vb`` = one term of the bound in bits/dim (:meth:`vb_terms_bpd` with
+          ``clip_denoised=False``): an unbiased estimate of (L - L_T)/T, **not** multiplied by T (official
+          ``kl``). ``mse`` is also returned as a detached diagnostic (it is not part of ``loss``).
         * ``hybrid`` (Improved DDPM, needs a learned variance): ``loss = mse + vb`` where ``vb`` is the bound
-          term
-          computed from ``[mean output detached, variance output]``, so it trains only the variance channels.
-          ``vb`` is in bits/dim scaled by ``T/1000`` exactly like improved-diffusion's RESCALED_MSE, i.e.
-          ``L_simple + 0.001 * L_vlb`` with ``L_vlb = T * E_t[term]``.
+          term computed from ``[mean output detached, variance output]``, so it trains only the variance
+          channels. ``vb`` is in bits/dim scaled by ``T/1000`` exactly like improved-diffusion's RESCALED_MSE,
+          i.e. ``L_simple + 0.001 * L_vlb`` with ``L_vlb = T * E_t[term]``.
         """
         t = self._as_t(t, x_start)
         if noise is None:
@@ -415,10 +410,8 @@ class GaussianDiffusion(nn.Module):
 
         For each code index ``t = T-1 .. 0`` a fresh ``x_t ~ q(x_t | x_0)`` is drawn and the bound term is
         evaluated with one network forward pass. ``t_batch > 1`` stacks ``x_t`` for that many consecutive
-        ``t``
-        into one forward pass of batch ``t_batch * N`` (same noise draws in the same order, so the result
-        does not
-        depend on ``t_batch``).
+        ``t`` into one forward pass of batch ``t_batch * N`` (same noise draws in the same order, so the
+        result does not depend on ``t_batch``).
 
         Args:
             noise_fn: source of the per-term noise: ``None`` (``torch.randn_like``), a callable
@@ -428,8 +421,7 @@ class GaussianDiffusion(nn.Module):
 
         Returns dict: ``total_bpd`` ``[N]`` (= prior + sum of vb), ``prior_bpd`` ``[N]``, ``vb`` ``[N, T]``
         (column ``t`` is code index ``t``), ``xstart_mse`` ``[N, T]``, ``mse`` ``[N, T]`` (eps MSE, eps
-        derived from
-        the (clipped) predicted x_0).
+        derived from the (clipped) predicted x_0).
         """
         N, T = x_start.shape[0], self.num_timesteps
         t_batch = max(1, int(t_batch))

@@ -53,8 +53,7 @@ def discretized_gaussian_log_likelihood(x: Tensor, *, means: Tensor, log_scales:
 
     Paper Eq. 13 / official ``discretized_gaussian_log_likelihood``. Each level owns
     ``[x - 1/255, x + 1/255]``; the two extreme levels (``|x| > 0.999``) own the half-lines down to -inf / up
-    to
-    +inf. Bin probabilities use :func:`approx_standard_normal_cdf` and are floored at 1e-12 before the log.
+    to +inf. Bin probabilities use :func:`approx_standard_normal_cdf` and are floored at 1e-12 before the log.
 
     Args:
         x: data, any shape, values in ``{2k/255 - 1}``.

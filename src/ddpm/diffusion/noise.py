@@ -2,10 +2,8 @@
 
 Sampling an image with :class:`SeededNoise` draws ``x_T`` and every per-step ``z`` from that image's own
 ``torch.Generator``, so a sample depends only on its seed (and on the generator device), never on the batch
-size
-or on which other images share the batch. Combine with :func:`image_seeds` to give image number ``i`` of run
-seed
-``s`` a fixed seed, so e.g. image 12 345 of a 50k FID dump can be regenerated alone.
+size or on which other images share the batch. Combine with :func:`image_seeds` to give image number ``i`` of
+run seed ``s`` a fixed seed, so e.g. image 12 345 of a 50k FID dump can be regenerated alone.
 """
 
 from __future__ import annotations
@@ -29,10 +27,8 @@ def image_seed(base_seed: int, index: int) -> int:
     """Seed of image ``index`` in a run seeded ``base_seed``.
 
     ``splitmix64(splitmix64(base_seed) XOR index)`` truncated to 63 bits: deterministic across machines and
-    Python
-    versions (pure integer arithmetic, no ``hash()``), well mixed, and distinct (base_seed, index) pairs
-    collide
-    only with negligible probability.
+    Python versions (pure integer arithmetic, no ``hash()``), well mixed, and distinct (base_seed, index)
+    pairs collide only with negligible probability.
     """
     if index < 0:
         raise ValueError(f"image index must be >= 0, got {index}")
@@ -48,9 +44,9 @@ class SeededNoise:
     """One ``torch.Generator`` per image; ``randn(*shape)`` returns ``[len(seeds), *shape]``.
 
     Row ``i`` is drawn only from generator ``i`` (seeded with ``seeds[i]``), so successive calls give each
-    image
-    its own reproducible stream. Note that CPU and CUDA generators give different streams for the same seed:
-    keep ``device`` fixed (the default, ``"cpu"``, is portable; the result is moved by the caller as needed).
+    image its own reproducible stream. Note that CPU and CUDA generators give different streams for the same
+    seed: keep ``device`` fixed (the default, ``"cpu"``, is portable; the result is moved by the caller as
+    needed).
     """
 
     def __init__(self, seeds: Sequence[int], device: str | torch.device = "cpu"):

@@ -4,9 +4,8 @@ All samplers take ``(diffusion, model_fn, shape, *, noise=None, generator=None, 
 progress=None, device=None)``:
 
 * ``noise``: a :class:`~ddpm.diffusion.noise.SeededNoise` with ``len(noise) == shape[0]``. ``x_T`` and every
-  per-step ``z`` are drawn from it, so image ``i`` depends only on its seed. When ``None``, ``torch.randn``
-  is used
-  with the optional ``generator``.
+  per-step ``z`` are drawn from it, so image ``i`` depends only on its seed. When ``None``, ``torch.randn`` is
+  used with the optional ``generator``.
 * ``progress(done_steps, total_steps)`` is called after every step.
 * ``device`` defaults to the device of the diffusion's buffers.
 
@@ -94,8 +93,7 @@ def ancestral_sample_progressive(
     interpolation / partial decoding.
 
     Yields dicts ``{"t": int code index of the step, "sample": the new x (at code index t-1; x_0 after the
-    last
-    step), "pred_xstart": predicted x_0 at this step}``.
+    last step), "pred_xstart": predicted x_0 at this step}``.
     """
     device = _device(diffusion, device)
     x, t_start = _init(diffusion, shape, noise, generator, device, x_start_t, t_start)
@@ -165,8 +163,7 @@ def ddim_sample_progressive(
 
     ``x_{t-1} = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z`` with
     ``sigma = eta sqrt((1 - abar_prev)/(1 - abar)) sqrt(1 - abar/abar_prev)`` and ``eps_hat`` re-derived from
-    the
-    (clipped) ``x0_hat``. ``eta = 0`` is deterministic given x_T (no noise is drawn); ``eta = 1`` matches
+    the (clipped) ``x0_hat``. ``eta = 0`` is deterministic given x_T (no noise is drawn); ``eta = 1`` matches
     ancestral sampling with the fixed_small variance. Yields like :func:`ancestral_sample_progressive`.
     """
     device = _device(diffusion, device)
@@ -273,8 +270,7 @@ def respace(diffusion: GaussianDiffusion, use_timesteps: Iterable[int]) -> Gauss
 
     New betas: ``beta_i = 1 - abar_{t_i} / abar_{t_{i-1}}`` (``abar_{t_{-1}} = 1``), so the kept marginals
     ``abar`` are unchanged. ``timestep_map`` holds the original timesteps (composed with the input's map), so
-    the
-    network still receives the original t. Same objective types and device as ``diffusion``.
+    the network still receives the original t. Same objective types and device as ``diffusion``.
     """
     use = sorted({int(t) for t in use_timesteps})
     if not use:
