@@ -286,7 +286,8 @@ def test_resolve_pretrained_never_downloads_by_default(tmp_path):
     # the converter imports huggingface_hub (and diffusers) lazily, never at module level
     tree = ast.parse(Path(ddpm.convert.__file__).read_text())
     top_level = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
-    names = {a.name for n in top_level for a in n.names} | {n.module for n in top_level if n.module}
+    names = {a.name for n in top_level for a in n.names}
+    names |= {n.module for n in top_level if isinstance(n, ast.ImportFrom) and n.module}
     assert not {"huggingface_hub", "diffusers"} & {name.split(".")[0] for name in names}
 
 
