@@ -70,8 +70,8 @@ class GaussianDiffusion(nn.Module):
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or betas.size < 1:
             raise ValueError(f"betas must be a non-empty 1-D array, got shape {betas.shape}")
-        if not (np.all(betas > 0) and np.all(betas <= 1)):
-            raise ValueError("betas must lie in (0, 1]")
+        if not (np.all(betas > 0) and np.all(betas < 1)):
+            raise ValueError("betas must lie in (0, 1) (beta = 1 makes abar 0 and the posterior undefined)")
         T = int(betas.shape[0])
         self.num_timesteps = T
         if timestep_map is None:
