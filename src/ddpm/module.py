@@ -1,0 +1,256 @@
+"""The LightningModule: glue between the UNet (:mod:`ddpm.nets`) and the diffusion math (:mod:`ddpm.diffusion`).
+
+* ``net`` holds the raw (trained) weights, ``ema`` an exponential moving average of them (decay 0.9999 per
+  optimizer step, from step 0, shadows starting at the initial weights, as the official code). Both live in the
+  module's ``state_dict``, so every checkpoint carries raw and EMA weights side by side and a resume is exact.
+* Validation, sampling and exported weights use ``ema`` by default; training never touches it, so the raw
+  weights are the same before and after a validation (no swapping).
+* ``t`` is drawn uniformly from {0, ..., T-1} (code index; paper time t+1).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.diffusion.types import VarType
+
+
+def build_net(model: Mapping[str, Any], image_shape: tuple[int, int, int], var_type: str) -> torch.nn.Module:
+    """Instantiate the network from its config (``_target_`` + kwargs), sized for the data and objective.
+
+    The output has twice the image channels when the variance is learned (``learned``/``learned_range``).
+    """
+    kwargs = dict(model)
+    target = kwargs.pop("_target_", "ddpm.nets.UNet")
+    module_name, _, cls_name = target.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    channels, height, width = image_shape
+    if height != width:
+        raise ValueError(f"square images only, got image_shape={tuple(image_shape)}")
+    out_channels = 2 * channels if VarType(var_type).is_learned else channels
+    return cls(in_channels=channels, out_channels=out_channels, resolution=height, **kwargs)
+
+
+def build_diffusion(diffusion: Mapping[str, Any], objective: Mapping[str, Any]) -> GaussianDiffusion:
+    return GaussianDiffusion.from_config(
+        schedule=diffusion["schedule"],
+        num_timesteps=int(diffusion["num_timesteps"]),
+        mean_type=objective["mean_type"],
+        var_type=objective["var_type"],
+        loss_type=objective["loss_type"],
+    )
+
+
+class DiffusionModule(L.LightningModule):
+    """DDPM training system: UNet + GaussianDiffusion + EMA, trained with the configured Table 2 objective.
+
+    :param model: network config (``_target_`` and constructor kwargs but in/out channels and resolution).
+    :param diffusion: ``{schedule, num_timesteps}``.
+    :param objective: ``{mean_type, var_type, loss_type}`` (strings).
+    :param optim: ``{lr, betas, eps, weight_decay, warmup_steps, ema_decay, fused}``.
+    :param image_shape: ``(C, H, W)`` of the data.
+    :param channels_last: run the network in channels_last memory format (a GPU speed option).
+    """
+
+    def __init__(
+        self,
+        model: dict,
+        diffusion: dict,
+        objective: dict,
+        optim: dict,
+        image_shape: tuple[int, int, int] | list[int],
+        channels_last: bool = False,
+        val_seed: int = 1234,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.net = build_net(model, self.image_shape, objective["var_type"])
+        self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
+        self.diffusion = build_diffusion(diffusion, objective)
+        self.ema_decay = float(optim.get("ema_decay", 0.9999))
+        self.register_buffer("ema_num_updates", torch.zeros((), dtype=torch.long))
+        self.channels_last = channels_last
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+            self.ema.to(memory_format=torch.channels_last)
+        self.run_config: dict | None = None  # the full resolved config; stored in every checkpoint
+        self._last_ema_step = -1
+        self._last_loss: float = 0.0
+
+    # ------------------------------------------------------------------ inference
+    def model_fn(self, use_ema: bool = True):
+        """The network as the diffusion code expects it: ``fn(x_t, t) -> output`` (EMA weights by default)."""
+        net = self.ema if use_ema else self.net
+        if not self.channels_last:
+            return net
+
+        def fn(x: Tensor, t: Tensor) -> Tensor:
+            return net(x.contiguous(memory_format=torch.channels_last), t)
+
+        return fn
+
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        return self.net(x_t, t)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        x_start = batch
+        num_t = self.diffusion.num_timesteps
+        t = torch.randint(0, num_t, (x_start.shape[0],), device=x_start.device)
+        terms = self.diffusion.training_losses(self.model_fn(use_ema=False), x_start, t)
+        loss = terms["loss"].mean()
+        self._last_loss = float(loss.detach())
+        batch_size = x_start.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        for key in ("mse", "vb"):
+            if key in terms and key != "loss":
+                self.log(f"train/{key}", terms[key].mean(), batch_size=batch_size)
+        # The loss by quarter of the t range (improved-diffusion's loss_q0..q3): where the error sits.
+        quarter = (t * 4) // num_t
+        per_example = terms["loss"].detach()
+        for q in range(4):
+            mask = quarter == q
+            if mask.any():
+                self.log(f"train/loss_q{q}", per_example[mask].mean(), batch_size=int(mask.sum()))
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        self.log("train/grad_norm", norm, batch_size=1)
+        if not torch.isfinite(norm) or not math.isfinite(self._last_loss):
+            self._handle_nonfinite(norm)
+
+    def _handle_nonfinite(self, norm: Tensor) -> None:
+        run = self.run_config or {}
+        policy = run.get("nan_policy", "stop")
+        step = self.global_step
+        what = f"loss={self._last_loss!r}, gradient norm={float(norm)!r}"
+        hint = (
+            "Likely causes: a learning rate too high for this model/batch, a learned variance diverging "
+            "(objective *_learned, 'unstable' in the paper's Table 2), fp16 overflow (use bf16-mixed), or "
+            "non-finite input data."
+        )
+        if policy == "stop":
+            raise FloatingPointError(
+                f"Non-finite training step at global step {step}: {what}. The optimizer step was NOT applied "
+                f"and no checkpoint with non-finite weights is written. {hint} Set nan_policy=skip to skip "
+                "such steps instead."
+            )
+        self._nan_streak = getattr(self, "_nan_streak", 0) + 1
+        limit = int(run.get("nan_max_consecutive", 10))
+        if self._nan_streak > limit:
+            raise FloatingPointError(
+                f"{self._nan_streak} consecutive non-finite steps up to global step {step} ({what}). {hint}"
+            )
+        self.print(f"[ddpm] skipping optimizer step at global step {step}: {what}")
+        for p in self.net.parameters():
+            p.grad = None  # Adam skips parameters without a gradient: the weights and moments stay as they were
+
+    def on_train_start(self) -> None:
+        self._last_ema_step = self.trainer.global_step
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # One EMA update per optimizer step (global_step advances only on optimizer steps, also under
+        # gradient accumulation).
+        if self.trainer.global_step != self._last_ema_step:
+            self._last_ema_step = self.trainer.global_step
+            self.update_ema()
+            if getattr(self, "_nan_streak", 0) and math.isfinite(self._last_loss):
+                self._nan_streak = 0
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        decay = self.ema_decay
+        ema_params = list(self.ema.parameters())
+        net_params = list(self.net.parameters())
+        torch._foreach_lerp_(ema_params, net_params, 1.0 - decay)
+        for b_ema, b_net in zip(self.ema.buffers(), self.net.buffers()):
+            b_ema.copy_(b_net)
+        self.ema_num_updates += 1
+
+    # ------------------------------------------------------------------ validation / test
+    def on_validation_epoch_start(self) -> None:
+        # The same t and noise at every validation, so the curve compares like with like.
+        self._val_generator = torch.Generator(device=self.device).manual_seed(int(self.hparams.val_seed))
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        self._bound_step(batch, "val")
+
+    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+        if not hasattr(self, "_val_generator"):
+            self.on_validation_epoch_start()
+        self._bound_step(batch, "test")
+
+    @torch.no_grad()
+    def _bound_step(self, batch: Tensor, stage: str) -> None:
+        """Unbiased estimate of the bound L in bits/dim with EMA weights: prior + T * L_t at a random t."""
+        x_start = batch
+        n = x_start.shape[0]
+        num_t = self.diffusion.num_timesteps
+        gen = self._val_generator
+        # Stratified t over the batch: lower variance than i.i.d. draws, still unbiased.
+        t = ((torch.arange(n, device=self.device) + torch.rand(n, generator=gen, device=self.device)) * num_t / n)
+        t = t.long().clamp_(0, num_t - 1)
+        noise = torch.randn(x_start.shape, generator=gen, device=self.device)
+        x_t = self.diffusion.q_sample(x_start, t, noise=noise)
+        model_fn = self.model_fn(use_ema=True)
+        terms = self.diffusion.vb_terms_bpd(model_fn, x_start, x_t, t, clip_denoised=True)["output"]
+        bpd = self.diffusion.prior_bpd(x_start) + num_t * terms
+        self.log(f"{stage}/bpd", bpd.mean(), prog_bar=stage == "val", batch_size=n, sync_dist=True)
+        loss = self.diffusion.training_losses(model_fn, x_start, t, noise=noise)["loss"]
+        self.log(f"{stage}/loss", loss.mean(), batch_size=n, sync_dist=True)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        o = self.hparams.optim
+        fused = o.get("fused")
+        if fused is None:
+            fused = self.device.type == "cuda"
+        kwargs = dict(
+            lr=float(o["lr"]),
+            betas=tuple(float(b) for b in o.get("betas", (0.9, 0.999))),
+            eps=float(o.get("eps", 1e-8)),
+            weight_decay=float(o.get("weight_decay", 0.0)),
+        )
+        if fused:
+            kwargs["fused"] = True
+        optimizer = torch.optim.Adam(self.net.parameters(), **kwargs)
+        warmup = int(o.get("warmup_steps", 0))
+
+        def lr_lambda(step: int) -> float:
+            # Official: lr * min(global_step / warmup, 1), global_step counted before the update (0 first).
+            return 1.0 if warmup <= 0 else min(step / warmup, 1.0)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        bad = [k for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise FloatingPointError(
+                f"Refusing to write a checkpoint with non-finite weights ({bad[:3]}...): the previous "
+                "checkpoint is kept."
+            )
+        if self.run_config is not None:
+            checkpoint["cfg"] = self.run_config
+        from ddpm import __version__
+
+        checkpoint["ddpm_version"] = __version__
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "cfg" in checkpoint and self.run_config is None:
+            self.run_config = checkpoint["cfg"]
