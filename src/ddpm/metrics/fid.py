@@ -540,7 +540,8 @@ class StreamingFIDIS(Metric):
         self.__dict__["_extractor"] = extractor.eval()
         self._ref = ref
         self.splits = splits
-        self.register_buffer("_shift", torch.as_tensor(ref.mu, dtype=torch.float64), persistent=False)
+        # plain attribute, not a buffer: Module.half()/bfloat16() must never touch it
+        self.__dict__["_shift"] = torch.as_tensor(ref.mu, dtype=torch.float64)
         self.add_state("feat_sum", default=torch.zeros(d, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("feat_outer", default=torch.zeros(d, d, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
@@ -557,7 +558,8 @@ class StreamingFIDIS(Metric):
             ext.to(x.device)
         with torch.no_grad():
             out = ext(x)
-        f = out["features"].to(torch.float64) - self._shift.to(x.device)
+        f = out["features"].to(torch.float64)
+        f = f - self.__dict__["_shift"].to(f.device)
         self.feat_sum += f.sum(dim=0)
         self.feat_outer += f.T @ f
         self.count += f.shape[0]
@@ -570,7 +572,7 @@ class StreamingFIDIS(Metric):
         m = self.feat_sum / n
         sigma = (self.feat_outer - n * torch.outer(m, m)) / (n - 1)
         sigma = 0.5 * (sigma + sigma.T)
-        mu = (m + self._shift.to(m.device)).cpu().numpy()
+        mu = (m.cpu() + self.__dict__["_shift"]).numpy()
         logits = dim_zero_cat(self.logits).cpu().numpy()
         return fid_is_from_stats(
             mu, sigma.cpu().numpy(), n, logits, self._ref, self.extractor.name, splits=self.splits
