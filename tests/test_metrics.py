@@ -194,7 +194,10 @@ def test_agrees_with_torch_fidelity(ext, cache_dir, monkeypatch):
     ref_images = torch.cat([digits_split("val")[0], digits_split("test")[0]])
     ref = build_ref_stats(ref_images, ext, id="digits-valtest")
     ours = compute_fid_is(samples, ref, ext)
-    tf = compute_with_torch_fidelity(samples, ref_images, feature_extractor="ddpm-digits", cuda=False)
+    inception_weights = cache_dir / "inception.pth"  # a globally configured Inception path is ignored here
+    tf = compute_with_torch_fidelity(
+        samples, ref_images, feature_extractor="ddpm-digits", weights_path=inception_weights, cuda=False
+    )
     assert tf["extractor"] == "ddpm-digits" and tf["n_samples"] == 300
     assert tf["fid"] == pytest.approx(ours["fid_300"], rel=1e-3)
     assert tf["is"] == pytest.approx(ours["is_300"], rel=1e-3)
@@ -233,9 +236,11 @@ def test_streaming_metric_equals_batch(ext, train_ref):
     assert m.compute()["fid_300"] == pytest.approx(batch["fid_300"], rel=1e-6)
 
 
-def test_get_extractor_inception_missing_weights_is_clear(tmp_path):
+def test_get_extractor_inception_missing_weights_is_clear(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setenv("DDPM_CACHE", str(cache_dir))
     with pytest.raises(FileNotFoundError, match="inception_weights="):
         get_extractor("inception", weights_path=tmp_path / "missing.pth")
+    assert get_extractor("digits", weights_path=tmp_path / "inception.pth").name == "ddpm-digits"
     with pytest.raises(ValueError, match="unknown feature extractor"):
         get_extractor("vgg")
 

@@ -287,7 +287,8 @@ def register_with_torch_fidelity() -> str:
         class DigitsFidelityExtractor(torch_fidelity.FeatureExtractorBase):
             def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
                 super().__init__(name, features_list)
-                self.ext = DigitsExtractor(weights_path=feature_extractor_weights_path)
+                w = feature_extractor_weights_path
+                self.ext = DigitsExtractor(weights_path=w if str(w or "").endswith(".safetensors") else None)
 
             @staticmethod
             def get_provided_features_list():

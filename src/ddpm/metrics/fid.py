@@ -165,6 +165,12 @@ class InceptionExtractor(Extractor):
                 f"inception_weights={weights_path}: file not found "
                 f"(expected a copy of {INCEPTION_WEIGHTS_URL})"
             )
+        if weights_path is not None:
+            # torch-fidelity reads the file with weights_only=False; refuse anything that is not plain tensors
+            try:
+                torch.load(weights_path, map_location="cpu", weights_only=True)
+            except Exception as e:
+                raise ValueError(f"inception_weights={weights_path}: not a plain state dict ({e})") from e
         try:
             self.net = FeatureExtractorInceptionV3(
                 self.name,
@@ -206,7 +212,9 @@ def get_extractor(
 ) -> Extractor:
     """``"inception"``/``"inception-v3-compat"`` or ``"digits"``/``"ddpm-digits"``.
 
-    ``weights_path``: Inception weights file, or for digits an explicit classifier ``.safetensors``.
+    ``weights_path``: local Inception weights (config ``inception_weights``). It only applies to Inception,
+    so a globally configured ``inception_weights`` is harmless with the digits extractor; the one exception
+    is a ``.safetensors`` path, which the digits extractor takes as an explicit classifier file.
     ``cache_dir``: digits classifier cache (default ``$DDPM_CACHE`` or ``~/.cache/ddpm``).
     """
     key = name.lower()
@@ -215,7 +223,8 @@ def get_extractor(
     elif key in ("digits", "ddpm-digits"):
         from ddpm.metrics.digits import DigitsExtractor
 
-        ext = DigitsExtractor(cache_dir=cache_dir, weights_path=weights_path)
+        digits_weights = weights_path if str(weights_path or "").endswith(".safetensors") else None
+        ext = DigitsExtractor(cache_dir=cache_dir, weights_path=digits_weights)
     else:
         raise ValueError(f"unknown feature extractor {name!r} (choose 'inception' or 'digits')")
     if device is not None:
@@ -492,7 +501,9 @@ def compute_with_torch_fidelity(
         args["input2"] = _input(ref_input)
     if isinstance(args["input1"], str) and os.path.isdir(args["input1"]):
         args.setdefault("samples_find_deep", True)
-    if weights_path is not None:
+    if weights_path is not None and (
+        feature_extractor != "ddpm-digits" or str(weights_path).endswith(".safetensors")
+    ):
         args["feature_extractor_weights_path"] = str(weights_path)
     args.update(kwargs)
     try:
