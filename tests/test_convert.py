@@ -66,6 +66,15 @@ CONFIG_256 = dict(
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tests are tiny; one intra-op thread avoids OpenMP thrashing on a shared 2-core CI box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @torch.no_grad()
 def _randomise(model: torch.nn.Module, seed: int = 0) -> None:
     """Random values in every tensor (including diffusers' zero-initialised ones), activations kept O(1)."""

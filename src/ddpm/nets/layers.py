@@ -50,12 +50,17 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 def group_norm(channels: int) -> nn.GroupNorm:
     """GroupNorm with the official settings: 32 groups, eps 1e-6, affine (gamma 1, beta 0).
 
-    Only when ``channels < 32`` (tiny test/quickstart presets) the group count drops to ``channels``
-    (i.e. one channel per group); the published architectures never hit that case.
+    The published architectures (widths that are multiples of 32) always get 32 groups. Only for small
+    non-published widths the group count changes: ``channels < 32`` gives one channel per group
+    (``channels`` groups), and a width above 32 that 32 does not divide (e.g. a ``16 + 32`` skip concat)
+    gets ``gcd(32, channels)`` groups.
     """
-    groups = min(GN_GROUPS, channels)
-    if channels % groups != 0:
-        raise ValueError(f"GroupNorm: {channels} channels are not divisible into {groups} groups")
+    if channels % GN_GROUPS == 0:
+        groups = GN_GROUPS
+    elif channels < GN_GROUPS:
+        groups = channels
+    else:
+        groups = math.gcd(GN_GROUPS, channels)
     return nn.GroupNorm(groups, channels, eps=GN_EPS, affine=True)
 
 
