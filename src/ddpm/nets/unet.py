@@ -55,6 +55,9 @@ class UNet(nn.Module):
     :param resolution: the training image size; only used to place the attention layers.
     :param resamp_with_conv: conv in the down/up samplers (official default); else avg-pool / plain nearest.
     :param grad_checkpointing: recompute ResBlock activations in backward (saves memory at 256x256; opt-in).
+
+    Every GroupNorm has 32 groups and eps 1e-6 (official); only widths that 32 does not divide (small
+    non-published presets) use fewer groups, see :func:`ddpm.nets.layers.group_norm`.
     """
 
     def __init__(
