@@ -1,0 +1,183 @@
+"""The paper's qualitative figures, one command each (PNG grids):
+
+::
+
+    python -m ddpm.figures progressive ckpt_path=RUN [num_images=8 frames=10 seed=0 out=progressive.png]
+    python -m ddpm.figures interpolation ckpt_path=RUN [pair=0,1 t=500 lambdas=9 sweep=false out=...]
+    python -m ddpm.figures shared_xt ckpt_path=RUN [splits=1000,750,500,250 continuations=6 out=...]
+
+Common keys: ``ckpt_path=`` (or ``pretrained=``), ``use_ema=true``, ``seed=0``, ``upscale=`` (default: to at
+least 64 px per image), ``device=`` (cuda if available), ``out=`` (PNG path), ``data=NAME`` (for published
+weights: where the interpolation's test images come from). Times ``t=`` and ``splits=`` are on the paper's
+scale of 1000 steps and are rescaled to the model's T (``t=500`` is T/2).
+
+* **progressive** (Figure 6): rows are samples, columns the predicted x0-hat at ``frames`` evenly spaced
+  points of the reverse chain (Algorithm 2); the last column is the final sample x_0.
+* **interpolation** (Figure 8; Figure 9 with ``sweep=true``): two test images (``pair=i,j``, indices into the
+  test split) are encoded to x_t by q(x_t | x_0) with the SAME noise, mixed linearly for ``lambdas`` values
+  of lambda in [0, 1] and decoded by the reverse chain from t with the same noise for every lambda. Columns:
+  source, lambda = 0 .. 1, target. ``sweep=true`` draws one row per t in {0, T/8, ..., T} (t=0 = pixel space).
+* **shared_xt** (Figure 7): one reverse chain is split at several t; each row shows the shared x_t
+  (clamped to [-1, 1]) and ``continuations`` samples x_0 ~ p(x_0 | x_t) drawn from it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from ddpm.diffusion import SeededNoise
+from ddpm.diffusion import samplers as S
+from ddpm.generate import make_grid_uint8, save_png, seeds_for, to_uint8
+
+__all__ = ["progressive", "interpolation", "shared_xt", "main"]
+
+
+def _paper_to_code(t_paper: float, T: int) -> int:
+    """Paper time on the 1000-step scale -> code index (t=500 at T=1000 -> 499); -1 means t = 0."""
+    return int(round(float(t_paper) * T / 1000.0)) - 1
+
+
+@torch.no_grad()
+def progressive(model_fn, diffusion, image_shape, *, num_images=8, frames=10, seed=0, clip_denoised=True,
+                device="cpu") -> torch.Tensor:
+    """uint8 ``[num_images, frames, C, H, W]``: x0-hat along the chain, the last frame the final sample."""
+    T = diffusion.num_timesteps
+    frames = max(2, min(int(frames), T + 1))
+    # record x0-hat after these many reverse steps (1 .. T-1), then the final sample
+    marks = sorted({max(1, round(k * T / (frames - 1))) for k in range(1, frames - 1)})
+    noise = SeededNoise(seeds_for(seed, 0, num_images), device=device)
+    cols, final = [], None
+    for done, step in enumerate(
+        S.ancestral_sample_progressive(diffusion, model_fn, (num_images, *image_shape), noise=noise,
+                                       clip_denoised=clip_denoised, device=device), start=1):
+        if done in marks:
+            cols.append(step["pred_xstart"].clamp(-1, 1))
+        final = step["sample"]
+    cols.append(final)
+    while len(cols) < frames:  # tiny T: fewer distinct steps than frames
+        cols.insert(0, cols[0])
+    return to_uint8(torch.stack(cols, dim=1)).cpu()
+
+
+@torch.no_grad()
+def interpolation(model_fn, diffusion, x0_a, x0_b, *, t_paper=500.0, lambdas=9, seed=0,
+                  clip_denoised=True, device="cpu") -> torch.Tensor:
+    """uint8 ``[lambdas + 2, C, H, W]``: source, the decoded mixes for lambda = 0 .. 1, target."""
+    T = diffusion.num_timesteps
+    t = _paper_to_code(t_paper, T)
+    a, b = x0_a.to(device).unsqueeze(0), x0_b.to(device).unsqueeze(0)
+    lam = torch.linspace(0, 1, int(lambdas), device=device).view(-1, 1, 1, 1)
+    if t < 0:  # t = 0: mixing in pixel space
+        mixes = (1 - lam) * a + lam * b
+    else:
+        z = SeededNoise(seeds_for(seed, 0, 1), device=device).randn(*a.shape[1:])  # SHARED encoder noise
+        tt = torch.full((1,), t, device=device, dtype=torch.long)
+        xa, xb = diffusion.q_sample(a, tt, noise=z), diffusion.q_sample(b, tt, noise=z)
+        mix = (1 - lam) * xa + lam * xb
+        # the same decoder noise for every lambda: every row uses the same seed
+        noise = SeededNoise([seeds_for(seed, 1, 2)[0]] * mix.shape[0], device=device)
+        mixes = S.ancestral_sample(diffusion, model_fn, tuple(mix.shape), noise=noise, x_start_t=mix,
+                                   t_start=t, clip_denoised=clip_denoised, device=device)
+    return to_uint8(torch.cat([a, mixes, b])).cpu()
+
+
+@torch.no_grad()
+def shared_xt(model_fn, diffusion, image_shape, *, splits=(1000, 750, 500, 250), continuations=6, seed=0,
+              clip_denoised=True, device="cpu") -> torch.Tensor:
+    """uint8 ``[len(splits), continuations + 1, C, H, W]``: per split, x_t then the continuations."""
+    T = diffusion.num_timesteps
+    codes = [min(T - 1, max(0, _paper_to_code(s, T))) for s in splits]
+    noise = SeededNoise(seeds_for(seed, 0, 1), device=device)
+    x = noise.randn(*image_shape).to(device)  # x_T of the main chain
+    states = {T - 1: x}
+    for step in S.ancestral_sample_progressive(diffusion, model_fn, (1, *image_shape), noise=noise,
+                                               x_start_t=x, t_start=T - 1, clip_denoised=clip_denoised,
+                                               device=device):
+        if step["t"] - 1 in codes:
+            states[step["t"] - 1] = step["sample"]
+    rows = []
+    for r, c in enumerate(codes):
+        xt = states[c]
+        k = int(continuations)
+        cont_noise = SeededNoise(seeds_for(seed + 1000 + r, 0, k), device=device)
+        outs = S.ancestral_sample(diffusion, model_fn, (k, *image_shape), noise=cont_noise,
+                                  x_start_t=xt.expand(k, *image_shape).contiguous(), t_start=c,
+                                  clip_denoised=clip_denoised, device=device)
+        rows.append(torch.cat([xt.clamp(-1, 1), outs]))
+    return to_uint8(torch.stack(rows)).cpu()
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+_DEFAULTS = {
+    "ckpt_path": None, "pretrained": None, "use_ema": "true", "seed": "0", "upscale": None, "device": None,
+    "out": None, "data": None, "clip_denoised": "true",
+    "num_images": "8", "frames": "10",
+    "pair": "0,1", "t": "500", "lambdas": "9", "sweep": "false", "split": "test",
+    "splits": "1000,750,500,250", "continuations": "6",
+}
+
+
+def _bool(s) -> bool:
+    return str(s).lower() in ("1", "true", "yes", "on")
+
+
+def grid_png(images: torch.Tensor, out: Path, nrow: int, upscale: int | None) -> Path:
+    """uint8 ``[N, C, H, W]`` in row-major order -> PNG with ``nrow`` images per row."""
+    up = int(upscale) if upscale else max(1, math.ceil(64 / images.shape[-1]))
+    save_png(make_grid_uint8(images, nrow=nrow, upscale=up), out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> Path:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("progressive", "interpolation", "shared_xt"):
+        print(__doc__)
+        raise SystemExit(2)
+    figure, opts = argv[0], dict(_DEFAULTS)
+    for a in argv[1:]:
+        k, eq, v = a.partition("=")
+        if not eq or k not in _DEFAULTS:
+            raise SystemExit(f"unknown argument {a!r}; valid keys: {sorted(_DEFAULTS)}")
+        opts[k] = None if v in ("null", "None", "") else v
+    from ddpm.sampling import build_datamodule, load_model
+
+    device = torch.device(opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
+    loaded = load_model(opts["ckpt_path"], opts["pretrained"], _bool(opts["use_ema"])).to(device)
+    fn, diff, shape = loaded.model_fn(), loaded.diffusion, loaded.image_shape
+    seed, clip = int(opts["seed"]), _bool(opts["clip_denoised"])
+    out = Path(opts["out"] or f"{figure}.png")
+    if figure == "progressive":
+        x = progressive(fn, diff, shape, num_images=int(opts["num_images"]), frames=int(opts["frames"]),
+                        seed=seed, clip_denoised=clip, device=device)
+        path = grid_png(x.flatten(0, 1), out, x.shape[1], opts["upscale"])
+    elif figure == "interpolation":
+        from ddpm.data.base import uint8_to_model
+
+        data_cfg = loaded.run_cfg.get("data") if loaded.run_cfg and not opts["data"] else None
+        if opts["data"]:
+            from ddpm.config import compose, to_container
+
+            data_cfg = to_container(compose("train", [f"data={opts['data']}"]))["data"]
+        dm = build_datamodule(data_cfg, "interpolation")
+        imgs = dm.splits()[opts["split"]]
+        i, j = (int(v) for v in opts["pair"].split(","))
+        a, b = uint8_to_model(imgs[i]), uint8_to_model(imgs[j])
+        ts = [1000 * k / 8 for k in range(9)] if _bool(opts["sweep"]) else [float(opts["t"])]
+        rows = [interpolation(fn, diff, a, b, t_paper=t, lambdas=int(opts["lambdas"]), seed=seed,
+                              clip_denoised=clip, device=device) for t in ts]
+        path = grid_png(torch.cat(rows), out, rows[0].shape[0], opts["upscale"])
+    else:
+        splits = [float(s) for s in opts["splits"].split(",")]
+        x = shared_xt(fn, diff, shape, splits=splits, continuations=int(opts["continuations"]), seed=seed,
+                      clip_denoised=clip, device=device)
+        path = grid_png(x.flatten(0, 1), out, x.shape[1], opts["upscale"])
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    main()
