@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from ddpm.data.base import ImageDataModule, TensorImages, seeded_split
+from ddpm.data.base import ImageDataModule, TensorImages
 
 
 def load_digits_uint8() -> torch.Tensor:
@@ -70,7 +70,10 @@ class DigitsDataModule(ImageDataModule):
         images = load_digits_uint8()
         if self.upscale > 1:
             images = images.repeat_interleave(self.upscale, dim=2).repeat_interleave(self.upscale, dim=3)
-        idx = seeded_split(
-            images.shape[0], {"test": self.test_fraction, "val": self.val_fraction}, seed=self.seed
-        )
+        # The same split as the digits classifier behind the quality score (ddpm.metrics.digits), so its
+        # "real held-out digits" are never in the diffusion model's training set.
+        from ddpm.metrics.digits import digits_split_indices
+
+        train, val, test = digits_split_indices(images.shape[0], self.seed, self.val_fraction, self.test_fraction)
+        idx = {"train": train.sort().values, "val": val.sort().values, "test": test.sort().values}
         return {k: TensorImages(images[v].contiguous()) for k, v in idx.items()}

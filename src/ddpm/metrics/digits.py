@@ -66,16 +66,19 @@ _SPLIT_SEED = 0
 
 
 def digits_split_indices(
-    n: int = N_DIGITS, seed: int = _SPLIT_SEED
+    n: int = N_DIGITS, seed: int = _SPLIT_SEED, val_fraction: float = 0.1, test_fraction: float = 0.1
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(train_idx, val_idx, test_idx)``: ``torch.randperm(n,
-    generator=torch.Generator().manual_seed(seed))``, then the first ``floor(0.8 n)`` are train, the next
-    ``floor(0.1 n)`` val and the rest test.
+    generator=torch.Generator().manual_seed(seed))``, then the first ``floor((1 - val - test) n)`` are train,
+    the next ``floor(val n)`` val and the rest test.
 
-    For the 1797 sklearn digits: 1437 / 179 / 181. ``ddpm.data.digits`` must use this function.
+    For the 1797 sklearn digits with the defaults: 1437 / 179 / 181. :class:`ddpm.data.DigitsDataModule`
+    uses this function, so the classifier behind the quality score never trains on the held-out digits.
     """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_train, n_val = int(0.8 * n), int(0.1 * n)
+    n_train, n_val = int((1.0 - val_fraction - test_fraction) * n + 1e-9), int(val_fraction * n)
     return perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :]
 
 
