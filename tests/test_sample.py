@@ -1,0 +1,180 @@
+"""sample.py end to end on a tiny digits checkpoint (T=10): exact N, batch/device independence, resume,
+provenance, bad input, FID/IS through the command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sampling_helpers import sample_cfg, tiny_checkpoint
+
+from ddpm.sampling import sample
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def reference_run(ckpt, tmp_path_factory):
+    """N=7 (odd), batch 2, shards of 3: the run the other tests compare against."""
+    out = tmp_path_factory.mktemp("ref_run")
+    cfg = sample_cfg(ckpt, out, "num_samples=7", "batch_size=2", "shard_size=3", "save_images=true")
+    metrics = sample(cfg)
+    return out, metrics
+
+
+def _arr(path):
+    with np.load(path, allow_pickle=False) as z:
+        return z["arr_0"]
+
+
+def test_outputs_exact_n_and_provenance(reference_run, ckpt):
+    out, metrics = reference_run
+    x = _arr(out / "samples.npz")
+    assert x.shape == (7, 8, 8, 3) and x.dtype == np.uint8  # 1-channel digits repeated to 3 channels
+    assert (x[..., 0] == x[..., 2]).all()
+    assert (out / "samples.png").is_file()
+    assert sorted(p.name for p in (out / "images").iterdir()) == [f"{i:06d}.png" for i in range(7)]
+    assert sorted(p.name for p in (out / "shards").glob("shard_*.npz")) == [
+        "shard_00000000_00000003.npz", "shard_00000003_00000006.npz", "shard_00000006_00000007.npz"
+    ]
+    m = json.loads((out / "metrics.json").read_text())
+    import hashlib
+
+    assert m["model_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert m["use_ema"] is True and m["num_samples"] == 7 and m["seed"] == 0 and m["world_size"] == 1
+    assert m["sampler"]["name"] == "ancestral" and m["sampler"]["steps"] == 10
+    assert m["newly_sampled"] == 7 and m["images_per_second"] > 0
+    assert {"torch", "lightning", "python"} <= set(m["versions"]) and "time" in m
+    assert metrics["num_samples"] == 7
+
+
+def test_batch_size_does_not_change_images(reference_run, ckpt, tmp_path):
+    out, _ = reference_run
+    sample(sample_cfg(ckpt, tmp_path, "num_samples=7", "batch_size=5", "shard_size=4", "grid_images=0"))
+    np.testing.assert_array_equal(_arr(tmp_path / "samples.npz"), _arr(out / "samples.npz"))
+
+
+def test_matches_generate_and_seed_rule(reference_run, ckpt):
+    """Image i is generate() with seeds_for(seed, i, i+1), the same service as the callbacks."""
+    from ddpm.generate import generate, seeds_for, to_uint8
+    from ddpm.sampling import load_model
+
+    out, _ = reference_run
+    m = load_model(ckpt, None, True)
+    x = to_uint8(generate(m.model_fn(), m.diffusion, seeds_for(0, 5, 7), m.image_shape))
+    np.testing.assert_array_equal(_arr(out / "samples.npz")[5:7, ..., 0], x[:, 0].numpy())
+
+
+def test_resume_after_lost_shard(reference_run, ckpt, tmp_path):
+    import shutil
+
+    out, _ = reference_run
+    shutil.copytree(out / "shards", tmp_path / "shards")
+    (tmp_path / "shards" / "shard_00000003_00000006.npz").unlink()  # the interrupted shard
+    m = sample(sample_cfg(ckpt, tmp_path, "num_samples=7", "batch_size=3", "shard_size=3"))
+    assert m["newly_sampled"] == 3
+    np.testing.assert_array_equal(_arr(tmp_path / "samples.npz"), _arr(out / "samples.npz"))
+    # other settings in the same out_dir are refused, not mixed in
+    with pytest.raises(ValueError, match="other settings"):
+        sample(sample_cfg(ckpt, tmp_path, "num_samples=7", "shard_size=3", "seed=1"))
+
+
+def test_samplers_and_raw_weights(reference_run, ckpt, tmp_path):
+    out, _ = reference_run
+    ref = _arr(out / "samples.npz")
+    m = sample(sample_cfg(ckpt, tmp_path / "ddim", "num_samples=3", "sampler=ddim", "steps=5", "eta=0.0"))
+    assert m["sampler"] == {"name": "ddim", "steps": 5, "eta": 0.0, "clip_denoised": True, "var_type": None}
+    assert m["sampler_label"] == "ddim5"
+    assert not np.array_equal(_arr(tmp_path / "ddim" / "samples.npz"), ref[:3])
+    m = sample(sample_cfg(ckpt, tmp_path / "resp", "num_samples=3", "sampler=respaced", "steps=5"))
+    assert m["sampler"]["steps"] == 5 and m["sampler"]["name"] == "respaced"
+    m = sample(sample_cfg(ckpt, tmp_path / "raw", "num_samples=3", "use_ema=false", "clip_denoised=false"))
+    assert m["use_ema"] is False and m["sampler"]["clip_denoised"] is False
+    with pytest.raises(ValueError, match="sampler=respaced"):
+        sample(sample_cfg(ckpt, tmp_path / "bad", "num_samples=3", "steps=5"))
+
+
+def test_bad_input(ckpt, tmp_path):
+    with pytest.raises(ValueError, match="num_samples must be a positive"):
+        sample(sample_cfg(ckpt, tmp_path, "num_samples=0"))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(PermissionError, match="not writable"):
+        sample(sample_cfg(ckpt, blocker / "sub", "num_samples=2"))
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        sample(sample_cfg(tmp_path / "missing.ckpt", tmp_path / "o", "num_samples=2"))
+
+
+def test_fid_through_sample_py(reference_run, ckpt, tmp_path):
+    """FID of a set against its own statistics is ~0 (computed by sample.py, the ddpm and torch-fidelity
+    paths agree), and grows as the images are corrupted."""
+    import shutil
+
+    from ddpm.metrics.fid import compute_fid_is, get_extractor
+    from ddpm.metrics.refstats import build_ref_stats
+
+    out, _ = reference_run
+    # more images: extend the reference run's shards to N=40 (resume samples only the new ones)
+    shutil.copytree(out / "shards", tmp_path / "shards")
+    sample(sample_cfg(ckpt, tmp_path, "num_samples=40", "batch_size=20", "shard_size=3"))
+    imgs = _arr(tmp_path / "samples.npz")
+    ext = get_extractor("digits")
+    ref = build_ref_stats(imgs, ext, id="self")
+    ref_path = tmp_path / "self_stats.npz"
+    ref.save(ref_path)
+    with pytest.warns(UserWarning, match="not comparable"):
+        m = sample(sample_cfg(ckpt, tmp_path, "num_samples=40", "batch_size=20", "shard_size=3",
+                              "compute_fid=true", "feature_extractor=digits", f"ref_stats={ref_path}",
+                              "fid_backend=ddpm"))
+    assert m["newly_sampled"] == 0
+    assert m["fid_40"] == pytest.approx(0.0, abs=1e-6) and m["is_40"] > 1.0
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["fid_40"] == m["fid_40"] and saved["fid_extractor"] == "ddpm-digits"
+    g = torch.Generator().manual_seed(0)
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float()
+    fids = []
+    for s in (0.0, 20.0, 60.0):
+        y = (x + s * torch.randn(x.shape, generator=g)).clamp(0, 255).round().to(torch.uint8)
+        fids.append(compute_fid_is(y, ref, ext)["fid_40"])
+    assert fids[0] == pytest.approx(0.0, abs=1e-6) and fids[0] < fids[1] < fids[2]
+
+
+def test_fid_reference_from_data_and_torch_fidelity(reference_run, ckpt, tmp_path):
+    """Default reference: the checkpoint's training split, cached under the canonical name; torch-fidelity
+    gives the same FID on the same images."""
+    import shutil
+
+    out, _ = reference_run
+    shutil.copytree(out / "shards", tmp_path / "shards")
+    m = sample(sample_cfg(ckpt, tmp_path, "num_samples=7", "shard_size=3", "compute_fid=true",
+                          "feature_extractor=digits", "fid_backend=both", "is_splits=2"))
+    assert m["ref_id"].startswith("digits-8-train-ddpm-digits-n1437")
+    assert (Path(os.environ["DDPM_CACHE"]) / "refstats" / f"{m['ref_id']}.npz").is_file()
+    assert m["fid_7"] == pytest.approx(m["fid_7_torch_fidelity"], rel=1e-3, abs=1e-3)
+    assert m["is_7"] == pytest.approx(m["is_7_torch_fidelity"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(reference_run, ckpt, tmp_path):
+    """python sample.py ... trainer.devices=2 (two CPU processes, gloo): the same npz as one process."""
+    out, _ = reference_run
+    cmd = [sys.executable, os.path.join(ROOT, "sample.py"), f"ckpt_path={ckpt}", "num_samples=7",
+           "batch_size=3", "shard_size=2", "trainer.devices=2", "trainer.accelerator=cpu", "progress=false",
+           f"out_dir={tmp_path}", f"hydra.run.dir={tmp_path}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["world_size"] == 2 and m["num_samples"] == 7
+    np.testing.assert_array_equal(_arr(tmp_path / "samples.npz"), _arr(out / "samples.npz"))
