@@ -1,0 +1,66 @@
+"""The qualitative figures on a tiny digits checkpoint (T=10)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sampling_helpers import tiny_checkpoint
+
+from ddpm import figures
+from ddpm.generate import generate, seeds_for, to_uint8
+from ddpm.sampling import build_datamodule, load_model
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    ckpt = tiny_checkpoint(tmp_path_factory)
+    return ckpt, load_model(ckpt, None, True)
+
+
+def _size(n_rows, n_cols, px=8, up=8, pad=2):
+    return (n_cols * (px * up + pad) + pad, n_rows * (px * up + pad) + pad)  # PIL (width, height)
+
+
+def test_progressive(model, tmp_path):
+    ckpt, m = model
+    x = figures.progressive(m.model_fn(), m.diffusion, m.image_shape, num_images=3, frames=5, seed=4)
+    assert x.shape == (3, 5, 1, 8, 8) and x.dtype == torch.uint8
+    final = to_uint8(generate(m.model_fn(), m.diffusion, seeds_for(4, 0, 3), m.image_shape))
+    torch.testing.assert_close(x[:, -1], final)  # the last column is the final sample
+    args = ["progressive", f"ckpt_path={ckpt}", "num_images=3", "frames=5", f"out={tmp_path}/p.png"]
+    out = figures.main(args)
+    assert Image.open(out).size == _size(3, 5)
+
+
+def test_interpolation_endpoints_and_size(model, tmp_path):
+    ckpt, m = model
+    dm = build_datamodule(m.run_cfg["data"], "test")
+    test = dm.splits()["test"]
+    a, b = (test[i].float() / 127.5 - 1 for i in (0, 1))
+    # t small (paper t=100 -> code index 0 at T=10): lambda = 0 / 1 reconstruct the inputs closely
+    row = figures.interpolation(m.model_fn(), m.diffusion, a, b, t_paper=100, lambdas=5)
+    assert row.shape == (7, 1, 8, 8)
+    err = lambda u, v: (u.float() - v.float()).abs().mean().item()  # noqa: E731
+    assert err(row[1], test[0]) < 25 and err(row[5], test[1]) < 25
+    assert err(test[0], test[1]) > 2 * max(err(row[1], test[0]), err(row[5], test[1]))
+    # t = 0: pixel-space mixing, exact at the endpoints
+    row0 = figures.interpolation(m.model_fn(), m.diffusion, a, b, t_paper=0, lambdas=3)
+    torch.testing.assert_close(row0[1], test[0])
+    torch.testing.assert_close(row0[3], test[1])
+    args = ["interpolation", f"ckpt_path={ckpt}", "lambdas=5", "sweep=true", f"out={tmp_path}/i.png"]
+    out = figures.main(args)
+    assert Image.open(out).size == _size(9, 7)
+
+
+def test_shared_xt(model, tmp_path):
+    ckpt, m = model
+    x = figures.shared_xt(m.model_fn(), m.diffusion, m.image_shape, splits=(1000, 500), continuations=3)
+    assert x.shape == (2, 4, 1, 8, 8)
+    # continuations from x_T with other noise differ from each other
+    assert not torch.equal(x[0, 1], x[0, 2])
+    out = figures.main(["shared_xt", f"ckpt_path={ckpt}", "splits=1000,750,500,250", "continuations=4",
+                        f"out={tmp_path}/s.png"])
+    assert Image.open(out).size == _size(4, 5)
+    assert np.asarray(Image.open(out)).dtype == np.uint8

@@ -1,0 +1,65 @@
+"""NLL (bits/dim) through the command vs diffusion.calc_bpd_loop, output files, and a trained tiny run."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from sampling_helpers import sample_cfg, tiny_checkpoint
+
+from ddpm.sampling import sample
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory)
+
+
+def test_nll_command_equals_calc_bpd_loop(ckpt, tmp_path):
+    from ddpm.data.base import uint8_to_model
+    from ddpm.diffusion import SeededNoise
+    from ddpm.generate import seeds_for
+    from ddpm.sampling import build_datamodule, load_model
+
+    summary = sample(sample_cfg(ckpt, tmp_path, "nll=true", "nll_max_images=5", "nll_batch_size=2",
+                                "nll_seed=3"))
+    # the same images, the same noise, one batch of 5 (the command used batches of 2)
+    m = load_model(ckpt, None, True)
+    dm = build_datamodule(m.run_cfg["data"], "test")
+    test = dm.splits()["test"]
+    x = torch.stack([uint8_to_model(test[i]) for i in range(5)])
+    ref = m.diffusion.calc_bpd_loop(m.model_fn(), x, clip_denoised=True,
+                                    noise_fn=SeededNoise(seeds_for(3, 0, 5)))
+    with np.load(tmp_path / "nll_terms.npz") as z:
+        np.testing.assert_allclose(z["total_bpd"], ref["total_bpd"].numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(z["bpd"], ref["vb"].mean(0).numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(z["index"], np.arange(5))
+        rate, dist = z["rate_bpd"], z["distortion_rmse"]
+    assert summary["bpd"] == pytest.approx(float(ref["total_bpd"].mean()), rel=1e-5)
+    assert summary["num_images"] == 5 and summary["num_timesteps"] == 10 and summary["split"] == "test"
+    # Table 4 columns: full rate at t=0 excludes the decoder term; distortion = RMSE of x0-hat on 0..255
+    vb = ref["vb"].mean(0).numpy().astype(np.float64)
+    prior = float(ref["prior_bpd"].mean())
+    assert rate[0] == pytest.approx(prior + vb[1:].sum(), rel=1e-5)
+    assert rate[-1] == pytest.approx(prior, abs=1e-6)
+    assert dist[0] == pytest.approx(float(ref["xstart_mse"][:, 0].mean().sqrt()) * 127.5, rel=1e-4)
+    assert summary["rate_bpd"] + summary["decoder_bpd"] + 0 == pytest.approx(summary["bpd"], rel=1e-5)
+    rows = list(csv.DictReader(open(tmp_path / "nll_terms.csv")))
+    assert len(rows) == 10 and {"t", "bpd", "rate_bpd", "distortion_rmse", "reverse_step"} <= set(rows[0])
+    saved = json.loads((tmp_path / "nll.json").read_text())
+    assert saved["use_ema"] is True and saved["clip_denoised"] is True and len(saved["table4"]) == 10
+    from PIL import Image
+
+    assert Image.open(tmp_path / "nll_bits_per_timestep.png").size[0] > 100
+
+
+@pytest.mark.slow
+def test_trained_tiny_run_bits_per_dim(tmp_path_factory, tmp_path):
+    """A short quickstart-like run (T=50): the test-split bound is finite and far below 8 bits/dim."""
+    ckpt = tiny_checkpoint(tmp_path_factory, steps=150, timesteps=50)
+    s = sample(sample_cfg(ckpt, tmp_path, "nll=true", "nll_max_images=16", "nll_batch_size=16",
+                          "nll_t_batch=10"))
+    assert np.isfinite(s["bpd"]) and s["bpd"] < 5.0, s["bpd"]
