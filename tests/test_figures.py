@@ -29,9 +29,8 @@ def test_progressive(model, tmp_path):
     assert x.shape == (3, 5, 1, 8, 8) and x.dtype == torch.uint8
     final = to_uint8(generate(m.model_fn(), m.diffusion, seeds_for(4, 0, 3), m.image_shape))
     torch.testing.assert_close(x[:, -1], final)  # the last column is the final sample
-    args = ["progressive", f"ckpt_path={ckpt}", "num_images=3", "frames=5", f"out={tmp_path}/p.png"]
-    out = figures.main(args)
-    assert Image.open(out).size == _size(3, 5)
+    png = figures.grid_png(x.flatten(0, 1), tmp_path / "p.png", x.shape[1], None)
+    assert Image.open(png).size == _size(3, 5)
 
 
 def test_interpolation_endpoints_and_size(model, tmp_path):
@@ -49,9 +48,8 @@ def test_interpolation_endpoints_and_size(model, tmp_path):
     row0 = figures.interpolation(m.model_fn(), m.diffusion, a, b, t_paper=0, lambdas=3)
     torch.testing.assert_close(row0[1], test[0])
     torch.testing.assert_close(row0[3], test[1])
-    args = ["interpolation", f"ckpt_path={ckpt}", "lambdas=5", "sweep=true", f"out={tmp_path}/i.png"]
-    out = figures.main(args)
-    assert Image.open(out).size == _size(9, 7)
+    png = figures.grid_png(torch.cat([row, row]), tmp_path / "i.png", row.shape[0], None)
+    assert Image.open(png).size == _size(2, 7)
 
 
 def test_shared_xt(model, tmp_path):
@@ -60,6 +58,20 @@ def test_shared_xt(model, tmp_path):
     assert x.shape == (2, 4, 1, 8, 8)
     # continuations from x_T with other noise differ from each other
     assert not torch.equal(x[0, 1], x[0, 2])
+    png = figures.grid_png(x.flatten(0, 1), tmp_path / "s.png", x.shape[1], None)
+    assert Image.open(png).size == _size(2, 4)
+
+
+@pytest.mark.slow
+def test_figure_commands(model, tmp_path):
+    """python -m ddpm.figures {progressive,interpolation,shared_xt}: PNGs of the expected size."""
+    ckpt, _ = model
+    out = figures.main(["progressive", f"ckpt_path={ckpt}", "num_images=3", "frames=5",
+                        f"out={tmp_path}/p.png"])
+    assert Image.open(out).size == _size(3, 5)
+    out = figures.main(["interpolation", f"ckpt_path={ckpt}", "lambdas=5", "sweep=true",
+                        f"out={tmp_path}/i.png"])
+    assert Image.open(out).size == _size(9, 7)
     out = figures.main(["shared_xt", f"ckpt_path={ckpt}", "splits=1000,750,500,250", "continuations=4",
                         f"out={tmp_path}/s.png"])
     assert Image.open(out).size == _size(4, 5)

@@ -1,0 +1,51 @@
+"""The FID/IS training callback: key naming, and the same numbers as sample.py on the same images."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import tiny_overrides
+from sampling_helpers import sample_cfg
+
+from ddpm.callbacks.fid import FIDCallback
+from ddpm.sampling import sample
+
+
+def test_callback_key_names():
+    cb = FIDCallback(num_samples=5000, sampler="ddim", steps=100, feature_extractor="digits")
+    assert cb.key("fid", 1000) == "val/fid_5k_ddim100" and cb.key("is", 1000) == "val/is_5k_ddim100"
+    full = FIDCallback(num_samples=50000, sampler="ancestral", feature_extractor="digits")
+    assert full.key("fid", 1000) == "val/fid_50k"
+    part = FIDCallback(num_samples=2500, sampler="respaced", steps=250)
+    assert part.key("fid", 1000) == "val/fid_2500_respaced250"
+    with pytest.raises(ValueError):
+        FIDCallback(num_samples=1)
+
+
+def test_callback_agrees_with_sample_py(tmp_path):
+    """Train a tiny model with callbacks=fid (FID at the last step, raw weights), then sample.py on the final
+    checkpoint with the same seed/N/sampler: the same images, hence the same FID and IS."""
+    from ddpm.config import compose
+    from ddpm.training import train
+
+    steps, n = 4, 12
+    cfg = compose(
+        "train",
+        tiny_overrides(tmp_path / "run", steps=steps)
+        + ["final_samples=0", "logger=none", "~callbacks.lr_monitor", "callbacks=fid",
+           f"callbacks.fid.every_n_steps={steps}", f"callbacks.fid.num_samples={n}",
+           "callbacks.fid.batch_size=5", "callbacks.fid.sampler=ddim", "callbacks.fid.steps=5",
+           "callbacks.fid.feature_extractor=digits", "callbacks.fid.use_ema=false",
+           "callbacks.fid.is_splits=3"],
+    )
+    metrics, objs = train(cfg)
+    cb = next(c for c in objs["trainer"].callbacks if isinstance(c, FIDCallback))
+    res = cb.last_result
+    assert res is not None and "val/fid_12_ddim5" in res and "val/is_12_ddim5" in res
+    assert metrics["val/fid_12_ddim5"] == pytest.approx(res["val/fid_12_ddim5"])
+    assert int(cb.metric.count) == 0  # reset after compute
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    m = sample(sample_cfg(ckpt, tmp_path / "s", f"num_samples={n}", "batch_size=7", "sampler=ddim", "steps=5",
+                          "use_ema=false", "compute_fid=true", "feature_extractor=digits", "is_splits=3"))
+    assert m["fid_12_ddim5"] == pytest.approx(res["val/fid_12_ddim5"], rel=1e-6, abs=1e-6)
+    assert m["is_12_ddim5"] == pytest.approx(res["val/is_12_ddim5"], rel=1e-6)
+    assert m["ref_id"] == res["ref_id"]
