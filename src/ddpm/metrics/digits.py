@@ -230,7 +230,8 @@ def load_or_train_digits_classifier(
     elif weights_path is not None:
         raise FileNotFoundError(f"digits classifier weights not found: {path}")
     else:
-        net, acc = train_digits_classifier()
+        with torch.enable_grad():  # callers may be inside no_grad / inference code
+            net, acc = train_digits_classifier()
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         os.close(fd)

@@ -1,0 +1,292 @@
+"""The training application: configs carry the paper's values, every data/objective pair trains, EMA is kept
+beside the raw weights and used for validation, loggers, DDP, multirun + report."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddpm.config import compose
+from ddpm.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+OBJECTIVES = ["simple", "eps_vlb_fixed", "eps_vlb_learned", "mu_vlb_fixed", "mu_vlb_learned", "mu_mse", "hybrid"]
+DATASETS = ["digits", "cifar10", "image_folder", "celebahq256", "lsun_church256", "lsun_bedroom256", "lsun_cat256"]
+
+
+def write_fake_cifar(root: Path, n: int = 16) -> None:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        with open(folder / f"data_batch_{i + 1}", "wb") as f:
+            pickle.dump({"data": data, "labels": [0] * n}, f)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8), "labels": [0] * n}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [str(i) for i in range(10)]}, f)
+
+
+def write_image_folder(root: Path, n: int = 24, size: int = 12) -> None:
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        sub = root / f"class{i % 3}"
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, size=(size, size + 3, 3), dtype=np.uint8)).save(sub / f"{i}.png")
+
+
+def data_overrides(name: str, tmp_path: Path) -> list[str]:
+    """Tiny on-disk stand-ins for the datasets that cannot be downloaded here."""
+    if name == "digits":
+        return ["data=digits"]
+    if name == "cifar10":
+        write_fake_cifar(tmp_path / "cifar")
+        return ["data=cifar10", f"data.root={tmp_path / 'cifar'}"]
+    write_image_folder(tmp_path / "imgs")
+    return [f"data={name}", f"data.root={tmp_path / 'imgs'}", "data.resolution=8", "data.val_fraction=0.2",
+            "data.test_fraction=0.1"]
+
+
+# ----------------------------------------------------------------------------------------------- configs
+def test_cifar10_config_has_every_paper_value():
+    cfg = compose("train", ["data=cifar10", "objective=simple", "paths.output_dir=/tmp/unused"])
+    assert cfg.model._target_ == "ddpm.nets.UNet"
+    assert (cfg.model.ch, list(cfg.model.ch_mult), cfg.model.num_res_blocks) == (128, [1, 2, 2, 2], 2)
+    assert list(cfg.model.attn_resolutions) == [16] and cfg.model.dropout == 0.1
+    assert (cfg.diffusion.schedule, cfg.diffusion.num_timesteps) == ("linear", 1000)
+    assert (cfg.objective.mean_type.value, cfg.objective.var_type.value, cfg.objective.loss_type.value) == (
+        "eps", "fixed_large", "mse")
+    assert cfg.optim.lr == 2e-4 and cfg.optim.warmup_steps == 5000 and cfg.optim.ema_decay == 0.9999
+    assert list(cfg.optim.betas) == [0.9, 0.999] and cfg.optim.eps == 1e-8 and cfg.optim.weight_decay == 0
+    assert cfg.data.batch_size == 128 and cfg.data.random_flip is True
+    assert cfg.trainer.gradient_clip_val == 1.0 and cfg.trainer.gradient_clip_algorithm == "norm"
+    assert cfg.trainer.max_steps == 800_000
+
+
+@pytest.mark.parametrize(
+    "data,steps,flip",
+    [("celebahq256", 500_000, True), ("lsun_church256", 1_200_000, True), ("lsun_bedroom256", 2_400_000, False),
+     ("lsun_cat256", 1_800_000, False)],
+)
+def test_256_configs_have_paper_values(data, steps, flip):
+    cfg = compose("train", [f"data={data}", "paths.output_dir=/tmp/unused"])
+    assert list(cfg.model.ch_mult) == [1, 1, 2, 2, 4, 4] and cfg.model.dropout == 0.0 and cfg.model.ch == 128
+    assert cfg.optim.lr == 2e-5 and cfg.optim.warmup_steps == 5000 and cfg.optim.ema_decay == 0.9999
+    assert cfg.data.batch_size == 64 and cfg.data.random_flip is flip and cfg.data.resolution == 256
+    assert cfg.trainer.max_steps == steps and cfg.trainer.gradient_clip_val == 1.0
+
+
+def test_command_line_beats_the_dataset_recipe():
+    cfg = compose("train", ["data=cifar10", "model=unet_small", "optim.lr=1e-3", "paths.output_dir=/tmp/unused"])
+    assert cfg.model.ch == 32 and cfg.optim.lr == 1e-3 and cfg.optim.warmup_steps == 5000
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_every_objective_composes(objective):
+    cfg = compose("train", [f"objective={objective}", "paths.output_dir=/tmp/unused"])
+    assert cfg.objective.loss_type.value in ("mse", "kl", "hybrid")
+
+
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["objective=simple", "objective.var_type=learned"], "loss_type=mse cannot train var_type=learned"),
+        (["objective=eps_vlb_fixed", "objective.loss_type=hybrid"], "hybrid needs a learned variance"),
+        (["objective=mu_mse", "objective.var_type=learned_range"], "fixed_large"),
+        (["diffusion.schedule=sigmoid"], "linear"),
+    ],
+)
+def test_invalid_combinations_fail_at_compose_with_valid_values(overrides, needle):
+    with pytest.raises(ValueError, match=needle):
+        compose("train", overrides + ["paths.output_dir=/tmp/unused"])
+
+
+def test_misspelt_enum_fails_and_lists_the_valid_names():
+    with pytest.raises(Exception) as info:
+        compose("train", ["objective.mean_type=epz", "paths.output_dir=/tmp/unused"])
+    text = str(info.value) + str(info.value.__cause__)
+    assert "epz" in text and "eps" in text and "mu" in text
+
+
+def test_unknown_group_option_lists_the_valid_ones():
+    with pytest.raises(Exception) as info:
+        compose("train", ["data=cifar100", "paths.output_dir=/tmp/unused"])
+    assert "cifar10" in str(info.value) and "digits" in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------- training
+@pytest.mark.parametrize("data", DATASETS)
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_fast_dev_run_every_data_objective_pair(tmp_path, tiny, data, objective):
+    cfg = tiny(f"objective={objective}", *data_overrides(data, tmp_path), "trainer.fast_dev_run=true",
+               "final_samples=0", batch=4)
+    metrics, objs = train(cfg)
+    assert np.isfinite(metrics["train/loss"])
+    module = objs["module"]
+    channels = module.image_shape[0]
+    out = module.net(torch.zeros(1, *module.image_shape), torch.zeros(1, dtype=torch.long))
+    assert out.shape[1] == (2 * channels if "learned" in objective or objective == "hybrid" else channels)
+
+
+def test_run_leaves_checkpoint_grid_metrics_and_config(tmp_path, tiny):
+    metrics, objs = train(tiny(steps=6))
+    out = objs["output_dir"]
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 6
+    assert ckpt["cfg"]["objective"] == {"mean_type": "eps", "var_type": "fixed_large", "loss_type": "mse"}
+    assert ckpt["cfg"]["model"]["ch"] == 8
+    sd = ckpt["state_dict"]
+    assert int(sd["ema_num_updates"]) == 6
+    assert any(k.startswith("net.") for k in sd) and any(k.startswith("ema.") for k in sd)
+    assert (out / "samples.png").is_file() and (out / "csv" / "metrics.csv").is_file()
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["global_step"] == 6 and np.isfinite(saved["val/bpd"]) and "digits/fid" in saved
+    for q in range(4):
+        assert f"train/loss_q{q}" in (out / "csv" / "metrics.csv").read_text()
+
+
+def test_ema_is_the_paper_average_and_validation_leaves_raw_weights_alone(tmp_path, tiny):
+    """EMA after k steps equals the closed-form average of the raw weights seen after each step."""
+    import lightning as L
+
+    decay = 0.9
+    trace = []
+
+    class Trace(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.init = torch.nn.utils.parameters_to_vector(pl_module.ema.parameters()).detach().clone()
+
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            trace.append(torch.nn.utils.parameters_to_vector(pl_module.net.parameters()).detach().clone())
+
+        def on_validation_start(self, trainer, pl_module):
+            self.before = {k: v.clone() for k, v in pl_module.net.state_dict().items()}
+
+        def on_validation_end(self, trainer, pl_module):
+            after = pl_module.net.state_dict()
+            self.identical = all(torch.equal(self.before[k], after[k]) for k in after)
+
+    from ddpm import training
+
+    cb = Trace()
+    orig_build = training.build_callbacks
+    training.build_callbacks = lambda c: orig_build(c) + [cb]
+    try:
+        _, objs = train(tiny(f"optim.ema_decay={decay}", steps=5))
+    finally:
+        training.build_callbacks = orig_build
+    init = {"v": cb.init}
+    expected = init["v"]
+    for raw in trace:
+        expected = decay * expected + (1 - decay) * raw
+    ema = torch.nn.utils.parameters_to_vector(objs["module"].ema.parameters())
+    torch.testing.assert_close(ema, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(ema, trace[-1])
+    assert cb.identical
+
+
+def test_validation_uses_ema_weights_only(tmp_path, tiny):
+    _, objs = train(tiny("optim.ema_decay=0.5", steps=3))
+    module, dm, trainer = objs["module"], objs["datamodule"], objs["trainer"]
+
+    def bpd() -> float:
+        return trainer.validate(module, datamodule=dm, verbose=False)[0]["val/bpd"]
+
+    trained_ema = bpd()
+    module.ema.load_state_dict(module.net.state_dict())
+    ema_equals_raw = bpd()
+    assert trained_ema != ema_equals_raw  # the bound is computed with the EMA weights...
+    with torch.no_grad():
+        for p in module.net.parameters():
+            p.mul_(0.5)
+    assert bpd() == ema_equals_raw  # ...and the raw weights play no part in it
+
+
+def test_tensorboard_logger(tmp_path, tiny):
+    _, objs = train(tiny("logger=tensorboard", steps=2))
+    assert list((objs["output_dir"] / "tensorboard").rglob("events.out.tfevents*"))
+
+
+def test_wandb_offline_run_dir_has_config_and_summary(tmp_path, tiny, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    _, objs = train(tiny("logger=wandb", "logger.wandb.offline=true", steps=3))
+    runs = list((objs["output_dir"] / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    run_id = (objs["output_dir"] / "wandb_run_id.txt").read_text().strip()
+    assert runs[0].name.endswith(run_id)
+    # wandb >= 0.19 keeps config, history and summary as protobuf records in run-<id>.wandb (what `wandb sync`
+    # uploads); look for the resolved config values and the logged metric names in it.
+    records = (runs[0] / f"run-{run_id}.wandb").read_bytes()
+    for needle in (b"fixed_large", b"ddpm.nets.UNet", b"train/loss", b"val/bpd", b"train/grad_norm"):
+        assert needle in records, needle
+
+
+# ----------------------------------------------------------------------------------------------- processes
+def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_identical_ema_one_output_dir(tmp_path):
+    from conftest import tiny_overrides
+
+    out = tmp_path / "ddp_run"
+    args = [str(ROOT / "train.py"), *tiny_overrides(out, steps=4), "trainer=ddp", "trainer.devices=2",
+            "trainer.accelerator=cpu", "+callbacks.ema_hash._target_=ddpm.callbacks.EMAHash",
+            f"hydra.run.dir={out}"]
+    run_cli(args, cwd=tmp_path)
+    hashes = sorted(out.glob("ema_sha_rank*.txt"))
+    assert [h.name for h in hashes] == ["ema_sha_rank0.txt", "ema_sha_rank1.txt"]
+    assert hashes[0].read_text() == hashes[1].read_text()
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["ddp_run"]  # one output directory, not one per rank
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 4 and int(ckpt["state_dict"]["ema_num_updates"]) == 4
+
+
+@pytest.mark.slow
+def test_multirun_two_objectives_and_report(tmp_path):
+    from conftest import tiny_overrides
+
+    overrides = [o for o in tiny_overrides("X") if not o.startswith("paths.output_dir")]
+    sweep_dir = tmp_path / "sweep"
+    run_cli([str(ROOT / "train.py"), "-m", "objective=simple,eps_vlb_fixed", *overrides,
+             f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
+    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / "metrics.json").exists())
+    assert len(jobs) == 2 and jobs[0] != jobs[1]
+    report = run_cli(["-m", "ddpm.report", str(sweep_dir)], cwd=tmp_path).stdout
+    assert "| eps prediction, L_simple" in report.replace("ε", "eps") or "L_simple" in report
+    assert "3.17" in report and "13.51" in report  # the paper's numbers beside ours
+    lines = [ln for ln in report.splitlines() if ln.startswith("|")]
+    ours = [ln for ln in lines if "simple" in ln or "eps_vlb_fixed" in ln]
+    assert len(ours) >= 2
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_a_tiny_job(tmp_path):
+    from conftest import tiny_overrides
+
+    overrides = [o for o in tiny_overrides("X", steps=2) if not o.startswith("paths.output_dir")]
+    sweep_dir = tmp_path / "sweep"
+    run_cli([str(ROOT / "train.py"), "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
+             *overrides, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
+    assert len(list(sweep_dir.rglob("metrics.json"))) == 1
+
+
+def test_slurm_launcher_composes():
+    cfg = compose("train", ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu",
+                            "paths.output_dir=/tmp/unused"])
+    assert cfg.hydra.launcher.partition == "gpu" and "submitit" in cfg.hydra.launcher._target_
