@@ -178,3 +178,37 @@ def test_two_processes_equal_one(reference_run, ckpt, tmp_path):
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["num_samples"] == 7
     np.testing.assert_array_equal(_arr(tmp_path / "samples.npz"), _arr(out / "samples.npz"))
+
+
+def test_pretrained_converted_weights(tmp_path):
+    """pretrained=FILE from `python -m ddpm.convert` (safetensors + metadata): no model flags needed."""
+    from ddpm.convert import save_converted
+    from ddpm.nets import UNet
+
+    torch.manual_seed(0)
+    unet = UNet(in_channels=3, out_channels=3, resolution=8, ch=8, ch_mult=[1, 2], num_res_blocks=1,
+                attn_resolutions=[4], dropout=0.0)
+    info = {"schedule": "linear", "num_timesteps": 10, "mean_type": "eps", "var_type": "fixed_small",
+            "clip_denoised": True, "source": "unit-test"}
+    path = save_converted(unet, info, tmp_path / "w.safetensors")
+    from ddpm.config import compose
+
+    cfg = compose("sample", [f"pretrained={path}", f"out_dir={tmp_path / 'o'}", "num_samples=3",
+                             "progress=false", "trainer.accelerator=cpu"])
+    m = sample(cfg)
+    assert m["source"] == "pretrained" and m["num_timesteps"] == 10 and m["image_shape"] == [3, 8, 8]
+    assert _arr(tmp_path / "o" / "samples.npz").shape == (3, 8, 8, 3)
+    with pytest.raises(ValueError, match="exactly one"):
+        sample(compose("sample", [f"out_dir={tmp_path / 'x'}", "num_samples=1"]))
+
+
+def test_build_refstats_command(tmp_path):
+    """python -m ddpm.metrics.build_refstats data=digits split=train feature_extractor=digits out_dir=..."""
+    from ddpm.metrics.build_refstats import main
+    from ddpm.metrics.refstats import RefStats
+
+    path = main(["data=digits", "split=test", "feature_extractor=digits", f"out_dir={tmp_path}"])
+    assert path.name == "digits-8-test-ddpm-digits-n181.npz"
+    s = RefStats.load(path, extractor="ddpm-digits")
+    assert s.n == 181 and s.mu.shape == (64,)
+    assert main(["data=digits", "split=test", "feature_extractor=digits", f"out_dir={tmp_path}"]) == path

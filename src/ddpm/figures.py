@@ -159,9 +159,9 @@ def main(argv: list[str] | None = None) -> Path:
 
         data_cfg = loaded.run_cfg.get("data") if loaded.run_cfg and not opts["data"] else None
         if opts["data"]:
-            from ddpm.config import compose, to_container
+            from ddpm.sampling import compose_data_cfg
 
-            data_cfg = to_container(compose("train", [f"data={opts['data']}"]))["data"]
+            data_cfg = compose_data_cfg([f"data={opts['data']}"])
         dm = build_datamodule(data_cfg, "interpolation")
         imgs = dm.splits()[opts["split"]]
         i, j = (int(v) for v in opts["pair"].split(","))

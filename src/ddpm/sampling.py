@@ -531,12 +531,18 @@ def data_config(cfg: DictConfig, run_cfg: dict | None) -> dict | None:
     overrides = list(cfg.get("data_overrides") or [])
     if name is None and not overrides:
         return (run_cfg or {}).get("data")
-    from ddpm.config import compose, to_container
-
-    ov = ([f"data={name}"] if name is not None else []) + overrides
-    if name is None and run_cfg and "data" in run_cfg:
+    if name is None:
         raise ValueError("data_overrides need data=NAME too")
-    return to_container(compose("train", ov))["data"]
+    return compose_data_cfg([f"data={name}", *overrides])
+
+
+def compose_data_cfg(overrides: list[str]) -> dict:
+    """The resolved ``data`` node of ``conf/train.yaml`` composed with ``overrides`` (``data=NAME``,
+    ``data.root=...``)."""
+    from ddpm.config import compose
+
+    cfg = compose("train", overrides)
+    return OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True)  # type: ignore[return-value]
 
 
 def build_datamodule(data_cfg: dict | None, what: str):

@@ -87,12 +87,13 @@ def main(argv: list[str] | None = None) -> Path:
         else:
             overrides.append(a)
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
-    from ddpm.config import compose, to_container
+    from ddpm.config import compose
     from ddpm.metrics.fid import get_extractor
 
     cfg = compose("train", overrides)
-    data_cfg = to_container(cfg)["data"]
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True)
     dm = instantiate(data_cfg)
     device = torch.device(opts.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
 
