@@ -1,0 +1,75 @@
+"""Smoke tests of the benchmark scripts (bench/): they run end to end on tiny models and print their tables.
+
+No timing is asserted; these only keep the scripts working.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_bench_cpu_quick_prints_tables(capsys, tmp_path):
+    pytest.importorskip("diffusers")
+    bench = _load("bench_cpu")
+    out = tmp_path / "cpu.md"
+    bench.main(
+        ["--quick", "--skip-e2e", "--skip-memory", "--repeats", "1", "--warmup", "0", "--digits", "4",
+         "--t-batches", "1,25", "--variants", "cl,fused_adam", "--out", str(out)]
+    )  # fmt: skip
+    text = capsys.readouterr().out
+    assert "| benchmark | metric | ours | diffusers | ours/diffusers | target |" in text
+    for what in ("train b4", "sample b4", "20-step sampling of 4 digits", "ours+cl", "ours+fused_adam"):
+        assert what in text, what
+    assert "calc_bpd_loop" in text and "| 25 | 2 | 200 |" in text  # T=50 in two forward calls
+    assert "same weights, eval outputs differ by at most" in text  # the diffusers twin computes the same net
+    assert out.read_text().strip() in text
+
+
+def test_bench_cpu_memory_child():
+    bench = _load("bench_cpu")
+    res = bench.child_memory("train:ours", quick=True, batch=2, steps=1, threads=1)
+    assert res["delta_mb"] >= 0 and res["peak_mb"] >= res["rss_before_mb"] > 0
+
+
+def test_bench_gpu_runs_on_cpu_without_app_dependencies():
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--device", "cpu", "--quick", "--steps", "1"],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "| training step (fwd+bwd+Adam+EMA) | 4 |" in res.stdout
+    assert "| sampling step (fwd, no grad) | 4 |" in res.stdout
+    assert "WARNING: bench_gpu.py imported" not in res.stderr  # no hydra/omegaconf/lightning/wandb/diffusers
+
+
+def test_nets_and_diffusion_import_no_app_dependencies():
+    code = (
+        "import sys, ddpm.nets, ddpm.diffusion; "
+        "bad = [m for m in ('hydra', 'omegaconf', 'lightning', 'wandb', 'diffusers', 'torch_fidelity') "
+        "if m in sys.modules]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=300)
