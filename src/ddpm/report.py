@@ -23,10 +23,10 @@ PAPER_ROWS: list[tuple[str, str, str, str, str]] = [
     # (objective option, row label, IS, FID, NLL)
     ("mu_vlb_learned", "mu~ prediction, L, learned diagonal Sigma", "7.28±0.10", "23.69", ""),
     ("mu_vlb_fixed", "mu~ prediction, L, fixed isotropic Sigma", "8.06±0.09", "13.22", ""),
-    ("mu_mse", "mu~ prediction, ||mu~ - mu~_theta||^2", "–", "–", ""),
+    ("mu_mse", "mu~ prediction, ‖mu~ − mu~_θ‖²", "–", "–", ""),
     ("eps_vlb_learned", "eps prediction, L, learned diagonal Sigma", "–", "–", ""),
     ("eps_vlb_fixed", "eps prediction, L, fixed isotropic Sigma", "7.67±0.13", "13.51", "≤ 3.70"),
-    ("simple", "eps prediction, ||eps~ - eps_theta||^2 (L_simple)", "9.46±0.11", "3.17", "≤ 3.75"),
+    ("simple", "eps prediction, ‖eps − eps_θ‖² (L_simple)", "9.46±0.11", "3.17", "≤ 3.75"),
     ("hybrid", "beyond the paper: L_hybrid (Improved DDPM)", "", "", ""),
 ]
 OBJECTIVE_FIELDS = {
@@ -123,7 +123,7 @@ def render(jobs: list[Job]) -> str:
             if j is None:
                 if name == "hybrid":
                     continue
-                ours = ["", "", "", "not run", "", ""]
+                ours = ["not run", "", "", "", "", ""]
             else:
                 ours = [f"{name} ({'/'.join(j.fields)})", j.data, str(j.steps if j.steps is not None else "?"),
                         "; ".join(j.inception) or "–", "; ".join(j.fid) or "–", "; ".join(j.nll) or "–"]
