@@ -134,9 +134,14 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        y = self.norm(x)
-        # [N, C, H, W] -> [N, 1, H*W, C]: one head whose width is all C channels
-        q, k, v = (proj(y).flatten(2).transpose(1, 2).unsqueeze(1) for proj in (self.q, self.k, self.v))
+        y = self.norm(x).flatten(2).transpose(1, 2)  # [N, H*W, C]
+        # q, k, v in one matmul (the three 1x1 convs stacked; same math, parameters unchanged). The result is
+        # contiguous in C, which lets SDPA use its fused CPU kernel (a strided q/k/v falls back to the math
+        # path): ~25% faster attention blocks in no_grad on CPU (bench/README.md).
+        weight = torch.cat([self.q.weight, self.k.weight, self.v.weight]).view(3 * c, c)
+        bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+        # [N, 1, H*W, C] each: one head whose width is all C channels
+        q, k, v = F.linear(y, weight, bias).unsqueeze(1).chunk(3, dim=-1)
         out = F.scaled_dot_product_attention(q, k, v)  # [N, 1, H*W, C]
         out = out.squeeze(1).transpose(1, 2).reshape(n, c, h, w)
         return x + self.proj_out(out)
