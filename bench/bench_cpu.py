@@ -111,7 +111,7 @@ SMALL_DIFFUSERS = dict(
 )
 LR = 2e-4
 EMA_DECAY = 0.9999
-VARIANTS = ("cl", "fused_adam", "foreach_adam", "compile", "inference_mode")
+VARIANTS = ("cl", "fused_adam", "foreach_adam", "compile", "inference_mode", "diffusers_cl")
 
 
 def _configs(quick: bool) -> tuple[dict, dict, str]:
@@ -250,17 +250,18 @@ class TrainOurs(Impl):
 
 
 class TrainDiffusers(Impl):
-    name = "diffusers"
-
-    def __init__(self, cfg: dict, batch: int, net=None):
+    def __init__(self, cfg: dict, batch: int, net=None, channels_last: bool = False):
         from diffusers.training_utils import EMAModel
 
+        self.name = "diffusers+cl" if channels_last else "diffusers"
         self.unet = (net if net is not None else build_diffusers(cfg)).train()
+        if channels_last:
+            self.unet = self.unet.to(memory_format=torch.channels_last)
         self.sched = _scheduler()
         self.opt = torch.optim.Adam(self.unet.parameters(), lr=LR)
         self.ema = EMAModel(self.unet.parameters(), decay=EMA_DECAY)
         c = cfg["in_channels"]
-        self.x = _data((batch, c, cfg["sample_size"], cfg["sample_size"]))
+        self.x = _data((batch, c, cfg["sample_size"], cfg["sample_size"]), channels_last=channels_last)
         self.num_t = self.sched.config.num_train_timesteps
 
     def step(self) -> None:
@@ -302,14 +303,15 @@ class SampleOurs(Impl):
 
 
 class SampleDiffusers(Impl):
-    name = "diffusers"
-
-    def __init__(self, cfg: dict, batch: int, net=None):
+    def __init__(self, cfg: dict, batch: int, net=None, channels_last: bool = False):
+        self.name = "diffusers+cl" if channels_last else "diffusers"
         self.unet = (net if net is not None else build_diffusers(cfg)).eval()
+        if channels_last:
+            self.unet = self.unet.to(memory_format=torch.channels_last)
         self.sched = _scheduler()
         self.sched.set_timesteps(self.sched.config.num_train_timesteps)
         c, r = cfg["in_channels"], cfg["sample_size"]
-        self.x = _data((batch, c, r, r))
+        self.x = _data((batch, c, r, r), channels_last=channels_last)
 
     def step(self) -> None:
         with torch.no_grad():
@@ -325,10 +327,10 @@ def make_impl(
     if kind == "train":
         if which == "ours":
             return TrainOurs(cfg_ours, batch, variants, nets.get("ours"))
-        return TrainDiffusers(cfg_theirs, batch, nets.get("diffusers"))
+        return TrainDiffusers(cfg_theirs, batch, nets.get("diffusers"), "diffusers_cl" in variants)
     if which == "ours":
         return SampleOurs(cfg_ours, batch, variants, nets.get("ours"))
-    return SampleDiffusers(cfg_theirs, batch, nets.get("diffusers"))
+    return SampleDiffusers(cfg_theirs, batch, nets.get("diffusers"), "diffusers_cl" in variants)
 
 
 # ---------------------------------------------------------------------------------------------- timing
@@ -431,7 +433,16 @@ def measure_memory(spec: str, args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- sections
-def section_pair(kind: str, args, rows: list, notes: list, fast_rows: list) -> None:
+def profile_step(impl: Impl, rows: int) -> str:
+    """torch.profiler table (self CPU time) of one step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        impl.step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=44)
+
+
+def section_pair(kind: str, args, rows: list, notes: list, fast_rows: list, profiles: list) -> None:
     quick = args.quick
     cfg_ours, cfg_theirs, label = _configs(quick)
     batch = args.train_batch if kind == "train" else args.sample_batch
@@ -454,12 +465,13 @@ def section_pair(kind: str, args, rows: list, notes: list, fast_rows: list) -> N
         make_impl(kind, "diffusers", quick, batch, nets={"diffusers": theirs_net}),
     ]
     applicable = {
-        "train": {"cl", "fused_adam", "foreach_adam", "compile"},
-        "sample": {"cl", "compile", "inference_mode"},
+        "train": {"cl", "fused_adam", "foreach_adam", "compile", "diffusers_cl"},
+        "sample": {"cl", "compile", "inference_mode", "diffusers_cl"},
     }[kind]
     for v in args.variants:
         if v in applicable:
-            impls.append(make_impl(kind, "ours", quick, batch, frozenset([v])))
+            which = "diffusers" if v == "diffusers_cl" else "ours"
+            impls.append(make_impl(kind, which, quick, batch, frozenset([v])))
     print(
         f"[bench] {kind}: batch {batch}, {args.repeats} repeats ({args.warmup} warmup), "
         f"{[i.name for i in impls]}",
@@ -467,6 +479,9 @@ def section_pair(kind: str, args, rows: list, notes: list, fast_rows: list) -> N
         flush=True,
     )
     times = alternate(impls, args.repeats, args.warmup)
+    if args.profile:
+        for impl in impls[:2]:
+            profiles.append((f"{kind} {impl.name}", profile_step(impl, args.profile_rows)))
     del impls, ours_net, theirs_net
     gc.collect()
     med = {k: median(v) for k, v in times.items()}
@@ -692,6 +707,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per implementation (default 5)")
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--profile", action="store_true", help="append a torch.profiler table of one step of each")
+    p.add_argument("--profile-rows", type=int, default=15)
     p.add_argument("--train-batch", type=int, default=None, help="default 32 (4 with --quick)")
     p.add_argument("--sample-batch", type=int, default=None, help="default 64 (4 with --quick)")
     p.add_argument("--mem-steps", type=int, default=2)
@@ -739,9 +756,10 @@ def main(argv: list[str] | None = None) -> None:
     notes: list = []
     fast_rows: list = []
     bpd_rows: list = []
+    profiles: list = []
     for s in sections:
         if s in ("train", "sample"):
-            section_pair(s, args, rows, notes, fast_rows)
+            section_pair(s, args, rows, notes, fast_rows, profiles)
         elif s == "sample1000":
             section_sample1000(args, rows, notes)
         elif s == "bpd":
@@ -790,6 +808,15 @@ def main(argv: list[str] | None = None) -> None:
             "",
         ]
     out += [f"- {n}" for n in notes]
+    for title, prof in profiles:
+        out += [
+            "",
+            f"Profile of one step, {title} (torch.profiler, self CPU time):",
+            "",
+            "```",
+            prof.strip(),
+            "```",
+        ]
     text = "\n".join(out) + "\n"
     print(text)
     if args.out:

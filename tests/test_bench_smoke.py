@@ -49,6 +49,17 @@ def test_bench_cpu_quick_prints_tables(capsys, tmp_path):
     assert out.read_text().strip() in text
 
 
+def test_bench_cpu_profile(capsys):
+    pytest.importorskip("diffusers")
+    bench = _load("bench_cpu")
+    bench.main(
+        ["--quick", "--sections", "sample", "--skip-memory", "--repeats", "1", "--warmup", "0", "--profile"]
+    )
+    text = capsys.readouterr().out
+    assert "Profile of one step, sample ours" in text and "Profile of one step, sample diffusers" in text
+    assert "aten::" in text
+
+
 def test_bench_cpu_memory_child():
     bench = _load("bench_cpu")
     res = bench.child_memory("train:ours", quick=True, batch=2, steps=1, threads=1)
