@@ -9,18 +9,20 @@ from conftest import tiny_overrides
 _CACHE: dict[str, Path] = {}
 
 
-def tiny_checkpoint(tmp_path_factory, steps: int = 6, timesteps: int = 10) -> Path:
+def tiny_checkpoint(
+    tmp_path_factory, steps: int = 6, timesteps: int = 10, extra: tuple[str, ...] = ()
+) -> Path:
     """Train the conftest tiny digits model for a few steps (T=10); returns ``.../checkpoints/last.ckpt``."""
-    key = f"{steps}-{timesteps}"
+    key = f"{steps}-{timesteps}-{'-'.join(extra)}"
     if key not in _CACHE:
         from ddpm.config import compose
         from ddpm.training import train
 
-        out = tmp_path_factory.mktemp(f"tiny_run_{key}")
+        out = tmp_path_factory.mktemp(f"tiny_run_{steps}_{timesteps}")
         cfg = compose(
             "train",
             tiny_overrides(out, steps=steps, timesteps=timesteps)
-            + ["final_samples=0", "logger=none", "~callbacks.lr_monitor"],
+            + ["final_samples=0", "logger=none", "~callbacks.lr_monitor", *extra],
         )
         train(cfg)
         _CACHE[key] = out / "checkpoints" / "last.ckpt"
