@@ -54,7 +54,8 @@ class Job:
 
 def objective_name(obj: dict) -> tuple[str, tuple[str, str, str]]:
     var = str(obj.get("var_type", ""))
-    key = (str(obj.get("mean_type", "")), "learned" if var.startswith("learned") else "fixed", str(obj.get("loss_type", "")))
+    mean, loss = str(obj.get("mean_type", "")), str(obj.get("loss_type", ""))
+    key = (mean, "learned" if var.startswith("learned") else "fixed", loss)
     for name, fields in OBJECTIVE_FIELDS.items():
         if fields == key:
             return name, (key[0], var, key[2])
