@@ -125,28 +125,28 @@ def test_fid_through_sample_py(reference_run, ckpt, tmp_path):
     from ddpm.metrics.refstats import build_ref_stats
 
     out, _ = reference_run
-    # more images: extend the reference run's shards to N=40 (resume samples only the new ones)
+    # more images: extend the reference run's shards to N=24 (resume samples only the new ones)
     shutil.copytree(out / "shards", tmp_path / "shards")
-    sample(sample_cfg(ckpt, tmp_path, "num_samples=40", "batch_size=20", "shard_size=3"))
+    sample(sample_cfg(ckpt, tmp_path, "num_samples=24", "batch_size=20", "shard_size=3"))
     imgs = _arr(tmp_path / "samples.npz")
     ext = get_extractor("digits")
     ref = build_ref_stats(imgs, ext, id="self")
     ref_path = tmp_path / "self_stats.npz"
     ref.save(ref_path)
     with pytest.warns(UserWarning, match="not comparable"):
-        m = sample(sample_cfg(ckpt, tmp_path, "num_samples=40", "batch_size=20", "shard_size=3",
+        m = sample(sample_cfg(ckpt, tmp_path, "num_samples=24", "batch_size=20", "shard_size=3",
                               "compute_fid=true", "feature_extractor=digits", f"ref_stats={ref_path}",
                               "fid_backend=ddpm"))
     assert m["newly_sampled"] == 0
-    assert m["fid_40"] == pytest.approx(0.0, abs=1e-6) and m["is_40"] > 1.0
+    assert m["fid_24"] == pytest.approx(0.0, abs=1e-6) and m["is_24"] > 1.0
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["fid_40"] == m["fid_40"] and saved["fid_extractor"] == "ddpm-digits"
+    assert saved["fid_24"] == m["fid_24"] and saved["fid_extractor"] == "ddpm-digits"
     g = torch.Generator().manual_seed(0)
     x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float()
     fids = []
     for s in (0.0, 20.0, 60.0):
         y = (x + s * torch.randn(x.shape, generator=g)).clamp(0, 255).round().to(torch.uint8)
-        fids.append(compute_fid_is(y, ref, ext)["fid_40"])
+        fids.append(compute_fid_is(y, ref, ext)["fid_24"])
     assert fids[0] == pytest.approx(0.0, abs=1e-6) and fids[0] < fids[1] < fids[2]
 
 
