@@ -84,7 +84,7 @@ class DiffusionModule(L.LightningModule):
             self.net.to(memory_format=torch.channels_last)
             self.ema.to(memory_format=torch.channels_last)
         self.run_config: dict | None = None  # the full resolved config; stored in every checkpoint
-        self._last_ema_step = -1
+        self._nan_streak = 0
         self._last_loss: float = 0.0
 
     # ------------------------------------------------------------------ inference
@@ -132,6 +132,8 @@ class DiffusionModule(L.LightningModule):
         self.log("train/grad_norm", norm, batch_size=1)
         if not torch.isfinite(norm) or not math.isfinite(self._last_loss):
             self._handle_nonfinite(norm)
+        else:
+            self._nan_streak = 0
 
     def _handle_nonfinite(self, norm: Tensor) -> None:
         run = self.run_config or {}
@@ -149,7 +151,7 @@ class DiffusionModule(L.LightningModule):
                 f"and no checkpoint with non-finite weights is written. {hint} Set nan_policy=skip to skip "
                 "such steps instead."
             )
-        self._nan_streak = getattr(self, "_nan_streak", 0) + 1
+        self._nan_streak += 1
         limit = int(run.get("nan_max_consecutive", 10))
         if self._nan_streak > limit:
             raise FloatingPointError(
@@ -159,17 +161,11 @@ class DiffusionModule(L.LightningModule):
         for p in self.net.parameters():
             p.grad = None  # Adam skips parameters without a gradient: the weights and moments stay as they were
 
-    def on_train_start(self) -> None:
-        self._last_ema_step = self.trainer.global_step
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # One EMA update per optimizer step (global_step advances only on optimizer steps, also under
-        # gradient accumulation).
-        if self.trainer.global_step != self._last_ema_step:
-            self._last_ema_step = self.trainer.global_step
-            self.update_ema()
-            if getattr(self, "_nan_streak", 0) and math.isfinite(self._last_loss):
-                self._nan_streak = 0
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # One EMA update per optimizer step (so also under gradient accumulation), right after the step and
+        # before any callback's on_train_batch_end: grids, FID and checkpoints of step k see EMA after step k.
+        self.update_ema()
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -250,7 +246,48 @@ class DiffusionModule(L.LightningModule):
         from ddpm import __version__
 
         checkpoint["ddpm_version"] = __version__
+        checkpoint["rng_states"] = get_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "cfg" in checkpoint and self.run_config is None:
             self.run_config = checkpoint["cfg"]
+        # Lightning does not restore random states: without this a resumed run draws other t, noise, dropout
+        # masks and epoch shuffles than the uninterrupted run (user-needs A1).
+        if "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])
+
+
+def get_rng_states() -> dict:
+    """torch (CPU + CUDA), numpy and python RNG states as tensors and plain containers (weights_only-safe)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "gauss": float(gauss)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: Mapping[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    if "torch" in states:
+        torch.set_rng_state(states["torch"].cpu())
+    if "numpy" in states:
+        n = states["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["gauss"]))
+    if "python" in states:
+        version, internal, gauss_next = states["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+    cuda = states.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
