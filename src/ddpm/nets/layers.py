@@ -110,11 +110,13 @@ class ResBlock(nn.Module):
         self.nin_shortcut = conv1x1(in_ch, out_ch) if in_ch != out_ch else None
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        # The two additions are in place on conv outputs, which backward does not need: the same values as
+        # out-of-place adds, one activation-sized allocation less each (less peak memory and page faulting).
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
+        h += self.temb_proj(F.silu(temb))[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         skip = x if self.nin_shortcut is None else self.nin_shortcut(x)
-        return skip + h
+        return h.add_(skip)
 
 
 class AttnBlock(nn.Module):
@@ -144,7 +146,7 @@ class AttnBlock(nn.Module):
         q, k, v = F.linear(y, weight, bias).unsqueeze(1).chunk(3, dim=-1)
         out = F.scaled_dot_product_attention(q, k, v)  # [N, 1, H*W, C]
         out = out.squeeze(1).transpose(1, 2).reshape(n, c, h, w)
-        return x + self.proj_out(out)
+        return self.proj_out(out).add_(x)  # in place on a conv output (not needed by backward)
 
 
 class Downsample(nn.Module):
