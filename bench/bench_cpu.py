@@ -164,10 +164,7 @@ def same_weights(ours, theirs) -> float | None:
     t = torch.tensor([3, 900])
     with torch.no_grad():
         err = (
-            (
-                ours(x.contiguous(memory_format=torch.channels_last) if _is_cl(ours) else x, t)
-                - theirs(x, t).sample
-            )
+            (ours(x.contiguous(memory_format=torch.channels_last) if _is_cl(ours) else x, t) - theirs(x, t).sample)
             .abs()
             .max()
             .item()
@@ -178,8 +175,7 @@ def same_weights(ours, theirs) -> float | None:
 
 def _is_cl(net) -> bool:
     return (
-        net.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-        and not net.conv_in.weight.is_contiguous()
+        net.conv_in.weight.is_contiguous(memory_format=torch.channels_last) and not net.conv_in.weight.is_contiguous()
     )
 
 
@@ -319,9 +315,7 @@ class SampleDiffusers(Impl):
             self.out = self.sched.step(eps, SAMPLE_T, self.x).prev_sample
 
 
-def make_impl(
-    kind: str, which: str, quick: bool, batch: int, variants: frozenset[str] = frozenset(), nets=None
-):
+def make_impl(kind: str, which: str, quick: bool, batch: int, variants: frozenset[str] = frozenset(), nets=None):
     cfg_ours, cfg_theirs, _ = _configs(quick)
     nets = nets or {}
     if kind == "train":
@@ -334,21 +328,32 @@ def make_impl(
 
 
 # ---------------------------------------------------------------------------------------------- timing
+CPU_TIMES: dict[str, list[float]] = {}  # CPU seconds (process_time) of the last alternate() call
+
+
 def alternate(impls: list[Impl], repeats: int, warmup: int) -> dict[str, list[float]]:
-    """Time ``step()`` of each implementation, round by round, ABBA order; returns seconds per repeat."""
+    """Time ``step()`` of each implementation, round by round, ABBA order; returns wall seconds per repeat.
+
+    The process CPU seconds of each repeat go to ``CPU_TIMES``: with one intra-op thread that is the work
+    done, which time slices lost to other processes on a shared machine do not inflate (wall time does).
+    """
     for _ in range(warmup):
         for impl in impls:
             impl.step()
     times: dict[str, list[float]] = {impl.name: [] for impl in impls}
+    CPU_TIMES.clear()
+    CPU_TIMES.update({impl.name: [] for impl in impls})
     for r in range(repeats):
         order = impls if r % 2 == 0 else impls[::-1]
         for impl in order:
             gc.collect()
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             impl.step()
             times[impl.name].append(time.perf_counter() - t0)
+            CPU_TIMES[impl.name].append(time.process_time() - c0)
         print(
-            f"[bench]   round {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()),
+            f"[bench]   round {r + 1}/{repeats}: "
+            + ", ".join(f"{k} {v[-1]:.3f}s (cpu {CPU_TIMES[k][-1]:.3f}s)" for k, v in times.items()),
             file=sys.stderr,
             flush=True,
         )
@@ -473,8 +478,7 @@ def section_pair(kind: str, args, rows: list, notes: list, fast_rows: list, prof
             which = "diffusers" if v == "diffusers_cl" else "ours"
             impls.append(make_impl(kind, which, quick, batch, frozenset([v])))
     print(
-        f"[bench] {kind}: batch {batch}, {args.repeats} repeats ({args.warmup} warmup), "
-        f"{[i.name for i in impls]}",
+        f"[bench] {kind}: batch {batch}, {args.repeats} repeats ({args.warmup} warmup), {[i.name for i in impls]}",
         file=sys.stderr,
         flush=True,
     )
@@ -485,9 +489,8 @@ def section_pair(kind: str, args, rows: list, notes: list, fast_rows: list, prof
     del impls, ours_net, theirs_net
     gc.collect()
     med = {k: median(v) for k, v in times.items()}
-    what = (
-        "one optimizer step (fwd, loss, bwd, Adam, EMA)" if kind == "train" else "one denoising step, no_grad"
-    )
+    cpu = {k: median(v) for k, v in CPU_TIMES.items()}
+    what = "one optimizer step (fwd, loss, bwd, Adam, EMA)" if kind == "train" else "one denoising step, no_grad"
     spread = {k: f"{min(v):.2f}-{max(v):.2f}" for k, v in times.items()}
     rows.append(
         (
@@ -509,10 +512,29 @@ def section_pair(kind: str, args, rows: list, notes: list, fast_rows: list, prof
             "",
         )
     )
+    rows.append(
+        (
+            f"{kind} b{batch}",
+            f"CPU s/step median ({args.threads} thread{'s' if args.threads > 1 else ''})",
+            f"{cpu['ours']:.3f}",
+            f"{cpu['diffusers']:.3f}",
+            f"{cpu['ours'] / cpu['diffusers']:.2f}x CPU time",
+            "",
+        )
+    )
     for name, m in med.items():
         if name not in ("ours", "diffusers"):
             fast_rows.append(
-                (kind, name, f"{m:.3f}", f"{m / med['ours']:.2f}x", f"{m / med['diffusers']:.2f}x")
+                (
+                    kind,
+                    name,
+                    f"{m:.3f}",
+                    f"{m / med['ours']:.2f}x",
+                    f"{m / med['diffusers']:.2f}x",
+                    f"{cpu[name]:.3f}",
+                    f"{cpu[name] / cpu['ours']:.2f}x",
+                    f"{cpu[name] / cpu['diffusers']:.2f}x",
+                )
             )
     if not args.skip_memory:
         mem = {w: measure_memory(f"{kind}:{w}", args) for w in ("ours", "diffusers")}
@@ -576,6 +598,7 @@ def section_sample1000(args, rows: list, notes: list) -> None:
     print(f"[bench] sample{steps}: {n} digits", file=sys.stderr, flush=True)
     times = alternate([Ours(), Theirs()], args.e2e_repeats, 0)
     mo, mt = median(times["ours"]), median(times["diffusers"])
+    co, ct = median(CPU_TIMES["ours"]), median(CPU_TIMES["diffusers"])
     rows.append(
         (
             f"{steps}-step sampling of {n} digits 8x8x1",
@@ -583,6 +606,16 @@ def section_sample1000(args, rows: list, notes: list) -> None:
             f"{mo:.2f}",
             f"{mt:.2f}",
             f"{mo / mt:.2f}x time",
+            "-",
+        )
+    )
+    rows.append(
+        (
+            f"{steps}-step sampling of {n} digits 8x8x1",
+            "CPU s (median)",
+            f"{co:.2f}",
+            f"{ct:.2f}",
+            f"{co / ct:.2f}x CPU time",
             "-",
         )
     )
@@ -702,9 +735,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--skip-e2e", action="store_true", help="skip the quickstart train.py run (minutes)")
     p.add_argument("--skip-memory", action="store_true", help="skip the peak-memory child processes")
-    p.add_argument(
-        "--variants", default="", help=f"comma list of opt-in fast paths of ours: {','.join(VARIANTS)}"
-    )
+    p.add_argument("--variants", default="", help=f"comma list of opt-in fast paths of ours: {','.join(VARIANTS)}")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per implementation (default 5)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--profile", action="store_true", help="append a torch.profiler table of one step of each")
@@ -713,9 +744,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sample-batch", type=int, default=None, help="default 64 (4 with --quick)")
     p.add_argument("--mem-steps", type=int, default=2)
     p.add_argument("--digits", type=int, default=64, help="images in the 1000-step sampling run")
-    p.add_argument(
-        "--e2e-repeats", type=int, default=None, help="repeats of the 1000-step sampling (default 3)"
-    )
+    p.add_argument("--e2e-repeats", type=int, default=None, help="repeats of the 1000-step sampling (default 3)")
     p.add_argument("--bpd-images", type=int, default=4)
     p.add_argument("--bpd-repeats", type=int, default=None)
     p.add_argument("--t-batches", default="1,10,100")
@@ -785,13 +814,15 @@ def main(argv: list[str] | None = None) -> None:
         out += [
             "Opt-in fast paths of ours (same rounds):",
             "",
-            table(("section", "variant", "s/step median", "vs ours", "vs diffusers"), fast_rows),
+            table(
+                ("section", "variant", "s/step", "vs ours", "vs diffusers", "CPU s/step", "vs ours", "vs diffusers"),
+                fast_rows,
+            ),
             "",
         ]
     if bpd_rows:
         out += [
-            f"`calc_bpd_loop` on the quickstart model ({args.bpd_images} images, "
-            f"T={50 if args.quick else 1000}):",
+            f"`calc_bpd_loop` on the quickstart model ({args.bpd_images} images, T={50 if args.quick else 1000}):",
             "",
             table(
                 (
