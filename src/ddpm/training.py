@@ -65,6 +65,20 @@ def _plain(x: Any) -> Any:
     return getattr(x, "value", x)
 
 
+def check_output_dir(output_dir: Path) -> None:
+    """Create the run directory and make sure it is writable, before any data is read or step is taken."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(
+            f"paths.output_dir={str(output_dir)!r} cannot be created or written ({type(e).__name__}: {e}). "
+            "Choose a writable place: paths.output_dir=... (or hydra.run.dir=... with python train.py)."
+        ) from e
+
+
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list:
     loggers = []
     for name, lcfg in (cfg.get("logger") or {}).items():
@@ -94,8 +108,67 @@ def wandb_config(lcfg: DictConfig, output_dir: Path) -> DictConfig:
     return lcfg
 
 
+class _AppendingCSVWriter:
+    """Factory for a CSVLogger experiment writer that continues an existing ``metrics.csv``."""
+
+    def __new__(cls, log_dir: str, resume_step: int):
+        import csv
+
+        from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+        class Writer(ExperimentWriter):
+            def _check_log_dir_exists(self) -> None:  # Lightning's deletes the previous metrics.csv
+                pass
+
+        writer = Writer(log_dir=log_dir)
+        path = Path(writer.metrics_file_path)
+        if path.is_file():
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                keys = list(reader.fieldnames or [])
+                # Rows logged after the checkpoint (work lost with the process) are logged again by the resume.
+                rows = [r for r in reader if not (r.get("step") or "").isdigit() or int(r["step"]) < resume_step]
+            tmp = path.with_name(f".{path.name}.tmp")
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=keys)
+                w.writeheader()
+                w.writerows(rows)
+            os.replace(tmp, path)
+            writer.metrics_keys = sorted(keys)
+        return writer
+
+
+def continue_csv_logs(loggers: list, resume_step: int) -> None:
+    """On a resume, CSV loggers append to the run's ``metrics.csv`` instead of starting it again."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    for lg in loggers:
+        if isinstance(lg, CSVLogger) and Path(lg.log_dir, "metrics.csv").is_file():
+            lg._experiment = _AppendingCSVWriter(lg.log_dir, resume_step)
+
+
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+
+
+class SaveLastAtEnd(L.Callback):
+    """Write ``last.ckpt`` right after the final optimizer step (``max_steps``), from ``on_train_batch_end``.
+
+    A checkpoint written there (like ModelCheckpoint's and the preemption one) holds the loop state Lightning
+    resumes from exactly; one written after ``fit`` returns makes a resume start an extra, empty epoch (a new
+    shuffle drawn from another RNG state), so a later ``ckpt_path=last`` with a larger ``max_steps`` would
+    not continue like the uninterrupted run.
+    """
+
+    def __init__(self, dirpath: Path) -> None:
+        self.path = Path(dirpath) / "last.ckpt"
+        self.saved_step: int | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if trainer.max_steps is not None and 0 < trainer.max_steps <= step and self.saved_step != step:
+            trainer.save_checkpoint(self.path)
+            self.saved_step = step
 
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
@@ -103,7 +176,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     validate_config(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(output_dir)
 
     datamodule = instantiate(cfg.data)
     run_config = to_container(cfg)
@@ -117,11 +190,18 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     )
     module.run_config = run_config
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    resume_step = None
     if ckpt_path:
-        check_checkpoint_matches(safe_load_checkpoint(ckpt_path), module, ckpt_path)
+        ckpt = safe_load_checkpoint(ckpt_path)
+        check_checkpoint_matches(ckpt, module, ckpt_path)
+        resume_step = int(ckpt.get("global_step", 0))
+        del ckpt
 
-    callbacks = build_callbacks(cfg)
+    save_last = SaveLastAtEnd(output_dir / "checkpoints")
+    callbacks = [*build_callbacks(cfg), save_last]
     loggers = build_loggers(cfg, output_dir)
+    if resume_step is not None:
+        continue_csv_logs(loggers, resume_step)
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers if loggers else False, plugins=[AtomicCheckpointIO()]
     )
@@ -133,12 +213,17 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         fit_seconds = time.time() - start
         last = output_dir / "checkpoints" / "last.ckpt"
-        if trainer.global_step > 0 and not trainer.interrupted:
-            trainer.save_checkpoint(last)
+        preempted = any(getattr(c, "received", None) for c in callbacks)
+        saved = {getattr(c, "saved_step", None) for c in callbacks}
+        if trainer.global_step > 0 and not trainer.interrupted and trainer.global_step not in saved:
+            trainer.save_checkpoint(last)  # the run ended otherwise (max_epochs, early stop): save what there is
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
         metrics.update(global_step=trainer.global_step, fit_seconds=round(fit_seconds, 2))
+        if preempted:
+            metrics["preempted"] = True  # no final samples: the job has seconds left; the resume makes them
         if trainer.is_global_zero:
-            metrics.update(final_samples(cfg, module, datamodule, output_dir))
+            if not preempted:
+                metrics.update(final_samples(cfg, module, datamodule, output_dir))
             write_json(output_dir / "metrics.json", metrics)
             log.info("run directory: %s", output_dir)
     finally:
@@ -155,16 +240,20 @@ def final_samples(cfg: DictConfig, module: DiffusionModule, datamodule, output_d
     n = int(cfg.get("final_samples", 0) or 0)
     if n <= 0:
         return {}
-    from ddpm.generate import generate, make_grid_uint8, save_png, seeds_for, to_uint8
+    from ddpm.generate import SamplerConfig, generate, make_grid_uint8, save_png, seeds_for, to_uint8
 
+    final_sampler = cfg.get("final_sampler")
+    sampler = SamplerConfig(**(OmegaConf.to_container(final_sampler, resolve=True) if final_sampler else {}))
     start = time.time()
     images = to_uint8(
         generate(
             module.model_fn(use_ema=True), module.diffusion, seeds_for(int(cfg.seed), 0, n), module.image_shape,
-            device=module.device,
+            sampler, device=module.device,
         )
     ).cpu()
-    out: dict[str, Any] = {"final_samples": n, "sample_seconds": round(time.time() - start, 2)}
+    out: dict[str, Any] = {
+        "final_samples": n, "final_sampler": sampler.num_steps_label, "sample_seconds": round(time.time() - start, 2)
+    }
     upscale = max(1, 64 // module.image_shape[-1])
     save_png(make_grid_uint8(images, upscale=upscale), output_dir / "samples.png")
     if getattr(datamodule, "name", "") == "digits":
