@@ -177,6 +177,25 @@ class DiffusionModule(L.LightningModule):
             b_ema.copy_(b_net)
         self.ema_num_updates += 1
 
+    # Training randomness is a function of (seed, epoch | step, micro-batch, rank), not of the RNG's history.
+    # Lightning restores no random state, and a resume does not replay what happened before the checkpoint
+    # (the validation at that step, the dataloader iterators it built): re-seeding the global torch RNG at
+    # every epoch start (epoch shuffle, flips, worker seeds) and before every training batch (t, noise,
+    # dropout) makes "N steps + ckpt_path=last + N steps" draw exactly what the uninterrupted 2N steps draw,
+    # and the run independent of the validation schedule. Ranks get different streams (different t/noise).
+    def _reseed(self, *key: int) -> None:
+        import numpy as np
+
+        run = self.run_config or {}
+        entropy = [int(run.get("seed", 0) or 0) & 0xFFFFFFFF, *key, self.global_rank]
+        torch.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1))
+
+    def on_train_epoch_start(self) -> None:
+        self._reseed(0, self.current_epoch)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._reseed(1, self.global_step, batch_idx)
+
     # ------------------------------------------------------------------ validation / test
     def on_validation_epoch_start(self) -> None:
         # The same t and noise at every validation, so the curve compares like with like.
@@ -246,48 +265,7 @@ class DiffusionModule(L.LightningModule):
         from ddpm import __version__
 
         checkpoint["ddpm_version"] = __version__
-        checkpoint["rng_states"] = get_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "cfg" in checkpoint and self.run_config is None:
             self.run_config = checkpoint["cfg"]
-        # Lightning does not restore random states: without this a resumed run draws other t, noise, dropout
-        # masks and epoch shuffles than the uninterrupted run (user-needs A1).
-        if "rng_states" in checkpoint:
-            set_rng_states(checkpoint["rng_states"])
-
-
-def get_rng_states() -> dict:
-    """torch (CPU + CUDA), numpy and python RNG states as tensors and plain containers (weights_only-safe)."""
-    import random
-
-    import numpy as np
-
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    states = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "gauss": float(gauss)},
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: Mapping[str, Any]) -> None:
-    import random
-
-    import numpy as np
-
-    if "torch" in states:
-        torch.set_rng_state(states["torch"].cpu())
-    if "numpy" in states:
-        n = states["numpy"]
-        np.random.set_state(("MT19937", n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["gauss"]))
-    if "python" in states:
-        version, internal, gauss_next = states["python"]
-        random.setstate((version, tuple(internal), gauss_next))
-    cuda = states.get("cuda")
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
