@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -40,10 +41,15 @@ def safe_load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if not _is_forbidden_object(e):  # bytes that are no pickle at all: a damaged file, not a dangerous one
+            raise ValueError(
+                f"{path} is not a readable checkpoint (corrupt or truncated?): {_weights_only_detail(e)}. "
+                "Use an earlier checkpoint from the same checkpoints/ folder."
+            ) from e
         raise ValueError(
             f"Refusing to load {path}: it contains Python objects beyond tensors and plain containers, which "
             "could run code when unpickled (loaded with weights_only=True). Only load checkpoints you created. "
-            f"Details: {str(e).splitlines()[0]}"
+            f"Details: {_weights_only_detail(e)}"
         ) from e
     except (RuntimeError, EOFError, OSError) as e:
         raise ValueError(
@@ -52,9 +58,40 @@ def safe_load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> 
         ) from e
 
 
+def _is_forbidden_object(e: Exception) -> bool:
+    text = str(e)
+    return "Unsupported global" in text or "Unsupported class" in text
+
+
+def _weights_only_detail(e: Exception) -> str:
+    """The part of torch's weights_only message that names the problem (not its advice to load unsafely)."""
+    import re
+
+    found = re.search(r"Unsupported (?:global|class|operand)[^\n]*?(?= Please use|\.\s|$)", str(e), re.M)
+    if found:
+        return found.group(0)
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0][:200] if lines else type(e).__name__
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
         return safe_load_checkpoint(path, map_location=map_location or "cpu")
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that does not rewrite the resumed step's checkpoint.
+
+    Lightning does not keep ``_last_global_step_saved`` in the callback state, so after ``ckpt_path=...`` the
+    first micro-batch of an accumulation window (``global_step`` still the checkpoint's) wrote
+    ``step_<N>.ckpt`` again, over the good one, with a half-accumulated state. A resumed run starts from a
+    saved step: mark it saved.
+    """
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        if trainer.global_step > 0:
+            self._last_global_step_saved = trainer.global_step

@@ -22,6 +22,7 @@ class Preemption(L.Callback):
         self.signals = list(signals)
         self.dirpath = dirpath
         self.received: str | None = None
+        self.saved_step: int | None = None  # train() does not write last.ckpt again after fit
         self._previous: dict = {}
 
     def _handler(self, signum, frame) -> None:
@@ -36,13 +37,20 @@ class Preemption(L.Callback):
                 pass
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Act at an optimizer-step boundary only: mid-way through a gradient-accumulation window the checkpoint
+        # would hold step N's weights but a resume would not redo the lost micro-batches of step N+1 alike.
+        should_accumulate = getattr(trainer.fit_loop, "_should_accumulate", None)
+        if should_accumulate is not None and should_accumulate():
+            return
         # The flag is set on whichever ranks got the signal; agree across ranks before acting.
         flag = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
         if not flag:
             return
         dirpath = Path(self.dirpath or Path(trainer.default_root_dir) / "checkpoints")
         path = dirpath / "last.ckpt"
-        trainer.save_checkpoint(path)
+        if self.saved_step != trainer.global_step:
+            trainer.save_checkpoint(path)
+            self.saved_step = trainer.global_step
         rank_zero_info(f"[ddpm] received {self.received}: wrote {path} at step {trainer.global_step}; exiting.")
         trainer.should_stop = True
 
