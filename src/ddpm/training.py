@@ -148,7 +148,19 @@ def continue_csv_logs(loggers: list, resume_step: int) -> None:
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+    from hydra.errors import InstantiationException
+
+    callbacks = []
+    for name, c in (cfg.get("callbacks") or {}).items():
+        if c is None or "_target_" not in c:
+            continue
+        try:
+            callbacks.append(instantiate(c))
+        except InstantiationException as e:
+            if isinstance(e.__cause__, ValueError | TypeError):  # a bad setting: its own message, not Hydra's wrap
+                raise type(e.__cause__)(f"callbacks.{name}: {e.__cause__}") from e
+            raise
+    return callbacks
 
 
 class SaveLastAtEnd(L.Callback):
@@ -166,9 +178,16 @@ class SaveLastAtEnd(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if trainer.max_steps is not None and 0 < trainer.max_steps <= step and self.saved_step != step:
+        if trainer.max_steps is None or not 0 < trainer.max_steps <= step or self.saved_step == step:
+            return
+        # ModelCheckpoint(save_last=True) that has just saved this step (it runs first) wrote last.ckpt already.
+        if not any(
+            getattr(cb, "save_last", False) and getattr(cb, "_last_global_step_saved", None) == step
+            and Path(getattr(cb, "dirpath", "") or "") == self.path.parent
+            for cb in trainer.checkpoint_callbacks
+        ):
             trainer.save_checkpoint(self.path)
-            self.saved_step = step
+        self.saved_step = step
 
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
