@@ -73,6 +73,7 @@ def _resume_overrides(tmp_path: Path, total: int, accumulate: int) -> list[str]:
     ]
 
 
+@pytest.mark.slow  # ~40 s each on 2 loaded CPU cores (three tiny runs)
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_resume_is_bit_identical_to_a_straight_run(tmp_path, tiny, accumulate, monkeypatch):
     """2N steps straight == N steps, stop, ckpt_path=last, N more: weights, EMA, optimizer, LR, step, RNG.
