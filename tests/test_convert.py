@@ -11,6 +11,7 @@ import os
 import pickle
 from pathlib import Path
 
+import diffusers  # noqa: E402  (a test extra: pip install -e .[test])
 import pytest
 import torch
 
@@ -27,8 +28,6 @@ from ddpm.convert import (
     unet_kwargs_from_diffusers_config,
 )
 from ddpm.nets import UNet
-
-diffusers = pytest.importorskip("diffusers")
 
 CIFAR10_CONFIG = dict(
     sample_size=32,
