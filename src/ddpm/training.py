@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,10 @@ from ddpm.config import to_container, validate_config
 from ddpm.module import DiffusionModule
 
 log = logging.getLogger("ddpm")
+
+# The EMA copy of the network is in eval mode on purpose (no dropout, never trained); Lightning would warn
+# about it at every start.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
