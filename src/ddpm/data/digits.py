@@ -10,18 +10,9 @@ Random flips are OFF by default: digits are not symmetric under a horizontal fli
 
 from __future__ import annotations
 
-import torch
 from torch.utils.data import Dataset
 
 from ddpm.data.base import ImageDataModule, TensorImages
-
-
-def load_digits_uint8() -> torch.Tensor:
-    """All 1797 digits as uint8 ``[N, 1, 8, 8]`` (``round(v * 255 / 16)`` of the 0..16 values)."""
-    from sklearn.datasets import load_digits
-
-    images = torch.from_numpy(load_digits().images).to(torch.float64)  # [N, 8, 8], values 0..16
-    return (images * 255.0 / 16.0).round().clamp(0, 255).to(torch.uint8).unsqueeze(1).contiguous()
 
 
 class DigitsDataModule(ImageDataModule):
@@ -67,13 +58,13 @@ class DigitsDataModule(ImageDataModule):
         self.name = "digits" if self.upscale == 1 else f"digits_{size}"
 
     def _build_splits(self) -> dict[str, Dataset]:
-        images = load_digits_uint8()
+        from ddpm.metrics.digits import digits_split_indices, load_digits_uint8
+
+        images, _ = load_digits_uint8()  # the same loader (and split rule) as the quality classifier
         if self.upscale > 1:
             images = images.repeat_interleave(self.upscale, dim=2).repeat_interleave(self.upscale, dim=3)
         # The same split as the digits classifier behind the quality score (ddpm.metrics.digits), so its
         # "real held-out digits" are never in the diffusion model's training set.
-        from ddpm.metrics.digits import digits_split_indices
-
         train, val, test = digits_split_indices(images.shape[0], self.seed, self.val_fraction, self.test_fraction)
         idx = {"train": train.sort().values, "val": val.sort().values, "test": test.sort().values}
         return {k: TensorImages(images[v].contiguous()) for k, v in idx.items()}
