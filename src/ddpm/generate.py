@@ -13,8 +13,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ddpm.data.base import model_to_uint8 as to_uint8
 from ddpm.diffusion import GaussianDiffusion, SeededNoise, image_seeds
 from ddpm.diffusion import samplers as S
+
+# to_uint8: [-1, 1] floats -> uint8 (clamp, (x + 1) * 127.5, round), the exact inverse of the data scaling.
+# The official code truncates its image summaries; rounding is unbiased (ddpm.metrics.fid.to_uint8 also
+# offers mode="floor").
+__all__ = ["SAMPLERS", "SamplerConfig", "generate", "make_grid_uint8", "sampling_diffusion", "save_png",
+           "seeds_for", "to_uint8"]
 
 SAMPLERS = ("ancestral", "respaced", "ddim")
 
@@ -86,15 +93,6 @@ def generate(
     return S.ancestral_sample(
         diff, model_fn, shape, noise=noise, clip_denoised=sampler.clip_denoised, progress=progress
     )
-
-
-def to_uint8(x: Tensor) -> Tensor:
-    """[-1, 1] floats -> uint8 0..255: clamp, (x + 1) * 127.5, round to nearest.
-
-    The official code truncates (``astype(uint8)``) its image summaries; rounding is the unbiased choice
-    and what the guided-diffusion sampling scripts do.
-    """
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def seeds_for(base_seed: int, start: int, stop: int) -> list[int]:
