@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_data import write_fake_cifar  # the torchvision layout, written by the data tests' helper
 
 from ddpm.config import compose
 from ddpm.training import train
@@ -21,20 +21,6 @@ from ddpm.training import train
 ROOT = Path(__file__).resolve().parents[1]
 OBJECTIVES = ["simple", "eps_vlb_fixed", "eps_vlb_learned", "mu_vlb_fixed", "mu_vlb_learned", "mu_mse", "hybrid"]
 DATASETS = ["digits", "cifar10", "image_folder", "celebahq256", "lsun_church256", "lsun_bedroom256", "lsun_cat256"]
-
-
-def write_fake_cifar(root: Path, n: int = 16) -> None:
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(5):
-        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-        with open(folder / f"data_batch_{i + 1}", "wb") as f:
-            pickle.dump({"data": data, "labels": [0] * n}, f)
-    with open(folder / "test_batch", "wb") as f:
-        pickle.dump({"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8), "labels": [0] * n}, f)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [str(i) for i in range(10)]}, f)
 
 
 def write_image_folder(root: Path, n: int = 24, size: int = 12) -> None:
@@ -50,7 +36,7 @@ def data_overrides(name: str, tmp_path: Path) -> list[str]:
     if name == "digits":
         return ["data=digits"]
     if name == "cifar10":
-        write_fake_cifar(tmp_path / "cifar")
+        write_fake_cifar(tmp_path / "cifar", n_per_batch=16, n_test=16)
         return ["data=cifar10", f"data.root={tmp_path / 'cifar'}"]
     write_image_folder(tmp_path / "imgs")
     return [f"data={name}", f"data.root={tmp_path / 'imgs'}", "data.resolution=8", "data.val_fraction=0.2",
