@@ -21,6 +21,7 @@ from ddpm.data import (
     CIFAR10DataModule,
     DatasetNotFoundError,
     DigitsDataModule,
+    EpochSampler,
     ImageDecodeError,
     ImageFolderDataModule,
     LSUNBedroomDataModule,
@@ -149,28 +150,105 @@ def test_train_loader_shuffles_drops_last_eval_does_not(digits: DigitsDataModule
 
 
 # ----------------------------------------------------------------------------------------------- flips
+def _train_items(dm: DigitsDataModule) -> list:
+    """The keys the training sampler hands to the dataset in one epoch."""
+    return list(dm.train_dataloader().sampler)
+
+
 def test_flip_only_on_train_and_only_when_enabled() -> None:
     on = DigitsDataModule(batch_size=16, random_flip=True)
     on.setup("fit")
-    assert on.train_dataset.random_flip and not on.val_dataset.random_flip and not on.test_dataset.random_flip
     src = on.splits()["train"].images  # type: ignore[union-attr]
-    on.train_dataset.flip_p = 1.0  # deterministic case: always flip
-    assert torch.equal(on.train_dataset[5], torch.flip(uint8_to_model(src[5]), dims=[-1]))
-    on.train_dataset.flip_p = 0.5  # random case: every item is the original or its mirror, both occur
-    torch.manual_seed(0)
-    outcomes = set()
-    for _ in range(40):
-        x = on.train_dataset[3]
-        orig = uint8_to_model(src[3])
-        assert torch.equal(x, orig) or torch.equal(x, orig.flip(-1))
-        outcomes.add(torch.equal(x, orig))
-    assert outcomes == {True, False}
-    assert torch.equal(on.val_dataset[0], uint8_to_model(on.splits()["val"][0]))
+    assert torch.equal(on.train_dataset[(5, True)], torch.flip(uint8_to_model(src[5]), dims=[-1]))
+    assert torch.equal(on.train_dataset[(5, False)], uint8_to_model(src[5]))
+    assert torch.equal(on.train_dataset[5], uint8_to_model(src[5]))
+    # flips on: every training item carries a coin, about half heads (p = 0.5), the batches show both
+    items = _train_items(on)
+    coins = [flip for _, flip in items]
+    assert len(items) == 1437 and 0.45 < sum(coins) / len(coins) < 0.55
+    batch = next(iter(on.train_dataloader()))
+    keys = list(on.train_dataloader().sampler)[:16]
+    assert torch.equal(batch, torch.stack([on.train_dataset[k] for k in keys]))
+    # the eval loaders never flip: they read the images in order, as they are
+    assert torch.equal(torch.cat(list(on.val_dataloader())), uint8_to_model(on.splits()["val"].images))  # type: ignore[union-attr]
     off = DigitsDataModule(batch_size=16)  # digits default: no flips
     off.setup("fit")
-    assert not off.train_dataset.random_flip
-    off.train_dataset.flip_p = 1.0
-    assert torch.equal(off.train_dataset[5], uint8_to_model(off.splits()["train"][5]))
+    assert all(isinstance(k, int) for k in _train_items(off))
+    on.flip_p = 1.0
+    assert all(flip for _, flip in _train_items(on))
+
+
+# ----------------------------------------------------------------------------------------------- epochs / resume
+def test_epoch_sampler_order_is_a_function_of_seed_and_epoch() -> None:
+    data = list(range(50))
+    a, b = EpochSampler(data, seed=3, flip_p=0.5), EpochSampler(data, seed=3, flip_p=0.5)
+    assert list(a) == list(b) and list(a) == list(a)  # same seed and epoch: same order and coins, every time
+    assert sorted(i for i, _ in a) == data  # a permutation
+    first = list(a)
+    a.set_epoch(1)
+    assert list(a) != first and sorted(i for i, _ in a) == data
+    assert list(EpochSampler(data, seed=4, flip_p=0.5)) != first
+    # the coin belongs to (epoch, image), not to a position: the same image keeps its coin in a resumed iteration
+    a.set_epoch(0)
+    a.start = 20
+    assert list(a) == first[20:]
+
+
+def test_epoch_sampler_shards_across_ranks_without_repeats() -> None:
+    data = list(range(23))
+    shards = [list(EpochSampler(data, seed=1, num_replicas=3, rank=r)) for r in range(3)]
+    assert [len(s) for s in shards] == [7, 7, 7]  # 23 // 3 each, no padding with repeats
+    flat = [i for s in shards for i in s]
+    assert len(set(flat)) == 21 and set(flat) <= set(data)
+    whole = list(EpochSampler(data, seed=1))
+    assert shards[1] == whole[:21][1::3]  # rank r takes every R-th item of the common permutation
+
+
+def test_ddp_ranks_get_disjoint_equal_shares_of_the_same_epoch() -> None:
+    """Under DDP each rank builds its own loader; the sampler is a DistributedSampler, so Lightning keeps it."""
+    from torch.utils.data import DistributedSampler
+
+    loaders = []
+    for rank in range(2):
+        dm = DigitsDataModule(batch_size=64, random_flip=True)
+        dm.shuffle_seed = 5
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)  # type: ignore[assignment]
+        dm.setup("fit")
+        loaders.append(dm.train_dataloader())
+    samplers = [ld.sampler for ld in loaders]
+    assert all(isinstance(s, DistributedSampler) for s in samplers)
+    assert [(s.rank, s.num_replicas) for s in samplers] == [(0, 2), (1, 2)]
+    assert [ld.batch_size for ld in loaders] == [32, 32] and len(loaders[0]) == (1437 // 2) // 32
+    shares = [[i for i, _ in s] for s in samplers]
+    assert len(shares[0]) == len(shares[1]) == 1437 // 2 and not set(shares[0]) & set(shares[1])
+
+
+def test_resumable_loader_continues_mid_epoch_with_the_same_batches() -> None:
+    dm = DigitsDataModule(batch_size=64, random_flip=True)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(2)
+    straight = list(loader)
+    assert len(straight) == len(loader) == 1437 // 64
+    it = iter(loader)
+    for _ in range(5):
+        next(it)
+    state = loader.state_dict()
+    assert state == {"epoch": 2, "batches": 5}
+    fresh = dm.train_dataloader()  # a new process: a new loader, restored, then Lightning sets the epoch
+    fresh.load_state_dict(state)
+    fresh.sampler.set_epoch(2)
+    rest = list(fresh)
+    assert len(rest) == len(straight) - 5
+    assert all(torch.equal(x, y) for x, y in zip(rest, straight[5:]))
+    assert fresh.state_dict() == {"epoch": 2, "batches": len(straight)}
+    assert len(list(fresh)) == len(straight)  # the skip is used once: the next iteration is whole
+    # a checkpoint written at the end of epoch 2 resumes with epoch 3, whole
+    end = dm.train_dataloader()
+    end.load_state_dict({"epoch": 2, "batches": len(straight)})
+    end.sampler.set_epoch(3)
+    loader.sampler.set_epoch(3)
+    assert all(torch.equal(x, y) for x, y in zip(list(end), list(loader), strict=True))
 
 
 # ----------------------------------------------------------------------------------------------- CIFAR-10

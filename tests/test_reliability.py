@@ -74,17 +74,24 @@ def _resume_overrides(tmp_path: Path, total: int, accumulate: int) -> list[str]:
 
 
 @pytest.mark.slow  # ~40 s each on 2 loaded CPU cores (three tiny runs)
-@pytest.mark.parametrize("accumulate", [1, 2])
-def test_resume_is_bit_identical_to_a_straight_run(tmp_path, tiny, accumulate, monkeypatch):
-    """2N steps straight == N steps, stop, ckpt_path=last, N more: weights, EMA, optimizer, LR, step, RNG.
+@pytest.mark.parametrize(
+    ("accumulate", "batch", "total"),
+    [
+        (1, 8, 4),  # 17 train images: 2 batches per epoch, the stop at step 2 is an epoch boundary
+        (1, 4, 6),  # 4 batches per epoch: the stop at step 3 is inside epoch 0, the rest crosses into epoch 1
+        (2, 2, 6),  # 8 micro-batches = 4 optimizer steps per epoch: the stop at step 3 is mid-epoch
+    ],
+    ids=["epoch-boundary", "mid-epoch", "mid-epoch-accumulate2"],
+)
+def test_resume_is_bit_identical_to_a_straight_run(tmp_path, tiny, accumulate, batch, total, monkeypatch):
+    """2N steps straight == N steps, stop, ckpt_path=last, N more: weights, EMA, optimizer, LR, step, data.
 
-    N lands on an epoch boundary (2 batches per epoch): Lightning cannot restore the position inside an
-    epoch of a non-stateful loader (it warns), so a mid-epoch resume sees a fresh shuffle, not the same one.
+    Also when N falls inside an epoch: the training loader is stateful (ddpm.data.ResumableDataLoader), so the
+    resumed run continues that epoch with exactly the batches, order and flips the straight run trains on.
     """
     monkeypatch.setenv("WANDB_MODE", "offline")
-    total = 4 if accumulate == 1 else 2
     half = total // 2
-    common = _resume_overrides(tmp_path, total, accumulate)
+    common = [*_resume_overrides(tmp_path, total, accumulate), f"data.batch_size={batch}"]
     straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
 
     _, straight = train(tiny(*common, output_dir=straight_dir, steps=total))
@@ -143,7 +150,7 @@ def _cli_env() -> dict:
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
 def test_signal_writes_last_ckpt_exits_zero_and_resumes(tmp_path, sig):
     """A real `python train.py` gets the signal after its first step checkpoint: it writes last.ckpt at a step
-    boundary and exits 0; started again in the same run directory with ckpt_path=last it continues."""
+    boundary and exits 0; started again in the same run directory with ckpt_path=last it continues exactly."""
     from conftest import tiny_overrides
 
     run = tmp_path / "run"
@@ -173,6 +180,18 @@ def test_signal_writes_last_ckpt_exits_zero_and_resumes(tmp_path, sig):
     assert load(run / "checkpoints" / "last.ckpt")["global_step"] == stopped + 2
     assert "Restoring states from the checkpoint" in done.stdout + done.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # the same run directory, nothing else
+
+    # The signal landed inside an epoch (179 batches of 8 digits per epoch), and the continued run trained on
+    # exactly what an uninterrupted run of stopped + 2 steps trains on: the same raw and EMA weights.
+    from conftest import tiny_overrides as overrides
+
+    straight_dir = tmp_path.parent / f"{tmp_path.name}_straight"
+    train(compose("train", [*overrides(straight_dir, steps=stopped + 2), "trainer.val_check_interval=100000",
+                            "callbacks.model_checkpoint.every_n_train_steps=2"]))
+    a, b = load(straight_dir / "checkpoints" / "last.ckpt"), load(run / "checkpoints" / "last.ckpt")
+    assert stopped % 179 != 0
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
 
 
 def test_unknown_preemption_signal_is_a_clear_error(tiny):

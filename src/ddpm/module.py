@@ -115,13 +115,16 @@ class DiffusionModule(L.LightningModule):
         for key in ("mse", "vb"):
             if key in terms and key != "loss":
                 self.log(f"train/{key}", terms[key].mean(), batch_size=batch_size)
-        # The loss by quarter of the t range (improved-diffusion's loss_q0..q3): where the error sits.
+        # The loss by quarter of the t range (improved-diffusion's loss_q0..q3): where the error sits. All four
+        # are logged at every step, NaN for a quarter with no example in the batch: Lightning writes a key's
+        # last logged value again in later rows, so skipping it would repeat a stale value from an older batch.
         quarter = (t * 4) // num_t
         per_example = terms["loss"].detach()
         for q in range(4):
             mask = quarter == q
-            if mask.any():
-                self.log(f"train/loss_q{q}", per_example[mask].mean(), batch_size=int(mask.sum()))
+            count = int(mask.sum())
+            value = per_example[mask].mean() if count else torch.full((), float("nan"), device=per_example.device)
+            self.log(f"train/loss_q{q}", value, batch_size=max(count, 1))
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

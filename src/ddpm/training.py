@@ -203,6 +203,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     check_output_dir(output_dir)
 
     datamodule = instantiate(cfg.data)
+    datamodule.shuffle_seed = int(cfg.seed)  # the epochs' order and flips follow the run's seed
     run_config = to_container(cfg)
     module = DiffusionModule(
         model=run_config["model"],

@@ -9,8 +9,10 @@ dequantisation noise), take the GLOBAL ``batch_size`` and split it per device, a
 
 from ddpm.data.base import (
     DatasetNotFoundError,
+    EpochSampler,
     ImageDataModule,
     ModelImages,
+    ResumableDataLoader,
     TensorImages,
     model_to_uint8,
     per_device_batch,
@@ -44,6 +46,7 @@ __all__ = [
     "CelebAHQDataModule",
     "DatasetNotFoundError",
     "DigitsDataModule",
+    "EpochSampler",
     "ImageDataModule",
     "ImageDecodeError",
     "ImageFolderDataModule",
@@ -52,6 +55,7 @@ __all__ = [
     "LSUNChurchDataModule",
     "LSUNDataModule",
     "ModelImages",
+    "ResumableDataLoader",
     "TensorImages",
     "model_to_uint8",
     "per_device_batch",

@@ -11,7 +11,10 @@ Subclasses only provide the real images as uint8 ``[C, H, W]`` tensors per split
 * the global -> per-device batch split (``batch_size`` is the **global** batch, paper: 128 for CIFAR-10,
   64 at 256^2; each device gets ``batch_size // world_size``, and a batch that does not divide raises),
 * the random horizontal flip, on the training split only and only when ``random_flip`` is true,
-* the three dataloaders (batches are plain ``[B, C, H, W]`` tensors, not tuples),
+* the three dataloaders (batches are plain ``[B, C, H, W]`` tensors, not tuples); the training one is a
+  :class:`ResumableDataLoader` over an :class:`EpochSampler`: the order and the flips of epoch ``e`` are a
+  function of ``(shuffle_seed, e)`` alone, and Lightning saves and restores the position inside the epoch,
+  so a resume from a mid-epoch checkpoint continues with exactly the batches the uninterrupted run sees,
 * :meth:`ImageDataModule.iter_uint8`, the un-normalised real images in a fixed order (FID reference stats).
 """
 
@@ -22,7 +25,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 SPLITS = ("train", "val", "test")
 
@@ -59,26 +62,114 @@ class TensorImages(Dataset):
 
 
 class ModelImages(Dataset):
-    """Wraps a uint8 image dataset: scales to ``[-1, 1]`` float32 and optionally flips horizontally.
+    """Wraps a uint8 image dataset: scales to ``[-1, 1]`` float32, horizontally flipped on request.
 
-    ``flip_p`` is the probability of the horizontal flip when ``random_flip`` is on (0.5, as the official
-    ``tf.image.random_flip_left_right``); the coin comes from torch's global RNG, which Lightning's
-    ``seed_everything(workers=True)`` seeds in every dataloader worker.
+    Item ``i`` is image ``i``; item ``(i, True)`` is its mirror image. The training sampler
+    (:class:`EpochSampler`) decides the flips, so they are a function of (seed, epoch, index) and not of
+    an RNG's history: that is what makes a mid-epoch resume exact, with or without worker processes.
     """
 
-    def __init__(self, source: Dataset, random_flip: bool = False, flip_p: float = 0.5) -> None:
+    def __init__(self, source: Dataset) -> None:
         self.source = source
-        self.random_flip = random_flip
-        self.flip_p = flip_p
 
     def __len__(self) -> int:
         return len(self.source)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, key: int | tuple[int, bool]) -> torch.Tensor:
+        index, flip = key if isinstance(key, tuple) else (key, False)
         x = uint8_to_model(self.source[index])
-        if self.random_flip and torch.rand(()) < self.flip_p:
-            x = x.flip(-1)
-        return x
+        return x.flip(-1) if flip else x
+
+
+def _mix_seed(*key: int) -> int:
+    """A 63-bit seed from integers (numpy's SeedSequence hash): nearby keys give unrelated streams."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([k & 0xFFFFFFFF for k in key]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class EpochSampler(DistributedSampler):
+    """Training sampler: epoch ``e``'s order and flips depend only on ``(seed, e)``; it can start mid-epoch.
+
+    Every epoch draws a permutation of the ``n`` items and one flip coin per item (probability ``flip_p``,
+    the official ``tf.image.random_flip_left_right``'s 0.5 when flips are on) from a generator seeded with
+    ``(seed, e)``; the same on every rank. Rank ``r`` of ``R`` takes positions ``r, r+R, ...`` of the
+    permutation, the tail cut so that all ranks get ``n // R`` items (no item is repeated to pad). Items
+    are indices ``i``, or ``(i, flip)`` when flips are on (see :class:`ModelImages`).
+
+    It is a :class:`~torch.utils.data.DistributedSampler`, so Lightning uses it as it is under DDP and
+    calls :meth:`set_epoch` at every epoch start. ``start`` items of this rank's share are skipped by the
+    next iteration (set by :class:`ResumableDataLoader` when it resumes inside an epoch). The order is
+    drawn lazily, at the first item, so the epoch set just before iterating is the one used.
+    """
+
+    def __init__(
+        self, dataset: Dataset, seed: int = 0, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
+        flip_p: float = 0.0,
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+        if not 0.0 <= flip_p <= 1.0:
+            raise ValueError(f"flip_p must be in [0, 1], got {flip_p}")
+        self.flip_p = float(flip_p)
+        self.start = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        n = len(self.dataset)  # type: ignore[arg-type]
+        gen = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch))
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        flips = (torch.rand(n, generator=gen) < self.flip_p).tolist() if self.flip_p > 0 else None
+        mine = order[: self.total_size][self.rank :: self.num_replicas][self.start :].tolist()
+        if flips is None:
+            yield from mine
+        else:
+            for i in mine:
+                yield (i, flips[i])
+
+
+class ResumableDataLoader(DataLoader):
+    """The training DataLoader: Lightning saves its position in the epoch and restores it on resume.
+
+    Lightning 2.x calls :meth:`state_dict` when it writes a checkpoint (stored under the fit loop's
+    ``combined_loader``) and :meth:`load_state_dict` before the first iteration of a resumed run. The state
+    is ``{"epoch", "batches"}``: the batches of that epoch already handed to the training loop (Lightning
+    does not prefetch from a loader with a length, so handed out = trained on). On resume, the sampler
+    skips those batches if Lightning continues the same epoch; a checkpoint written at the end of an epoch
+    resumes with the next epoch, whole. Iterating is lazy: nothing is decided (the epoch, the skip, worker
+    prefetch) before the first batch is asked for, after Lightning's ``set_epoch``.
+    """
+
+    sampler: EpochSampler
+
+    def __init__(self, dataset: Dataset, sampler: EpochSampler, batch_size: int, **kwargs: Any) -> None:
+        super().__init__(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, **kwargs)
+        self._resume: dict[str, int] | None = None
+        self._epoch = 0
+        self._batches = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self._epoch), "batches": int(self._batches)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
+        self._epoch, self._batches = self._resume["epoch"], self._resume["batches"]
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return self._iterate()
+
+    def _iterate(self) -> Iterator[Any]:
+        epoch, skip = int(self.sampler.epoch), 0
+        if self._resume is not None:
+            if self._resume["epoch"] == epoch:
+                skip = self._resume["batches"]
+            self._resume = None
+        self._epoch, self._batches = epoch, skip
+        self.sampler.start = skip * int(self.batch_size or 1)
+        try:
+            for batch in super().__iter__():
+                self._batches += 1
+                yield batch
+        finally:
+            self.sampler.start = 0
 
 
 def seeded_split(n: int, fractions: dict[str, float], seed: int) -> dict[str, torch.Tensor]:
@@ -135,12 +226,17 @@ class ImageDataModule(L.LightningDataModule):
         pin_memory: ``DataLoader(pin_memory=...)``.
         persistent_workers: keep workers alive between epochs (only used when ``num_workers > 0``).
 
+    ``shuffle_seed`` (attribute, default 0; ``train.py`` sets it to the run's ``seed``) seeds the epochs'
+    order and flips (:class:`EpochSampler`); ``seed`` is only the split's.
+
     Subclasses set ``self.name`` and ``self.image_shape`` (``(C, H, W)``) in ``__init__``, before
     ``setup``, because the model is sized from them, and implement :meth:`_build_splits`.
     """
 
     name: str = "images"
     image_shape: tuple[int, int, int] = (3, 32, 32)
+    shuffle_seed: int = 0
+    flip_p: float = 0.5  # tf.image.random_flip_left_right
 
     def __init__(
         self,
@@ -217,19 +313,25 @@ class ImageDataModule(L.LightningDataModule):
                     f"step. Lower data.batch_size or add images."
                 )
         if self.train_dataset is None:
-            self.train_dataset = ModelImages(splits["train"], random_flip=self.random_flip)
-            self.val_dataset = ModelImages(splits["val"], random_flip=False)
-            self.test_dataset = ModelImages(splits["test"], random_flip=False)
+            self.train_dataset = ModelImages(splits["train"])
+            self.val_dataset = ModelImages(splits["val"])
+            self.test_dataset = ModelImages(splits["test"])
 
-    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
+    def _loader_kwargs(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory and torch.cuda.is_available(),
+            "persistent_workers": self.persistent_workers and self.num_workers > 0,
+        }
+
+    def train_sampler(self) -> EpochSampler:
+        """The training sampler of this process: seeded by ``shuffle_seed``, this rank's share."""
+        assert self.train_dataset is not None
+        trainer = getattr(self, "trainer", None)
+        rank = int(getattr(trainer, "global_rank", 0) or 0) if trainer is not None else 0
+        return EpochSampler(
+            self.train_dataset, seed=int(self.shuffle_seed), num_replicas=self.world_size, rank=rank,
+            flip_p=self.flip_p if self.random_flip else 0.0,
         )
 
     def _require_setup(self) -> None:
@@ -239,17 +341,19 @@ class ImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self._require_setup()
         assert self.train_dataset is not None
-        return self._loader(self.train_dataset, self.per_device_batch_size, train=True)
+        return ResumableDataLoader(
+            self.train_dataset, self.train_sampler(), self.per_device_batch_size, **self._loader_kwargs()
+        )
 
     def val_dataloader(self) -> DataLoader:
         self._require_setup()
         assert self.val_dataset is not None
-        return self._loader(self.val_dataset, self.per_device_eval_batch_size, train=False)
+        return DataLoader(self.val_dataset, batch_size=self.per_device_eval_batch_size, **self._loader_kwargs())
 
     def test_dataloader(self) -> DataLoader:
         self._require_setup()
         assert self.test_dataset is not None
-        return self._loader(self.test_dataset, self.per_device_eval_batch_size, train=False)
+        return DataLoader(self.test_dataset, batch_size=self.per_device_eval_batch_size, **self._loader_kwargs())
 
     # ----------------------------------------------------------------- real images for FID
     def num_images(self, split: str) -> int:
