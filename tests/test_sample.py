@@ -90,6 +90,37 @@ def test_resume_after_lost_shard(reference_run, ckpt, tmp_path):
         sample(sample_cfg(ckpt, tmp_path, "num_samples=7", "shard_size=3", "seed=1"))
 
 
+@pytest.mark.slow
+def test_kill_9_halfway_then_rerun_gives_the_uninterrupted_npz(ckpt, tmp_path):
+    """A real `python sample.py` killed with SIGKILL after its first shards: started again with the same out_dir
+    it keeps the finished shards, samples the rest, and writes exactly the npz of an uninterrupted run."""
+    import signal
+    import time
+
+    killed = tmp_path / "killed"
+    args = [sys.executable, os.path.join(ROOT, "sample.py"), f"ckpt_path={ckpt}", "num_samples=400",
+            "shard_size=20", "trainer.accelerator=cpu", "progress=false", f"out_dir={killed}",
+            f"hydra.run.dir={killed}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([*args, "batch_size=1"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while len(list((killed / "shards").glob("shard_*.npz"))) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    kept = sorted(p.name for p in (killed / "shards").glob("shard_*.npz"))
+    assert 2 <= len(kept) < 20 and not (killed / "samples.npz").exists()
+
+    r = subprocess.run([*args, "batch_size=50"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((killed / "metrics.json").read_text())
+    assert m["newly_sampled"] == 400 - 20 * len(kept)
+    straight = sample(sample_cfg(ckpt, tmp_path / "straight", "num_samples=400", "shard_size=20", "batch_size=50"))
+    assert straight["newly_sampled"] == 400
+    np.testing.assert_array_equal(_arr(killed / "samples.npz"), _arr(tmp_path / "straight" / "samples.npz"))
+
+
 def test_samplers_and_raw_weights(reference_run, ckpt, tmp_path):
     out, _ = reference_run
     ref = _arr(out / "samples.npz")
