@@ -111,7 +111,7 @@ SMALL_DIFFUSERS = dict(
 )
 LR = 2e-4
 EMA_DECAY = 0.9999
-VARIANTS = ("cl", "fused_adam", "foreach_adam", "compile", "inference_mode", "diffusers_cl")
+VARIANTS = ("cl", "fused_adam", "foreach_adam", "compile", "compile_frozen", "inference_mode", "diffusers_cl")
 
 
 def _configs(quick: bool) -> tuple[dict, dict, str]:
@@ -285,6 +285,10 @@ class SampleOurs(Impl):
         if cl:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.model_fn = torch.compile(self.net) if "compile" in variants else self.net
+        if "compile_frozen" in variants:  # what `python sample.py compile=true` runs
+            from ddpm.sampling import compile_for_sampling
+
+            self.model_fn = compile_for_sampling(self.net)
         self.grad_ctx = torch.inference_mode if "inference_mode" in variants else torch.no_grad
         self.diffusion = _diffusion()
         self.x = _data((batch, *_image_shape(cfg)), channels_last=cl)
@@ -471,7 +475,7 @@ def section_pair(kind: str, args, rows: list, notes: list, fast_rows: list, prof
     ]
     applicable = {
         "train": {"cl", "fused_adam", "foreach_adam", "compile", "diffusers_cl"},
-        "sample": {"cl", "compile", "inference_mode", "diffusers_cl"},
+        "sample": {"cl", "compile", "compile_frozen", "inference_mode", "diffusers_cl"},
     }[kind]
     for v in args.variants:
         if v in applicable:

@@ -121,6 +121,20 @@ def test_kill_9_halfway_then_rerun_gives_the_uninterrupted_npz(ckpt, tmp_path):
     np.testing.assert_array_equal(_arr(killed / "samples.npz"), _arr(tmp_path / "straight" / "samples.npz"))
 
 
+def test_compile_option_samples_the_same_images(reference_run, ckpt, tmp_path):
+    """compile=true (opt-in) runs the network through torch.compile; aot_eager (no C++ compiler needed) replays
+    the same aten ops, so the images are those of the eager reference run."""
+    import torch._dynamo
+
+    out, _ = reference_run
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    sample(sample_cfg(ckpt, tmp_path, "num_samples=7", "batch_size=2", "shard_size=3", "compile=true",
+                      "compile_backend=aot_eager"))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the network did go through dynamo
+    np.testing.assert_array_equal(_arr(tmp_path / "samples.npz"), _arr(out / "samples.npz"))
+
+
 def test_samplers_and_raw_weights(reference_run, ckpt, tmp_path):
     out, _ = reference_run
     ref = _arr(out / "samples.npz")

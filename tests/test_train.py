@@ -198,6 +198,26 @@ def test_validation_uses_ema_weights_only(tmp_path, tiny):
     assert bpd() == ema_equals_raw  # ...and the raw weights play no part in it
 
 
+def test_compile_is_opt_in_and_leaves_weights_and_checkpoints_as_eager(tmp_path, tiny):
+    """compile=true compiles the training network in place: the same checkpoint keys and (aot_eager, which
+    replays the same aten ops without a C++ compiler) the same trained weights as the eager run; sample.py
+    loads it eagerly."""
+    from ddpm.sampling import load_checkpoint_model
+
+    assert compose("train").compile is False  # the paper's eager run by default
+    _, eager = train(tiny(steps=3, output_dir=tmp_path / "eager"))
+    _, comp = train(tiny("compile=true", "compile_backend=aot_eager", steps=3, output_dir=tmp_path / "compiled"))
+    assert getattr(comp["module"].net, "_compiled_call_impl", None) is not None
+    assert getattr(eager["module"].net, "_compiled_call_impl", None) is None
+    a = torch.load(tmp_path / "eager" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "compiled" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert list(a) == list(b)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6, msg=key)
+    loaded = load_checkpoint_model(tmp_path / "compiled" / "checkpoints" / "last.ckpt")
+    assert getattr(loaded.net, "_compiled_call_impl", None) is None
+
+
 def test_tensorboard_logger(tmp_path, tiny):
     _, objs = train(tiny("logger=tensorboard", steps=2))
     assert list((objs["output_dir"] / "tensorboard").rglob("events.out.tfevents*"))

@@ -59,6 +59,9 @@ class DiffusionModule(L.LightningModule):
     :param optim: ``{lr, betas, eps, weight_decay, warmup_steps, ema_decay, fused}``.
     :param image_shape: ``(C, H, W)`` of the data.
     :param channels_last: run the network in channels_last memory format (a GPU speed option).
+    :param compile: ``None`` (eager) or ``torch.compile`` keyword arguments (``{"backend", "mode"}``) for the
+        training network, compiled in place with ``nn.Module.compile``: parameters, state-dict keys and
+        checkpoints are those of the eager network. The EMA copy (sampling, validation) stays eager.
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class DiffusionModule(L.LightningModule):
         image_shape: tuple[int, int, int] | list[int],
         channels_last: bool = False,
         val_seed: int = 1234,
+        compile: dict | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -83,6 +87,8 @@ class DiffusionModule(L.LightningModule):
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
             self.ema.to(memory_format=torch.channels_last)
+        if compile is not None:
+            self.net.compile(**{k: v for k, v in dict(compile).items() if v is not None})
         self.run_config: dict | None = None  # the full resolved config; stored in every checkpoint
         self._nan_streak = 0
         self._last_loss: float = 0.0

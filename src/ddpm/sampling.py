@@ -63,6 +63,11 @@ class LoadedModel:
         self.diffusion.to(device)
         return self
 
+    def compile(self, backend: str = "inductor", mode: str | None = None, freeze: bool = True) -> LoadedModel:
+        """Sample through :func:`compile_for_sampling` (opt-in ``compile=true`` of sample.py)."""
+        self.net = compile_for_sampling(self.net, backend, mode, freeze)
+        return self
+
     def model_fn(self):
         net = self.net
         if not self.channels_last:
@@ -72,6 +77,21 @@ class LoadedModel:
             return net(x.contiguous(memory_format=torch.channels_last), t)
 
         return fn
+
+
+def compile_for_sampling(net: torch.nn.Module, backend: str = "inductor", mode: str | None = None,
+                         freeze: bool = True) -> torch.nn.Module:
+    """``torch.compile`` a network that only runs without autograd (sampling).
+
+    ``freeze`` (inductor only) treats the weights as constants: on CPU the convolutions get prepacked oneDNN
+    weights (~10% faster no-grad forwards of the CIFAR-10 UNet, bench/README.md). ``mode="reduce-overhead"``
+    uses CUDA graphs on GPUs. Numerics agree with the eager network to float rounding, not bitwise.
+    """
+    if freeze and backend == "inductor":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True  # read when the first call compiles; a sampling process has no training
+    return torch.compile(net, backend=backend, mode=mode)  # type: ignore[return-value]
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -107,6 +127,7 @@ def load_checkpoint_model(ckpt_path: str | os.PathLike, use_ema: bool = True) ->
         raise ValueError(f"{path} is not a checkpoint of this project (no hyper_parameters/state_dict)")
     hp = dict(hp)
     hp.pop("_instantiator", None)
+    hp.pop("compile", None)  # a training speed option: sampling uses the eager network
     module = DiffusionModule(**hp)
     module.load_state_dict(ckpt["state_dict"], strict=True)
     module.eval()
@@ -412,6 +433,9 @@ def sample(cfg: DictConfig) -> dict:
 
     loaded = load_model(cfg.get("ckpt_path"), cfg.get("pretrained"), bool(cfg.get("use_ema", True)))
     loaded.to(fabric.device)
+    if cfg.get("compile", False):
+        loaded.compile(str(cfg.get("compile_backend", "inductor")), cfg.get("compile_mode"),
+                       bool(cfg.get("compile_freeze", True)))
     T = loaded.diffusion.num_timesteps
     sampler = sampler_from_cfg(cfg, T, loaded.default_clip_denoised)
     n, bs, seed = int(cfg.num_samples), int(cfg.batch_size), int(cfg.seed)

@@ -212,6 +212,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         optim=run_config["optim"],
         image_shape=tuple(datamodule.image_shape),
         channels_last=bool(cfg.get("channels_last", False)),
+        compile={"backend": cfg.get("compile_backend", "inductor"), "mode": cfg.get("compile_mode")}
+        if cfg.get("compile", False)
+        else None,
     )
     module.run_config = run_config
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)

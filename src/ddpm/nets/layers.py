@@ -112,9 +112,11 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         # The two additions are in place on conv outputs, which backward does not need: the same values as
         # out-of-place adds, one activation-sized allocation less each (less peak memory and page faulting).
-        h = self.conv1(F.silu(self.norm1(x)))
+        # Without autograd (sampling, evaluation) the swish also runs in place on the norm's fresh output.
+        inplace = not torch.is_grad_enabled()
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
         h += self.temb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
         skip = x if self.nin_shortcut is None else self.nin_shortcut(x)
         return h.add_(skip)
 

@@ -205,4 +205,4 @@ class UNet(nn.Module):
                 h = level.upsample(h)
         assert not hs
 
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h), inplace=not torch.is_grad_enabled()))
