@@ -223,8 +223,9 @@ def test_ddp_ranks_get_disjoint_equal_shares_of_the_same_epoch() -> None:
     assert len(shares[0]) == len(shares[1]) == 1437 // 2 and not set(shares[0]) & set(shares[1])
 
 
-def test_resumable_loader_continues_mid_epoch_with_the_same_batches() -> None:
-    dm = DigitsDataModule(batch_size=64, random_flip=True)
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resumable_loader_continues_mid_epoch_with_the_same_batches(num_workers: int) -> None:
+    dm = DigitsDataModule(batch_size=64, random_flip=True, num_workers=num_workers)
     dm.setup("fit")
     loader = dm.train_dataloader()
     loader.sampler.set_epoch(2)

@@ -75,15 +75,18 @@ def _resume_overrides(tmp_path: Path, total: int, accumulate: int) -> list[str]:
 
 @pytest.mark.slow  # ~40 s each on 2 loaded CPU cores (three tiny runs)
 @pytest.mark.parametrize(
-    ("accumulate", "batch", "total"),
+    ("accumulate", "batch", "total", "every"),
     [
-        (1, 8, 4),  # 17 train images: 2 batches per epoch, the stop at step 2 is an epoch boundary
-        (1, 4, 6),  # 4 batches per epoch: the stop at step 3 is inside epoch 0, the rest crosses into epoch 1
-        (2, 2, 6),  # 8 micro-batches = 4 optimizer steps per epoch: the stop at step 3 is mid-epoch
+        (1, 8, 4, 1),  # 17 train images: 2 batches per epoch, the stop at step 2 is an epoch boundary
+        (1, 4, 6, 1),  # 4 batches per epoch: the stop at step 3 is inside epoch 0, the rest crosses into epoch 1
+        (2, 2, 6, 1),  # 8 micro-batches = 4 optimizer steps per epoch: the stop at step 3 is mid-epoch
+        # the default cadence (no step checkpoint at the stop): last.ckpt is the one written when max_steps is
+        # reached, not Lightning's train-end one, which would close the epoch and start a new one on resume
+        (1, 4, 6, 10000),
     ],
-    ids=["epoch-boundary", "mid-epoch", "mid-epoch-accumulate2"],
+    ids=["epoch-boundary", "mid-epoch", "mid-epoch-accumulate2", "mid-epoch-max-steps-stop"],
 )
-def test_resume_is_bit_identical_to_a_straight_run(tmp_path, tiny, accumulate, batch, total, monkeypatch):
+def test_resume_is_bit_identical_to_a_straight_run(tmp_path, tiny, accumulate, batch, total, every, monkeypatch):
     """2N steps straight == N steps, stop, ckpt_path=last, N more: weights, EMA, optimizer, LR, step, data.
 
     Also when N falls inside an epoch: the training loader is stateful (ddpm.data.ResumableDataLoader), so the
@@ -91,7 +94,8 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path, tiny, accumulate, b
     """
     monkeypatch.setenv("WANDB_MODE", "offline")
     half = total // 2
-    common = [*_resume_overrides(tmp_path, total, accumulate), f"data.batch_size={batch}"]
+    common = [*_resume_overrides(tmp_path, total, accumulate), f"data.batch_size={batch}",
+              f"callbacks.model_checkpoint.every_n_train_steps={every}"]
     straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
 
     _, straight = train(tiny(*common, output_dir=straight_dir, steps=total))

@@ -261,6 +261,20 @@ def test_ddp_two_cpu_processes_identical_ema_one_output_dir(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ddp_run"]  # one output directory, not one per rank
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4 and int(ckpt["state_dict"]["ema_num_updates"]) == 4
+    # Lightning kept our sampler (a DistributedSampler: each rank its share) and saved the loader's position
+    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "batches": 4}]
+
+    # Preempted at step 2 (inside the first epoch: 179 batches of 4 per rank) and resumed: the same weights
+    # as the straight 4 steps, so each rank continued its own share of the epoch where it stopped.
+    part = tmp_path / "ddp_resumed"
+    base = [str(ROOT / "train.py"), *tiny_overrides(part, steps=4), "trainer=ddp", "trainer.devices=2",
+            "trainer.accelerator=cpu", f"hydra.run.dir={part}"]
+    run_cli([*base, "trainer.max_steps=2"], cwd=tmp_path)
+    run_cli([*base, "ckpt_path=last"], cwd=tmp_path)
+    resumed = torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 4
+    for key, value in ckpt["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
 
 
 @pytest.mark.slow

@@ -95,3 +95,12 @@ class StepCheckpoint(ModelCheckpoint):
         super().on_train_start(trainer, pl_module)
         if trainer.global_step > 0:
             self._last_global_step_saved = trainer.global_step
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Lightning writes last.ckpt here when this callback has not written one itself, i.e. after the fit loop
+        # has closed the epoch: a resume from that file starts a new epoch instead of continuing this one (and
+        # with it a different data order). The final step's last.ckpt written at its batch end (by
+        # ddpm.training.SaveLastAtEnd or the preemption callback) is the one to keep.
+        if any(getattr(cb, "saved_step", None) == trainer.global_step for cb in trainer.callbacks):
+            return
+        super().on_train_end(trainer, pl_module)
