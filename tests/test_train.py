@@ -124,6 +124,15 @@ def test_fast_dev_run_every_data_objective_pair(tmp_path, tiny, data, objective)
     assert out.shape[1] == (2 * channels if "learned" in objective or objective == "hybrid" else channels)
 
 
+def test_lightning_can_rebuild_the_train_loader_for_overfit_batches(tiny):
+    """trainer.overfit_batches makes Lightning re-instantiate the train DataLoader with a sequential sampler: our
+    resumable loader keeps DataLoader's constructor, so that works, on the same first 2 batches every epoch."""
+    _, objs = train(tiny("+trainer.overfit_batches=2", "final_samples=0", steps=3))
+    loader = objs["trainer"].train_dataloader
+    assert objs["trainer"].global_step == 3 and objs["trainer"].num_training_batches == 2
+    assert type(loader).__name__ == "ResumableDataLoader" and type(loader.sampler).__name__ == "SequentialSampler"
+
+
 def test_run_leaves_checkpoint_grid_metrics_and_config(tmp_path, tiny):
     metrics, objs = train(tiny(steps=6))
     out = objs["output_dir"]

@@ -136,12 +136,13 @@ class ResumableDataLoader(DataLoader):
     skips those batches if Lightning continues the same epoch; a checkpoint written at the end of an epoch
     resumes with the next epoch, whole. Iterating is lazy: nothing is decided (the epoch, the skip, worker
     prefetch) before the first batch is asked for, after Lightning's ``set_epoch``.
+
+    The constructor is DataLoader's own (so Lightning can rebuild it with another sampler, as
+    ``trainer.overfit_batches`` does); the position is only skipped with an :class:`EpochSampler`.
     """
 
-    sampler: EpochSampler
-
-    def __init__(self, dataset: Dataset, sampler: EpochSampler, batch_size: int, **kwargs: Any) -> None:
-        super().__init__(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, **kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._resume: dict[str, int] | None = None
         self._epoch = 0
         self._batches = 0
@@ -157,19 +158,22 @@ class ResumableDataLoader(DataLoader):
         return self._iterate()
 
     def _iterate(self) -> Iterator[Any]:
-        epoch, skip = int(self.sampler.epoch), 0
+        sampler = self.sampler if isinstance(self.sampler, EpochSampler) else None
+        epoch, skip = (int(sampler.epoch) if sampler is not None else self._epoch), 0
         if self._resume is not None:
-            if self._resume["epoch"] == epoch:
+            if self._resume["epoch"] == epoch and sampler is not None:
                 skip = self._resume["batches"]
             self._resume = None
         self._epoch, self._batches = epoch, skip
-        self.sampler.start = skip * int(self.batch_size or 1)
+        if sampler is not None:
+            sampler.start = skip * int(self.batch_size or 1)
         try:
             for batch in super().__iter__():
                 self._batches += 1
                 yield batch
         finally:
-            self.sampler.start = 0
+            if sampler is not None:
+                sampler.start = 0
 
 
 def seeded_split(n: int, fractions: dict[str, float], seed: int) -> dict[str, torch.Tensor]:
@@ -342,7 +346,8 @@ class ImageDataModule(L.LightningDataModule):
         self._require_setup()
         assert self.train_dataset is not None
         return ResumableDataLoader(
-            self.train_dataset, self.train_sampler(), self.per_device_batch_size, **self._loader_kwargs()
+            self.train_dataset, batch_size=self.per_device_batch_size, sampler=self.train_sampler(), drop_last=True,
+            **self._loader_kwargs(),
         )
 
     def val_dataloader(self) -> DataLoader:
