@@ -227,6 +227,23 @@ def test_compile_is_opt_in_and_leaves_weights_and_checkpoints_as_eager(tmp_path,
     assert getattr(loaded.net, "_compiled_call_impl", None) is None
 
 
+def test_bf16_mixed_keeps_fp32_master_weights_and_finite_losses(tmp_path, tiny):
+    """trainer.precision=bf16-mixed (the GPU speed setting; CPU autocast runs the same code path here): the
+    forward runs in bf16, the weights, EMA and Adam state stay float32, and nothing becomes non-finite."""
+    import csv
+
+    _, objs = train(tiny("trainer.precision=bf16-mixed", steps=4))
+    assert objs["trainer"].precision == "bf16-mixed" and objs["trainer"].global_step == 4
+    ckpt = torch.load(objs["output_dir"] / "checkpoints" / "last.ckpt", weights_only=True)
+    weights = [v for k, v in ckpt["state_dict"].items() if k.startswith(("net.", "ema.")) and v.is_floating_point()]
+    assert weights and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights)
+    moments = [t for st in ckpt["optimizer_states"][0]["state"].values() for t in st.values() if t.ndim > 0]
+    assert moments and all(t.dtype == torch.float32 for t in moments)
+    with open(objs["output_dir"] / "csv" / "metrics.csv", newline="") as f:
+        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+
+
 def test_tensorboard_logger(tmp_path, tiny):
     _, objs = train(tiny("logger=tensorboard", steps=2))
     assert list((objs["output_dir"] / "tensorboard").rglob("events.out.tfevents*"))
