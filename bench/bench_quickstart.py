@@ -1,0 +1,183 @@
+"""The digits quickstart side by side with diffusers' unconditional training example, in the same CPU time.
+
+    python bench/bench_quickstart.py                      # ours + diffusers' example recipe on the same small UNet
+    python bench/bench_quickstart.py --example-arch       # + diffusers' example UNet as well (slow to sample)
+    python bench/bench_quickstart.py --quick              # seconds: a smoke test
+
+1. **ours**: ``python train.py`` with its default config (the quickstart), in a temporary run directory. Its
+   training time (``fit_seconds`` in metrics.json) is the budget of the other arms.
+2. **diffusers recipe, small UNet**: the hyperparameters of diffusers' ``examples/unconditional_image_generation/
+   train_unconditional.py`` defaults (batch 16; AdamW lr 1e-4, betas (0.95, 0.999), weight decay 1e-6, eps 1e-8;
+   cosine schedule with 500 warmup steps over its 100 epochs; ``EMAModel`` with inv_gamma 1, power 3/4, max decay
+   0.9999; ``DDPMScheduler`` linear, T=1000, epsilon prediction; plain MSE; the data scaled to [-1, 1]) on a
+   ``UNet2DModel`` with the quickstart's architecture (the same 701,345 parameters as ours). It trains on the
+   same digits train split until it has used the same training wall time. This isolates the recipe.
+3. **diffusers example UNet** (``--example-arch``): the same recipe on the example's own ``UNet2DModel``
+   (block_out_channels 128,128,256,256,512,512, layers_per_block 2, attention at the 5th level) at 8x8x1.
+
+Every arm is scored the same way: ``--n`` samples from its EMA weights, drawn with the example's sampler (1000
+DDPM steps, ``DDPMScheduler.step``) for diffusers and with the quickstart's own final sampler for ours, then
+:func:`ddpm.metrics.digits.digits_quality` (FID in the digits classifier's feature space against the train split,
+lower is better; confidence; class entropy). Reference scores at the same n (real held-out digits, noise) give the
+scale. Prints a Markdown table; ``--out FILE`` also writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+EXAMPLE = dict(  # train_unconditional.py defaults
+    batch_size=16, lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8, warmup=500, epochs=100,
+    ema_inv_gamma=1.0, ema_power=0.75, ema_max_decay=0.9999, T=1000, inference_steps=1000,
+)
+EXAMPLE_UNET = dict(
+    sample_size=8, in_channels=1, out_channels=1, layers_per_block=2,
+    block_out_channels=(128, 128, 256, 256, 512, 512),
+    down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
+)
+
+
+def run_ours(quick: bool) -> tuple[dict, float]:
+    """The quickstart as a user runs it; returns (metrics.json, training seconds)."""
+    with tempfile.TemporaryDirectory(prefix="ddpm-qs-") as tmp:
+        cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp}"]
+        if quick:
+            cmd += ["trainer.max_steps=20", "final_samples=16", "final_sampler.steps=10"]
+        t0 = time.time()
+        subprocess.run(cmd, cwd=tmp, check=True, capture_output=True, text=True)
+        wall = time.time() - t0
+        metrics = json.loads((Path(tmp) / "metrics.json").read_text())
+    metrics["wall_seconds"] = round(wall, 1)
+    return metrics, float(metrics["fit_seconds"])
+
+
+def train_diffusers(unet_cfg: dict, seconds: float, n: int, quick: bool, seed: int = 0) -> dict:
+    """diffusers' example recipe for ``seconds`` of training wall time, then ``n`` samples scored."""
+    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+
+    from ddpm.data import DigitsDataModule
+    from ddpm.data.base import model_to_uint8
+    from ddpm.metrics.digits import digits_quality
+
+    torch.manual_seed(seed)
+    dm = DigitsDataModule(batch_size=EXAMPLE["batch_size"])
+    dm.setup("fit")
+    images = dm.train_dataset.source.images.float() / 127.5 - 1.0  # [-1, 1], as the example's Normalize([0.5])
+    model = UNet2DModel(**unet_cfg)
+    sched = DDPMScheduler(num_train_timesteps=EXAMPLE["T"], beta_schedule="linear")
+    opt = torch.optim.AdamW(model.parameters(), lr=EXAMPLE["lr"], betas=EXAMPLE["betas"],
+                            weight_decay=EXAMPLE["weight_decay"], eps=EXAMPLE["eps"])
+    steps_per_epoch = math.ceil(images.shape[0] / EXAMPLE["batch_size"])
+    lr_sched = get_cosine_schedule_with_warmup(opt, EXAMPLE["warmup"], steps_per_epoch * EXAMPLE["epochs"])
+    ema = EMAModel(model.parameters(), decay=EXAMPLE["ema_max_decay"], use_ema_warmup=True,
+                   inv_gamma=EXAMPLE["ema_inv_gamma"], power=EXAMPLE["ema_power"])
+    model.train()
+    step, start = 0, time.time()
+    while time.time() - start < seconds:
+        for idx in torch.randperm(images.shape[0]).split(EXAMPLE["batch_size"]):  # shuffle, last batch kept
+            x = images[idx]
+            noise = torch.randn_like(x)
+            t = torch.randint(0, EXAMPLE["T"], (x.shape[0],))
+            loss = torch.nn.functional.mse_loss(model(sched.add_noise(x, noise, t), t).sample, noise)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # accelerator.clip_grad_norm_(..., 1.0)
+            opt.step()
+            lr_sched.step()
+            opt.zero_grad()
+            ema.step(model.parameters())
+            step += 1
+            if time.time() - start >= seconds:
+                break
+    fit_seconds = time.time() - start
+    ema.copy_to(model.parameters())  # the example saves and samples the EMA weights
+    model.eval()
+    steps = 10 if quick else EXAMPLE["inference_steps"]
+    sched.set_timesteps(steps)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, 1, 8, 8), generator=g)
+    t0 = time.time()
+    with torch.no_grad():
+        for t in sched.timesteps:
+            x = sched.step(model(x, t).sample, t, x, generator=g).prev_sample
+    q = digits_quality(model_to_uint8(x))
+    return {**q, "steps": step, "fit_seconds": round(fit_seconds, 1), "sample_seconds": round(time.time() - t0, 1),
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="20 steps / 16 samples: a smoke test")
+    p.add_argument("--example-arch", action="store_true", help="also diffusers' example UNet (slow to sample)")
+    p.add_argument("--n", type=int, default=256, help="samples per arm (ours: the quickstart's final_samples)")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    n = 16 if args.quick else args.n
+
+    from bench_cpu import SMALL_DIFFUSERS
+
+    from ddpm.metrics.digits import digits_reference_scores
+
+    ours, budget = run_ours(args.quick)
+    print(f"[bench] ours: {ours.get('global_step')} steps in {budget:.0f} s, FID {ours.get('digits/fid')}",
+          file=sys.stderr, flush=True)
+    arms = {"diffusers recipe, quickstart UNet": dict(SMALL_DIFFUSERS, dropout=0.0)}
+    if args.example_arch:
+        arms["diffusers recipe + example UNet"] = EXAMPLE_UNET
+    results = {}
+    for name, cfg in arms.items():
+        results[name] = train_diffusers(cfg, budget, n, args.quick)
+        print(f"[bench] {name}: {results[name]}", file=sys.stderr, flush=True)
+    ref = digits_reference_scores(n)
+
+    lines = [
+        f"## Digits quickstart side by side ({time.strftime('%Y-%m-%d %H:%M')})",
+        "",
+        f"Command: `python bench/bench_quickstart.py {' '.join(sys.argv[1:])}`".rstrip(),
+        "",
+        f"Machine: {os.cpu_count()} logical cores, torch {torch.__version__}, {torch.get_num_threads()} threads. "
+        f"Training budget: ours' training wall time, {budget:.0f} s, for every arm.",
+        "",
+        f"| arm | params | steps (batch) | sampler | FID (n={n}) | confidence | class entropy (bits) |",
+        "|---|---|---|---|---|---|---|",
+        f"| ours: `python train.py` | 701,345 | {ours.get('global_step')} (64) | {ours.get('final_sampler')} "
+        f"| **{ours.get('digits/fid', float('nan')):.2f}** | {ours.get('digits/confidence', float('nan')):.3f} "
+        f"| {ours.get('digits/class_entropy', float('nan')):.2f} |",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['params']:,} | {r['steps']} ({EXAMPLE['batch_size']}) | DDPM "
+            f"{10 if args.quick else EXAMPLE['inference_steps']} steps | **{r['fid']:.2f}** | {r['confidence']:.3f} "
+            f"| {r['class_entropy']:.2f} |"
+        )
+    for key, label in (("real_test", "real held-out digits"), ("uniform_noise", "uniform noise")):
+        r = ref[key]
+        lines.append(f"| {label} (n={r['n']}) | - | - | - | {r['fid']:.2f} | {r['confidence']:.3f} "
+                     f"| {r['class_entropy']:.2f} |")
+    lines += ["", f"ours, whole run: {ours['wall_seconds']} s wall (training, then {ours.get('final_samples')} "
+              f"samples in {ours.get('sample_seconds')} s and the score)."]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
+
+
+if __name__ == "__main__":
+    main()
