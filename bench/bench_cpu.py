@@ -51,19 +51,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ddpm.convert import unet_kwargs_from_diffusers_config
+
 ROOT = Path(__file__).resolve().parents[1]
 
-# The paper's CIFAR-10 model (35,746,307 parameters), in both spellings.
-CIFAR_OURS = dict(
-    in_channels=3,
-    out_channels=3,
-    ch=128,
-    ch_mult=(1, 2, 2, 2),
-    num_res_blocks=2,
-    attn_resolutions=(16,),
-    dropout=0.1,
-    resolution=32,
-)
+# The paper's CIFAR-10 model (35,746,307 parameters) as diffusers' UNet2DModel config (google/ddpm-cifar10-32).
 CIFAR_DIFFUSERS = dict(
     sample_size=32,
     in_channels=3,
@@ -81,17 +73,7 @@ CIFAR_DIFFUSERS = dict(
     freq_shift=1,
     dropout=0.1,
 )
-# The quickstart model (conf/model/unet_small.yaml at 8x8x1); the diffusers twin has the same parameter count.
-SMALL_OURS = dict(
-    in_channels=1,
-    out_channels=1,
-    ch=32,
-    ch_mult=(1, 2),
-    num_res_blocks=1,
-    attn_resolutions=(4,),
-    dropout=0.0,
-    resolution=8,
-)
+# The quickstart model (conf/model/unet_small.yaml at 8x8x1) in the same spelling.
 SMALL_DIFFUSERS = dict(
     sample_size=8,
     in_channels=1,
@@ -109,6 +91,9 @@ SMALL_DIFFUSERS = dict(
     freq_shift=1,
     dropout=0.0,
 )
+# Our constructor arguments for the same networks, from the converter that loads the published weights.
+CIFAR_OURS = unet_kwargs_from_diffusers_config(CIFAR_DIFFUSERS)
+SMALL_OURS = unet_kwargs_from_diffusers_config(SMALL_DIFFUSERS)
 LR = 2e-4
 EMA_DECAY = 0.9999
 VARIANTS = ("cl", "fused_adam", "foreach_adam", "compile", "compile_frozen", "inference_mode", "diffusers_cl")
@@ -127,6 +112,14 @@ def _configs(quick: bool) -> tuple[dict, dict, str]:
 
 def _image_shape(cfg_ours: dict) -> tuple[int, int, int]:
     return cfg_ours["in_channels"], cfg_ours["resolution"], cfg_ours["resolution"]
+
+
+def emit(report: str, out: Path | None) -> None:
+    """Print a Markdown report, and write it to ``out`` too when given (``--out``)."""
+    print(report)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report)
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -852,11 +845,7 @@ def main(argv: list[str] | None = None) -> None:
             prof.strip(),
             "```",
         ]
-    text = "\n".join(out) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit("\n".join(out) + "\n", args.out)
 
 
 if __name__ == "__main__":

@@ -72,14 +72,12 @@ def train_diffusers(unet_cfg: dict, seconds: float, n: int, quick: bool, seed: i
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
 
-    from ddpm.data import DigitsDataModule
-    from ddpm.data.base import model_to_uint8
+    from ddpm.data import DigitsDataModule, model_to_uint8, uint8_to_model
     from ddpm.metrics.digits import digits_quality
 
     torch.manual_seed(seed)
-    dm = DigitsDataModule(batch_size=EXAMPLE["batch_size"])
-    dm.setup("fit")
-    images = dm.train_dataset.source.images.float() / 127.5 - 1.0  # [-1, 1], as the example's Normalize([0.5])
+    # the quickstart's train split, in its order, scaled to [-1, 1] (the example's Normalize([0.5]) does the same)
+    images = uint8_to_model(DigitsDataModule().splits()["train"].images)  # type: ignore[union-attr]
     model = UNet2DModel(**unet_cfg)
     sched = DDPMScheduler(num_train_timesteps=EXAMPLE["T"], beta_schedule="linear")
     opt = torch.optim.AdamW(model.parameters(), lr=EXAMPLE["lr"], betas=EXAMPLE["betas"],
@@ -130,7 +128,7 @@ def main() -> None:
     args = p.parse_args()
     n = 16 if args.quick else args.n
 
-    from bench_cpu import SMALL_DIFFUSERS
+    from bench_cpu import SMALL_DIFFUSERS, emit
 
     from ddpm.metrics.digits import digits_reference_scores
 
@@ -172,11 +170,7 @@ def main() -> None:
                      f"| {r['class_entropy']:.2f} |")
     lines += ["", f"ours, whole run: {ours['wall_seconds']} s wall (training, then {ours.get('final_samples')} "
               f"samples in {ours.get('sample_seconds')} s and the score)."]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
+    emit("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":
