@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.diffusion.noise import derive_seed
 from ddpm.diffusion.types import VarType
 
 
@@ -186,24 +187,17 @@ class DiffusionModule(L.LightningModule):
             b_ema.copy_(b_net)
         self.ema_num_updates += 1
 
-    # Training randomness is a function of (seed, epoch | step, micro-batch, rank), not of the RNG's history.
-    # Lightning restores no random state, and a resume does not replay what happened before the checkpoint
-    # (the validation at that step, the dataloader iterators it built): re-seeding the global torch RNG at
-    # every epoch start (epoch shuffle, flips, worker seeds) and before every training batch (t, noise,
-    # dropout) makes "N steps + ckpt_path=last + N steps" draw exactly what the uninterrupted 2N steps draw,
-    # and the run independent of the validation schedule. Ranks get different streams (different t/noise).
-    def _reseed(self, *key: int) -> None:
-        import numpy as np
-
-        run = self.run_config or {}
-        entropy = [int(run.get("seed", 0) or 0) & 0xFFFFFFFF, *key, self.global_rank]
-        torch.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1))
-
-    def on_train_epoch_start(self) -> None:
-        self._reseed(0, self.current_epoch)
-
+    # Training randomness is a function of (seed, step, micro-batch, rank), not of the RNG's history. Lightning
+    # restores no random state, and a resume does not replay what happened before the checkpoint (the
+    # validation at that step, the dataloader iterators it built): re-seeding the global torch RNG before every
+    # training batch (t, noise, dropout) makes "N steps + ckpt_path=last + N steps" draw exactly what the
+    # uninterrupted 2N steps draw, and the run independent of the validation schedule. Ranks get different
+    # streams (different t/noise). The data order and flips are the sampler's, from (seed, epoch):
+    # ddpm.data.EpochSampler.
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._reseed(1, self.global_step, batch_idx)
+        run = self.run_config or {}
+        seed = int(run.get("seed", 0) or 0)
+        torch.manual_seed(derive_seed(seed, 1, self.global_step, batch_idx, self.global_rank))
 
     # ------------------------------------------------------------------ validation / test
     def on_validation_epoch_start(self) -> None:

@@ -273,8 +273,13 @@ def sampler_dict(sampler: SamplerConfig, num_timesteps: int) -> dict:
     }
 
 
-def check_writable(out_dir: str | os.PathLike) -> Path:
-    """Create ``out_dir`` and check that files can be written there, before any sampling."""
+def check_writable(
+    out_dir: str | os.PathLike, option: str = "out_dir", fix: str = "Pass out_dir=A_WRITABLE_FOLDER."
+) -> Path:
+    """Create ``out_dir`` and check that files can be written there, before any sampling (or training).
+
+    ``option`` names the setting in the error and ``fix`` says what to do (train.py: ``paths.output_dir``).
+    """
     out = Path(str(out_dir)).expanduser()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -283,8 +288,8 @@ def check_writable(out_dir: str | os.PathLike) -> Path:
         probe.unlink()
     except OSError as e:
         raise PermissionError(
-            f"out_dir={str(out_dir)!r} is not writable ({type(e).__name__}: {e}); "
-            "pass out_dir=A_WRITABLE_FOLDER"
+            f"{option}={str(out_dir)!r} cannot be created or written: not writable ({type(e).__name__}: {e}). "
+            f"{fix}"
         ) from e
     return out
 
@@ -302,6 +307,7 @@ def library_versions() -> dict[str, str]:
 
 
 def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON atomically (a temporary file in the same folder, then ``os.replace``)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
     os.replace(tmp, path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -18,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from ddpm.callbacks import AtomicCheckpointIO, safe_load_checkpoint
 from ddpm.config import to_container, validate_config
 from ddpm.module import DiffusionModule
+from ddpm.sampling import check_writable, write_json
 
 log = logging.getLogger("ddpm")
 
@@ -69,19 +69,6 @@ def _plain(x: Any) -> Any:
         return [_plain(v) for v in x]
     return getattr(x, "value", x)
 
-
-def check_output_dir(output_dir: Path) -> None:
-    """Create the run directory and make sure it is writable, before any data is read or step is taken."""
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise PermissionError(
-            f"paths.output_dir={str(output_dir)!r} cannot be created or written ({type(e).__name__}: {e}). "
-            "Choose a writable place: paths.output_dir=... (or hydra.run.dir=... with python train.py)."
-        ) from e
 
 
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list:
@@ -200,7 +187,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     validate_config(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     output_dir = Path(cfg.paths.output_dir)
-    check_output_dir(output_dir)
+    check_writable(output_dir, "paths.output_dir",  # before any data are read or any step is taken
+                   "Choose a writable place: paths.output_dir=... (or hydra.run.dir=... with python train.py).")
 
     datamodule = instantiate(cfg.data)
     datamodule.shuffle_seed = int(cfg.seed)  # the epochs' order and flips follow the run's seed
@@ -292,7 +280,3 @@ def final_samples(cfg: DictConfig, module: DiffusionModule, datamodule, output_d
     return out
 
 
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)

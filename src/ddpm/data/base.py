@@ -27,6 +27,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ddpm.diffusion.noise import derive_seed
+
 SPLITS = ("train", "val", "test")
 
 
@@ -81,13 +83,6 @@ class ModelImages(Dataset):
         return x.flip(-1) if flip else x
 
 
-def _mix_seed(*key: int) -> int:
-    """A 63-bit seed from integers (numpy's SeedSequence hash): nearby keys give unrelated streams."""
-    import numpy as np
-
-    return int(np.random.SeedSequence([k & 0xFFFFFFFF for k in key]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
 class EpochSampler(DistributedSampler):
     """Training sampler: epoch ``e``'s order and flips depend only on ``(seed, e)``; it can start mid-epoch.
 
@@ -115,7 +110,7 @@ class EpochSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[Any]:
         n = len(self.dataset)  # type: ignore[arg-type]
-        gen = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch))
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         flips = (torch.rand(n, generator=gen) < self.flip_p).tolist() if self.flip_p > 0 else None
         mine = order[: self.total_size][self.rank :: self.num_replicas][self.start :].tolist()

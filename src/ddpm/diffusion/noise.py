@@ -23,6 +23,16 @@ def _splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
+def derive_seed(*key: int) -> int:
+    """A 63-bit seed for a tuple of integers (numpy's ``SeedSequence`` hash of their low 32 bits each): nearby
+    keys such as consecutive steps or epochs give unrelated streams. Used for the training randomness, which
+    is a function of (run seed, epoch | step, ...), never of an RNG's history (exact resume)."""
+    import numpy as np
+
+    entropy = [int(k) & 0xFFFFFFFF for k in key]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def image_seed(base_seed: int, index: int) -> int:
     """Seed of image ``index`` in a run seeded ``base_seed``.
 
