@@ -63,11 +63,6 @@ class LoadedModel:
         self.diffusion.to(device)
         return self
 
-    def compile(self, backend: str = "inductor", mode: str | None = None, freeze: bool = True) -> LoadedModel:
-        """Sample through :func:`compile_for_sampling` (opt-in ``compile=true`` of sample.py)."""
-        self.net = compile_for_sampling(self.net, backend, mode, freeze)
-        return self
-
     def model_fn(self):
         net = self.net
         if not self.channels_last:
@@ -440,8 +435,8 @@ def sample(cfg: DictConfig) -> dict:
     loaded = load_model(cfg.get("ckpt_path"), cfg.get("pretrained"), bool(cfg.get("use_ema", True)))
     loaded.to(fabric.device)
     if cfg.get("compile", False):
-        loaded.compile(str(cfg.get("compile_backend", "inductor")), cfg.get("compile_mode"),
-                       bool(cfg.get("compile_freeze", True)))
+        loaded.net = compile_for_sampling(loaded.net, str(cfg.get("compile_backend", "inductor")),
+                                          cfg.get("compile_mode"), bool(cfg.get("compile_freeze", True)))
     T = loaded.diffusion.num_timesteps
     sampler = sampler_from_cfg(cfg, T, loaded.default_clip_denoised)
     n, bs, seed = int(cfg.num_samples), int(cfg.batch_size), int(cfg.seed)

@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm.callbacks import AtomicCheckpointIO, safe_load_checkpoint
@@ -70,7 +71,6 @@ def _plain(x: Any) -> Any:
     return getattr(x, "value", x)
 
 
-
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list:
     loggers = []
     for name, lcfg in (cfg.get("logger") or {}).items():
@@ -100,34 +100,31 @@ def wandb_config(lcfg: DictConfig, output_dir: Path) -> DictConfig:
     return lcfg
 
 
-class _AppendingCSVWriter:
-    """Factory for a CSVLogger experiment writer that continues an existing ``metrics.csv``."""
+class _AppendingExperimentWriter(ExperimentWriter):
+    """CSVLogger's experiment writer, continuing the run's ``metrics.csv`` (the rows before ``resume_step``)."""
 
-    def __new__(cls, log_dir: str, resume_step: int):
+    def __init__(self, log_dir: str, resume_step: int) -> None:
         import csv
 
-        from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+        super().__init__(log_dir=log_dir)
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            keys = list(reader.fieldnames or [])
+            # Rows logged after the checkpoint (work lost with the process) are logged again by the resume.
+            rows = [r for r in reader if not (r.get("step") or "").isdigit() or int(r["step"]) < resume_step]
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, path)
+        self.metrics_keys = sorted(keys)
 
-        class Writer(ExperimentWriter):
-            def _check_log_dir_exists(self) -> None:  # Lightning's deletes the previous metrics.csv
-                pass
-
-        writer = Writer(log_dir=log_dir)
-        path = Path(writer.metrics_file_path)
-        if path.is_file():
-            with open(path, newline="") as f:
-                reader = csv.DictReader(f)
-                keys = list(reader.fieldnames or [])
-                # Rows logged after the checkpoint (work lost with the process) are logged again by the resume.
-                rows = [r for r in reader if not (r.get("step") or "").isdigit() or int(r["step"]) < resume_step]
-            tmp = path.with_name(f".{path.name}.tmp")
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=keys)
-                w.writeheader()
-                w.writerows(rows)
-            os.replace(tmp, path)
-            writer.metrics_keys = sorted(keys)
-        return writer
+    def _check_log_dir_exists(self) -> None:  # Lightning's deletes the previous metrics.csv
+        pass
 
 
 def continue_csv_logs(loggers: list, resume_step: int) -> None:
@@ -136,7 +133,7 @@ def continue_csv_logs(loggers: list, resume_step: int) -> None:
 
     for lg in loggers:
         if isinstance(lg, CSVLogger) and Path(lg.log_dir, "metrics.csv").is_file():
-            lg._experiment = _AppendingCSVWriter(lg.log_dir, resume_step)
+            lg._experiment = _AppendingExperimentWriter(lg.log_dir, resume_step)
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
