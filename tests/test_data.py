@@ -285,15 +285,78 @@ def test_cifar10_missing_says_how_to_get_it(tmp_path: Path) -> None:
     assert "data.download=true" in str(err.value) and "cifar-10-batches-py" in str(err.value)
 
 
+class _RunsCode:
+    """Unpickling this calls os.system: what a tampered download could hold."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_cifar10_batches_are_unpickled_without_running_code(tmp_path: Path) -> None:
+    """The CIFAR-10 batches are somebody else's pickles: only arrays, lists and strings may come out of them."""
+    from ddpm.data.cifar10 import DataOnlyUnpickler, UnsafePickleError, read_cifar_batches
+
+    train, _ = write_fake_cifar(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    marker = tmp_path / "pwned"
+    with open(folder / "data_batch_3", "wb") as f:
+        pickle.dump({"data": np.zeros((4, 3072), np.uint8), "labels": [_RunsCode(str(marker))]}, f, protocol=2)
+    with pytest.raises(UnsafePickleError) as err:
+        read_cifar_batches(tmp_path, ("data_batch_1", "data_batch_2", "data_batch_3"))
+    assert not marker.exists()
+    assert "posix.system" in str(err.value) and "data_batch_3" in str(err.value)
+    assert "data.download=true" in str(err.value)
+    with pytest.raises(UnsafePickleError):  # the same for builtins, e.g. eval
+        DataOnlyUnpickler(__import__("io").BytesIO(b"cbuiltins\neval\n(S'1'\ntR.")).load()
+    # The real release (pickled with numpy 1.x, Python 2) names numpy.core.multiarray and uses byte keys:
+    blob = pickle.dumps({b"data": train[:4].reshape(4, -1), b"labels": [0, 1, 2, 3]}, protocol=2)
+    assert b"numpy._core.multiarray" in blob
+    for module in (b"numpy._core.multiarray", b"numpy.core.multiarray"):
+        entry = DataOnlyUnpickler(__import__("io").BytesIO(blob.replace(b"numpy._core.multiarray", module))).load()
+        assert np.array_equal(entry[b"data"], train[:4].reshape(4, -1)) and entry[b"labels"] == [0, 1, 2, 3]
+
+
 def test_cifar10_download_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     import torchvision.datasets
+    import torchvision.datasets.utils
 
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", lambda *a, **k: calls.append(k))
+    def fake_download(url, root, filename=None, md5=None, **_):
+        calls.append((url, root, filename, md5))
+        write_fake_cifar(Path(root))
+
+    def unpickles(*a, **k):  # torchvision's dataset class unpickles without limits: never used
+        raise AssertionError("torchvision.datasets.CIFAR10 must not be constructed")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", fake_download)
+    monkeypatch.setattr(
+        torchvision.datasets,
+        "CIFAR10",
+        type(
+            "CIFAR10",
+            (),
+            dict(
+                url="URL",
+                filename="cifar-10-python.tar.gz",
+                tgz_md5="c58f30108f718f92721af3b95e74349a",
+                __init__=unpickles,
+            ),
+        ),
+    )
     CIFAR10DataModule(root=str(tmp_path)).prepare_data()
     assert calls == []
-    CIFAR10DataModule(root=str(tmp_path), download=True).prepare_data()
-    assert calls and all(k["download"] is True for k in calls)
+    dm = CIFAR10DataModule(root=str(tmp_path), download=True, batch_size=4)
+    dm.prepare_data()
+    assert calls == [("URL", str(tmp_path), "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")]
+    dm.prepare_data()  # already there: no second download
+    assert len(calls) == 1
+    dm.setup("fit")
+    assert dm.num_images("train") == 20
 
 
 # ----------------------------------------------------------------------------------------------- folders
@@ -341,9 +404,7 @@ def test_undecodable_file_is_named(tmp_path: Path) -> None:
     save(rgb(8, 8, 0), tmp_path / "ok.png")
     save(rgb(8, 8, 1), tmp_path / "ok2.png")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
-    (tmp_path / "quota.png").write_text(
-        "<!DOCTYPE html><html><body>Google Drive quota exceeded</body></html>"
-    )
+    (tmp_path / "quota.png").write_text("<!DOCTYPE html><html><body>Google Drive quota exceeded</body></html>")
     dm = ImageFolderDataModule(root=str(tmp_path), resolution=8, val_fraction=0, test_fraction=0)
     with pytest.raises(ImageDecodeError, match="broken.jpg"):
         list(dm.iter_uint8("train"))

@@ -5,10 +5,15 @@ The files are the standard python-pickle release in torchvision's layout::
     <root>/cifar-10-batches-py/data_batch_1 .. data_batch_5   (50 000 train images)
     <root>/cifar-10-batches-py/test_batch                     (10 000 test images)
 
-Nothing is downloaded unless ``download=true``; then ``prepare_data`` (one process per node) calls
-``torchvision.datasets.CIFAR10(root, download=True)``. Reading never goes through torchvision (its
-loader insists on the release's md5 sums); the batches are read directly into one uint8 tensor per
-split (150 MB for the train split), so items are cheap.
+Nothing is downloaded unless ``download=true``; then ``prepare_data`` (one process per node) fetches
+the release archive at torchvision's address, checks its md5 and unpacks it (when the batches are not
+there already). Reading never goes through torchvision (its
+loader insists on the release's md5 sums and unpickles with no restriction); the batches are read directly
+into one uint8 tensor per split (150 MB for the train split), so items are cheap.
+
+The batches are pickles made by somebody else, so they are read with :class:`DataOnlyUnpickler`, which
+builds dicts, lists, strings, numbers and numpy arrays and refuses every other global: a batch file that
+would run code when unpickled raises an error instead.
 
 Splits: ``train`` = the 50k training images (FID reference "train", paper 3.17); ``test`` = the 10k test
 images (NLL in bits/dim, FID "test", paper 5.24); ``val`` = the test images too, or a seeded random subset
@@ -50,6 +55,52 @@ def _how_to_get(root: Path, problem: str) -> str:
     )
 
 
+class UnsafePickleError(pickle.UnpicklingError):
+    """A data pickle references a global outside :class:`DataOnlyUnpickler`'s allow-list."""
+
+
+class DataOnlyUnpickler(pickle.Unpickler):
+    """An unpickler for data files: containers, strings, numbers and numpy arrays, nothing that runs code.
+
+    The CIFAR-10 release references only numpy's array reconstruction (``_reconstruct``, ``ndarray``,
+    ``dtype``); pickles written by Python 3 also use ``_codecs.encode`` for byte strings. Every other global
+    (``os.system``, ``builtins.eval``, any class) raises :class:`pickle.UnpicklingError`.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): "_reconstruct",
+        ("numpy._core.multiarray", "_reconstruct"): "_reconstruct",
+        ("numpy.core.multiarray", "scalar"): "scalar",
+        ("numpy._core.multiarray", "scalar"): "scalar",
+        ("numpy", "ndarray"): "ndarray",
+        ("numpy", "dtype"): "dtype",
+        ("_codecs", "encode"): "encode",
+    }
+
+    def find_class(self, module: str, name: str):
+        key = self._ALLOWED.get((module, name))
+        if key is None:
+            raise UnsafePickleError(
+                f"refusing to unpickle global {module}.{name}: a data file should hold only arrays, lists and "
+                f"strings, and this one could run code when loaded"
+            )
+        if key == "encode":
+            import codecs
+
+            return codecs.encode
+        if key in ("ndarray", "dtype"):
+            return getattr(np, key)
+        return getattr(_numpy_multiarray(), key)
+
+
+def _numpy_multiarray():
+    try:  # numpy >= 2
+        from numpy._core import multiarray
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray  # type: ignore[no-redef]
+    return multiarray
+
+
 def read_cifar_batches(root: str | os.PathLike, files: tuple[str, ...]) -> torch.Tensor:
     """Read CIFAR pickle batches into one uint8 tensor ``[N, 3, 32, 32]`` (file order, then row order)."""
     folder = find_cifar10_dir(root)
@@ -61,9 +112,13 @@ def read_cifar_batches(root: str | os.PathLike, files: tuple[str, ...]) -> torch
         path = folder / f
         try:
             with open(path, "rb") as fh:
-                entry = pickle.load(fh, encoding="latin1")
+                entry = DataOnlyUnpickler(fh, encoding="latin1").load()
             data = entry["data"] if "data" in entry else entry[b"data"]
             data = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
+        except UnsafePickleError as e:
+            raise UnsafePickleError(
+                f"{path}: {e}. Delete {folder} and get CIFAR-10 again from its official release (data.download=true)."
+            ) from None
         except Exception as e:  # re-raised with the file name
             raise RuntimeError(
                 f"Could not read CIFAR-10 batch {path}: {type(e).__name__}: {e}. The file looks corrupted; "
@@ -120,12 +175,16 @@ class CIFAR10DataModule(ImageDataModule):
         # Download only when asked (data.download=true). Runs on one process per node.
         if not self.download:
             return
+        root = Path(self.root).expanduser()
+        folder = find_cifar10_dir(root)
+        if all((folder / f).is_file() for f in TRAIN_FILES + TEST_FILES):
+            return
+        # torchvision's address and md5 of the release; not its CIFAR10 class, which unpickles without limits
         from torchvision.datasets import CIFAR10
+        from torchvision.datasets.utils import download_and_extract_archive
 
-        root = str(Path(self.root).expanduser())
         os.makedirs(root, exist_ok=True)
-        CIFAR10(root, train=True, download=True)
-        CIFAR10(root, train=False, download=True)
+        download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
 
     def _build_splits(self) -> dict[str, Dataset]:
         train = read_cifar_batches(self.root, TRAIN_FILES)
