@@ -88,6 +88,21 @@ def test_resume_after_lost_shard(reference_run, ckpt, tmp_path):
     # other settings in the same out_dir are refused, not mixed in
     with pytest.raises(ValueError, match="other settings"):
         sample(sample_cfg(ckpt, tmp_path, "num_samples=7", "shard_size=3", "seed=1"))
+    # nor other arithmetic: bf16 or a compiled network rounds differently from the eager fp32 shards
+    with pytest.raises(ValueError, match="precision"):
+        sample(sample_cfg(ckpt, tmp_path, "num_samples=7", "shard_size=3", "trainer.precision=bf16-mixed"))
+    with pytest.raises(ValueError, match="compile"):
+        sample(sample_cfg(ckpt, tmp_path, "num_samples=7", "shard_size=3", "compile=true",
+                          "compile_backend=aot_eager"))
+    # a signature.json from before these keys existed still resumes (it was eager fp32)
+    import json
+
+    sig = tmp_path / "shards" / "signature.json"
+    sig.write_text(json.dumps({k: v for k, v in json.loads(sig.read_text()).items()
+                               if k not in ("precision", "compile")}))
+    (tmp_path / "shards" / "shard_00000000_00000003.npz").unlink()
+    assert sample(sample_cfg(ckpt, tmp_path, "num_samples=7", "shard_size=3"))["newly_sampled"] == 3
+    np.testing.assert_array_equal(_arr(tmp_path / "samples.npz"), _arr(out / "samples.npz"))
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@
   Each missing shard is sampled by one of the ``trainer.devices x trainer.num_nodes`` processes (round
   robin) and written atomically to ``out_dir/shards/``; a re-run with the same ``out_dir`` samples only the
   shards that are missing. ``shards/signature.json`` records what the shards were sampled with (checkpoint
-  hash, EMA flag, sampler, seed, ...); a re-run with other settings is refused instead of mixing images.
+  hash, EMA flag, sampler, seed, precision, compile, ...); a re-run with other settings is refused instead of
+  mixing images.
   Rank 0 merges the shards once every rank is done.
 * **Outputs** (``out_dir``): ``samples.npz`` (``arr_0`` uint8 ``[N, H, W, 3]``, the guided-diffusion / ADM
   convention; one-channel images such as the 8x8 digits are repeated to 3 channels), ``samples.png`` (grid
@@ -41,7 +42,10 @@ from ddpm.generate import SamplerConfig, generate, make_grid_uint8, save_png, se
 
 log = logging.getLogger("ddpm.sample")
 
-SIGNATURE_KEYS = ("model_sha256", "use_ema", "sampler", "seed", "shard_size", "image_shape", "device_type")
+SIGNATURE_KEYS = ("model_sha256", "use_ema", "sampler", "seed", "shard_size", "image_shape", "device_type",
+                  "precision", "compile")
+# keys added after the first release: what a signature.json without them was sampled with
+SIGNATURE_DEFAULTS = {"precision": "32-true", "compile": None}
 
 
 # ----------------------------------------------------------------------------------------------- the model
@@ -87,6 +91,14 @@ def compile_for_sampling(net: torch.nn.Module, backend: str = "inductor", mode: 
 
         inductor_config.freezing = True  # read when the first call compiles; a sampling process has no training
     return torch.compile(net, backend=backend, mode=mode)  # type: ignore[return-value]
+
+
+def compile_label(cfg: DictConfig) -> str | None:
+    """How ``sample.py`` compiles the network (``None``: eager), for the shard signature and metrics.json."""
+    if not cfg.get("compile", False):
+        return None
+    freeze = bool(cfg.get("compile_freeze", True))
+    return f"{cfg.get('compile_backend', 'inductor')}/mode={cfg.get('compile_mode')}/freeze={freeze}"
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -372,6 +384,7 @@ def _check_signature(shard_dir: Path, signature: dict) -> None:
     path = shard_dir / "signature.json"
     if path.is_file():
         old = json.loads(path.read_text())
+        old = {**SIGNATURE_DEFAULTS, **old}
         diff = {k: (old.get(k), signature.get(k)) for k in SIGNATURE_KEYS if old.get(k) != signature.get(k)}
         if diff:
             raise ValueError(
@@ -450,6 +463,9 @@ def sample(cfg: DictConfig) -> dict:
         "shard_size": shard_size,
         "image_shape": list(loaded.image_shape),
         "device_type": fabric.device.type,  # CPU and CUDA generators give different noise for one seed
+        # the arithmetic: bf16 or a compiled graph rounds differently, so their images are not the eager fp32 ones
+        "precision": str((cfg.get("trainer") or {}).get("precision", "32-true")),
+        "compile": compile_label(cfg),
     }
     signature = json.loads(json.dumps(signature))
     _check_signature(shard_dir, signature)
@@ -532,6 +548,7 @@ def finish(cfg, out_dir: Path, loaded: LoadedModel, sampler: SamplerConfig, fabr
         "world_size": fabric.world_size,
         "device": str(fabric.device),
         "precision": str((cfg.get("trainer") or {}).get("precision", "32-true")),
+        "compile": compile_label(cfg),
         "batch_size": int(cfg.batch_size),
         "newly_sampled": n_new,
         "sample_seconds": round(sample_seconds, 3),
