@@ -6,6 +6,8 @@ diffusers, torch-fidelity), so it runs on a bare GPU machine with the repository
 
     PYTHONPATH=src python bench/bench_gpu.py                  # CIFAR-10 35.7M UNet, batch 128, bf16
     PYTHONPATH=src python bench/bench_gpu.py --compile        # + torch.compile
+    PYTHONPATH=src python bench/bench_gpu.py --sample-compile --sample-compile-mode reduce-overhead  # CUDA graphs
+    bash bench/gpu_suite.sh                                    # all the GPU rows of bench/README.md, ~5 min
     python bench/bench_gpu.py --device cpu --quick            # smoke test on a CPU (tiny model, seconds)
 
 Setup, as in a real run: bf16 autocast with fp32 master weights, channels_last, SDPA restricted to the flash
@@ -118,7 +120,7 @@ class Timer:
         return out
 
 
-def main(argv: list[str] | None = None) -> dict:
+def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="DDPM GPU benchmark (torch + ddpm.nets/ddpm.diffusion only)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--quick", action="store_true", help="tiny model, batch 4, 2 steps: a smoke test")
@@ -129,9 +131,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="autocast dtype")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--sdpa", choices=("flash", "efficient", "cudnn", "math", "auto"), default="flash")
-    p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (training and sampling)")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode for training, e.g. max-autotune")
+    p.add_argument("--sample-compile", action="store_true", help="torch.compile the sampling network only")
+    p.add_argument("--sample-compile-mode", default=None,
+                   help="torch.compile mode for sampling, e.g. reduce-overhead (CUDA graphs); default --compile-mode")
+    p.add_argument("--no-fused-adam", action="store_true", help="the default (foreach) Adam instead of fused")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak dense FLOP/s for MFU, in TFLOP/s")
     p.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = make_parser()
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
@@ -141,7 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
     batch = args.batch or (4 if args.quick else 128)
     sample_batch = args.sample_batch or (4 if args.quick else 128)
     steps = args.steps or (2 if args.quick else 20)
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else (10 if args.compile else 5))
+    compiled = args.compile or args.sample_compile
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else (10 if compiled else 5))
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[args.dtype]
     channels_last = not args.no_channels_last
     if device.type == "cuda":
@@ -162,9 +175,11 @@ def main(argv: list[str] | None = None) -> dict:
     params, ema_params = list(net.parameters()), list(ema.parameters())
     n_params = sum(q.numel() for q in params)
     diffusion = GaussianDiffusion.from_config("linear", 1000, "eps", "fixed_large", "mse").to(device)
-    fused = device.type in ("cuda", "cpu")
-    opt = torch.optim.Adam(params, lr=2e-4, fused=fused)
-    model_fn = torch.compile(net) if args.compile else net
+    fused = device.type in ("cuda", "cpu") and not args.no_fused_adam
+    opt = torch.optim.Adam(params, lr=2e-4, fused=fused or None)
+    model_fn = torch.compile(net, mode=args.compile_mode) if args.compile else net
+    sample_compile = args.compile or args.sample_compile
+    sample_mode = args.sample_compile_mode or args.compile_mode
     res = cfg["resolution"]
     shape = (batch, cfg["in_channels"], res, res)
     x0 = (torch.rand(shape, device=device) * 2 - 1).contiguous(memory_format=mf)
@@ -206,13 +221,16 @@ def main(argv: list[str] | None = None) -> dict:
         assert all(torch.isfinite(q).all() for q in params), "non-finite weights after training steps"
 
         # sampling: one ancestral step with the EMA weights
-        sample_fn = torch.compile(ema) if args.compile else ema
+        sample_fn = torch.compile(ema, mode=sample_mode) if sample_compile else ema
+        cudagraphs = sample_compile and sample_mode is not None and "reduce-overhead" in sample_mode
         xs = torch.randn((sample_batch, cfg["in_channels"], res, res), device=device)
         xs = xs.contiguous(memory_format=mf)
         tt = torch.full((sample_batch,), 500, dtype=torch.long, device=device)
         outs: list[torch.Tensor] = []
 
         def sample_step() -> None:
+            if cudagraphs:  # each call is a new step: the graph may reuse the previous step's output memory
+                torch.compiler.cudagraph_mark_step_begin()
             with torch.inference_mode(), autocast():
                 out = diffusion.p_mean_variance(sample_fn, xs, tt, clip_denoised=True)
                 x = out["mean"].float() + torch.exp(0.5 * out["log_variance"]) * torch.randn_like(xs)
@@ -255,7 +273,8 @@ def main(argv: list[str] | None = None) -> dict:
         "",
         f"Model: {'tiny UNet (--quick)' if args.quick else 'CIFAR-10 UNet'} {n_params:,} parameters; "
         f"autocast {args.dtype} (fp32 master weights), channels_last {channels_last}, SDPA {args.sdpa}, "
-        f"fused Adam {fused}, compile {args.compile}; {steps} timed steps after {warmup} warmup; torch "
+        f"fused Adam {fused}, compile: training {args.compile} (mode {args.compile_mode}), sampling "
+        f"{sample_compile} (mode {sample_mode}); {steps} timed steps after {warmup} warmup; torch "
         f"{torch.__version__}; peak FLOP/s: {f'{peak / 1e12:.0f} TFLOP/s' if peak else 'n/a'} ({peak_src}).",
         "",
         "| " + " | ".join(header) + " |",

@@ -77,6 +77,31 @@ def test_bench_gpu_runs_on_cpu_without_app_dependencies():
     assert "WARNING: bench_gpu.py imported" not in res.stderr  # no hydra/omegaconf/lightning/wandb/diffusers
 
 
+def test_gpu_suite_rows_are_valid_bench_gpu_runs(tmp_path):
+    """bench/gpu_suite.sh is the one prepared run for a lent GPU (minutes of device time): every row must be a
+    valid bench_gpu.py command, the limits must fit one 10-minute device call, and the rows that do not compile
+    must run (here on the CPU, tiny model) and differ from the default in what they say they switch off."""
+    import shlex
+
+    bench = _load("bench_gpu")
+    rows = [shlex.split(line.split("#")[0])[1:] for line in (ROOT / "bench" / "gpu_suite.sh").read_text().splitlines()
+            if line.startswith("row ")]  # fmt: skip
+    assert len(rows) >= 7 and rows[0][0] == "bf16" and rows[0][2:] == []
+    assert sum(int(r[1]) for r in rows) <= 600
+    parser = bench.make_parser()
+    for name, _, *args in rows:
+        parser.parse_args(args)  # SystemExit on a flag bench_gpu.py does not have
+        if any("compile" in a for a in args):
+            continue  # inductor needs minutes on a CPU; the flags parsed
+        out = tmp_path / f"{name}.md"
+        res = bench.main(["--device", "cpu", "--quick", "--steps", "1", "--warmup", "0", "--out", str(out), *args])
+        assert res["train_images_per_s"] > 0 and res["sample_images_per_s"] > 0
+        text = out.read_text()
+        assert ("fused Adam False" in text) == ("--no-fused-adam" in args)
+        assert ("channels_last False" in text) == ("--no-channels-last" in args)
+        assert ("autocast fp32" in text) == (args[:2] == ["--dtype", "fp32"])
+
+
 def test_nets_and_diffusion_import_no_app_dependencies():
     code = (
         "import sys, ddpm.nets, ddpm.diffusion; "
