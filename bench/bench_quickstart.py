@@ -14,6 +14,15 @@
    same digits train split until it has used the same training wall time. This isolates the recipe.
 3. **diffusers example UNet** (``--example-arch``): the same recipe on the example's own ``UNet2DModel``
    (block_out_channels 128,128,256,256,512,512, layers_per_block 2, attention at the 5th level) at 8x8x1.
+4. **lucidrains recipe, quickstart UNet** and 5. **lucidrains recipe + its Unet** (when
+   ``denoising-diffusion-pytorch`` is installed: ``pip install -e .[bench]``): the README example of
+   lucidrains' ``denoising-diffusion-pytorch`` (``GaussianDiffusion`` with its defaults: v-prediction, sigmoid
+   beta schedule, T=1000, 250 DDIM sampling steps; ``Trainer``'s recipe: batch 32 x 2 accumulated, Adam lr 8e-5,
+   betas (0.9, 0.99), grad-norm clip 1, ``ema_pytorch.EMA`` decay 0.995 every 10 steps) on our quickstart UNet
+   (the same network, as for diffusers) and on its own ``Unet(dim=16, dim_mults=(1, 2, 4))`` (721,185
+   parameters, the quickstart's size; the README's dim=64, (1, 2, 4, 8) has 35.7M and is far too slow for this
+   budget on a CPU). Deviations, both in its favour or neutral: fp32 (its ``amp=True`` is a GPU setting) and no
+   horizontal flips (its default; mirrored digits are not digits).
 
 Every arm is scored the same way: ``--n`` samples from its EMA weights, drawn with the example's sampler (1000
 DDPM steps, ``DDPMScheduler.step``) for diffusers and with the quickstart's own final sampler for ours, then
@@ -119,10 +128,79 @@ def train_diffusers(unet_cfg: dict, seconds: float, n: int, quick: bool, seed: i
             "params": sum(p.numel() for p in model.parameters())}
 
 
+LUCIDRAINS = dict(  # the README example's Trainer/GaussianDiffusion arguments and Trainer defaults
+    batch_size=32, accumulate=2, lr=8e-5, betas=(0.9, 0.99), max_grad_norm=1.0, ema_decay=0.995, ema_update_every=10,
+    T=1000, sampling_timesteps=250,
+)
+LUCIDRAINS_UNET = dict(dim=16, dim_mults=(1, 2, 4), channels=1)
+
+
+class _LucidrainsAdapter(torch.nn.Module):
+    """Our UNet behind the attributes and call signature lucidrains' GaussianDiffusion expects."""
+
+    channels = out_dim = 1
+    self_condition = False
+    random_or_learned_sinusoidal_cond = False
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, t, x_self_cond=None):
+        return self.net(x, t)
+
+
+def train_lucidrains(own_unet: bool, seconds: float, n: int, quick: bool, seed: int = 0) -> dict:
+    """lucidrains' README recipe for ``seconds`` of training wall time, then ``n`` samples scored."""
+    from bench_cpu import SMALL_OURS
+    from denoising_diffusion_pytorch import GaussianDiffusion, Unet
+    from ema_pytorch import EMA
+
+    from ddpm.data import DigitsDataModule
+    from ddpm.metrics.digits import digits_quality
+    from ddpm.nets import UNet
+
+    torch.manual_seed(seed)
+    images = DigitsDataModule().splits()["train"].images.float() / 255.0  # type: ignore[union-attr]  # its [0, 1]
+    net = Unet(**LUCIDRAINS_UNET) if own_unet else _LucidrainsAdapter(UNet(**dict(SMALL_OURS, dropout=0.0)))
+    sampling_steps = 10 if quick else LUCIDRAINS["sampling_timesteps"]
+    diffusion = GaussianDiffusion(net, image_size=8, timesteps=LUCIDRAINS["T"], sampling_timesteps=sampling_steps)
+    opt = torch.optim.Adam(diffusion.parameters(), lr=LUCIDRAINS["lr"], betas=LUCIDRAINS["betas"])
+    ema = EMA(diffusion, beta=LUCIDRAINS["ema_decay"], update_every=LUCIDRAINS["ema_update_every"])
+    bs, acc = LUCIDRAINS["batch_size"], LUCIDRAINS["accumulate"]
+
+    def batches():  # its DataLoader(shuffle=True), cycled; the last partial batch is kept, as there
+        while True:
+            yield from (images[idx] for idx in torch.randperm(images.shape[0]).split(bs))
+
+    data = batches()
+    step, start = 0, time.time()
+    while time.time() - start < seconds:
+        diffusion.train()
+        for _ in range(acc):
+            (diffusion(next(data)) / acc).backward()
+        torch.nn.utils.clip_grad_norm_(diffusion.parameters(), LUCIDRAINS["max_grad_norm"])
+        opt.step()
+        opt.zero_grad()
+        ema.update()
+        step += 1
+    fit_seconds = time.time() - start
+    model = ema.ema_model.eval()
+    torch.manual_seed(seed)
+    t0 = time.time()
+    with torch.inference_mode():
+        x = torch.cat([model.sample(batch_size=min(64, n - i)) for i in range(0, n, 64)])
+    q = digits_quality((x.clamp(0, 1) * 255).round().to(torch.uint8))
+    return {**q, "steps": step, "fit_seconds": round(fit_seconds, 1), "sample_seconds": round(time.time() - t0, 1),
+            "params": sum(p.numel() for p in net.parameters()), "batch": f"{bs}x{acc}",
+            "sampler": f"DDIM {sampling_steps} steps"}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="20 steps / 16 samples: a smoke test")
     p.add_argument("--example-arch", action="store_true", help="also diffusers' example UNet (slow to sample)")
+    p.add_argument("--skip-lucidrains", action="store_true", help="leave out the denoising-diffusion-pytorch arms")
     p.add_argument("--n", type=int, default=256, help="samples per arm (ours: the quickstart's final_samples)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
@@ -141,7 +219,20 @@ def main() -> None:
     results = {}
     for name, cfg in arms.items():
         results[name] = train_diffusers(cfg, budget, n, args.quick)
+        results[name].update(batch=str(EXAMPLE["batch_size"]),
+                             sampler=f"DDPM {10 if args.quick else EXAMPLE['inference_steps']} steps")
         print(f"[bench] {name}: {results[name]}", file=sys.stderr, flush=True)
+    missing = []
+    if not args.skip_lucidrains:
+        try:
+            import denoising_diffusion_pytorch  # noqa: F401
+        except ImportError:
+            missing.append("lucidrains' denoising-diffusion-pytorch is not installed (pip install -e .[bench]): "
+                           "its arms were left out.")
+        else:
+            for name, own in (("lucidrains recipe, quickstart UNet", False), ("lucidrains recipe + its Unet", True)):
+                results[name] = train_lucidrains(own, budget, n, args.quick)
+                print(f"[bench] {name}: {results[name]}", file=sys.stderr, flush=True)
     ref = digits_reference_scores(n)
 
     lines = [
@@ -160,9 +251,8 @@ def main() -> None:
     ]
     for name, r in results.items():
         lines.append(
-            f"| {name} | {r['params']:,} | {r['steps']} ({EXAMPLE['batch_size']}) | DDPM "
-            f"{10 if args.quick else EXAMPLE['inference_steps']} steps | **{r['fid']:.2f}** | {r['confidence']:.3f} "
-            f"| {r['class_entropy']:.2f} |"
+            f"| {name} | {r['params']:,} | {r['steps']} ({r['batch']}) | {r['sampler']} | **{r['fid']:.2f}** "
+            f"| {r['confidence']:.3f} | {r['class_entropy']:.2f} |"
         )
     for key, label in (("real_test", "real held-out digits"), ("uniform_noise", "uniform noise")):
         r = ref[key]
@@ -170,6 +260,8 @@ def main() -> None:
                      f"| {r['class_entropy']:.2f} |")
     lines += ["", f"ours, whole run: {ours['wall_seconds']} s wall (training, then {ours.get('final_samples')} "
               f"samples in {ours.get('sample_seconds')} s and the score)."]
+    lines += [""] + [f"Sampling time per arm: {name}: {r['sample_seconds']} s." for name, r in results.items()]
+    lines += missing
     emit("\n".join(lines) + "\n", args.out)
 
 

@@ -102,6 +102,19 @@ def test_gpu_suite_rows_are_valid_bench_gpu_runs(tmp_path):
         assert ("autocast fp32" in text) == (args[:2] == ["--dtype", "fp32"])
 
 
+def test_bench_convs_winograd_is_a_convolution_and_the_table_prints(tmp_path):
+    import torch
+    import torch.nn.functional as F
+
+    bench = _load("bench_convs")
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(3, 5, 6, 10, generator=g, dtype=torch.float64), torch.randn(7, 5, 3, 3, generator=g,
+                                                                                   dtype=torch.float64)
+    torch.testing.assert_close(bench.winograd_conv3x3(x, w), F.conv2d(x, w, padding=1), rtol=1e-12, atol=1e-12)
+    text = bench.main(["--quick", "--out", str(tmp_path / "c.md")])
+    assert text.count("| 256->256, ") == 2 and (tmp_path / "c.md").read_text() == text
+
+
 def test_nets_and_diffusion_import_no_app_dependencies():
     code = (
         "import sys, ddpm.nets, ddpm.diffusion; "
@@ -124,3 +137,10 @@ def test_bench_quickstart_quick_prints_both_arms_and_references(tmp_path):
     for row in ("| ours: `python train.py` | 701,345 | 20 (64)", "| diffusers recipe, quickstart UNet | 701,345 |",
                 "| real held-out digits (n=16)", "| uniform noise (n=16)"):
         assert row in text, row
+    try:  # an optional bench extra (pip install -e .[bench]): its arms, or a line saying they were left out
+        import denoising_diffusion_pytorch  # noqa: F401
+    except ImportError:
+        assert "denoising-diffusion-pytorch is not installed" in text
+    else:
+        assert "| lucidrains recipe, quickstart UNet | 701,345 |" in text
+        assert "| lucidrains recipe + its Unet | 721,185 |" in text
