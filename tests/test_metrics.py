@@ -227,8 +227,20 @@ def test_streaming_metric_equals_batch(ext, train_ref):
     r0.merge_state(r1)
     merged = r0.compute()
     assert merged["fid_300"] == pytest.approx(batch["fid_300"], rel=1e-6)
-    # IS splits depend on sample order, and the merge/gather order of the logits is by rank
+    # IS splits depend on sample order, and the merge/gather order of the logits is by rank...
     assert merged["is_300"] == pytest.approx(batch["is_300"], abs=3 * batch["is_300_std"])
+    # ...unless each image comes with its index: the training callback's interleaved shares (rank r takes
+    # r, r + world, ...) then give exactly the one-process IS
+    r0, r1 = StreamingFIDIS(ext, train_ref), StreamingFIDIS(ext, train_ref)
+    r0.update(samples[0::2], index=torch.arange(0, 300, 2))
+    r1.update(samples[1::2], index=torch.arange(1, 300, 2))
+    r0.merge_state(r1)
+    merged = r0.compute()
+    assert merged["is_300"] == pytest.approx(batch["is_300"], rel=1e-9)
+    assert merged["is_300_std"] == pytest.approx(batch["is_300_std"], rel=1e-9)
+    assert merged["fid_300"] == pytest.approx(batch["fid_300"], rel=1e-6)
+    with pytest.raises(ValueError, match="entries"):
+        r0.update(samples[:3], index=[0, 1])
     # a module-wide dtype cast (e.g. bf16-true precision) leaves the float64 statistics alone
     m.reset()
     m.half()

@@ -128,7 +128,7 @@ class FIDCallback(L.Callback):
             seeds = [seeds_for(self.seed, i, i + 1)[0] for i in idx]
             x = generate(model_fn, pl_module.diffusion, seeds, pl_module.image_shape, self.sampler,
                          device=pl_module.device)
-            metric.update(to_uint8(x.float()))
+            metric.update(to_uint8(x.float()), index=idx)  # IS splits follow the sample order
         result = metric.compute()  # all ranks: collective sum of the states
         metric.reset()
         if was_training:
