@@ -358,6 +358,14 @@ def test_cifar10_download_only_when_asked(tmp_path: Path, monkeypatch: pytest.Mo
     dm.setup("fit")
     assert dm.num_images("train") == 20
 
+    def html_instead_of_archive(url, root, filename=None, md5=None, **_):
+        raise RuntimeError("File not found or corrupted.")  # torchvision's md5 check on a proxy's HTML page
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", html_instead_of_archive)
+    with pytest.raises(RuntimeError) as err:
+        CIFAR10DataModule(root=str(tmp_path / "elsewhere"), download=True).prepare_data()
+    assert "cifar-10-python.tar.gz" in str(err.value) and "data.root=" in str(err.value)
+
 
 # ----------------------------------------------------------------------------------------------- folders
 def test_image_folder_mixed_files(tmp_path: Path) -> None:

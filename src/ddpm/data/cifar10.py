@@ -184,7 +184,17 @@ class CIFAR10DataModule(ImageDataModule):
         from torchvision.datasets.utils import download_and_extract_archive
 
         os.makedirs(root, exist_ok=True)
-        download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
+        try:
+            download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
+        except Exception as e:  # no network, a proxy's HTML page instead of the archive (md5 mismatch), ...
+            raise RuntimeError(
+                f"Downloading CIFAR-10 into {root} failed ({type(e).__name__}: {e}). On a machine without "
+                f"internet, copy {CIFAR10.filename} (md5 {CIFAR10.tgz_md5}) or its unpacked {BASE_FOLDER}/ "
+                f"folder there yourself and run with data.root={root} (download=false)."
+            ) from e
+        missing = [f for f in TRAIN_FILES + TEST_FILES if not (folder / f).is_file()]
+        if missing:
+            raise DatasetNotFoundError(_how_to_get(root, f"the downloaded archive did not contain {missing}"))
 
     def _build_splits(self) -> dict[str, Dataset]:
         train = read_cifar_batches(self.root, TRAIN_FILES)
