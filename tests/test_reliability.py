@@ -258,6 +258,8 @@ class _PoisonAt:
             def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
                 if trainer.global_step == self.step:
                     self.before = {k: v.clone() for k, v in pl_module.net.state_dict().items()}
+                    self.ema_before = {k: v.clone() for k, v in pl_module.ema.state_dict().items()}
+                    self.ema_count_before = int(pl_module.ema_num_updates)
                     last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
                     self.ckpt_hash = sha(last) if last.exists() else None
                     if self.what == "batch":
@@ -270,6 +272,8 @@ class _PoisonAt:
             def on_train_batch_end(self, trainer, pl_module, *args):
                 if trainer.global_step == self.step + 1 and self.after is None:
                     self.after = {k: v.clone() for k, v in pl_module.net.state_dict().items()}
+                    self.ema_after = {k: v.clone() for k, v in pl_module.ema.state_dict().items()}
+                    self.ema_count_after = int(pl_module.ema_num_updates)
 
         return Poison()
 
@@ -308,6 +312,10 @@ def test_nan_policy_skip_leaves_weights_unchanged_and_finishes(tiny, tmp_path, w
     assert objs["trainer"].global_step == 5
     for k, v in poison.before.items():  # the skipped step did not move the raw weights
         assert torch.equal(v, poison.after[k]), k
+    for k, v in poison.ema_before.items():  # nor the EMA, whose update count stays too
+        assert torch.equal(v, poison.ema_after[k]), k
+    assert poison.ema_count_after == poison.ema_count_before == 2
+    assert int(module.ema_num_updates) == 4  # 5 optimizer steps, one of them skipped
     assert all(torch.isfinite(p).all() for p in module.parameters())
     ckpt = load(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())

@@ -92,6 +92,7 @@ class DiffusionModule(L.LightningModule):
             self.net.compile(**{k: v for k, v in dict(compile).items() if v is not None})
         self.run_config: dict | None = None  # the full resolved config; stored in every checkpoint
         self._nan_streak = 0
+        self._skip_ema = False  # set when nan_policy=skip drops the current optimizer step
         self._last_loss: float = 0.0
 
     # ------------------------------------------------------------------ inference
@@ -170,11 +171,16 @@ class DiffusionModule(L.LightningModule):
         self.print(f"[ddpm] skipping optimizer step at global step {step}: {what}")
         for p in self.net.parameters():
             p.grad = None  # Adam skips parameters without a gradient: the weights and moments stay as they were
+        self._skip_ema = True  # and the EMA stays too (no update toward unchanged weights, no count)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
         # One EMA update per optimizer step (so also under gradient accumulation), right after the step and
         # before any callback's on_train_batch_end: grids, FID and checkpoints of step k see EMA after step k.
+        # A step skipped by nan_policy=skip (set in on_before_optimizer_step, inside super()) updates nothing.
+        if self._skip_ema:
+            self._skip_ema = False
+            return
         self.update_ema()
 
     @torch.no_grad()
