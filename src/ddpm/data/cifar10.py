@@ -7,9 +7,9 @@ The files are the standard python-pickle release in torchvision's layout::
 
 Nothing is downloaded unless ``download=true``; then ``prepare_data`` (one process per node) fetches
 the release archive at torchvision's address, checks its md5 and unpacks it (when the batches are not
-there already). Reading never goes through torchvision (its
-loader insists on the release's md5 sums and unpickles with no restriction); the batches are read directly
-into one uint8 tensor per split (150 MB for the train split), so items are cheap.
+there already). Reading never goes through torchvision (its loader insists on the release's md5 sums and
+unpickles with no restriction); the batches are read directly into one uint8 tensor per split (150 MB for
+the train split), so items are cheap.
 
 The batches are pickles made by somebody else, so they are read with :class:`DataOnlyUnpickler`, which
 builds dicts, lists, strings, numbers and numpy arrays and refuses every other global: a batch file that
