@@ -278,8 +278,9 @@ def test_ddp_two_cpu_processes_identical_ema_one_output_dir(tmp_path):
     out = tmp_path / "ddp_run"
     args = [str(ROOT / "train.py"), *tiny_overrides(out, steps=4), "trainer=ddp", "trainer.devices=2",
             "trainer.accelerator=cpu", "+callbacks.ema_hash._target_=ddpm.callbacks.EMAHash",
-            f"hydra.run.dir={out}"]
+            "callbacks.sample_grid.every_n_steps=2", f"hydra.run.dir={out}"]  # rank 0 samples grids: no hang
     run_cli(args, cwd=tmp_path)
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_00000002.png", "step_00000004.png"]
     hashes = sorted(out.glob("ema_sha_rank*.txt"))
     assert [h.name for h in hashes] == ["ema_sha_rank0.txt", "ema_sha_rank1.txt"]
     assert hashes[0].read_text() == hashes[1].read_text()
