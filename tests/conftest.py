@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,19 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a real ``python train.py`` / ``sample.py`` process started by a test."""
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "WANDB_MODE": "offline", **extra}
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
+    """Run ``python *args`` (env: :func:`cli_env` plus ``env``) and require exit status 0."""
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=cli_env(**env), capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
 
 # A network of a few thousand parameters and T=10: every objective trains for a few steps in ~1 s.
 TINY_MODEL = [

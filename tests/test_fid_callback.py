@@ -56,12 +56,10 @@ def test_callback_under_two_ddp_processes_equals_sample_py(tmp_path):
     """callbacks=fid in a 2-process gloo DDP run (`python train.py trainer=ddp trainer.devices=2`): no hang, each
     rank samples its share of an odd N, and the gathered images give the FID/IS of one-process sample.py."""
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    from conftest import ROOT as root
+    from conftest import run_cli
+
     steps, n = 4, 11
     out = tmp_path / "ddp"
     args = [str(root / "train.py"), *tiny_overrides(out, steps=steps), "trainer=ddp", "trainer.devices=2",
@@ -69,9 +67,7 @@ def test_callback_under_two_ddp_processes_equals_sample_py(tmp_path):
             f"callbacks.fid.num_samples={n}", "callbacks.fid.batch_size=4", "callbacks.fid.sampler=ddim",
             "callbacks.fid.steps=5", "callbacks.fid.feature_extractor=digits", "callbacks.fid.use_ema=false",
             "callbacks.fid.is_splits=3", f"hydra.run.dir={out}"]
-    env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run_cli(args, cwd=tmp_path, OMP_NUM_THREADS="1")
     metrics = json.loads((out / "metrics.json").read_text())
     key = f"val/fid_{n}_ddim5"
     assert key in metrics and f"val/is_{n}_ddim5" in metrics

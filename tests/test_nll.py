@@ -60,21 +60,16 @@ def test_nll_command_equals_calc_bpd_loop(ckpt, tmp_path):
 def test_nll_two_processes_equal_one(ckpt, tmp_path):
     """python sample.py nll=true trainer.devices=2 (two CPU processes, gloo): the images are split over the
     ranks and gathered on rank 0; every per-image and per-t number equals the one-process run."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from conftest import ROOT as root
+    from conftest import run_cli
 
-    root = Path(__file__).resolve().parents[1]
     one = sample(sample_cfg(ckpt, tmp_path / "one", "nll=true", "nll_max_images=5", "nll_batch_size=2",
                             "nll_seed=3"))
     two = tmp_path / "two"
-    cmd = [sys.executable, str(root / "sample.py"), f"ckpt_path={ckpt}", "nll=true", "nll_max_images=5",
+    cmd = [str(root / "sample.py"), f"ckpt_path={ckpt}", "nll=true", "nll_max_images=5",
            "nll_batch_size=2", "nll_seed=3", "trainer.devices=2", "trainer.accelerator=cpu", "progress=false",
            f"out_dir={two}", f"hydra.run.dir={two}"]
-    r = subprocess.run(cmd, cwd=root, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_cli(cmd, cwd=root, OMP_NUM_THREADS="1")
     saved = json.loads((two / "nll.json").read_text())
     assert saved["world_size"] == 2 and one["world_size"] == 1
     assert saved["num_images"] == 5 and saved["bpd"] == pytest.approx(one["bpd"], rel=1e-6)

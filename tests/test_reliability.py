@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cli_env
 from PIL import Image
 
 from ddpm.callbacks import atomic_torch_save, safe_load_checkpoint
@@ -149,10 +150,6 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path, tiny, accumulate, b
 
 
 # ------------------------------------------------------------------------------------------- preemption
-def _cli_env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "WANDB_MODE": "offline"}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
 def test_signal_writes_last_ckpt_exits_zero_and_resumes(tmp_path, sig):
@@ -164,7 +161,7 @@ def test_signal_writes_last_ckpt_exits_zero_and_resumes(tmp_path, sig):
     args = [sys.executable, str(ROOT / "train.py"), *tiny_overrides(run, steps=100_000),
             "trainer.val_check_interval=100000", "callbacks.model_checkpoint.every_n_train_steps=2",
             f"hydra.run.dir={run}", f"preemption_signals=[{sig}]"]
-    proc = subprocess.Popen(args, cwd=tmp_path, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(args, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     marker = run / "checkpoints" / "step_00000002.ckpt"
     deadline = time.time() + 240
@@ -181,7 +178,7 @@ def test_signal_writes_last_ckpt_exits_zero_and_resumes(tmp_path, sig):
     assert not list(run.glob("samples.png"))  # no final sampling in the grace period
 
     resume = [a if not a.startswith("trainer.max_steps=") else f"trainer.max_steps={stopped + 2}" for a in args]
-    done = subprocess.run([*resume, "ckpt_path=last"], cwd=tmp_path, env=_cli_env(), capture_output=True,
+    done = subprocess.run([*resume, "ckpt_path=last"], cwd=tmp_path, env=cli_env(), capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert load(run / "checkpoints" / "last.ckpt")["global_step"] == stopped + 2
@@ -190,10 +187,8 @@ def test_signal_writes_last_ckpt_exits_zero_and_resumes(tmp_path, sig):
 
     # The signal landed inside an epoch (179 batches of 8 digits per epoch), and the continued run trained on
     # exactly what an uninterrupted run of stopped + 2 steps trains on: the same raw and EMA weights.
-    from conftest import tiny_overrides as overrides
-
     straight_dir = tmp_path.parent / f"{tmp_path.name}_straight"
-    train(compose("train", [*overrides(straight_dir, steps=stopped + 2), "trainer.val_check_interval=100000",
+    train(compose("train", [*tiny_overrides(straight_dir, steps=stopped + 2), "trainer.val_check_interval=100000",
                             "callbacks.model_checkpoint.every_n_train_steps=2"]))
     a, b = load(straight_dir / "checkpoints" / "last.ckpt"), load(run / "checkpoints" / "last.ckpt")
     assert stopped % 179 != 0
@@ -225,7 +220,7 @@ def test_kill_9_while_writing_leaves_a_complete_checkpoint(tmp_path, delay):
     version; the temp file a kill leaves behind is hidden and never taken for the checkpoint."""
     target = tmp_path / "checkpoints" / "last.ckpt"
     atomic_torch_save({"version": 0, "data": torch.zeros(2_000_000)}, target)
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(target)], env=_cli_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(target)], env=cli_env(), stdout=subprocess.PIPE,
                             text=True)
     assert proc.stdout is not None
     proc.stdout.readline()  # at least one complete write, then kill somewhere in the following ones

@@ -4,14 +4,12 @@ beside the raw weights and used for validation, loggers, DDP, multirun + report.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from PIL import Image
 from test_data import write_fake_cifar  # the torchvision layout, written by the data tests' helper
 
@@ -264,12 +262,6 @@ def test_wandb_offline_run_dir_has_config_and_summary(tmp_path, tiny, monkeypatc
 
 
 # ----------------------------------------------------------------------------------------------- processes
-def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_identical_ema_one_output_dir(tmp_path):
