@@ -93,12 +93,23 @@ def compile_for_sampling(net: torch.nn.Module, backend: str = "inductor", mode: 
     return torch.compile(net, backend=backend, mode=mode)  # type: ignore[return-value]
 
 
-def compile_label(cfg: DictConfig) -> str | None:
-    """How ``sample.py`` compiles the network (``None``: eager), for the shard signature and metrics.json."""
+def compile_options(cfg: DictConfig) -> dict | None:
+    """``sample.py``'s compile settings (the arguments of :func:`compile_for_sampling`), ``None`` when eager."""
     if not cfg.get("compile", False):
         return None
-    freeze = bool(cfg.get("compile_freeze", True))
-    return f"{cfg.get('compile_backend', 'inductor')}/mode={cfg.get('compile_mode')}/freeze={freeze}"
+    return {"backend": str(cfg.get("compile_backend", "inductor")), "mode": cfg.get("compile_mode"),
+            "freeze": bool(cfg.get("compile_freeze", True))}
+
+
+def compile_label(cfg: DictConfig) -> str | None:
+    """How ``sample.py`` compiles the network (``None``: eager), for the shard signature and metrics.json."""
+    opts = compile_options(cfg)
+    return None if opts is None else f"{opts['backend']}/mode={opts['mode']}/freeze={opts['freeze']}"
+
+
+def sample_precision(cfg: DictConfig) -> str:
+    """``trainer.precision`` of ``sample.py`` (Fabric's precision; default full fp32)."""
+    return str((cfg.get("trainer") or {}).get("precision", "32-true"))
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -348,7 +359,7 @@ def make_fabric(cfg: DictConfig):
         devices=devices,
         num_nodes=num_nodes,
         strategy=strategy,
-        precision=t.get("precision", "32-true"),
+        precision=sample_precision(cfg),
     )
 
 
@@ -447,9 +458,9 @@ def sample(cfg: DictConfig) -> dict:
 
     loaded = load_model(cfg.get("ckpt_path"), cfg.get("pretrained"), bool(cfg.get("use_ema", True)))
     loaded.to(fabric.device)
-    if cfg.get("compile", False):
-        loaded.net = compile_for_sampling(loaded.net, str(cfg.get("compile_backend", "inductor")),
-                                          cfg.get("compile_mode"), bool(cfg.get("compile_freeze", True)))
+    compile_opts = compile_options(cfg)
+    if compile_opts is not None:
+        loaded.net = compile_for_sampling(loaded.net, **compile_opts)
     T = loaded.diffusion.num_timesteps
     sampler = sampler_from_cfg(cfg, T, loaded.default_clip_denoised)
     n, bs, seed = int(cfg.num_samples), int(cfg.batch_size), int(cfg.seed)
@@ -464,7 +475,7 @@ def sample(cfg: DictConfig) -> dict:
         "image_shape": list(loaded.image_shape),
         "device_type": fabric.device.type,  # CPU and CUDA generators give different noise for one seed
         # the arithmetic: bf16 or a compiled graph rounds differently, so their images are not the eager fp32 ones
-        "precision": str((cfg.get("trainer") or {}).get("precision", "32-true")),
+        "precision": sample_precision(cfg),
         "compile": compile_label(cfg),
     }
     signature = json.loads(json.dumps(signature))
@@ -547,7 +558,7 @@ def finish(cfg, out_dir: Path, loaded: LoadedModel, sampler: SamplerConfig, fabr
         "num_timesteps": T,
         "world_size": fabric.world_size,
         "device": str(fabric.device),
-        "precision": str((cfg.get("trainer") or {}).get("precision", "32-true")),
+        "precision": sample_precision(cfg),
         "compile": compile_label(cfg),
         "batch_size": int(cfg.batch_size),
         "newly_sampled": n_new,
