@@ -22,6 +22,7 @@ of ``val_size`` of them (validation loss during training; the paper has no separ
 
 from __future__ import annotations
 
+import codecs
 import os
 import pickle
 from pathlib import Path
@@ -67,30 +68,17 @@ class DataOnlyUnpickler(pickle.Unpickler):
     (``os.system``, ``builtins.eval``, any class) raises :class:`pickle.UnpicklingError`.
     """
 
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): "_reconstruct",
-        ("numpy._core.multiarray", "_reconstruct"): "_reconstruct",
-        ("numpy.core.multiarray", "scalar"): "scalar",
-        ("numpy._core.multiarray", "scalar"): "scalar",
-        ("numpy", "ndarray"): "ndarray",
-        ("numpy", "dtype"): "dtype",
-        ("_codecs", "encode"): "encode",
-    }
-
     def find_class(self, module: str, name: str):
-        key = self._ALLOWED.get((module, name))
-        if key is None:
-            raise UnsafePickleError(
-                f"refusing to unpickle global {module}.{name}: a data file should hold only arrays, lists and "
-                f"strings, and this one could run code when loaded"
-            )
-        if key == "encode":
-            import codecs
-
+        if (module, name) == ("_codecs", "encode"):
             return codecs.encode
-        if key in ("ndarray", "dtype"):
-            return getattr(np, key)
-        return getattr(_numpy_multiarray(), key)
+        if module == "numpy" and name in ("ndarray", "dtype"):
+            return getattr(np, name)
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in ("_reconstruct", "scalar"):
+            return getattr(_numpy_multiarray(), name)
+        raise UnsafePickleError(
+            f"refusing to unpickle global {module}.{name}: a data file should hold only arrays, lists and "
+            f"strings, and this one could run code when loaded"
+        )
 
 
 def _numpy_multiarray():
@@ -101,10 +89,14 @@ def _numpy_multiarray():
     return multiarray
 
 
+def _missing_batches(folder: Path, files: tuple[str, ...] = TRAIN_FILES + TEST_FILES) -> list[str]:
+    return [f for f in files if not (folder / f).is_file()]
+
+
 def read_cifar_batches(root: str | os.PathLike, files: tuple[str, ...]) -> torch.Tensor:
     """Read CIFAR pickle batches into one uint8 tensor ``[N, 3, 32, 32]`` (file order, then row order)."""
     folder = find_cifar10_dir(root)
-    missing = [f for f in files if not (folder / f).is_file()]
+    missing = _missing_batches(folder, files)
     if missing:
         raise DatasetNotFoundError(_how_to_get(Path(root).expanduser(), f"missing {missing} in {folder}"))
     arrays = []
@@ -177,7 +169,7 @@ class CIFAR10DataModule(ImageDataModule):
             return
         root = Path(self.root).expanduser()
         folder = find_cifar10_dir(root)
-        if all((folder / f).is_file() for f in TRAIN_FILES + TEST_FILES):
+        if not _missing_batches(folder):
             return
         # torchvision's address and md5 of the release; not its CIFAR10 class, which unpickles without limits
         from torchvision.datasets import CIFAR10
@@ -192,7 +184,7 @@ class CIFAR10DataModule(ImageDataModule):
                 f"internet, copy {CIFAR10.filename} (md5 {CIFAR10.tgz_md5}) or its unpacked {BASE_FOLDER}/ "
                 f"folder there yourself and run with data.root={root} (download=false)."
             ) from e
-        missing = [f for f in TRAIN_FILES + TEST_FILES if not (folder / f).is_file()]
+        missing = _missing_batches(folder)
         if missing:
             raise DatasetNotFoundError(_how_to_get(root, f"the downloaded archive did not contain {missing}"))
 
