@@ -150,9 +150,6 @@ class ResumableDataLoader(DataLoader):
         self._epoch, self._batches = self._resume["epoch"], self._resume["batches"]
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        return self._iterate()
-
-    def _iterate(self) -> Iterator[Any]:
         sampler = self.sampler if isinstance(self.sampler, EpochSampler) else None
         epoch, skip = (int(sampler.epoch) if sampler is not None else self._epoch), 0
         if self._resume is not None:
