@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
     batch = args.batch or (4 if args.quick else 128)
     sample_batch = args.sample_batch or (4 if args.quick else 128)
     steps = args.steps or (2 if args.quick else 20)
-    compiled = args.compile or args.sample_compile
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else (10 if compiled else 5))
+    sample_compile = args.compile or args.sample_compile
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else (10 if sample_compile else 5))
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[args.dtype]
     channels_last = not args.no_channels_last
     if device.type == "cuda":
@@ -178,7 +178,6 @@ def main(argv: list[str] | None = None) -> dict:
     fused = device.type in ("cuda", "cpu") and not args.no_fused_adam
     opt = torch.optim.Adam(params, lr=2e-4, fused=fused or None)
     model_fn = torch.compile(net, mode=args.compile_mode) if args.compile else net
-    sample_compile = args.compile or args.sample_compile
     sample_mode = args.sample_compile_mode or args.compile_mode
     res = cfg["resolution"]
     shape = (batch, cfg["in_channels"], res, res)

@@ -82,7 +82,6 @@ def train_diffusers(unet_cfg: dict, seconds: float, n: int, quick: bool, seed: i
     from diffusers.training_utils import EMAModel
 
     from ddpm.data import DigitsDataModule, model_to_uint8, uint8_to_model
-    from ddpm.metrics.digits import digits_quality
 
     torch.manual_seed(seed)
     # the quickstart's train split, in its order, scaled to [-1, 1] (the example's Normalize([0.5]) does the same)
@@ -123,9 +122,17 @@ def train_diffusers(unet_cfg: dict, seconds: float, n: int, quick: bool, seed: i
     with torch.no_grad():
         for t in sched.timesteps:
             x = sched.step(model(x, t).sample, t, x, generator=g).prev_sample
-    q = digits_quality(model_to_uint8(x))
-    return {**q, "steps": step, "fit_seconds": round(fit_seconds, 1), "sample_seconds": round(time.time() - t0, 1),
-            "params": sum(p.numel() for p in model.parameters())}
+    return arm_result(model_to_uint8(x), model, step, fit_seconds, time.time() - t0,
+                      batch=str(EXAMPLE["batch_size"]), sampler=f"DDPM {steps} steps")
+
+
+def arm_result(images, net: torch.nn.Module, steps: int, fit_seconds: float, sample_seconds: float, **extra) -> dict:
+    """One arm's row: the digits score of its uint8 samples, its steps, times and parameter count."""
+    from ddpm.metrics.digits import digits_quality
+
+    return {**digits_quality(images), "steps": steps, "fit_seconds": round(fit_seconds, 1),
+            "sample_seconds": round(sample_seconds, 1), "params": sum(p.numel() for p in net.parameters()),
+            **extra}
 
 
 LUCIDRAINS = dict(  # the README example's Trainer/GaussianDiffusion arguments and Trainer defaults
@@ -156,8 +163,7 @@ def train_lucidrains(own_unet: bool, seconds: float, n: int, quick: bool, seed: 
     from denoising_diffusion_pytorch import GaussianDiffusion, Unet
     from ema_pytorch import EMA
 
-    from ddpm.data import DigitsDataModule
-    from ddpm.metrics.digits import digits_quality
+    from ddpm.data import DigitsDataModule, model_to_uint8
     from ddpm.nets import UNet
 
     torch.manual_seed(seed)
@@ -190,10 +196,8 @@ def train_lucidrains(own_unet: bool, seconds: float, n: int, quick: bool, seed: 
     t0 = time.time()
     with torch.inference_mode():
         x = torch.cat([model.sample(batch_size=min(64, n - i)) for i in range(0, n, 64)])
-    q = digits_quality((x.clamp(0, 1) * 255).round().to(torch.uint8))
-    return {**q, "steps": step, "fit_seconds": round(fit_seconds, 1), "sample_seconds": round(time.time() - t0, 1),
-            "params": sum(p.numel() for p in net.parameters()), "batch": f"{bs}x{acc}",
-            "sampler": f"DDIM {sampling_steps} steps"}
+    return arm_result(model_to_uint8(x * 2 - 1), net, step, fit_seconds, time.time() - t0,  # its [0, 1] output
+                      batch=f"{bs}x{acc}", sampler=f"DDIM {sampling_steps} steps")
 
 
 def main() -> None:
@@ -219,8 +223,6 @@ def main() -> None:
     results = {}
     for name, cfg in arms.items():
         results[name] = train_diffusers(cfg, budget, n, args.quick)
-        results[name].update(batch=str(EXAMPLE["batch_size"]),
-                             sampler=f"DDPM {10 if args.quick else EXAMPLE['inference_steps']} steps")
         print(f"[bench] {name}: {results[name]}", file=sys.stderr, flush=True)
     missing = []
     if not args.skip_lucidrains:
