@@ -126,16 +126,8 @@ def evaluate_nll(cfg: DictConfig) -> dict:
     """Run the NLL evaluation of ``cfg`` (the sample.yaml keys ``ckpt_path``/``pretrained``, ``use_ema``,
     ``nll_*``, ``data``, ``out_dir``, ``trainer``); returns the summary on rank 0, ``{}`` elsewhere."""
     from ddpm.data.base import uint8_to_model
-    from ddpm.sampling import (
-        atomic_savez,
-        build_datamodule,
-        check_writable,
-        data_config,
-        library_versions,
-        load_model,
-        make_fabric,
-        write_json,
-    )
+    from ddpm.io import atomic_savez, check_writable, write_json
+    from ddpm.sampling import build_datamodule, data_config, library_versions, load_model, make_fabric
 
     out_dir = check_writable(cfg.out_dir)
     fabric = make_fabric(cfg)

@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm.callbacks import AtomicCheckpointIO, safe_load_checkpoint
 from ddpm.config import to_container, validate_config
+from ddpm.io import check_writable, write_json
 from ddpm.module import DiffusionModule
-from ddpm.sampling import check_writable, write_json
 
 log = logging.getLogger("ddpm")
 
