@@ -6,6 +6,7 @@ Nothing here downloads: CIFAR-10 and the image folders are tiny fakes written in
 from __future__ import annotations
 
 import inspect
+import io
 import pickle
 from pathlib import Path
 from types import SimpleNamespace
@@ -312,12 +313,12 @@ def test_cifar10_batches_are_unpickled_without_running_code(tmp_path: Path) -> N
     assert "posix.system" in str(err.value) and "data_batch_3" in str(err.value)
     assert "data.download=true" in str(err.value)
     with pytest.raises(UnsafePickleError):  # the same for builtins, e.g. eval
-        DataOnlyUnpickler(__import__("io").BytesIO(b"cbuiltins\neval\n(S'1'\ntR.")).load()
+        DataOnlyUnpickler(io.BytesIO(b"cbuiltins\neval\n(S'1'\ntR.")).load()
     # The real release (pickled with numpy 1.x, Python 2) names numpy.core.multiarray and uses byte keys:
     blob = pickle.dumps({b"data": train[:4].reshape(4, -1), b"labels": [0, 1, 2, 3]}, protocol=2)
     assert b"numpy._core.multiarray" in blob
     for module in (b"numpy._core.multiarray", b"numpy.core.multiarray"):
-        entry = DataOnlyUnpickler(__import__("io").BytesIO(blob.replace(b"numpy._core.multiarray", module))).load()
+        entry = DataOnlyUnpickler(io.BytesIO(blob.replace(b"numpy._core.multiarray", module))).load()
         assert np.array_equal(entry[b"data"], train[:4].reshape(4, -1)) and entry[b"labels"] == [0, 1, 2, 3]
 
 
