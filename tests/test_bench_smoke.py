@@ -127,12 +127,11 @@ def test_nets_and_diffusion_import_no_app_dependencies():
 @pytest.mark.slow  # a real `python train.py` (20 steps) and a 3-second diffusers run
 def test_bench_quickstart_quick_prints_both_arms_and_references(tmp_path):
     import diffusers  # noqa: F401  (a test extra)
+    from conftest import run_cli
 
     out = tmp_path / "qs.md"
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_quickstart.py"), "--quick", "--out", str(out)],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_cli([str(ROOT / "bench" / "bench_quickstart.py"), "--quick", "--out", str(out)], cwd=tmp_path,
+            OMP_NUM_THREADS="1")
     text = out.read_text()
     for row in ("| ours: `python train.py` | 701,345 | 20 (64)", "| diffusers recipe, quickstart UNet | 701,345 |",
                 "| real held-out digits (n=16)", "| uniform noise (n=16)"):
