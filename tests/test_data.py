@@ -14,24 +14,24 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
 from ddpm.data import (
-    DATASETS,
     CIFAR10DataModule,
     DatasetNotFoundError,
     DigitsDataModule,
     EpochSampler,
+    ImageDataModule,
     ImageDecodeError,
     ImageFolderDataModule,
-    LSUNBedroomDataModule,
-    LSUNCatDataModule,
-    LSUNChurchDataModule,
     uint8_to_model,
+    upgrade_data_config,
 )
 
 CONF_DATA = Path(__file__).resolve().parents[1] / "conf" / "data"
+DATA_OPTIONS = sorted(p.stem for p in CONF_DATA.glob("*.yaml"))
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -80,6 +80,13 @@ def write_mixed_folder(root: Path) -> None:
     save(rgb(16, 16, 7), root / ".hidden" / "h.png")  # hidden folders are skipped
 
 
+def from_yaml(name: str, **settings) -> ImageDataModule:
+    """The data module of the Hydra option ``conf/data/<name>.yaml`` (its ``_target_`` with its settings)."""
+    cfg = OmegaConf.load(CONF_DATA / f"{name}.yaml")
+    del cfg["defaults"]
+    return instantiate(OmegaConf.merge(cfg, settings))
+
+
 # ----------------------------------------------------------------------------------------------- digits
 @pytest.fixture(scope="module")
 def digits() -> DigitsDataModule:
@@ -104,7 +111,7 @@ def test_digits_shape_name_and_paper_scaling(digits: DigitsDataModule) -> None:
 
 def test_digits_splits_disjoint_and_deterministic(digits: DigitsDataModule) -> None:
     sizes = [digits.num_images(s) for s in ("train", "val", "test")]
-    assert sizes == [1437, 179, 181]  # ddpm.metrics.digits.digits_split_indices, shared with the classifier
+    assert sizes == [1437, 179, 181]  # ddpm.data.digits.digits_split_indices, shared with the classifier
     imgs = {s: digits.splits()[s].images.flatten(1) for s in ("train", "val", "test")}  # type: ignore[union-attr]
     # the same images again for the same seed, different ones for another seed
     again = DigitsDataModule(seed=0).splits()["val"].images  # type: ignore[union-attr]
@@ -112,7 +119,7 @@ def test_digits_splits_disjoint_and_deterministic(digits: DigitsDataModule) -> N
     other = DigitsDataModule(seed=1).splits()["val"].images  # type: ignore[union-attr]
     assert not torch.equal(other.flatten(1), imgs["val"])
     # disjoint by index: rebuild the index split the same way the module does
-    from ddpm.metrics.digits import digits_split_indices
+    from ddpm.data.digits import digits_split_indices
 
     sets = [set(i.tolist()) for i in digits_split_indices(1797, 0)]
     assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
@@ -431,39 +438,56 @@ def test_empty_or_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
         ImageFolderDataModule(root=str(tmp_path / "empty"), resolution=8).setup("fit")
     assert str((tmp_path / "empty").resolve()) in str(err.value) and ".png" in str(err.value)
     with pytest.raises(FileNotFoundError, match="does not exist") as err:
-        LSUNChurchDataModule(root=str(tmp_path / "missing")).setup("fit")
+        from_yaml("lsun_church256", root=str(tmp_path / "missing")).setup("fit")
     assert "fyu/lsun" in str(err.value) and "church_outdoor" in str(err.value)
 
 
 def test_paper_dataset_defaults(tmp_path: Path) -> None:
     church, bedroom, cat = (
-        c(root=str(tmp_path)) for c in (LSUNChurchDataModule, LSUNBedroomDataModule, LSUNCatDataModule)
+        from_yaml(n, root=str(tmp_path)) for n in ("lsun_church256", "lsun_bedroom256", "lsun_cat256")
     )
     assert church.name == "lsun_church256" and church.image_shape == (3, 256, 256)
+    assert (bedroom.name, cat.name) == ("lsun_bedroom256", "lsun_cat256")
     assert (church.random_flip, bedroom.random_flip, cat.random_flip) == (True, False, False)
     assert church.batch_size == bedroom.batch_size == cat.batch_size == 64
-    assert DATASETS["celebahq256"](root=str(tmp_path)).name == "celebahq256"
+    celebahq = from_yaml("celebahq256", root=str(tmp_path))
+    assert celebahq.name == "celebahq256" and celebahq.random_flip and "CelebA-HQ" in celebahq.how_to_get
+    assert from_yaml("lsun_cat256", root=str(tmp_path), resolution=64).name == "lsun_cat64"  # name follows
     assert CIFAR10DataModule().batch_size == 128 and CIFAR10DataModule().random_flip
     assert not DigitsDataModule().random_flip
 
 
 # ----------------------------------------------------------------------------------------------- yaml
-@pytest.mark.parametrize("name", sorted(DATASETS))
+@pytest.mark.parametrize("name", DATA_OPTIONS)
 def test_yaml_matches_class(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DDPM_DATA", raising=False)
     cfg = OmegaConf.load(CONF_DATA / f"{name}.yaml")
-    cls = DATASETS[name]
+    cls = get_class(cfg._target_)
     assert cfg._target_ == f"ddpm.data.{cls.__name__}"
     keys = {k for k in cfg if k not in ("_target_", "defaults")}
-    params = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
-    if "kwargs" in inspect.signature(cls.__init__).parameters:  # LSUN subclasses forward to LSUNDataModule
-        params |= set(inspect.signature(cls.__mro__[1].__init__).parameters) - {"self", "category"}
+    params: set[str] = set()
+    for c in cls.__mro__:  # the class's own arguments, then its base's where it forwards **loader
+        if "__init__" in vars(c):
+            sig = inspect.signature(c.__init__).parameters
+            params |= {k for k, p in sig.items() if k != "self" and p.kind != p.VAR_KEYWORD}
+            if all(p.kind != p.VAR_KEYWORD for p in sig.values()):
+                break
     assert keys <= params, keys - params
-    if name != "image_folder":
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        assert all(
-            resolved[k] == getattr(cls(**{"root": "x"} if "root" in keys else {}), k)
-            for k in ("batch_size", "random_flip")
-        )
-        if "root" in keys:
-            assert resolved["root"].startswith("./data/")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.get("root") not in (None, "???"):
+        assert resolved["root"].startswith("./data/")
+    if name in ("digits", "cifar10", "image_folder"):  # the class used directly behaves as its own option
+        dm = cls(**{"root": "x"} if "root" in keys else {})
+        assert all(resolved[k] == getattr(dm, k) for k in ("batch_size", "random_flip"))
+
+
+def test_run_configs_of_the_removed_celebahq_and_lsun_classes_still_instantiate(tmp_path: Path) -> None:
+    """Checkpoints and run directories from before CelebA-HQ / LSUN became ImageFolderDataModule settings."""
+    old = {"_target_": "ddpm.data.LSUNBedroomDataModule", "root": str(tmp_path), "resolution": 256, "name": None,
+           "batch_size": 64, "random_flip": False, "num_workers": 0}
+    dm = instantiate(upgrade_data_config(old))
+    assert type(dm) is ImageFolderDataModule and dm.name == "lsun_bedroom256" and not dm.random_flip
+    old = {"_target_": "ddpm.data.CelebAHQDataModule", "root": str(tmp_path), "resolution": 128, "name": None}
+    assert instantiate(upgrade_data_config(old)).name == "celebahq128"
+    current = {"_target_": "ddpm.data.DigitsDataModule"}
+    assert upgrade_data_config(current) is current and upgrade_data_config(None) is None

@@ -4,7 +4,8 @@ All of them yield float32 ``[B, C, H, W]`` batches scaled as in the paper (``x /
 dequantisation noise), take the GLOBAL ``batch_size`` and split it per device, and expose ``name`` and
 ``image_shape`` right after ``__init__``. ``iter_uint8(split)`` gives the real uint8 images for FID stats.
 
-``DATASETS`` maps the Hydra option names (``conf/data/<name>.yaml``) to their classes.
+The Hydra options (``conf/data/<name>.yaml``) target these classes; CelebA-HQ and LSUN are
+:class:`ImageFolderDataModule` with their own settings.
 """
 
 from ddpm.data.base import (
@@ -20,44 +21,21 @@ from ddpm.data.base import (
 )
 from ddpm.data.cifar10 import CIFAR10DataModule
 from ddpm.data.digits import DigitsDataModule
-from ddpm.data.folder import (
-    CelebAHQDataModule,
-    ImageDecodeError,
-    ImageFolderDataModule,
-    LSUNBedroomDataModule,
-    LSUNCatDataModule,
-    LSUNChurchDataModule,
-    LSUNDataModule,
-)
-
-DATASETS: dict[str, type[ImageDataModule]] = {
-    "digits": DigitsDataModule,
-    "cifar10": CIFAR10DataModule,
-    "image_folder": ImageFolderDataModule,
-    "celebahq256": CelebAHQDataModule,
-    "lsun_church256": LSUNChurchDataModule,
-    "lsun_bedroom256": LSUNBedroomDataModule,
-    "lsun_cat256": LSUNCatDataModule,
-}
+from ddpm.data.folder import ImageDecodeError, ImageFolderDataModule, upgrade_data_config
 
 __all__ = [
-    "DATASETS",
     "CIFAR10DataModule",
-    "CelebAHQDataModule",
     "DatasetNotFoundError",
     "DigitsDataModule",
     "EpochSampler",
     "ImageDataModule",
     "ImageDecodeError",
     "ImageFolderDataModule",
-    "LSUNBedroomDataModule",
-    "LSUNCatDataModule",
-    "LSUNChurchDataModule",
-    "LSUNDataModule",
     "ModelImages",
     "ResumableDataLoader",
     "TensorImages",
     "model_to_uint8",
     "per_device_batch",
     "uint8_to_model",
+    "upgrade_data_config",
 ]

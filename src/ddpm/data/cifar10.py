@@ -26,6 +26,7 @@ import codecs
 import os
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -130,31 +131,14 @@ class CIFAR10DataModule(ImageDataModule):
         root: folder containing ``cifar-10-batches-py`` (yaml default ``$DDPM_DATA/cifar10``).
         download: download with torchvision in ``prepare_data`` when true; never otherwise.
         val_size: size of the validation subset drawn (seeded) from the test split; None = all 10k.
-        Other args: see :class:`~ddpm.data.base.ImageDataModule`.
+        Other args (``batch_size`` default 128, ``random_flip`` default True, ``seed`` of the val subset, ...):
+        see :class:`~ddpm.data.base.ImageDataModule`.
     """
 
     def __init__(
-        self,
-        root: str = "./data/cifar10",
-        download: bool = False,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        random_flip: bool = True,
-        eval_batch_size: int | None = None,
-        seed: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        val_size: int | None = None,
+        self, root: str = "./data/cifar10", download: bool = False, val_size: int | None = None, **loader: Any
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            random_flip=random_flip,
-            eval_batch_size=eval_batch_size,
-            seed=seed,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-        )
+        super().__init__(**loader)
         self.root = str(root)
         self.download = bool(download)
         if val_size is not None and int(val_size) < 1:

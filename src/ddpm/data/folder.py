@@ -1,4 +1,5 @@
-"""Folders of image files: any folder (``image_folder``), CelebA-HQ 256 and LSUN 256 (church, bedroom, cat).
+"""Folders of image files: any folder (``image_folder``); CelebA-HQ 256 and LSUN 256 (church, bedroom, cat) are
+the same reader with the settings of their YAML files (``conf/data/``).
 
 **What is read.** Every file under ``root`` (nested folders included, symlinks followed, hidden files and
 folders skipped) whose extension is one of ``.png .jpg .jpeg .webp .bmp`` (any case). Other files are
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -145,41 +147,31 @@ class ImageFiles(Dataset):
 class ImageFolderDataModule(ImageDataModule):
     """Any folder tree of images, RGB, ``resolution x resolution``; see the module docstring for the rules.
 
+    CelebA-HQ and LSUN are this class with their own settings (``conf/data/celebahq256.yaml``,
+    ``conf/data/lsun_*256.yaml``): resolution, name, flips and ``how_to_get``.
+
     Args:
         root: the folder (searched recursively).
         resolution: output side length (short-side bicubic resize + center crop).
         val_fraction, test_fraction: held-out fractions when there is no ``train/`` subfolder (default 0.01).
         name: dataset name (FID reference-stats cache key); default ``image_folder_<resolution>``.
-        Other args: see :class:`~ddpm.data.base.ImageDataModule` (default global batch 64, flips on).
+        how_to_get: how to obtain the data, appended to the "not found" message.
+        batch_size: GLOBAL training batch (default 64).
+        Other args (``num_workers``, ``random_flip``, ...): see :class:`~ddpm.data.base.ImageDataModule`.
     """
-
-    #: how to get the data, appended to the "not found" message (subclasses override)
-    how_to_get: str = ""
 
     def __init__(
         self,
         root: str,
         resolution: int = 64,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        random_flip: bool = True,
-        eval_batch_size: int | None = None,
-        seed: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
         val_fraction: float = 0.01,
         test_fraction: float = 0.01,
         name: str | None = None,
+        how_to_get: str = "",
+        batch_size: int = 64,
+        **loader: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            random_flip=random_flip,
-            eval_batch_size=eval_batch_size,
-            seed=seed,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-        )
+        super().__init__(batch_size=batch_size, **loader)
         if root is None or str(root) in ("", "???"):
             raise ValueError("data.root must be set to a folder of images (e.g. data.root=/path/to/images)")
         if int(resolution) < 1:
@@ -188,11 +180,9 @@ class ImageFolderDataModule(ImageDataModule):
         self.resolution = int(resolution)
         self.val_fraction = float(val_fraction)
         self.test_fraction = float(test_fraction)
+        self.how_to_get = str(how_to_get or "").strip()
         self.image_shape = (3, self.resolution, self.resolution)
-        self.name = name if name else self._default_name()
-
-    def _default_name(self) -> str:
-        return f"image_folder_{self.resolution}"
+        self.name = name if name else f"image_folder_{self.resolution}"
 
     def _not_found(self, problem: str) -> DatasetNotFoundError:
         ext = " ".join(IMAGE_EXTENSIONS)
@@ -241,124 +231,30 @@ class ImageFolderDataModule(ImageDataModule):
         return {k: ImageFiles(v, self.resolution) for k, v in files.items()}  # type: ignore[arg-type]
 
 
-class CelebAHQDataModule(ImageFolderDataModule):
-    """CelebA-HQ at 256x256 (paper: 30k images, global batch 64, random flips, lr 2e-5)."""
-
-    how_to_get = (
-        "CelebA-HQ has no automatic download (the Google-Drive links hit quotas, and building it from the "
-        "CelebA deltas is hard). Get the 30 000 images at 256x256 (or 1024x1024; they are resized) as "
-        "PNG/JPEG files in one folder, e.g. the TFDS `celeb_a_hq/256` export or a 'celebahq 256' image "
-        "archive, and set data.root to that folder."
-    )
-
-    def __init__(
-        self,
-        root: str,
-        resolution: int = 256,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        random_flip: bool = True,
-        eval_batch_size: int | None = None,
-        seed: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        val_fraction: float = 0.01,
-        test_fraction: float = 0.01,
-        name: str | None = None,
-    ) -> None:
-        super().__init__(
-            root=root,
-            resolution=resolution,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            random_flip=random_flip,
-            eval_batch_size=eval_batch_size,
-            seed=seed,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            name=name,
-        )
-
-    def _default_name(self) -> str:
-        return f"celebahq{self.resolution}"
+# Run configs saved before CelebA-HQ and LSUN became settings of ImageFolderDataModule (conf/data/*.yaml)
+# name their old classes; the value is the prefix of the name those classes gave the data (the
+# reference-stats cache key), followed by the resolution.
+_OLD_TARGETS = {
+    "ddpm.data.CelebAHQDataModule": "celebahq",
+    "ddpm.data.LSUNChurchDataModule": "lsun_church",
+    "ddpm.data.LSUNBedroomDataModule": "lsun_bedroom",
+    "ddpm.data.LSUNCatDataModule": "lsun_cat",
+}
 
 
-LSUN_SHORT_NAMES = {"church_outdoor": "church", "bedroom": "bedroom", "cat": "cat"}
+def upgrade_data_config(cfg: dict | None) -> dict | None:
+    """A saved data config (a checkpoint's or run directory's) made instantiable by this version.
 
-
-class LSUNDataModule(ImageFolderDataModule):
-    """An LSUN category exported to image files, 256x256 by default (paper: global batch 64, lr 2e-5).
-
-    Args:
-        category: ``church_outdoor``, ``bedroom`` or ``cat`` (any LSUN category name is accepted).
-        Other args: see :class:`ImageFolderDataModule`.
+    Configs that target the removed ``CelebAHQDataModule`` / ``LSUN*DataModule`` classes become the same
+    :class:`ImageFolderDataModule` settings, with the name those classes gave the data; others are returned
+    unchanged.
     """
+    prefix = _OLD_TARGETS.get(str((cfg or {}).get("_target_")))
+    if prefix is None:
+        return cfg
+    new = {k: v for k, v in cfg.items() if k != "category"}  # type: ignore[union-attr]
+    new["_target_"] = "ddpm.data.ImageFolderDataModule"
+    if not new.get("name"):
+        new["name"] = f"{prefix}{int(new.get('resolution', 256))}"
+    return new
 
-    def __init__(
-        self,
-        root: str,
-        category: str = "church_outdoor",
-        resolution: int = 256,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        random_flip: bool = True,
-        eval_batch_size: int | None = None,
-        seed: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        val_fraction: float = 0.01,
-        test_fraction: float = 0.01,
-        name: str | None = None,
-    ) -> None:
-        self.category = str(category)
-        super().__init__(
-            root=root,
-            resolution=resolution,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            random_flip=random_flip,
-            eval_batch_size=eval_batch_size,
-            seed=seed,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            name=name,
-        )
-
-    @property
-    def how_to_get(self) -> str:  # type: ignore[override]
-        c = self.category
-        return (
-            f"LSUN has no automatic download here. Get `{c}_train_lmdb` with the LSUN tools "
-            f"(github.com/fyu/lsun: `python download.py -c {c}`) and export it to image files "
-            f"(`python data.py export {c}_train_lmdb --out_dir <folder> --flat`, webp files), or use "
-            f"images prepared at 256x256 (the paper used StyleGAN's dataset_tool); then set "
-            f"data.root=<folder>."
-        )
-
-    def _default_name(self) -> str:
-        return f"lsun_{LSUN_SHORT_NAMES.get(self.category, self.category)}{self.resolution}"
-
-
-class LSUNChurchDataModule(LSUNDataModule):
-    """LSUN church_outdoor 256 (paper: random flips)."""
-
-    def __init__(self, root: str, random_flip: bool = True, **kwargs) -> None:
-        super().__init__(root=root, category="church_outdoor", random_flip=random_flip, **kwargs)
-
-
-class LSUNBedroomDataModule(LSUNDataModule):
-    """LSUN bedroom 256. Paper: flips for all datasets "except LSUN Bedroom" -> random_flip False."""
-
-    def __init__(self, root: str, random_flip: bool = False, **kwargs) -> None:
-        super().__init__(root=root, category="bedroom", random_flip=random_flip, **kwargs)
-
-
-class LSUNCatDataModule(LSUNDataModule):
-    """LSUN cat 256. The official run_lsun.py docstring passes ``--randflip 0`` -> random_flip False."""
-
-    def __init__(self, root: str, random_flip: bool = False, **kwargs) -> None:
-        super().__init__(root=root, category="cat", random_flip=random_flip, **kwargs)
