@@ -26,7 +26,7 @@
 
 Every arm is scored the same way: ``--n`` samples from its EMA weights, drawn with the example's sampler (1000
 DDPM steps, ``DDPMScheduler.step``) for diffusers and with the quickstart's own final sampler for ours, then
-:func:`ddpm.metrics.digits.digits_quality` (FID in the digits classifier's feature space against the train split,
+:func:`ddpm.metrics.digits_score.digits_quality` (FID in the digits classifier's feature space against the train split,
 lower is better; confidence; class entropy). Reference scores at the same n (real held-out digits, noise) give the
 scale. Prints a Markdown table; ``--out FILE`` also writes it.
 """
@@ -128,7 +128,7 @@ def train_diffusers(unet_cfg: dict, seconds: float, n: int, quick: bool, seed: i
 
 def arm_result(images, net: torch.nn.Module, steps: int, fit_seconds: float, sample_seconds: float, **extra) -> dict:
     """One arm's row: the digits score of its uint8 samples, its steps, times and parameter count."""
-    from ddpm.metrics.digits import digits_quality
+    from ddpm.metrics.digits_score import digits_quality
 
     return {**digits_quality(images), "steps": steps, "fit_seconds": round(fit_seconds, 1),
             "sample_seconds": round(sample_seconds, 1), "params": sum(p.numel() for p in net.parameters()),
@@ -212,7 +212,7 @@ def main() -> None:
 
     from bench_cpu import SMALL_DIFFUSERS, emit
 
-    from ddpm.metrics.digits import digits_reference_scores
+    from ddpm.metrics.digits_score import digits_reference_scores
 
     ours, budget = run_ours(args.quick)
     print(f"[bench] ours: {ours.get('global_step')} steps in {budget:.0f} s, FID {ours.get('digits/fid')}",

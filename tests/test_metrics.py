@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from ddpm.data import model_to_uint8
+from ddpm.data.digits import digits_split, digits_split_indices
 from ddpm.metrics import (
     RefStats,
     StreamingFIDIS,
@@ -21,7 +23,6 @@ from ddpm.metrics import (
     compute_with_torch_fidelity,
     digits_quality,
     digits_reference_scores,
-    digits_split_indices,
     frechet_distance,
     get_extractor,
     inception_score,
@@ -30,9 +31,9 @@ from ddpm.metrics import (
     ref_stats_path,
     stats_from_features,
     to_nchw_uint8,
-    to_uint8,
 )
-from ddpm.metrics.digits import CLASSIFIER_VERSION, digits_split, digits_train_ref_stats
+from ddpm.metrics.digits_classifier import CLASSIFIER_VERSION
+from ddpm.metrics.digits_score import digits_train_ref_stats
 
 
 @pytest.fixture(scope="session")
@@ -133,18 +134,19 @@ def test_metric_key():
         metric_key("fid", 0)
 
 
-def test_layouts_and_to_uint8():
+def test_layouts_and_model_to_uint8():
     u = torch.randint(0, 256, (5, 3, 4, 6), dtype=torch.uint8)
     assert torch.equal(to_nchw_uint8(u.permute(0, 2, 3, 1).numpy()), u)
     assert to_nchw_uint8(u[:, 0]).shape == (5, 1, 4, 6)
-    with pytest.raises(TypeError, match="to_uint8"):
+    with pytest.raises(TypeError, match="model_to_uint8"):
         to_nchw_uint8(u.float())
     # the data scaling x/127.5 - 1 is inverted exactly, for every level
     levels = torch.arange(256, dtype=torch.uint8)
-    assert torch.equal(to_uint8(levels.float() / 127.5 - 1.0), levels)
-    clipped = to_uint8(torch.tensor([-3.0, 3.0, 0.999]))
-    assert torch.equal(clipped, torch.tensor([0, 255, 255], dtype=torch.uint8))
-    assert to_uint8(torch.tensor([0.999]), mode="floor").item() == 254
+    assert torch.equal(model_to_uint8(levels.float() / 127.5 - 1.0), levels)
+    clipped = model_to_uint8(torch.tensor([-3.0, 3.0, 0.999, 1.004, -1.004]))
+    assert torch.equal(clipped, torch.tensor([0, 255, 255, 255, 0], dtype=torch.uint8))
+    assert model_to_uint8(u) is u  # already quantised: unchanged
+    assert torch.equal(model_to_uint8(np.array([-1.0, 1.0])), torch.tensor([0, 255], dtype=torch.uint8))
 
 
 # ---------------------------------------------------------------------------------------- digits extractor
@@ -307,11 +309,11 @@ def test_load_or_build_builds_once(tmp_path, ext):
     assert len(calls) == 1 and a.sha == b.sha and p.is_file()
 
 
-def test_refstats_cli_digits(tmp_path, cache_dir, monkeypatch, ext):
-    from ddpm.metrics.refstats import main
+def test_refstats_command_digits(tmp_path, cache_dir, monkeypatch, ext):
+    from ddpm.metrics.build_refstats import main
 
     monkeypatch.setenv("DDPM_CACHE", str(cache_dir))
-    path = main(["--data", "digits", "--split", "train", "--extractor", "digits", "--out", str(tmp_path)])
+    path = main(["data=digits", "split=train", "feature_extractor=digits", f"out_dir={tmp_path}"])
     assert path.name == "digits-8-train-ddpm-digits-n1437.npz"
     stats = RefStats.load(path)
     assert stats.n == 1437 and stats.id == path.stem
@@ -332,7 +334,7 @@ def test_digits_quality_separates_real_from_noise(ext):
 def test_digits_quality_on_sampler_output(ext):
     x, _ = digits_split("test")
     model_space = x.float() / 127.5 - 1.0  # what a sampler returns, [-1, 1]
-    u = to_uint8(model_space)
+    u = model_to_uint8(model_space)
     assert torch.equal(u, x)
     ref = digits_train_ref_stats(ext)
     q = digits_quality(u[:, 0], extractor=ext, ref=ref)  # [N, 8, 8] accepted
@@ -340,10 +342,12 @@ def test_digits_quality_on_sampler_output(ext):
     assert q["confidence"] > 0.9
 
 
-def test_refstats_cli_folder_and_batch_iterables(tmp_path, cache_dir, monkeypatch, ext):
+def test_refstats_command_folder_and_batch_iterables(tmp_path, cache_dir, monkeypatch, ext):
+    """An image folder is read by the data layer's reader (ddpm.data.folder), all of it with no held-out
+    fractions."""
     from PIL import Image
 
-    from ddpm.metrics.refstats import main
+    from ddpm.metrics.build_refstats import main
 
     monkeypatch.setenv("DDPM_CACHE", str(cache_dir))
     x = digits_split("val")[0][:12]
@@ -352,8 +356,9 @@ def test_refstats_cli_folder_and_batch_iterables(tmp_path, cache_dir, monkeypatc
     for i, im in enumerate(x[:, 0].numpy()):
         sub = root / "a" / "b" if i % 2 else root
         Image.fromarray(im).save(sub / f"{i:06d}.png")
-    path = main(["--data", "folder", "--root", str(root), "--resolution", "8", "--extractor", "digits",
-                 "--name", "mydigits", "--out", str(tmp_path / "out")])  # fmt: skip
+    path = main(["data=image_folder", f"data.root={root}", "data.resolution=8", "data.name=mydigits",
+                 "data.val_fraction=0", "data.test_fraction=0", "data.num_workers=0", "feature_extractor=digits",
+                 f"out_dir={tmp_path / 'out'}"])  # fmt: skip
     assert path.name == "mydigits-8-train-ddpm-digits-n12.npz"
     stats = RefStats.load(path, extractor="ddpm-digits")
     # same images as an iterable of (images, labels) batches: identical statistics

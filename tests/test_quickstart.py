@@ -28,7 +28,7 @@ def test_default_train_py_makes_digits(tmp_path):
     assert (run_dir / "samples.png").is_file()
     metrics = json.loads((run_dir / "metrics.json").read_text())
 
-    from ddpm.metrics.digits import digits_reference_scores
+    from ddpm.metrics.digits_score import digits_reference_scores
 
     ref = digits_reference_scores()
     noise_fid = min(ref["uniform_noise"]["fid"], ref["blurred_noise"]["fid"])

@@ -181,7 +181,8 @@ def test_fid_through_sample_py(reference_run, ckpt, tmp_path):
     paths agree), and grows as the images are corrupted."""
     import shutil
 
-    from ddpm.metrics.fid import compute_fid_is, get_extractor
+    from ddpm.metrics.extractors import get_extractor
+    from ddpm.metrics.fid import compute_fid_is
     from ddpm.metrics.refstats import build_ref_stats
 
     out, _ = reference_run

@@ -18,8 +18,7 @@ from ddpm.diffusion import GaussianDiffusion, SeededNoise, image_seeds
 from ddpm.diffusion import samplers as S
 
 # to_uint8: [-1, 1] floats -> uint8 (clamp, (x + 1) * 127.5, round), the exact inverse of the data scaling.
-# The official code truncates its image summaries; rounding is unbiased (ddpm.metrics.fid.to_uint8 also
-# offers mode="floor").
+# The official code truncates its image summaries; rounding is unbiased.
 __all__ = ["SAMPLERS", "SamplerConfig", "generate", "make_grid_uint8", "sampling_diffusion", "save_png",
            "seeds_for", "to_uint8"]
 

@@ -570,7 +570,9 @@ def build_datamodule(data_cfg: dict | None, what: str):
         )
     from hydra.utils import instantiate
 
-    return instantiate(data_cfg)
+    from ddpm.data import upgrade_data_config
+
+    return instantiate(upgrade_data_config(data_cfg))
 
 
 def fid_key(name: str, n: int, label: str) -> str:
@@ -581,9 +583,10 @@ def fid_key(name: str, n: int, label: str) -> str:
 
 def compute_sample_fid(cfg, images_nchw: np.ndarray, loaded: LoadedModel, label: str, device) -> dict:
     """FID/IS of the samples; keys like ``fid_50k`` / ``fid_5k_ddim100`` (count and sampler in the key)."""
-    from ddpm.metrics.build_refstats import reference_stats
-    from ddpm.metrics.fid import compute_fid_is, compute_with_torch_fidelity, get_extractor
-    from ddpm.metrics.refstats import RefStats
+    from ddpm.metrics.extractors import get_extractor
+    from ddpm.metrics.fid import compute_fid_is
+    from ddpm.metrics.fidelity import compute_with_torch_fidelity
+    from ddpm.metrics.refstats import RefStats, reference_stats
 
     n = images_nchw.shape[0]
     extractor = get_extractor(cfg.feature_extractor, weights_path=cfg.get("inception_weights"), device=device)

@@ -270,7 +270,7 @@ def final_samples(cfg: DictConfig, module: DiffusionModule, datamodule, output_d
     upscale = max(1, 64 // module.image_shape[-1])
     save_png(make_grid_uint8(images, upscale=upscale), output_dir / "samples.png")
     if getattr(datamodule, "name", "") == "digits":
-        from ddpm.metrics.digits import digits_quality
+        from ddpm.metrics.digits_score import digits_quality
 
         q = digits_quality(images)
         out.update({f"digits/{k}": float(v) for k, v in q.items()})

@@ -3,7 +3,7 @@
 Every ``every_n_steps`` optimizer steps each rank samples its share of ``num_samples`` images (image ``i``
 seeded by ``seeds_for(seed, i, i+1)``, ranks take ``i = rank, rank + world, ...``, so the set of images is
 the same as ``sample.py seed=SEED num_samples=N`` with the same sampler and weights), feeds them to a
-:class:`~ddpm.metrics.fid.StreamingFIDIS` (torchmetrics; its states are summed across ranks in
+:class:`~ddpm.metrics.streaming.StreamingFIDIS` (torchmetrics; its states are summed across ranks in
 ``compute()``), logs ``val/fid_<n>`` and ``val/is_<n>`` (with the sampler in the key when it is not the full
 chain, e.g. ``val/fid_5k_ddim100``) and resets the metric. All ranks do the same work and meet only in the
 metric's collective sync, so nothing waits on rank 0 (user-needs P5 / A20).
@@ -75,9 +75,9 @@ class FIDCallback(L.Callback):
 
     # ------------------------------------------------------------------ setup
     def _build_metric(self, trainer, pl_module) -> None:
-        from ddpm.metrics.build_refstats import reference_stats
-        from ddpm.metrics.fid import StreamingFIDIS, get_extractor
-        from ddpm.metrics.refstats import RefStats
+        from ddpm.metrics.extractors import get_extractor
+        from ddpm.metrics.refstats import RefStats, reference_stats
+        from ddpm.metrics.streaming import StreamingFIDIS
 
         device = pl_module.device
         extractor = get_extractor(self.feature_extractor, weights_path=self.inception_weights, device=device)

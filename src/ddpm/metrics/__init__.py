@@ -1,73 +1,35 @@
-"""Evaluation metrics: FID / IS with float64 statistics, reference stats files, and an offline digits
-extractor.
+"""Evaluation metrics, in one-way layers (each module imports only the ones above it in this list):
 
-* :mod:`ddpm.metrics.fid`: extractors (``get_extractor("inception" | "digits")``), :func:`frechet_distance`,
-  :func:`inception_score`, :func:`compute_fid_is`, :class:`StreamingFIDIS` (torchmetrics, DDP),
-  :func:`compute_with_torch_fidelity`, :func:`to_uint8`.
-* :mod:`ddpm.metrics.refstats`: :class:`RefStats` (``mu``/``sigma`` npz + metadata), naming and building.
-* :mod:`ddpm.metrics.digits`: the 8x8 digits split rule, CNN extractor ``ddpm-digits`` and quality score.
+* :mod:`~ddpm.metrics.features`: the extractor interface, uint8 image layouts, features of an image set;
+* :mod:`~ddpm.metrics.inception` (TF-Inception port) and :mod:`~ddpm.metrics.digits_classifier` (the
+  offline digits CNN): the extractors; :mod:`~ddpm.metrics.extractors`: ``get_extractor(name)``;
+* :mod:`~ddpm.metrics.refstats`: reference statistics (``mu``/``sigma`` npz + metadata): computed, cached,
+  loaded;
+* :mod:`~ddpm.metrics.fid`: the float64 FID/IS math and the FID/IS of an image set;
+* on top: :mod:`~ddpm.metrics.streaming` (the training callback's DDP metric), :mod:`~ddpm.metrics.fidelity`
+  (the torch-fidelity path) and :mod:`~ddpm.metrics.digits_score` (the digits quality score).
 
-Nothing here downloads at import; the Inception network is only built when asked for.
+``python -m ddpm.metrics.build_refstats`` pre-computes reference statistics. Nothing here downloads at
+import; the Inception network is only built when asked for. The digits split and the quantisation of
+model outputs (``model_to_uint8``) belong to the data layer (:mod:`ddpm.data`).
 """
 
-import importlib
-from typing import TYPE_CHECKING
-
-_EXPORTS = {
-    "digits": ["DigitsExtractor", "digits_quality", "digits_reference_scores", "digits_split_indices",
-               "register_with_torch_fidelity"],
-    "fid": ["Extractor", "InceptionExtractor", "StreamingFIDIS", "compute_fid_is",
-            "compute_with_torch_fidelity", "fid_is_from_stats", "frechet_distance", "get_extractor",
-            "inception_score", "metric_key",
-            "stats_from_features", "to_nchw_uint8", "to_uint8"],
-    "refstats": ["RefStats", "build_from_batches", "build_ref_stats", "load_or_build", "ref_stats_path"],
-}  # fmt: skip
-_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
-
-
-def __getattr__(name: str):
-    # lazy: `python -m ddpm.metrics.refstats` must not find its own module pre-imported by the package
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f"ddpm.metrics.{_WHERE[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'ddpm.metrics' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_WHERE))
-
-
-if TYPE_CHECKING:
-    from ddpm.metrics.digits import (
-        DigitsExtractor,
-        digits_quality,
-        digits_reference_scores,
-        digits_split_indices,
-        register_with_torch_fidelity,
-    )
-    from ddpm.metrics.fid import (
-        Extractor,
-        InceptionExtractor,
-        StreamingFIDIS,
-        compute_fid_is,
-        compute_with_torch_fidelity,
-        fid_is_from_stats,
-        frechet_distance,
-        get_extractor,
-        inception_score,
-        metric_key,
-        stats_from_features,
-        to_nchw_uint8,
-        to_uint8,
-    )
-    from ddpm.metrics.refstats import (
-        RefStats,
-        build_from_batches,
-        build_ref_stats,
-        load_or_build,
-        ref_stats_path,
-    )
+from ddpm.metrics.digits_classifier import DigitsExtractor
+from ddpm.metrics.digits_score import digits_quality, digits_reference_scores
+from ddpm.metrics.extractors import get_extractor
+from ddpm.metrics.features import Extractor, extract_all, to_nchw_uint8
+from ddpm.metrics.fid import compute_fid_is, fid_is_from_stats, frechet_distance, inception_score, metric_key
+from ddpm.metrics.fidelity import compute_with_torch_fidelity, register_with_torch_fidelity
+from ddpm.metrics.inception import InceptionExtractor
+from ddpm.metrics.refstats import (
+    RefStats,
+    build_ref_stats,
+    load_or_build,
+    ref_stats_path,
+    reference_stats,
+    stats_from_features,
+)
+from ddpm.metrics.streaming import StreamingFIDIS
 
 __all__ = [
     "DigitsExtractor",
@@ -75,13 +37,12 @@ __all__ = [
     "InceptionExtractor",
     "RefStats",
     "StreamingFIDIS",
-    "build_from_batches",
     "build_ref_stats",
     "compute_fid_is",
     "compute_with_torch_fidelity",
     "digits_quality",
     "digits_reference_scores",
-    "digits_split_indices",
+    "extract_all",
     "fid_is_from_stats",
     "frechet_distance",
     "get_extractor",
@@ -89,8 +50,8 @@ __all__ = [
     "load_or_build",
     "metric_key",
     "ref_stats_path",
+    "reference_stats",
     "register_with_torch_fidelity",
     "stats_from_features",
     "to_nchw_uint8",
-    "to_uint8",
 ]

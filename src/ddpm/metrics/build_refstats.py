@@ -15,6 +15,10 @@ Every ``data=...`` / ``data.*=...`` argument is a Hydra override of ``conf/train
 ``$DDPM_CACHE/refstats``), ``max_items`` (first N images only; the count is in the file name),
 ``batch_size``, ``device``.
 
+Folders of images are read by the data layer (:mod:`ddpm.data.folder`: the same files, RGB conversion,
+resize and splits as training). To take every image of a folder as the reference, add
+``data.val_fraction=0 data.test_fraction=0`` (or keep the images in ``root/train/``).
+
 The file is named by :func:`ddpm.metrics.refstats.ref_stats_path`, e.g.
 ``cifar10-32-train-inception-v3-compat-n50000.npz``; ``sample.py compute_fid=true`` and the FID callback
 look for the same name and build it there when it is missing, so this command only pre-computes it.
@@ -23,54 +27,17 @@ look for the same name and build it there when it is missing, so this command on
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 
-from ddpm.metrics.refstats import (
-    RefStats,
-    build_ref_stats,
-    default_refstats_dir,
-    load_or_build,
-    ref_stats_path,
-)
+from ddpm.metrics.extractors import get_extractor
+from ddpm.metrics.refstats import reference_stats
 
-__all__ = ["reference_stats", "main"]
+__all__ = ["main"]
 
 _KEYS = {"split", "feature_extractor", "inception_weights", "out_dir", "max_items", "batch_size", "device"}
-
-
-def reference_stats(
-    datamodule,
-    split: str,
-    extractor,
-    *,
-    cache_dir=None,
-    max_items: int | None = None,
-    device=None,
-    batch_size: int = 256,
-) -> tuple[RefStats, Path]:
-    """Load the cached stats of ``datamodule``'s ``split`` for ``extractor``, building (and caching) them
-    first if needed. Returns ``(stats, path)``."""
-    n = datamodule.num_images(split)
-    if max_items is not None:
-        n = min(n, int(max_items))
-    if n < 2:
-        raise ValueError(f"{datamodule.name} split {split!r} has {n} images; reference stats need at least 2")
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_refstats_dir()
-    path = ref_stats_path(cache_dir, datamodule.name, datamodule.image_shape[-1], split, extractor.name, n)
-
-    def build() -> RefStats:
-        print(f"[ddpm] building FID reference stats {path.name} ({n} images)", file=sys.stderr)
-        return build_ref_stats(
-            datamodule.iter_uint8(split, max_items=n, batch_size=batch_size),
-            extractor,
-            id=path.stem,
-            device=device,
-            batch_size=batch_size,
-        )
-
-    return load_or_build(path, build, extractor=extractor.name), path
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -90,7 +57,6 @@ def main(argv: list[str] | None = None) -> Path:
     from omegaconf import OmegaConf
 
     from ddpm.config import compose
-    from ddpm.metrics.fid import get_extractor
 
     cfg = compose("train", overrides)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True)
@@ -104,6 +70,10 @@ def main(argv: list[str] | None = None) -> Path:
     extractor = get_extractor(
         opts.get("feature_extractor", "inception"), weights_path=_opt("inception_weights"), device=device
     )
+    if extractor.name == "ddpm-digits" and dm.image_shape[-1] != 8:
+        warnings.warn(
+            "the digits extractor resizes images to 8x8; its FID is only meaningful for 8x8 digits", stacklevel=1
+        )
     out_dir = _opt("out_dir")
     if out_dir is None:
         out_dir = Path(str(cfg.paths.cache_dir)) / "refstats"

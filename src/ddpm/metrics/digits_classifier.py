@@ -1,0 +1,194 @@
+"""The digits feature extractor (``ddpm-digits``): a small CNN classifier of the 8x8 scikit-learn digits.
+
+:class:`DigitsExtractor` runs a CNN trained deterministically (seed 0, a few seconds on CPU) on the digits
+TRAIN split (:func:`ddpm.data.digits.digits_split`); its 64-d penultimate layer gives ``features`` and its 10
+logits give ``logits``. The weights are cached as safetensors in ``$DDPM_CACHE`` (default ``~/.cache/ddpm``)
+under a version key (:data:`CLASSIFIER_VERSION`) and retrained when missing. It stands in for Inception
+wherever no Inception weights are available (tests, quickstart).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ddpm.data.digits import digits_split
+from ddpm.metrics.features import Extractor, default_cache_dir, to_nchw_uint8
+
+__all__ = [
+    "CLASSIFIER_VERSION",
+    "DIGITS_EXTRACTOR_NAME",
+    "DigitsExtractor",
+    "DigitsNet",
+    "load_or_train_digits_classifier",
+    "train_digits_classifier",
+]
+
+DIGITS_EXTRACTOR_NAME = "ddpm-digits"
+CLASSIFIER_VERSION = "digits-cnn-v1"  # bump when the architecture, data or training recipe changes
+
+
+class DigitsNet(nn.Module):
+    """conv(1->16) conv(16->32) maxpool -> 32x4x4 -> fc 64 (``features``, pre-activation) -> ReLU -> fc 10."""
+
+    feature_dim = 64
+    num_classes = 10
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.fc1 = nn.Linear(32 * 4 * 4, self.feature_dim)
+        self.fc2 = nn.Linear(self.feature_dim, self.num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x``: float [N, 1, 8, 8] in [-1, 1]. Returns ``(features [N, 64], logits [N, 10])``."""
+        h = F.relu(self.conv1(x))
+        h = F.max_pool2d(F.relu(self.conv2(h)), 2)
+        f = self.fc1(h.flatten(1))
+        return f, self.fc2(F.relu(f))
+
+
+def _preprocess(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, C, H, W] -> float [N, 1, 8, 8] in [-1, 1] (channel mean; area-style resize if not 8x8)."""
+    x = to_nchw_uint8(x).float() / 255.0
+    if x.shape[1] == 3:
+        x = x.mean(dim=1, keepdim=True)
+    elif x.shape[1] != 1:
+        raise ValueError(f"digits extractor takes 1 or 3 channels, got {x.shape[1]}")
+    if x.shape[-2:] != (8, 8):
+        x = F.interpolate(x, size=(8, 8), mode="bilinear", antialias=True, align_corners=False)
+    return x * 2.0 - 1.0
+
+
+def _shift_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random translation by -1..1 pixel (zero fill), deterministic given ``g``."""
+    n = x.shape[0]
+    pad = F.pad(x, (1, 1, 1, 1), value=-1.0)
+    dx = torch.randint(0, 3, (n,), generator=g)
+    dy = torch.randint(0, 3, (n,), generator=g)
+    out = torch.empty_like(x)
+    for i in range(3):
+        for j in range(3):
+            m = (dy == i) & (dx == j)
+            if m.any():
+                out[m] = pad[m, :, i : i + 8, j : j + 8]
+    return out
+
+
+def train_digits_classifier(seed: int = 0, epochs: int = 12, batch_size: int = 64) -> tuple[DigitsNet, dict]:
+    """Train :class:`DigitsNet` on the train split; returns ``(net, {"train"|"val"|"test": accuracy})``.
+
+    CPU, one thread, fixed seed: deterministic and ~3-6 s. Adam + one-cycle LR, random +-1 pixel shifts.
+    """
+    xtr, ytr = digits_split("train")
+    g = torch.Generator().manual_seed(seed)
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convs: threads only add contention, and 1 thread is reproducible
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = DigitsNet()
+        xtr = _preprocess(xtr)
+        opt = torch.optim.Adam(net.parameters(), lr=2e-3, weight_decay=1e-4)
+        steps = epochs * math.ceil(xtr.shape[0] / batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+        net.train()
+        for _ in range(epochs):
+            perm = torch.randperm(xtr.shape[0], generator=g)
+            for i in range(0, xtr.shape[0], batch_size):
+                idx = perm[i : i + batch_size]
+                xb = _shift_augment(xtr[idx], g)
+                loss = F.cross_entropy(net(xb)[1], ytr[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+        net.eval()
+        acc = {s: _accuracy(net, *digits_split(s)) for s in ("train", "val", "test")}
+    finally:
+        torch.set_num_threads(prev_threads)
+    return net, acc
+
+
+@torch.no_grad()
+def _accuracy(net: DigitsNet, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((net(_preprocess(x))[1].argmax(1) == y).double().mean())
+
+
+def _weights_file(cache_dir: str | os.PathLike | None) -> Path:
+    return Path(cache_dir or default_cache_dir()) / f"{CLASSIFIER_VERSION}.safetensors"
+
+
+_NET_MEMO: dict[str, DigitsNet] = {}
+
+
+def load_or_train_digits_classifier(
+    cache_dir: str | os.PathLike | None = None, weights_path: str | os.PathLike | None = None
+) -> DigitsNet:
+    """The cached classifier (``{cache_dir}/{CLASSIFIER_VERSION}.safetensors``), training and caching it if
+    missing.
+
+    ``weights_path`` loads an explicit file instead (never trains). The file is written atomically.
+    """
+    from safetensors.torch import load_file, save_file
+
+    path = Path(weights_path) if weights_path is not None else _weights_file(cache_dir)
+    key = str(path.resolve())
+    if key in _NET_MEMO:
+        return _NET_MEMO[key]
+    net = DigitsNet()
+    if path.exists():
+        net.load_state_dict(load_file(str(path)))
+    elif weights_path is not None:
+        raise FileNotFoundError(f"digits classifier weights not found: {path}")
+    else:
+        with torch.enable_grad():  # callers may be inside no_grad / inference code
+            net, acc = train_digits_classifier()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            meta = {"version": CLASSIFIER_VERSION, **{f"acc_{k}": f"{v:.4f}" for k, v in acc.items()}}
+            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp, metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    net.requires_grad_(False).eval()
+    _NET_MEMO[key] = net
+    return net
+
+
+class DigitsExtractor(Extractor):
+    """``ddpm-digits``: uint8 [N, C, H, W] -> 64-d ``features`` and 10 ``logits`` of the digits CNN.
+
+    3-channel input is averaged to grey; sizes other than 8x8 are resized to 8x8 (antialiased bilinear).
+    """
+
+    name = DIGITS_EXTRACTOR_NAME
+    feature_dim = DigitsNet.feature_dim
+    num_classes = DigitsNet.num_classes
+
+    def __init__(
+        self, cache_dir: str | os.PathLike | None = None, weights_path: str | os.PathLike | None = None
+    ):
+        super().__init__()
+        src = load_or_train_digits_classifier(cache_dir, weights_path)
+        self.net = DigitsNet()
+        self.net.load_state_dict(src.state_dict())
+        self.net.requires_grad_(False)
+        self.eval()
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = _preprocess(x).to(next(self.net.parameters()).device)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            f, logits = self.net(x)
+        return {"features": f, "logits": logits}

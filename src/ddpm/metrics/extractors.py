@@ -1,0 +1,40 @@
+"""The feature extractors by name: ``get_extractor("inception" | "digits")``."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ddpm.metrics.digits_classifier import DigitsExtractor
+from ddpm.metrics.features import Extractor
+from ddpm.metrics.inception import InceptionExtractor
+
+__all__ = ["get_extractor"]
+
+
+def get_extractor(
+    name: str,
+    *,
+    weights_path: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+) -> Extractor:
+    """``"inception"``/``"inception-v3-compat"`` or ``"digits"``/``"ddpm-digits"``.
+
+    ``weights_path``: local Inception weights (config ``inception_weights``). It only applies to Inception,
+    so a globally configured ``inception_weights`` is harmless with the digits extractor; the one exception
+    is a ``.safetensors`` path, which the digits extractor takes as an explicit classifier file.
+    ``cache_dir``: digits classifier cache (default ``$DDPM_CACHE`` or ``~/.cache/ddpm``).
+    """
+    key = name.lower()
+    if key in ("inception", "inception-v3-compat", "inception_v3"):
+        ext: Extractor = InceptionExtractor(weights_path)
+    elif key in ("digits", "ddpm-digits"):
+        digits_weights = weights_path if str(weights_path or "").endswith(".safetensors") else None
+        ext = DigitsExtractor(cache_dir=cache_dir, weights_path=digits_weights)
+    else:
+        raise ValueError(f"unknown feature extractor {name!r} (choose 'inception' or 'digits')")
+    if device is not None:
+        ext = ext.to(device)
+    return ext.eval()
