@@ -22,13 +22,13 @@ def test_nll_command_equals_calc_bpd_loop(ckpt, tmp_path):
     from ddpm.data.base import uint8_to_model
     from ddpm.diffusion import SeededNoise
     from ddpm.generate import seeds_for
-    from ddpm.sampling import build_datamodule, load_model
+    from ddpm.loading import load_model, model_datamodule
 
     summary = sample(sample_cfg(ckpt, tmp_path, "nll=true", "nll_max_images=5", "nll_batch_size=2",
                                 "nll_seed=3"))
     # the same images, the same noise, one batch of 5 (the command used batches of 2)
     m = load_model(ckpt, None, True)
-    dm = build_datamodule(m.run_cfg["data"], "test")
+    dm = model_datamodule(m, None, "test")
     test = dm.splits()["test"]
     x = torch.stack([uint8_to_model(test[i]) for i in range(5)])
     ref = m.diffusion.calc_bpd_loop(m.model_fn(), x, clip_denoised=True,

@@ -209,7 +209,7 @@ def test_compile_is_opt_in_and_leaves_weights_and_checkpoints_as_eager(tmp_path,
     """compile=true compiles the training network in place: the same checkpoint keys and (aot_eager, which
     replays the same aten ops without a C++ compiler) the same trained weights as the eager run; sample.py
     loads it eagerly."""
-    from ddpm.sampling import load_checkpoint_model
+    from ddpm.loading import load_checkpoint_model
 
     assert compose("train").compile is False  # the paper's eager run by default
     _, eager = train(tiny(steps=3, output_dir=tmp_path / "eager"))

@@ -15,9 +15,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm.callbacks import AtomicCheckpointIO, safe_load_checkpoint
-from ddpm.config import to_container, validate_config
-from ddpm.io import check_writable, write_json
+from ddpm.callbacks import AtomicCheckpointIO
+from ddpm.config import SamplerConfig, to_container, validate_config
+from ddpm.data import model_to_uint8
+from ddpm.generate import generate, seeds_for
+from ddpm.io import atomic_write, check_writable, make_grid_uint8, safe_load_checkpoint, save_png, write_json
 from ddpm.module import DiffusionModule
 
 log = logging.getLogger("ddpm")
@@ -115,12 +117,10 @@ class _AppendingExperimentWriter(ExperimentWriter):
             keys = list(reader.fieldnames or [])
             # Rows logged after the checkpoint (work lost with the process) are logged again by the resume.
             rows = [r for r in reader if not (r.get("step") or "").isdigit() or int(r["step"]) < resume_step]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             w.writerows(rows)
-        os.replace(tmp, path)
         self.metrics_keys = sorted(keys)
 
     def _check_log_dir_exists(self) -> None:  # Lightning's deletes the previous metrics.csv
@@ -196,13 +196,11 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         objective=run_config["objective"],
         optim=run_config["optim"],
         image_shape=tuple(datamodule.image_shape),
-        channels_last=bool(cfg.get("channels_last", False)),
-        compile={"backend": cfg.get("compile_backend", "inductor"), "mode": cfg.get("compile_mode")}
-        if cfg.get("compile", False)
-        else None,
+        channels_last=cfg.channels_last,
+        compile={"backend": cfg.compile_backend, "mode": cfg.compile_mode} if cfg.compile else None,
     )
     module.run_config = run_config
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
     resume_step = None
     if ckpt_path:
         ckpt = safe_load_checkpoint(ckpt_path)
@@ -249,16 +247,14 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
 
 def final_samples(cfg: DictConfig, module: DiffusionModule, datamodule, output_dir: Path) -> dict:
-    """Sample ``cfg.final_samples`` images with EMA weights: ``samples.png`` and, on digits, a quality score."""
-    n = int(cfg.get("final_samples", 0) or 0)
+    """Sample ``cfg.final_samples`` images with EMA weights and the run's ``sampler``: ``samples.png`` and, on
+    digits, a quality score."""
+    n = cfg.final_samples
     if n <= 0:
         return {}
-    from ddpm.generate import SamplerConfig, generate, make_grid_uint8, save_png, seeds_for, to_uint8
-
-    final_sampler = cfg.get("final_sampler")
-    sampler = SamplerConfig(**(OmegaConf.to_container(final_sampler, resolve=True) if final_sampler else {}))
+    sampler = SamplerConfig.from_node(cfg.sampler)
     start = time.time()
-    images = to_uint8(
+    images = model_to_uint8(
         generate(
             module.model_fn(use_ema=True), module.diffusion, seeds_for(int(cfg.seed), 0, n), module.image_shape,
             sampler, device=module.device,
