@@ -14,9 +14,14 @@ import ddpm.config  # noqa: F401  (registers the structured-config schemas)
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
-    from ddpm.sampling import sample
+    if cfg.nll:
+        from ddpm.nll import evaluate_nll
 
-    sample(cfg)
+        evaluate_nll(cfg)
+    else:
+        from ddpm.sampling import sample
+
+        sample(cfg)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@
   convention; one-channel images such as the 8x8 digits are repeated to 3 channels), ``samples.png`` (grid
   of the first ``grid_images``), optionally ``images/{index:06d}.png`` (native channels), and
   ``metrics.json`` (provenance, throughput, and FID/IS when ``compute_fid=true``, :mod:`ddpm.metrics.samples`).
-* ``nll=true`` runs the NLL application (:func:`ddpm.nll.evaluate_nll`) instead.
+* ``python sample.py nll=true`` runs the NLL application (:func:`ddpm.nll.evaluate_nll`) instead: the entry
+  point chooses, this module only samples.
 """
 
 from __future__ import annotations
@@ -136,12 +137,10 @@ def validate_sample_cfg(cfg: DictConfig) -> None:
 
 
 def sample(cfg: DictConfig) -> dict:
-    """Run ``sample.py`` (or, with ``nll=true``, the NLL evaluation); returns the metrics dict on rank 0 and
-    ``{}`` on the other ranks."""
+    """Sample as ``cfg`` says (conf/sample.yaml); returns the metrics dict on rank 0 and ``{}`` on the other
+    ranks."""
     if cfg.nll:
-        from ddpm.nll import evaluate_nll
-
-        return evaluate_nll(cfg)
+        raise ValueError("nll=true is the NLL evaluation: call ddpm.nll.evaluate_nll (python sample.py does)")
     validate_sample_cfg(cfg)
     out_dir = check_writable(cfg.out_dir)
     fabric = make_fabric(cfg.trainer)
