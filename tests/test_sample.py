@@ -154,7 +154,8 @@ def test_compile_option_samples_the_same_images(reference_run, ckpt, tmp_path):
 def test_samplers_and_raw_weights(reference_run, ckpt, tmp_path):
     out, _ = reference_run
     ref = _arr(out / "samples.npz")
-    m = sample(sample_cfg(ckpt, tmp_path / "ddim", "num_samples=3", "sampler=ddim", "sampler.steps=5", "sampler.eta=0.0"))
+    m = sample(sample_cfg(ckpt, tmp_path / "ddim", "num_samples=3", "sampler=ddim", "sampler.steps=5",
+                          "sampler.eta=0.0"))
     assert m["sampler"] == {"name": "ddim", "steps": 5, "eta": 0.0, "clip_denoised": True, "var_type": None}
     assert m["sampler_label"] == "ddim5"
     assert not np.array_equal(_arr(tmp_path / "ddim" / "samples.npz"), ref[:3])
