@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 import ddpm.config  # noqa: F401  (registers the structured-config schemas)
+from ddpm.cli import preflight, run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
@@ -17,12 +18,13 @@ def main(cfg: DictConfig) -> None:
     if cfg.nll:
         from ddpm.nll import evaluate_nll
 
-        evaluate_nll(cfg)
+        run(lambda: evaluate_nll(cfg))
     else:
         from ddpm.sampling import sample
 
-        sample(cfg)
+        run(lambda: sample(cfg))
 
 
 if __name__ == "__main__":
+    preflight("sample")
     main()

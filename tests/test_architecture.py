@@ -23,7 +23,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS: dict[str, tuple[str, ...]] = {
-    "core": ("ddpm", "ddpm.io", "ddpm.config", "ddpm.module", "ddpm.data", "ddpm.diffusion", "ddpm.nets"),
+    "core": ("ddpm", "ddpm.io", "ddpm.config", "ddpm.cli", "ddpm.module", "ddpm.data", "ddpm.diffusion", "ddpm.nets"),
     "services": ("ddpm.loading", "ddpm.generate", "ddpm.runtime", "ddpm.metrics", "ddpm.callbacks", "ddpm.convert"),
     "applications": ("ddpm.training", "ddpm.sampling", "ddpm.nll", "ddpm.figures", "ddpm.report", "ddpm.frontier"),
 }

@@ -240,6 +240,86 @@ def validate_config(cfg: DictConfig) -> None:
             raise ValueError(f"diffusion.num_timesteps must be >= 1, got {cfg.diffusion.num_timesteps}")
     if "sampler" in cfg:
         SamplerConfig.from_node(cfg.sampler)
+    if "optim" in cfg:  # the training config (sample.yaml's values are typed by its schema)
+        validate_train_values(cfg)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+# (key, test, what is valid): the values of train.yaml's free-form groups that a typo can make wrong; the
+# first failing one is reported, naming the key and the value, before anything is built.
+TRAIN_CHECKS: list[tuple[str, Any, str]] = [
+    ("seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32 - 1]"),
+    ("optim.lr", lambda v: _is_num(v) and v > 0, "a positive number (the paper: 2e-4 for CIFAR-10)"),
+    ("optim.betas", lambda v: len(v) == 2 and all(_is_num(b) and 0 <= b < 1 for b in v),
+     "two numbers in [0, 1), e.g. [0.9, 0.999]"),
+    ("optim.eps", lambda v: _is_num(v) and v > 0, "a positive number (the paper: 1e-8)"),
+    ("optim.weight_decay", lambda v: _is_num(v) and v >= 0, "a number >= 0"),
+    ("optim.warmup_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (optimizer steps)"),
+    ("optim.ema_decay", lambda v: _is_num(v) and 0 <= v <= 1, "a number in [0, 1] (the paper: 0.9999)"),
+    ("trainer.max_steps", lambda v: _is_int(v) and (v >= 1 or v == -1), "an integer >= 1 (or -1: no limit)"),
+    ("trainer.max_epochs", lambda v: v is None or (_is_int(v) and (v >= 1 or v == -1)),
+     "an integer >= 1, -1 or null"),
+    ("trainer.max_time", lambda v: v is None or (isinstance(v, str) and len(v.split(":")) == 4),
+     'null or "DD:HH:MM:SS", e.g. "00:04:00:00"'),
+    ("trainer.accumulate_grad_batches", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("trainer.gradient_clip_val", lambda v: v is None or (_is_num(v) and v >= 0), "null or a number >= 0"),
+    ("trainer.val_check_interval", lambda v: (_is_int(v) and v >= 1) or (isinstance(v, float) and 0 < v <= 1),
+     "an integer >= 1 (training batches) or a fraction of an epoch in (0, 1]"),
+    ("trainer.limit_val_batches", lambda v: (_is_int(v) and v >= 0) or (isinstance(v, float) and 0 <= v <= 1),
+     "an integer >= 0 (batches) or a fraction in [0, 1]"),
+    ("trainer.log_every_n_steps", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("data.batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1 (the GLOBAL batch)"),
+    ("data.num_workers", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("model.ch", lambda v: _is_int(v) and v >= 1, "an integer >= 1 (the paper: 128)"),
+    ("model.ch_mult", lambda v: len(v) >= 1 and all(_is_int(m) and m >= 1 for m in v),
+     "a list of integers >= 1, e.g. [1, 2, 2, 2]"),
+    ("model.num_res_blocks", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("model.dropout", lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("final_samples", lambda v: v >= 0, "an integer >= 0 (0: none)"),
+    ("nan_max_consecutive", lambda v: v >= 1, "an integer >= 1"),
+]
+
+
+def validate_train_values(cfg: DictConfig) -> None:
+    """Each value of :data:`TRAIN_CHECKS` present in ``cfg``; a ``ValueError`` naming the key, the value and
+    what is valid for the first one that is wrong."""
+    for key, ok, valid in TRAIN_CHECKS:
+        value = OmegaConf.select(cfg, key, default=MISSING)
+        if value is MISSING:
+            continue
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
+        try:
+            good = bool(ok(value))
+        except TypeError:
+            good = False
+        if not good:
+            raise ValueError(f"{key}={value!r} is not valid: expected {valid}.")
+    for name, cb in (cfg.get("callbacks") or {}).items():
+        every = cb.get("every_n_steps") if cb is not None and hasattr(cb, "get") else None
+        if every is not None and not (_is_int(every) and every >= 0):
+            raise ValueError(f"callbacks.{name}.every_n_steps={every!r} is not valid: expected an integer >= 0 "
+                             "(0: never).")
+
+
+def group_norm_warning(model: Any) -> str | None:
+    """A warning when ``model`` has widths that the paper's 32-group GroupNorm does not divide (the UNet then
+    uses fewer, smaller groups there: ddpm.nets.layers.group_norm), else ``None``."""
+    ch, mult = int(model.ch), [int(m) for m in model.ch_mult]
+    widths = sorted({ch * m for m in mult} | {ch * a + ch * b for a in [1, *mult] for b in mult})
+    odd = [w for w in widths if w % 32]
+    if not odd:
+        return None
+    return (f"model.ch={ch} with ch_mult={mult}: GroupNorm cannot use the paper's 32 groups at widths {odd} "
+            "(it uses gcd(32, width) groups there). Use a multiple of 32 for the paper's architecture, e.g. "
+            "model.ch=32.")
 
 
 def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:

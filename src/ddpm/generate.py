@@ -50,6 +50,8 @@ def generate(
     """Sample one image per seed; returns float images in [-1, 1], shape ``[len(seeds), C, H, W]``."""
     sampler = sampler or SamplerConfig(name="ancestral")
     diff = diffusion_for_sampler(diffusion, sampler).to(device)
+    if diffusion.var_type.is_learned and not diff.var_type.is_learned:
+        model_fn = _mean_channels(model_fn, int(image_shape[0]))
     noise = SeededNoise(list(seeds), device=device)
     shape = (len(seeds), *image_shape)
     if sampler.name == "ddim":
@@ -60,6 +62,35 @@ def generate(
     return S.ancestral_sample(
         diff, model_fn, shape, noise=noise, clip_denoised=sampler.clip_denoised, progress=progress
     )
+
+
+def _mean_channels(model_fn, channels: int):
+    """A learned-variance network sampled with a fixed variance (``sampler.var_type=fixed_*``): its mean
+    channels only."""
+
+    def fn(x: Tensor, t: Tensor) -> Tensor:
+        return model_fn(x, t)[:, :channels]
+
+    return fn
+
+
+def check_sampler(diffusion: GaussianDiffusion, sampler: SamplerConfig) -> None:
+    """Refuse, before any image is sampled, a sampler that this model cannot run."""
+    T = diffusion.num_timesteps
+    if sampler.name == "ancestral" and sampler.steps is not None and int(sampler.steps) != T:
+        raise ValueError(
+            f"sampler=ancestral always runs all T={T} steps; for sampler.steps={sampler.steps} use "
+            f"sampler=respaced sampler.steps={sampler.steps} (ancestral on a subset of timesteps) or sampler=ddim"
+        )
+    if sampler.steps is not None and int(sampler.steps) > T:
+        raise ValueError(f"sampler.steps={sampler.steps} exceeds the model's T={T}: use at most {T}")
+    wanted = sampler.var_type
+    if wanted in ("learned", "learned_range") and not diffusion.var_type.is_learned:
+        raise ValueError(
+            f"sampler.var_type={wanted}: this model was trained with a fixed variance "
+            f"({diffusion.var_type.value}) and has no variance output. Valid: null (its own), fixed_large, "
+            "fixed_small."
+        )
 
 
 def seeds_for(base_seed: int, start: int, stop: int) -> list[int]:

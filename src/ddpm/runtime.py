@@ -79,25 +79,77 @@ def provenance() -> dict[str, Any]:
 
 
 class Progress:
-    """A tqdm bar (only when ``enabled``) counting ``unit`` up to ``total``, with rate and ETA."""
+    """Progress of ``total`` units (images, steps) with rate and ETA, only when ``enabled``.
 
-    def __init__(self, total: int, enabled: bool, desc: str, unit: str = "img"):
+    On a terminal a tqdm bar; otherwise (a log file, a batch job, a test) a plain line at a tenth of the work
+    at most every 5 seconds, and one at the end, so the output holds a handful of lines instead of a bar
+    redrawn hundreds of times.
+    """
+
+    def __init__(self, total: int, enabled: bool, desc: str, unit: str = "img", initial: int = 0):
+        import sys
+        import time
+
+        self.total, self.desc, self.unit, self.n = int(total), desc, unit, int(initial)
+        self.enabled = bool(enabled) and self.total > 0
         self.bar = None
-        if enabled and total > 0:
+        self.start, self.start_n, self.next_report = time.time(), self.n, 0
+        self.last_line = self.start
+        self.postfix = ""
+        if self.enabled and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, smoothing=0.1)
+            self.bar = tqdm(total=self.total, initial=self.n, unit=unit, desc=desc, dynamic_ncols=True,
+                            smoothing=0.1)
+        elif self.enabled:
+            self.next_report = self._next_tenth(self.n)
 
-    def update(self, n: int = 1) -> None:
+    def _next_tenth(self, n: int) -> int:
+        tenth = max(1, self.total // 10)
+        return (n // tenth + 1) * tenth
+
+    def update(self, n: int = 1, postfix: str = "") -> None:
+        self.set(self.n + n, postfix)
+
+    def set(self, n: int, postfix: str = "") -> None:
+        """Move to ``n`` done (e.g. the global step)."""
+        import time
+
+        if not self.enabled or n == self.n:
+            return
+        delta, self.n, self.postfix = n - self.n, n, postfix or self.postfix
         if self.bar is not None:
-            self.bar.update(n)
+            self.bar.update(delta)
+            if postfix:
+                self.bar.set_postfix_str(postfix, refresh=False)
+            return
+        now = time.time()
+        if self.n >= self.total or (self.n >= self.next_report and now - self.last_line >= 5.0):
+            self.last_line = now
+            elapsed = now - self.start
+            rate = (self.n - self.start_n) / elapsed if elapsed > 0 else float("nan")
+            eta = (self.total - self.n) / rate if rate > 0 else float("nan")
+            extra = f", {self.postfix}" if self.postfix else ""
+            print(f"[ddpm] {self.desc}: {self.n}/{self.total} {self.unit}, {rate:.2f} {self.unit}/s, "
+                  f"ETA {_clock(eta)}{extra}", flush=True)
+            self.next_report = self._next_tenth(self.n)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
     def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _clock(seconds: float) -> str:
+    import math
+
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"

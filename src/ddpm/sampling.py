@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 
 from ddpm.config import SamplerConfig
 from ddpm.data import model_to_uint8
-from ddpm.generate import generate, seeds_for
+from ddpm.generate import check_sampler, generate, seeds_for
 from ddpm.io import atomic_savez, check_writable, make_grid_uint8, save_png, write_json
 from ddpm.loading import LoadedModel, load_model, model_datamodule
 from ddpm.runtime import Progress, compile_for_sampling, make_fabric, provenance
@@ -53,16 +53,9 @@ def compile_label(cfg: DictConfig) -> str | None:
 
 
 def sampler_for(cfg: DictConfig, loaded: LoadedModel) -> SamplerConfig:
-    """``cfg.sampler`` checked against the model: the number of steps against its T."""
+    """``cfg.sampler`` checked against the model (steps against its T, the variance against its output)."""
     sampler = SamplerConfig.from_node(cfg.sampler)
-    T = loaded.diffusion.num_timesteps
-    if sampler.name == "ancestral" and sampler.steps is not None and int(sampler.steps) != T:
-        raise ValueError(
-            f"sampler=ancestral always runs all T={T} steps; for sampler.steps={sampler.steps} use "
-            f"sampler=respaced sampler.steps={sampler.steps} (ancestral on a subset of timesteps) or sampler=ddim"
-        )
-    if sampler.steps is not None and int(sampler.steps) > T:
-        raise ValueError(f"sampler.steps={sampler.steps} exceeds the model's T={T}")
+    check_sampler(loaded.diffusion, sampler)
     return sampler
 
 
