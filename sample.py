@@ -10,14 +10,21 @@ import hydra
 from omegaconf import DictConfig
 
 import ddpm.config  # noqa: F401  (registers the structured-config schemas)
+from ddpm.cli import preflight, run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
-    from ddpm.sampling import sample
+    if cfg.nll:
+        from ddpm.nll import evaluate_nll
 
-    sample(cfg)
+        run(lambda: evaluate_nll(cfg))
+    else:
+        from ddpm.sampling import sample
+
+        run(lambda: sample(cfg))
 
 
 if __name__ == "__main__":
+    preflight("sample")
     main()

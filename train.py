@@ -4,15 +4,17 @@ import hydra
 from omegaconf import DictConfig
 
 import ddpm.config  # noqa: F401  (registers the structured-config schemas)
+from ddpm.cli import preflight, run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from ddpm.training import train
 
-    metrics, _ = train(cfg)
+    metrics, _ = run(lambda: train(cfg))
     return metrics.get("val/bpd")
 
 
 if __name__ == "__main__":
+    preflight("train")
     main()

@@ -279,7 +279,7 @@ class SampleOurs(Impl):
             self.net = self.net.to(memory_format=torch.channels_last)
         self.model_fn = torch.compile(self.net) if "compile" in variants else self.net
         if "compile_frozen" in variants:  # what `python sample.py compile=true` runs
-            from ddpm.sampling import compile_for_sampling
+            from ddpm.runtime import compile_for_sampling
 
             self.model_fn = compile_for_sampling(self.net)
         self.grad_ctx = torch.inference_mode if "inference_mode" in variants else torch.no_grad

@@ -66,7 +66,7 @@ def run_ours(quick: bool) -> tuple[dict, float]:
     with tempfile.TemporaryDirectory(prefix="ddpm-qs-") as tmp:
         cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp}"]
         if quick:
-            cmd += ["trainer.max_steps=20", "final_samples=16", "final_sampler.steps=10"]
+            cmd += ["trainer.max_steps=20", "final_samples=16", "sampler.steps=10"]
         t0 = time.time()
         subprocess.run(cmd, cwd=tmp, check=True, capture_output=True, text=True)
         wall = time.time() - t0

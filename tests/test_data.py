@@ -31,7 +31,7 @@ from ddpm.data import (
 )
 
 CONF_DATA = Path(__file__).resolve().parents[1] / "conf" / "data"
-DATA_OPTIONS = sorted(p.stem for p in CONF_DATA.glob("*.yaml"))
+DATA_OPTIONS = sorted(p.stem for p in CONF_DATA.glob("*.yaml") if "_target_" in OmegaConf.load(p))  # datasets
 
 
 # ----------------------------------------------------------------------------------------------- helpers

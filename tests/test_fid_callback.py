@@ -11,14 +11,15 @@ from ddpm.sampling import sample
 
 
 def test_callback_key_names():
-    cb = FIDCallback(num_samples=5000, sampler="ddim", steps=100, feature_extractor="digits")
+    metric = {"feature_extractor": "digits"}
+    cb = FIDCallback(num_samples=5000, sampler={"name": "ddim", "steps": 100}, metric=metric)
     assert cb.key("fid", 1000) == "val/fid_5k_ddim100" and cb.key("is", 1000) == "val/is_5k_ddim100"
-    full = FIDCallback(num_samples=50000, sampler="ancestral", feature_extractor="digits")
+    full = FIDCallback(num_samples=50000, sampler={"name": "ancestral"}, metric=metric)
     assert full.key("fid", 1000) == "val/fid_50k"
-    part = FIDCallback(num_samples=2500, sampler="respaced", steps=250)
+    part = FIDCallback(num_samples=2500, sampler={"name": "respaced", "steps": 250}, metric=metric)
     assert part.key("fid", 1000) == "val/fid_2500_respaced250"
     with pytest.raises(ValueError):
-        FIDCallback(num_samples=1)
+        FIDCallback(num_samples=1, metric=metric)
 
 
 def test_callback_agrees_with_sample_py(tmp_path):
@@ -33,9 +34,9 @@ def test_callback_agrees_with_sample_py(tmp_path):
         tiny_overrides(tmp_path / "run", steps=steps)
         + ["final_samples=0", "logger=none", "~callbacks.lr_monitor", "callbacks=fid",
            f"callbacks.fid.every_n_steps={steps}", f"callbacks.fid.num_samples={n}",
-           "callbacks.fid.batch_size=5", "callbacks.fid.sampler=ddim", "callbacks.fid.steps=5",
-           "callbacks.fid.feature_extractor=digits", "callbacks.fid.use_ema=false",
-           "callbacks.fid.is_splits=3"],
+           "callbacks.fid.batch_size=5", "callbacks.fid.sampler.steps=5",
+           "callbacks.fid.metric.feature_extractor=digits", "callbacks.fid.use_ema=false",
+           "callbacks.fid.metric.is_splits=3"],
     )
     metrics, objs = train(cfg)
     cb = next(c for c in objs["trainer"].callbacks if isinstance(c, FIDCallback))
@@ -44,8 +45,9 @@ def test_callback_agrees_with_sample_py(tmp_path):
     assert metrics["val/fid_12_ddim5"] == pytest.approx(res["val/fid_12_ddim5"])
     assert int(cb.metric.count) == 0  # reset after compute
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    m = sample(sample_cfg(ckpt, tmp_path / "s", f"num_samples={n}", "batch_size=7", "sampler=ddim", "steps=5",
-                          "use_ema=false", "compute_fid=true", "feature_extractor=digits", "is_splits=3"))
+    m = sample(sample_cfg(ckpt, tmp_path / "s", f"num_samples={n}", "batch_size=7", "sampler=ddim",
+                          "sampler.steps=5", "use_ema=false", "compute_fid=true", "fid.feature_extractor=digits",
+                          "fid.is_splits=3"))
     assert m["fid_12_ddim5"] == pytest.approx(res["val/fid_12_ddim5"], rel=1e-6, abs=1e-6)
     assert m["is_12_ddim5"] == pytest.approx(res["val/is_12_ddim5"], rel=1e-6)
     assert m["ref_id"] == res["ref_id"]
@@ -64,15 +66,15 @@ def test_callback_under_two_ddp_processes_equals_sample_py(tmp_path):
     out = tmp_path / "ddp"
     args = [str(root / "train.py"), *tiny_overrides(out, steps=steps), "trainer=ddp", "trainer.devices=2",
             "final_samples=0", "~callbacks.lr_monitor", "callbacks=fid", f"callbacks.fid.every_n_steps={steps}",
-            f"callbacks.fid.num_samples={n}", "callbacks.fid.batch_size=4", "callbacks.fid.sampler=ddim",
-            "callbacks.fid.steps=5", "callbacks.fid.feature_extractor=digits", "callbacks.fid.use_ema=false",
-            "callbacks.fid.is_splits=3", f"hydra.run.dir={out}"]
+            f"callbacks.fid.num_samples={n}", "callbacks.fid.batch_size=4",
+            "callbacks.fid.sampler.steps=5", "callbacks.fid.metric.feature_extractor=digits",
+            "callbacks.fid.use_ema=false", "callbacks.fid.metric.is_splits=3", f"hydra.run.dir={out}"]
     run_cli(args, cwd=tmp_path, OMP_NUM_THREADS="1")
     metrics = json.loads((out / "metrics.json").read_text())
     key = f"val/fid_{n}_ddim5"
     assert key in metrics and f"val/is_{n}_ddim5" in metrics
     m = sample(sample_cfg(out / "checkpoints" / "last.ckpt", tmp_path / "s", f"num_samples={n}", "batch_size=7",
-                          "sampler=ddim", "steps=5", "use_ema=false", "compute_fid=true", "feature_extractor=digits",
-                          "is_splits=3"))
+                          "sampler=ddim", "sampler.steps=5", "use_ema=false", "compute_fid=true",
+                          "fid.feature_extractor=digits", "fid.is_splits=3"))
     assert m[f"fid_{n}_ddim5"] == pytest.approx(metrics[key], rel=1e-5, abs=1e-5)
     assert m[f"is_{n}_ddim5"] == pytest.approx(metrics[f"val/is_{n}_ddim5"], rel=1e-5)

@@ -9,8 +9,9 @@ from PIL import Image
 from sampling_helpers import tiny_checkpoint
 
 from ddpm import figures
-from ddpm.generate import generate, seeds_for, to_uint8
-from ddpm.sampling import build_datamodule, load_model
+from ddpm.data import model_to_uint8 as to_uint8
+from ddpm.generate import generate, seeds_for
+from ddpm.loading import load_model, model_datamodule
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_progressive(model, tmp_path):
 
 def test_interpolation_endpoints_and_size(model, tmp_path):
     ckpt, m = model
-    dm = build_datamodule(m.run_cfg["data"], "test")
+    dm = model_datamodule(m, None, "test")
     test = dm.splits()["test"]
     a, b = (test[i].float() / 127.5 - 1 for i in (0, 1))
     # t small (paper t=100 -> code index 0 at T=10): lambda = 0 / 1 reconstruct the inputs closely

@@ -10,7 +10,7 @@ import pytest
 import torch
 from sampling_helpers import sample_cfg, tiny_checkpoint
 
-from ddpm.sampling import sample
+from ddpm.nll import evaluate_nll
 
 
 @pytest.fixture(scope="module")
@@ -22,13 +22,13 @@ def test_nll_command_equals_calc_bpd_loop(ckpt, tmp_path):
     from ddpm.data.base import uint8_to_model
     from ddpm.diffusion import SeededNoise
     from ddpm.generate import seeds_for
-    from ddpm.sampling import build_datamodule, load_model
+    from ddpm.loading import load_model, model_datamodule
 
-    summary = sample(sample_cfg(ckpt, tmp_path, "nll=true", "nll_max_images=5", "nll_batch_size=2",
+    summary = evaluate_nll(sample_cfg(ckpt, tmp_path, "nll=true", "nll_max_images=5", "nll_batch_size=2",
                                 "nll_seed=3"))
     # the same images, the same noise, one batch of 5 (the command used batches of 2)
     m = load_model(ckpt, None, True)
-    dm = build_datamodule(m.run_cfg["data"], "test")
+    dm = model_datamodule(m, None, "test")
     test = dm.splits()["test"]
     x = torch.stack([uint8_to_model(test[i]) for i in range(5)])
     ref = m.diffusion.calc_bpd_loop(m.model_fn(), x, clip_denoised=True,
@@ -63,7 +63,7 @@ def test_nll_two_processes_equal_one(ckpt, tmp_path):
     from conftest import ROOT as root
     from conftest import run_cli
 
-    one = sample(sample_cfg(ckpt, tmp_path / "one", "nll=true", "nll_max_images=5", "nll_batch_size=2",
+    one = evaluate_nll(sample_cfg(ckpt, tmp_path / "one", "nll=true", "nll_max_images=5", "nll_batch_size=2",
                             "nll_seed=3"))
     two = tmp_path / "two"
     cmd = [str(root / "sample.py"), f"ckpt_path={ckpt}", "nll=true", "nll_max_images=5",
@@ -87,7 +87,7 @@ def test_trained_tiny_run_bits_per_dim(tmp_path_factory, tmp_path):
     (8 = a uniform distribution over the 256 levels)."""
     extra = ("optim.ema_decay=0.9", "optim.warmup_steps=10", "model.ch=16", "data.batch_size=32")
     ckpt = tiny_checkpoint(tmp_path_factory, steps=200, timesteps=20, extra=extra)
-    s = sample(sample_cfg(ckpt, tmp_path, "nll=true", "nll_max_images=16", "nll_batch_size=16",
+    s = evaluate_nll(sample_cfg(ckpt, tmp_path, "nll=true", "nll_max_images=16", "nll_batch_size=16",
                           "nll_t_batch=10"))
     # measured 5.42 after 200 steps (an untrained net at T=20 gives ~6.6; uniform over 256 levels is 8)
     assert np.isfinite(s["bpd"]) and s["bpd"] < 6.0, s["bpd"]

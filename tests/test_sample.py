@@ -67,8 +67,9 @@ def test_batch_size_does_not_change_images(reference_run, ckpt, tmp_path):
 
 def test_matches_generate_and_seed_rule(reference_run, ckpt):
     """Image i is generate() with seeds_for(seed, i, i+1), the same service as the callbacks."""
-    from ddpm.generate import generate, seeds_for, to_uint8
-    from ddpm.sampling import load_model
+    from ddpm.data import model_to_uint8 as to_uint8
+    from ddpm.generate import generate, seeds_for
+    from ddpm.loading import load_model
 
     out, _ = reference_run
     m = load_model(ckpt, None, True)
@@ -153,16 +154,17 @@ def test_compile_option_samples_the_same_images(reference_run, ckpt, tmp_path):
 def test_samplers_and_raw_weights(reference_run, ckpt, tmp_path):
     out, _ = reference_run
     ref = _arr(out / "samples.npz")
-    m = sample(sample_cfg(ckpt, tmp_path / "ddim", "num_samples=3", "sampler=ddim", "steps=5", "eta=0.0"))
+    m = sample(sample_cfg(ckpt, tmp_path / "ddim", "num_samples=3", "sampler=ddim", "sampler.steps=5",
+                          "sampler.eta=0.0"))
     assert m["sampler"] == {"name": "ddim", "steps": 5, "eta": 0.0, "clip_denoised": True, "var_type": None}
     assert m["sampler_label"] == "ddim5"
     assert not np.array_equal(_arr(tmp_path / "ddim" / "samples.npz"), ref[:3])
-    m = sample(sample_cfg(ckpt, tmp_path / "resp", "num_samples=3", "sampler=respaced", "steps=5"))
+    m = sample(sample_cfg(ckpt, tmp_path / "resp", "num_samples=3", "sampler=respaced", "sampler.steps=5"))
     assert m["sampler"]["steps"] == 5 and m["sampler"]["name"] == "respaced"
-    m = sample(sample_cfg(ckpt, tmp_path / "raw", "num_samples=3", "use_ema=false", "clip_denoised=false"))
+    m = sample(sample_cfg(ckpt, tmp_path / "raw", "num_samples=3", "use_ema=false", "sampler.clip_denoised=false"))
     assert m["use_ema"] is False and m["sampler"]["clip_denoised"] is False
     with pytest.raises(ValueError, match="sampler=respaced"):
-        sample(sample_cfg(ckpt, tmp_path / "bad", "num_samples=3", "steps=5"))
+        sample(sample_cfg(ckpt, tmp_path / "bad", "num_samples=3", "sampler.steps=5"))
 
 
 def test_bad_input(ckpt, tmp_path):
@@ -196,7 +198,7 @@ def test_fid_through_sample_py(reference_run, ckpt, tmp_path):
     ref.save(ref_path)
     with pytest.warns(UserWarning, match="not comparable"):
         m = sample(sample_cfg(ckpt, tmp_path, "num_samples=24", "batch_size=20", "shard_size=3",
-                              "compute_fid=true", "feature_extractor=digits", f"ref_stats={ref_path}",
+                              "compute_fid=true", "fid.feature_extractor=digits", f"fid.ref_stats={ref_path}",
                               "fid_backend=ddpm"))
     assert m["newly_sampled"] == 0
     assert m["fid_24"] == pytest.approx(0.0, abs=1e-6) and m["is_24"] > 1.0
@@ -219,7 +221,7 @@ def test_fid_reference_from_data_and_torch_fidelity(reference_run, ckpt, tmp_pat
     out, _ = reference_run
     shutil.copytree(out / "shards", tmp_path / "shards")
     m = sample(sample_cfg(ckpt, tmp_path, "num_samples=7", "shard_size=3", "compute_fid=true",
-                          "feature_extractor=digits", "fid_backend=both", "is_splits=2"))
+                          "fid.feature_extractor=digits", "fid_backend=both", "fid.is_splits=2"))
     assert m["ref_id"].startswith("digits-8-train-ddpm-digits-n1437")
     assert (Path(os.environ["DDPM_CACHE"]) / "refstats" / f"{m['ref_id']}.npz").is_file()
     assert m["fid_7"] == pytest.approx(m["fid_7_torch_fidelity"], rel=1e-3, abs=1e-3)

@@ -1,44 +1,214 @@
-"""Typed config schemas (registered in Hydra's ConfigStore) and config validation.
+"""Typed config schemas (Hydra's ConfigStore, group ``schema``) and the checks a schema cannot express.
 
-The ``objective`` group's options use :class:`ObjectiveConfig` as their schema, so a misspelt value
-(``objective.mean_type=epz``) fails when the config is composed, with OmegaConf listing the valid names.
-:func:`validate_config` checks what a schema cannot: combinations of fields. The entry points call it
-right after composition, before anything is built.
+Every YAML in ``conf/`` that has a schema names it first in its defaults list (``- /schema/sampler@_here_``),
+so a misspelt key or a value of the wrong type fails when the config is composed, before anything is built.
+The YAML files hold the defaults (with their comments); the schemas hold only types, so no default is
+written twice. :func:`validate_config` checks combinations of fields; the entry points call it right after
+composition.
+
+* :class:`ObjectiveConfig`: one row of the paper's Table 2 (group ``objective``).
+* :class:`SamplerConfig`: how to run the reverse process (group ``sampler``). The same description is used
+  by ``sample.py``, the final samples and the sample grids of ``train.py``, and the FID callback.
+* :class:`FIDConfig`: how FID/IS are measured (group ``fid``), for ``sample.py`` and the FID callback.
+* :class:`SampleConfig`: the whole of ``conf/sample.yaml``; :class:`TrainConfig`: the top level of
+  ``conf/train.yaml`` (its groups are free-form: each is instantiated by its ``_target_``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ddpm.diffusion.types import LossType, MeanType, VarType, validate_objective
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+SAMPLERS = ("ancestral", "respaced", "ddim")
 
 
 @dataclass
 class ObjectiveConfig:
     """One row of the paper's Table 2: what the network predicts, the variance, and the loss."""
 
-    mean_type: MeanType = MeanType.eps
-    var_type: VarType = VarType.fixed_large
-    loss_type: LossType = LossType.mse
+    mean_type: MeanType = MISSING
+    var_type: VarType = MISSING
+    loss_type: LossType = MISSING
 
 
 @dataclass
 class DiffusionConfig:
-    schedule: str = "linear"
-    num_timesteps: int = 1000
+    """The forward process: the beta schedule and the number of steps T."""
+
+    schedule: str = MISSING
+    num_timesteps: int = MISSING
+
+
+@dataclass
+class SamplerConfig:
+    """How to run the reverse process.
+
+    :param name: ``ancestral`` (the paper's Algorithm 2, all T steps), ``respaced`` (ancestral on a subset of
+        ``steps`` timesteps with recomputed betas) or ``ddim`` (``steps`` DDIM steps with ``eta``).
+    :param steps: network evaluations for the non-ancestral samplers (``None`` for ``ancestral``).
+    :param eta: DDIM's noise scale (0 = deterministic); ignored by the other samplers.
+    :param clip_denoised: clamp the predicted x_0 to [-1, 1] before forming the mean (official default).
+    :param var_type: override the objective's variance type for sampling (``fixed_large``/``fixed_small``);
+        ``None`` keeps the model's own.
+    """
+
+    name: str = MISSING
+    steps: int | None = None
+    eta: float = 0.0
+    clip_denoised: bool = True
+    var_type: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in SAMPLERS:
+            raise ValueError(f"sampler.name={self.name!r} is not a sampler; valid: {list(SAMPLERS)}")
+        if self.name != "ancestral" and (self.steps is None or int(self.steps) < 1):
+            raise ValueError(
+                f"sampler={self.name} needs sampler.steps >= 1 (network evaluations, e.g. sampler.steps=100), "
+                f"got {self.steps}"
+            )
+        if self.var_type is not None and self.var_type not in [v.value for v in VarType]:
+            raise ValueError(
+                f"sampler.var_type={self.var_type!r} is not a variance type; valid: null (the model's own), "
+                f"{sorted({v.value for v in VarType})}"
+            )
+
+    @classmethod
+    def from_node(cls, node: Any) -> SamplerConfig:
+        """A :class:`SamplerConfig` from a config node, a mapping or a :class:`SamplerConfig`."""
+        if isinstance(node, cls):
+            return node
+        if OmegaConf.is_config(node):
+            node = OmegaConf.to_container(node, resolve=True)
+        return cls(**dict(node))
+
+    def label(self, num_timesteps: int) -> str:
+        """``""`` for the paper's full chain (ancestral, or respaced with all T steps), else e.g. ``ddim100``:
+        the suffix of metric keys (``fid_5k_ddim100``), so a cheap figure is never mistaken for the paper's."""
+        if self.name == "ancestral" or (self.name == "respaced" and self.steps == num_timesteps):
+            return ""
+        return f"{self.name}{self.steps}"
+
+    def describe(self, num_timesteps: int) -> dict:
+        """What ``metrics.json`` and the shard signature record: the settings, ``steps`` resolved."""
+        return {
+            "name": self.name,
+            "steps": self.steps if self.steps is not None else num_timesteps,
+            "eta": self.eta if self.name == "ddim" else None,
+            "clip_denoised": self.clip_denoised,
+            "var_type": self.var_type,
+        }
+
+    @property
+    def num_steps_label(self) -> str:
+        return f"{self.name}{self.steps}" if self.steps else self.name
+
+
+@dataclass
+class FIDConfig:
+    """How FID and IS are measured (reference statistics, feature extractor)."""
+
+    feature_extractor: str = MISSING  # auto | inception | digits
+    inception_weights: str | None = MISSING
+    ref_split: str = MISSING
+    ref_stats: str | None = MISSING
+    is_splits: int = MISSING
+
+
+class NanPolicy(str, Enum):
+    stop = "stop"
+    skip = "skip"
+
+
+@dataclass
+class SampleTrainerConfig:
+    """``sample.py``'s devices (Lightning Fabric arguments)."""
+
+    accelerator: str = MISSING
+    devices: Any = MISSING  # an int, "auto", or a list of device indices
+    num_nodes: int = MISSING
+    strategy: str = MISSING
+    precision: str = MISSING
+    dist_timeout_s: int = MISSING
+
+
+@dataclass
+class SampleConfig:
+    """``conf/sample.yaml``: every option of ``python sample.py`` (defaults and comments are in the YAML)."""
+
+    task_name: str = MISSING
+    ckpt_path: str | None = MISSING
+    pretrained: str | None = MISSING
+    use_ema: bool = MISSING
+    num_samples: int = MISSING
+    batch_size: int = MISSING
+    seed: int = MISSING
+    shard_size: int = MISSING
+    out_dir: str = MISSING
+    save_images: bool = MISSING
+    grid_images: int = MISSING
+    grid_upscale: int | None = MISSING
+    progress: bool = MISSING
+    compile: bool = MISSING
+    compile_backend: str = MISSING
+    compile_mode: str | None = MISSING
+    compile_freeze: bool = MISSING
+    compute_fid: bool = MISSING
+    fid_backend: str = MISSING
+    min_fid_samples: int = MISSING
+    nll: bool = MISSING
+    nll_split: str = MISSING
+    nll_max_images: int | None = MISSING
+    nll_batch_size: int = MISSING
+    nll_t_batch: int = MISSING
+    nll_seed: int = MISSING
+    trainer: SampleTrainerConfig = MISSING
+    sampler: SamplerConfig = MISSING
+    fid: FIDConfig = MISSING
+    data: Any = None
+    paths: Any = None
+
+
+@dataclass
+class TrainConfig:
+    """The top level of ``conf/train.yaml`` (the groups are instantiated from their ``_target_``)."""
+
+    task_name: str = MISSING
+    seed: int = MISSING
+    ckpt_path: str | None = MISSING
+    final_samples: int = MISSING
+    nan_policy: NanPolicy = MISSING
+    nan_max_consecutive: int = MISSING
+    preemption_signals: list[str] = field(default_factory=list)
+    channels_last: bool = MISSING
+    compile: bool = MISSING
+    compile_backend: str = MISSING
+    compile_mode: str | None = MISSING
+    model: Any = MISSING
+    diffusion: DiffusionConfig = MISSING
+    objective: ObjectiveConfig = MISSING
+    optim: Any = MISSING
+    trainer: Any = MISSING
+    callbacks: Any = MISSING
+    logger: Any = MISSING
+    paths: Any = MISSING
+    data: Any = MISSING
+    sampler: SamplerConfig = MISSING
 
 
 def register_configs() -> None:
     cs = ConfigStore.instance()
-    cs.store(group="objective", name="objective_schema", node=ObjectiveConfig)
-    cs.store(group="diffusion", name="diffusion_schema", node=DiffusionConfig)
+    for name, node in (("objective", ObjectiveConfig), ("diffusion", DiffusionConfig), ("sampler", SamplerConfig),
+                       ("fid", FIDConfig), ("sample", SampleConfig), ("train", TrainConfig)):
+        cs.store(group="schema", name=name, node=node)
 
 
 register_configs()
@@ -68,6 +238,88 @@ def validate_config(cfg: DictConfig) -> None:
             )
         if int(cfg.diffusion.num_timesteps) < 1:
             raise ValueError(f"diffusion.num_timesteps must be >= 1, got {cfg.diffusion.num_timesteps}")
+    if "sampler" in cfg:
+        SamplerConfig.from_node(cfg.sampler)
+    if "optim" in cfg:  # the training config (sample.yaml's values are typed by its schema)
+        validate_train_values(cfg)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+# (key, test, what is valid): the values of train.yaml's free-form groups that a typo can make wrong; the
+# first failing one is reported, naming the key and the value, before anything is built.
+TRAIN_CHECKS: list[tuple[str, Any, str]] = [
+    ("seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32 - 1]"),
+    ("optim.lr", lambda v: _is_num(v) and v > 0, "a positive number (the paper: 2e-4 for CIFAR-10)"),
+    ("optim.betas", lambda v: len(v) == 2 and all(_is_num(b) and 0 <= b < 1 for b in v),
+     "two numbers in [0, 1), e.g. [0.9, 0.999]"),
+    ("optim.eps", lambda v: _is_num(v) and v > 0, "a positive number (the paper: 1e-8)"),
+    ("optim.weight_decay", lambda v: _is_num(v) and v >= 0, "a number >= 0"),
+    ("optim.warmup_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (optimizer steps)"),
+    ("optim.ema_decay", lambda v: _is_num(v) and 0 <= v <= 1, "a number in [0, 1] (the paper: 0.9999)"),
+    ("trainer.max_steps", lambda v: _is_int(v) and (v >= 1 or v == -1), "an integer >= 1 (or -1: no limit)"),
+    ("trainer.max_epochs", lambda v: v is None or (_is_int(v) and (v >= 1 or v == -1)),
+     "an integer >= 1, -1 or null"),
+    ("trainer.max_time", lambda v: v is None or (isinstance(v, str) and len(v.split(":")) == 4),
+     'null or "DD:HH:MM:SS", e.g. "00:04:00:00"'),
+    ("trainer.accumulate_grad_batches", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("trainer.gradient_clip_val", lambda v: v is None or (_is_num(v) and v >= 0), "null or a number >= 0"),
+    ("trainer.val_check_interval", lambda v: (_is_int(v) and v >= 1) or (isinstance(v, float) and 0 < v <= 1),
+     "an integer >= 1 (training batches) or a fraction of an epoch in (0, 1]"),
+    ("trainer.limit_val_batches", lambda v: (_is_int(v) and v >= 0) or (isinstance(v, float) and 0 <= v <= 1),
+     "an integer >= 0 (batches) or a fraction in [0, 1]"),
+    ("trainer.log_every_n_steps", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("data.batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1 (the GLOBAL batch)"),
+    ("data.num_workers", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("model.ch", lambda v: _is_int(v) and v >= 1, "an integer >= 1 (the paper: 128)"),
+    ("model.ch_mult", lambda v: len(v) >= 1 and all(_is_int(m) and m >= 1 for m in v),
+     "a list of integers >= 1, e.g. [1, 2, 2, 2]"),
+    ("model.num_res_blocks", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("model.dropout", lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("final_samples", lambda v: v >= 0, "an integer >= 0 (0: none)"),
+    ("nan_max_consecutive", lambda v: v >= 1, "an integer >= 1"),
+]
+
+
+def validate_train_values(cfg: DictConfig) -> None:
+    """Each value of :data:`TRAIN_CHECKS` present in ``cfg``; a ``ValueError`` naming the key, the value and
+    what is valid for the first one that is wrong."""
+    for key, ok, valid in TRAIN_CHECKS:
+        value = OmegaConf.select(cfg, key, default=MISSING)
+        if value is MISSING:
+            continue
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
+        try:
+            good = bool(ok(value))
+        except TypeError:
+            good = False
+        if not good:
+            raise ValueError(f"{key}={value!r} is not valid: expected {valid}.")
+    for name, cb in (cfg.get("callbacks") or {}).items():
+        every = cb.get("every_n_steps") if cb is not None and hasattr(cb, "get") else None
+        if every is not None and not (_is_int(every) and every >= 0):
+            raise ValueError(f"callbacks.{name}.every_n_steps={every!r} is not valid: expected an integer >= 0 "
+                             "(0: never).")
+
+
+def group_norm_warning(model: Any) -> str | None:
+    """A warning when ``model`` has widths that the paper's 32-group GroupNorm does not divide (the UNet then
+    uses fewer, smaller groups there: ddpm.nets.layers.group_norm), else ``None``."""
+    ch, mult = int(model.ch), [int(m) for m in model.ch_mult]
+    widths = sorted({ch * m for m in mult} | {ch * a + ch * b for a in [1, *mult] for b in mult})
+    odd = [w for w in widths if w % 32]
+    if not odd:
+        return None
+    return (f"model.ch={ch} with ch_mult={mult}: GroupNorm cannot use the paper's 32 groups at widths {odd} "
+            "(it uses gcd(32, width) groups there). Use a multiple of 32 for the paper's architecture, e.g. "
+            "model.ch=32.")
 
 
 def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:

@@ -7,7 +7,8 @@
     python -m ddpm.figures shared_xt ckpt_path=RUN [splits=1000,750,500,250 continuations=6 out=...]
 
 Common keys: ``ckpt_path=`` (or ``pretrained=``), ``use_ema=true``, ``seed=0``, ``upscale=`` (default: to at
-least 64 px per image), ``device=`` (cuda if available), ``out=`` (PNG path), ``data=NAME`` (for published
+least 64 px per image), ``device=`` (cuda if available), ``out=`` (PNG path; default ``<run>/figures/<figure>.png``
+beside the checkpoint, ``outputs/figures/`` for published weights), ``data=NAME`` (for published
 weights: where the interpolation's test images come from). Times ``t=`` and ``splits=`` are on the paper's
 scale of 1000 steps and are rescaled to the model's T (``t=500`` is T/2).
 
@@ -29,9 +30,12 @@ from pathlib import Path
 
 import torch
 
+from ddpm.data import model_to_uint8 as to_uint8
 from ddpm.diffusion import SeededNoise
 from ddpm.diffusion import samplers as S
-from ddpm.generate import make_grid_uint8, save_png, seeds_for, to_uint8
+from ddpm.generate import seeds_for
+from ddpm.io import make_grid_uint8, save_png
+from ddpm.loading import load_model, model_datamodule
 
 __all__ = ["progressive", "interpolation", "shared_xt", "main"]
 
@@ -132,6 +136,16 @@ def grid_png(images: torch.Tensor, out: Path, nrow: int, upscale: int | None) ->
     return out
 
 
+def default_out(provenance: dict, figure: str) -> Path:
+    """``<run dir>/figures/<figure>.png`` beside the checkpoint (the run directory of ``.../checkpoints/x.ckpt``),
+    or ``outputs/figures/<weights name>_<figure>.png`` for published weights."""
+    model = Path(provenance["model_path"])
+    if provenance.get("source") == "checkpoint":
+        run_dir = model.parent.parent if model.parent.name == "checkpoints" else model.parent
+        return run_dir / "figures" / f"{figure}.png"
+    return Path("outputs") / "figures" / f"{model.stem}_{figure}.png"
+
+
 def main(argv: list[str] | None = None) -> Path:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("progressive", "interpolation", "shared_xt"):
@@ -143,26 +157,24 @@ def main(argv: list[str] | None = None) -> Path:
         if not eq or k not in _DEFAULTS:
             raise SystemExit(f"unknown argument {a!r}; valid keys: {sorted(_DEFAULTS)}")
         opts[k] = None if v in ("null", "None", "") else v
-    from ddpm.sampling import build_datamodule, load_model
-
     device = torch.device(opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
     loaded = load_model(opts["ckpt_path"], opts["pretrained"], _bool(opts["use_ema"])).to(device)
     fn, diff, shape = loaded.model_fn(), loaded.diffusion, loaded.image_shape
     seed, clip = int(opts["seed"]), _bool(opts["clip_denoised"])
-    out = Path(opts["out"] or f"{figure}.png")
+    out = Path(opts["out"]) if opts["out"] else default_out(loaded.provenance, figure)
     if figure == "progressive":
         x = progressive(fn, diff, shape, num_images=int(opts["num_images"]), frames=int(opts["frames"]),
                         seed=seed, clip_denoised=clip, device=device)
         path = grid_png(x.flatten(0, 1), out, x.shape[1], opts["upscale"])
     elif figure == "interpolation":
-        from ddpm.data.base import uint8_to_model
+        from ddpm.data import uint8_to_model
 
-        data_cfg = loaded.run_cfg.get("data") if loaded.run_cfg and not opts["data"] else None
+        data_cfg = None
         if opts["data"]:
-            from ddpm.sampling import compose_data_cfg
+            from ddpm.config import compose
 
-            data_cfg = compose_data_cfg([f"data={opts['data']}"])
-        dm = build_datamodule(data_cfg, "interpolation")
+            data_cfg = compose("sample", [f"data={opts['data']}"]).data
+        dm = model_datamodule(loaded, data_cfg, "interpolation")
         imgs = dm.splits()[opts["split"]]
         i, j = (int(v) for v in opts["pair"].split(","))
         a, b = uint8_to_model(imgs[i]), uint8_to_model(imgs[j])

@@ -1,13 +1,26 @@
-"""Output files: a writable-folder check before any work, and atomic writes (temporary file, then
-``os.replace``), so an interrupted process never leaves a half-written JSON or npz."""
+"""Files: a writable-folder check before any work, one atomic writer (a temporary file in the destination
+folder, then ``os.replace``) behind every output this project writes (JSON, npz, PNG, CSV, checkpoints), and
+the one safe checkpoint reader (``torch.load(weights_only=True)`` with errors that say what is wrong).
+
+An interrupted process therefore never leaves a half-written file, and a crash never replaces a good one.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be used as a checkpoint of this project (its message says why and what to do)."""
 
 
 def check_writable(
@@ -30,17 +43,130 @@ def check_writable(
     return out
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON atomically (a temporary file in the same folder, then ``os.replace``)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
-def atomic_savez(path: Path, **arrays) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """``with atomic_write(path) as tmp:`` write ``tmp``; on success it replaces ``path`` in one step (after
+    an fsync), on an exception it is removed and ``path`` is untouched. ``suffix`` keeps an extension that a
+    writer insists on (``np.savez`` appends ``.npz``, PIL and matplotlib pick the format from it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
     try:
-        np.savez(tmp, **arrays)
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    """Write ``data`` as indented, key-sorted JSON, atomically."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def atomic_savez(path: str | os.PathLike, **arrays) -> None:
+    """``np.savez`` to ``path``, atomically."""
+    with atomic_write(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+
+
+def save_png(image_hwc: torch.Tensor | np.ndarray, path: str | os.PathLike) -> None:
+    """Write a uint8 ``[H, W, C]`` image (C = 1 or 3) as PNG, atomically."""
+    from PIL import Image
+
+    arr = image_hwc.cpu().numpy() if torch.is_tensor(image_hwc) else np.asarray(image_hwc)
+    with atomic_write(path, suffix=".png") as tmp:
+        Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(tmp, format="PNG")
+
+
+def make_grid_uint8(images: torch.Tensor, nrow: int | None = None, pad: int = 2, upscale: int = 1) -> torch.Tensor:
+    """uint8 ``[N, C, H, W]`` -> one uint8 grid ``[H', W', C]`` (C = 1 or 3), nearest-upscaled by ``upscale``,
+    ``nrow`` images per row (default: a square), white padding."""
+    import math
+
+    n, c, h, w = images.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    if upscale > 1:
+        images = images.repeat_interleave(upscale, dim=2).repeat_interleave(upscale, dim=3)
+        h, w = h * upscale, w * upscale
+    rows = math.ceil(n / nrow)
+    grid = torch.full((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), 255, dtype=torch.uint8)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        grid[:, y : y + h, x : x + w] = images[i]
+    return grid.permute(1, 2, 0).contiguous()
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path``, atomically: a kill -9 at any moment leaves the previous file intact."""
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
+def safe_load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """``torch.load(weights_only=True)``; a file that is not a readable torch checkpoint (text, empty,
+    truncated, another framework's, or one holding Python objects) raises :class:`CheckpointError` with one
+    line that says which."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint. {_RETRY}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if _is_forbidden_object(e):
+            raise CheckpointError(
+                f"Refusing to load {path}: it contains Python objects beyond tensors and plain containers, "
+                "which could run code when unpickled (loaded with weights_only=True). Only load checkpoints "
+                f"you created. Details: {_weights_only_detail(e)}"
+            ) from e
+        raise CheckpointError(f"{path} is not a checkpoint ({_file_kind(path)}). {_RETRY}") from e
+    except Exception as e:  # torch raises KeyError/IndexError/RuntimeError/EOFError on foreign bytes
+        raise CheckpointError(f"{path} is not a checkpoint ({_file_kind(path)}). {_RETRY}") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dictionary. {_RETRY}")
+    return obj
+
+
+_RETRY = "Pass a .ckpt file written by train.py (or an earlier one from the same checkpoints/ folder)."
+
+
+def _file_kind(path: Path) -> str:
+    """A few words on what the file looks like, for the error message."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive that torch cannot read: truncated or corrupt"
+    if head[:1] == b"\x80":
+        return "a pickle that torch cannot read: truncated, corrupt or from another program"
+    if head.startswith(b"\x89HDF"):
+        return "an HDF5 file (Keras/TensorFlow?)"
+    if len(head) >= 8 and int.from_bytes(head[:8], "little") < 1 << 24 and head[8:9] == b"{":
+        return "a safetensors file: use pretrained=PATH for published weights"
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return "unrecognised bytes"
+
+
+def _is_forbidden_object(e: Exception) -> bool:
+    text = str(e)
+    return "Unsupported global" in text or "Unsupported class" in text
+
+
+def _weights_only_detail(e: Exception) -> str:
+    """The part of torch's weights_only message that names the problem (not its advice to load unsafely)."""
+    import re
+
+    found = re.search(r"Unsupported (?:global|class|operand)[^\n]*?(?= Please use|\.\s|$)", str(e), re.M)
+    if found:
+        return found.group(0)
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0][:200] if lines else type(e).__name__

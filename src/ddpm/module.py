@@ -90,6 +90,8 @@ class DiffusionModule(L.LightningModule):
             self.ema.to(memory_format=torch.channels_last)
         if compile is not None:
             self.net.compile(**{k: v for k, v in dict(compile).items() if v is not None})
+        # one (x_t, t): Lightning's model summary counts the network's FLOPs per image with it
+        self.example_input_array = (torch.zeros(1, *self.image_shape), torch.zeros(1, dtype=torch.long))
         self.run_config: dict | None = None  # the full resolved config; stored in every checkpoint
         self._nan_streak = 0
         self._skip_ema = False  # set when nan_policy=skip drops the current optimizer step

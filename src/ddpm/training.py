@@ -15,10 +15,14 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm.callbacks import AtomicCheckpointIO, safe_load_checkpoint
-from ddpm.config import to_container, validate_config
-from ddpm.io import check_writable, write_json
+from ddpm.callbacks import AtomicCheckpointIO
+from ddpm.callbacks.sample_grid import log_image
+from ddpm.config import SamplerConfig, group_norm_warning, to_container, validate_config
+from ddpm.data import model_to_uint8
+from ddpm.generate import generate, seeds_for
+from ddpm.io import atomic_write, check_writable, make_grid_uint8, safe_load_checkpoint, save_png, write_json
 from ddpm.module import DiffusionModule
+from ddpm.runtime import Progress
 
 log = logging.getLogger("ddpm")
 
@@ -115,12 +119,10 @@ class _AppendingExperimentWriter(ExperimentWriter):
             keys = list(reader.fieldnames or [])
             # Rows logged after the checkpoint (work lost with the process) are logged again by the resume.
             rows = [r for r in reader if not (r.get("step") or "").isdigit() or int(r["step"]) < resume_step]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             w.writerows(rows)
-        os.replace(tmp, path)
         self.metrics_keys = sorted(keys)
 
     def _check_log_dir_exists(self) -> None:  # Lightning's deletes the previous metrics.csv
@@ -175,13 +177,15 @@ class SaveLastAtEnd(L.Callback):
             and Path(getattr(cb, "dirpath", "") or "") == self.path.parent
             for cb in trainer.checkpoint_callbacks
         ):
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
         self.saved_step = step
 
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Train a DDPM as configured; returns ``(metrics, objects)``."""
     validate_config(cfg)
+    if (warning := group_norm_warning(cfg.model)) is not None:
+        log.warning(warning)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     output_dir = Path(cfg.paths.output_dir)
     check_writable(output_dir, "paths.output_dir",  # before any data are read or any step is taken
@@ -196,13 +200,11 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         objective=run_config["objective"],
         optim=run_config["optim"],
         image_shape=tuple(datamodule.image_shape),
-        channels_last=bool(cfg.get("channels_last", False)),
-        compile={"backend": cfg.get("compile_backend", "inductor"), "mode": cfg.get("compile_mode")}
-        if cfg.get("compile", False)
-        else None,
+        channels_last=cfg.channels_last,
+        compile={"backend": cfg.compile_backend, "mode": cfg.compile_mode} if cfg.compile else None,
     )
     module.run_config = run_config
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
     resume_step = None
     if ckpt_path:
         ckpt = safe_load_checkpoint(ckpt_path)
@@ -229,14 +231,15 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         preempted = any(getattr(c, "received", None) for c in callbacks)
         saved = {getattr(c, "saved_step", None) for c in callbacks}
         if trainer.global_step > 0 and not trainer.interrupted and trainer.global_step not in saved:
-            trainer.save_checkpoint(last)  # the run ended otherwise (max_epochs, early stop): save what there is
+            # the run ended otherwise (max_epochs, early stop): save what there is
+            trainer.save_checkpoint(last, weights_only=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
         metrics.update(global_step=trainer.global_step, fit_seconds=round(fit_seconds, 2))
         if preempted:
             metrics["preempted"] = True  # no final samples: the job has seconds left; the resume makes them
         if trainer.is_global_zero:
             if not preempted:
-                metrics.update(final_samples(cfg, module, datamodule, output_dir))
+                metrics.update(final_samples(cfg, trainer, module, datamodule, output_dir))
             write_json(output_dir / "metrics.json", metrics)
             log.info("run directory: %s", output_dir)
     finally:
@@ -248,32 +251,40 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     return metrics, {"module": module, "datamodule": datamodule, "trainer": trainer, "output_dir": output_dir}
 
 
-def final_samples(cfg: DictConfig, module: DiffusionModule, datamodule, output_dir: Path) -> dict:
-    """Sample ``cfg.final_samples`` images with EMA weights: ``samples.png`` and, on digits, a quality score."""
-    n = int(cfg.get("final_samples", 0) or 0)
+def final_samples(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, datamodule,
+                  output_dir: Path) -> dict:
+    """Sample ``cfg.final_samples`` images with EMA weights and the run's ``sampler``: ``samples.png`` and, on
+    digits, a quality score."""
+    n = cfg.final_samples
     if n <= 0:
         return {}
-    from ddpm.generate import SamplerConfig, generate, make_grid_uint8, save_png, seeds_for, to_uint8
-
-    final_sampler = cfg.get("final_sampler")
-    sampler = SamplerConfig(**(OmegaConf.to_container(final_sampler, resolve=True) if final_sampler else {}))
+    sampler = SamplerConfig.from_node(cfg.sampler)
     start = time.time()
-    images = to_uint8(
-        generate(
-            module.model_fn(use_ema=True), module.diffusion, seeds_for(int(cfg.seed), 0, n), module.image_shape,
-            sampler, device=module.device,
-        )
-    ).cpu()
+    steps = sampler.steps or module.diffusion.num_timesteps
+    shown = bool(cfg.trainer.get("enable_progress_bar", True))
+    with Progress(min(steps, module.diffusion.num_timesteps), shown, f"final samples ({n}, {sampler.num_steps_label})",
+                  unit="step") as bar:
+        images = model_to_uint8(
+            generate(
+                module.model_fn(use_ema=True), module.diffusion, seeds_for(int(cfg.seed), 0, n), module.image_shape,
+                sampler, device=module.device, progress=lambda done, total: bar.set(done),
+            )
+        ).cpu()
     out: dict[str, Any] = {
         "final_samples": n, "final_sampler": sampler.num_steps_label, "sample_seconds": round(time.time() - start, 2)
     }
     upscale = max(1, 64 // module.image_shape[-1])
-    save_png(make_grid_uint8(images, upscale=upscale), output_dir / "samples.png")
+    grid = make_grid_uint8(images, upscale=upscale)
+    save_png(grid, output_dir / "samples.png")
     if getattr(datamodule, "name", "") == "digits":
         from ddpm.metrics.digits_score import digits_quality
 
         q = digits_quality(images)
         out.update({f"digits/{k}": float(v) for k, v in q.items()})
+    log_image(trainer, "samples/final", grid, trainer.global_step)
+    for lg in trainer.loggers:
+        lg.log_metrics({k: v for k, v in out.items() if isinstance(v, float) and "/" in k}, step=trainer.global_step)
+        lg.save()
     return out
 
 

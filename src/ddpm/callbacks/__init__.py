@@ -1,8 +1,8 @@
 """Training callbacks: sample grids, FID/IS, preemption, atomic checkpoint I/O."""
 
-from ddpm.callbacks.checkpoint_io import AtomicCheckpointIO, atomic_torch_save, safe_load_checkpoint
+from ddpm.callbacks.checkpoint_io import AtomicCheckpointIO, StepCheckpoint
 from ddpm.callbacks.debug import EMAHash
 from ddpm.callbacks.preemption import Preemption
 from ddpm.callbacks.sample_grid import SampleGrid
 
-__all__ = ["AtomicCheckpointIO", "EMAHash", "Preemption", "SampleGrid", "atomic_torch_save", "safe_load_checkpoint"]
+__all__ = ["AtomicCheckpointIO", "EMAHash", "Preemption", "SampleGrid", "StepCheckpoint"]

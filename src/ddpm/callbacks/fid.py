@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
+from omegaconf import OmegaConf
 
-from ddpm.generate import SamplerConfig, generate, seeds_for, to_uint8
+from ddpm.config import SamplerConfig
+from ddpm.data import model_to_uint8
+from ddpm.generate import generate, seeds_for
 
 log = logging.getLogger("ddpm.fid")
 
@@ -34,17 +36,10 @@ class FIDCallback(L.Callback):
         num_samples: int = 5000,
         batch_size: int = 256,
         seed: int = 0,
-        sampler: str = "ddim",
-        steps: int | None = 100,
-        eta: float = 0.0,
-        clip_denoised: bool = True,
+        sampler: dict | SamplerConfig | None = None,
+        metric: dict | None = None,
         use_ema: bool = True,
-        feature_extractor: str = "inception",
-        inception_weights: str | None = None,
-        ref_split: str = "train",
-        ref_stats: str | None = None,
         cache_dir: str | None = None,
-        is_splits: int = 10,
         on_train_end: bool = False,
         prefix: str = "val",
     ) -> None:
@@ -54,19 +49,13 @@ class FIDCallback(L.Callback):
         self.num_samples = int(num_samples)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
-        self.sampler = SamplerConfig(
-            name=sampler,
-            steps=None if sampler == "ancestral" else steps,
-            eta=eta,
-            clip_denoised=clip_denoised,
-        )
+        self.sampler = SamplerConfig.from_node(sampler or {"name": "ddim", "steps": 100})
+        if metric is None:
+            raise ValueError("FIDCallback needs its metric settings (the fid group: conf/fid/default.yaml)")
+        self.fid_cfg = OmegaConf.create(OmegaConf.to_container(metric, resolve=True)
+                                        if OmegaConf.is_config(metric) else dict(metric))
         self.use_ema = use_ema
-        self.feature_extractor = feature_extractor
-        self.inception_weights = inception_weights
-        self.ref_split = ref_split
-        self.ref_stats = ref_stats
         self.cache_dir = cache_dir
-        self.is_splits = int(is_splits)
         self.run_on_train_end = on_train_end
         self.prefix = prefix
         self.metric = None
@@ -75,27 +64,22 @@ class FIDCallback(L.Callback):
 
     # ------------------------------------------------------------------ setup
     def _build_metric(self, trainer, pl_module) -> None:
-        from ddpm.metrics.extractors import get_extractor
-        from ddpm.metrics.refstats import RefStats, reference_stats
+        from ddpm.metrics.samples import load_extractor, reference_for
         from ddpm.metrics.streaming import StreamingFIDIS
 
         device = pl_module.device
-        extractor = get_extractor(self.feature_extractor, weights_path=self.inception_weights, device=device)
-        if self.ref_stats:
-            ref = RefStats.load(self.ref_stats, extractor=extractor.name)
-        else:
-            dm = trainer.datamodule
-            if dm is None or not hasattr(dm, "iter_uint8"):
-                raise ValueError("FIDCallback needs a datamodule with iter_uint8() or ref_stats=PATH")
-            cache = Path(self.cache_dir) / "refstats" if self.cache_dir else None
-            ref, _ = reference_stats(dm, self.ref_split, extractor, cache_dir=cache, device=device)
+        dm = trainer.datamodule
+        if not self.fid_cfg.ref_stats and (dm is None or not hasattr(dm, "iter_uint8")):
+            raise ValueError("FIDCallback needs a datamodule with iter_uint8() or ref_stats=PATH")
+        extractor = load_extractor(self.fid_cfg, getattr(dm, "name", None), device)
+        ref = reference_for(self.fid_cfg, extractor, dm, self.cache_dir, device)
         # Sync through the trainer's process group; dist_sync_on_step off (we sync once in compute()).
-        self.metric = StreamingFIDIS(extractor, ref, splits=self.is_splits).to(device)
+        self.metric = StreamingFIDIS(extractor, ref, splits=int(self.fid_cfg.is_splits)).to(device)
 
     def key(self, name: str, num_timesteps: int) -> str:
-        from ddpm.sampling import fid_key, sampler_label
+        from ddpm.metrics.samples import fid_key
 
-        return f"{self.prefix}/{fid_key(name, self.num_samples, sampler_label(self.sampler, num_timesteps))}"
+        return f"{self.prefix}/{fid_key(name, self.num_samples, self.sampler.label(num_timesteps))}"
 
     # ------------------------------------------------------------------ hooks
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -128,7 +112,7 @@ class FIDCallback(L.Callback):
             seeds = [seeds_for(self.seed, i, i + 1)[0] for i in idx]
             x = generate(model_fn, pl_module.diffusion, seeds, pl_module.image_shape, self.sampler,
                          device=pl_module.device)
-            metric.update(to_uint8(x.float()), index=idx)  # IS splits follow the sample order
+            metric.update(model_to_uint8(x.float()), index=idx)  # IS splits follow the sample order
         result = metric.compute()  # all ranks: collective sum of the states
         metric.reset()
         if was_training:

@@ -49,7 +49,7 @@ class Preemption(L.Callback):
         dirpath = Path(self.dirpath or Path(trainer.default_root_dir) / "checkpoints")
         path = dirpath / "last.ckpt"
         if self.saved_step != trainer.global_step:
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)
             self.saved_step = trainer.global_step
         rank_zero_info(f"[ddpm] received {self.received}: wrote {path} at step {trainer.global_step}; exiting.")
         trainer.should_stop = True

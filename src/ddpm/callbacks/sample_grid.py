@@ -7,21 +7,25 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from ddpm.generate import SamplerConfig, generate, make_grid_uint8, save_png, seeds_for, to_uint8
+from ddpm.config import SamplerConfig
+from ddpm.data import model_to_uint8
+from ddpm.generate import generate, seeds_for
+from ddpm.io import make_grid_uint8, save_png
 
 
 class SampleGrid(L.Callback):
     """Every ``every_n_steps`` optimizer steps, rank 0 samples ``num_images`` images (EMA weights by default)
     from the same seeds every time, and writes ``<run>/samples/step_<step>.png``; the image also goes to W&B
-    or TensorBoard when those loggers are on. Other ranks do not wait on it (no collective calls)."""
+    or TensorBoard when those loggers are on. Other ranks do not wait on it (no collective calls).
+
+    ``sampler``: a sampler config (the run's ``sampler`` group by default, conf/callbacks/default.yaml)."""
 
     def __init__(
         self,
         every_n_steps: int = 5000,
         num_images: int = 64,
         seed: int = 0,
-        sampler: str = "ancestral",
-        steps: int | None = None,
+        sampler: dict | SamplerConfig | None = None,
         use_ema: bool = True,
         upscale: int = 1,
         dirname: str = "samples",
@@ -29,7 +33,7 @@ class SampleGrid(L.Callback):
         self.every_n_steps = every_n_steps
         self.num_images = num_images
         self.seed = seed
-        self.sampler = SamplerConfig(name=sampler, steps=steps)
+        self.sampler = SamplerConfig.from_node(sampler or {"name": "ancestral"})
         self.use_ema = use_ema
         self.upscale = upscale
         self.dirname = dirname
@@ -54,7 +58,7 @@ class SampleGrid(L.Callback):
             self.sampler,
             device=pl_module.device,
         )
-        grid = make_grid_uint8(to_uint8(images).cpu(), upscale=self.upscale)
+        grid = make_grid_uint8(model_to_uint8(images).cpu(), upscale=self.upscale)
         path = Path(trainer.default_root_dir) / self.dirname / f"{name}.png"
         save_png(grid, path)
         log_image(trainer, "samples/grid", grid, trainer.global_step)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ddpm.data.digits import digits_split
+from ddpm.io import atomic_write
 from ddpm.metrics.features import Extractor, default_cache_dir, to_nchw_uint8
 
 __all__ = [
@@ -151,16 +151,9 @@ def load_or_train_digits_classifier(
     else:
         with torch.enable_grad():  # callers may be inside no_grad / inference code
             net, acc = train_digits_classifier()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            meta = {"version": CLASSIFIER_VERSION, **{f"acc_{k}": f"{v:.4f}" for k, v in acc.items()}}
-            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        meta = {"version": CLASSIFIER_VERSION, **{f"acc_{k}": f"{v:.4f}" for k, v in acc.items()}}
+        with atomic_write(path) as tmp:
+            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
     net.requires_grad_(False).eval()
     _NET_MEMO[key] = net
     return net

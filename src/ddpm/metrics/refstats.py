@@ -100,7 +100,6 @@ class RefStats:
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``path`` atomically (temporary file in the same directory + ``os.replace``)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_savez(
             path,
             mu=self.mu,

@@ -2,9 +2,8 @@
 
 ::
 
-    python -m ddpm.evaluate ckpt_path=RUN/checkpoints/last.ckpt            # test split, EMA weights
-    python sample.py ckpt_path=RUN/checkpoints/last.ckpt nll=true          # the same
-    python -m ddpm.evaluate ckpt_path=... nll_split=train nll_max_images=10000 trainer.devices=4
+    python sample.py ckpt_path=RUN/checkpoints/last.ckpt nll=true          # test split, EMA weights
+    python sample.py ckpt_path=... nll=true nll_split=train nll_max_images=10000 trainer.devices=4
 
 The bound is the official ``calc_bpd_loop`` (reference section 4): for every code index t = T-1 .. 0 a fresh
 ``x_t ~ q(x_t | x_0)`` and its term (posterior KL for t > 0, discretised-Gaussian decoder for t = 0), plus
@@ -38,10 +37,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from ddpm.data import uint8_to_model
 from ddpm.diffusion import SeededNoise
 from ddpm.generate import seeds_for
+from ddpm.io import atomic_savez, atomic_write, check_writable, write_json
+from ddpm.loading import load_model, model_datamodule
+from ddpm.runtime import Progress, make_fabric, provenance
 
-__all__ = ["evaluate_nll", "nll_of_images", "summarise", "main"]
+__all__ = ["evaluate_nll", "nll_of_images", "summarise"]
 
 
 @torch.no_grad()
@@ -116,59 +119,46 @@ def _plot(table: dict[str, np.ndarray], path: Path, title: str) -> None:
     b.set_title("rate-distortion (Table 4)")
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_write(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def evaluate_nll(cfg: DictConfig) -> dict:
     """Run the NLL evaluation of ``cfg`` (the sample.yaml keys ``ckpt_path``/``pretrained``, ``use_ema``,
     ``nll_*``, ``data``, ``out_dir``, ``trainer``); returns the summary on rank 0, ``{}`` elsewhere."""
-    from ddpm.data.base import uint8_to_model
-    from ddpm.io import atomic_savez, check_writable, write_json
-    from ddpm.sampling import build_datamodule, data_config, library_versions, load_model, make_fabric
-
     out_dir = check_writable(cfg.out_dir)
-    fabric = make_fabric(cfg)
+    fabric = make_fabric(cfg.trainer)
     fabric.launch()
     rank, world = fabric.global_rank, fabric.world_size
-    loaded = load_model(cfg.get("ckpt_path"), cfg.get("pretrained"), bool(cfg.get("use_ema", True)))
+    loaded = load_model(cfg.ckpt_path, cfg.pretrained, cfg.use_ema)
     loaded.to(fabric.device)
-    split = cfg.get("nll_split", "test")
-    dm = build_datamodule(data_config(cfg, loaded.run_cfg), "nll=true")
+    split = cfg.nll_split
+    dm = model_datamodule(loaded, cfg.data, "nll=true")
     images = dm.splits()[split]
     n = len(images)
-    if cfg.get("nll_max_images") is not None:
+    if cfg.nll_max_images is not None:
         n = min(n, int(cfg.nll_max_images))
     if n < 1:
         raise ValueError(f"{dm.name} split {split!r} has no images")
     if tuple(dm.image_shape) != tuple(loaded.image_shape):
         raise ValueError(f"data images are {tuple(dm.image_shape)}, the model's {tuple(loaded.image_shape)}")
     mine = list(range(rank, n, world))
-    bs = int(cfg.get("nll_batch_size", 64))
-    seed, t_batch = int(cfg.get("nll_seed", 0)), int(cfg.get("nll_t_batch", 1))
+    bs, seed, t_batch = cfg.nll_batch_size, cfg.nll_seed, cfg.nll_t_batch
     model_fn = loaded.model_fn()
     T = loaded.diffusion.num_timesteps
-    bar = None
-    if rank == 0 and cfg.get("progress", True) and mine:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(mine), unit="img", desc=f"bits/dim ({split}, rank 0 of {world})")
     start = time.time()
     acc: dict[str, list] = {}
-    for k in range(0, len(mine), bs):
-        idx = mine[k : k + bs]
-        x = torch.stack([uint8_to_model(images[i]) for i in idx]).to(fabric.device)
-        with fabric.autocast():
-            res = nll_of_images(model_fn, loaded.diffusion, x, idx, seed, t_batch)
-        res["index"] = np.asarray(idx, dtype=np.int64)
-        for key, v in res.items():
-            acc.setdefault(key, []).append(v)
-        if bar is not None:
+    with Progress(len(mine), cfg.progress and rank == 0, f"bits/dim ({split}, rank 0 of {world})") as bar:
+        for k in range(0, len(mine), bs):
+            idx = mine[k : k + bs]
+            x = torch.stack([uint8_to_model(images[i]) for i in idx]).to(fabric.device)
+            with fabric.autocast():
+                res = nll_of_images(model_fn, loaded.diffusion, x, idx, seed, t_batch)
+            res["index"] = np.asarray(idx, dtype=np.int64)
+            for key, v in res.items():
+                acc.setdefault(key, []).append(v)
             bar.update(len(idx))
-    if bar is not None:
-        bar.close()
     part_dir = out_dir / "nll_parts"
     part_dir.mkdir(parents=True, exist_ok=True)
     part = {key: np.concatenate(v) for key, v in acc.items()} if acc else {}
@@ -194,7 +184,7 @@ def evaluate_nll(cfg: DictConfig) -> dict:
         nll_seed=seed,
         world_size=world,
         seconds=round(seconds, 2),
-        versions=library_versions(),
+        **provenance(),
         note="an upper bound on the NLL (report as <= bpd); one Monte-Carlo x_t per term per image",
         **loaded.provenance,
     )
@@ -206,14 +196,12 @@ def evaluate_nll(cfg: DictConfig) -> dict:
         prior_bpd=parts["prior_bpd"],
         decoder_bpd=parts["vb"][:, 0],
     )
-    tmp = out_dir / ".nll_terms.csv.tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(out_dir / "nll_terms.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         cols = list(table)
         w.writerow(cols)
         for t in range(T):
             w.writerow([_fmt(table[c][t]) for c in cols])
-    tmp.replace(out_dir / "nll_terms.csv")
     _plot(table, out_dir / "nll_bits_per_timestep.png", f"{dm.name} {split}: {summary['bpd']:.4f} bits/dim")
     write_json(out_dir / "nll.json", summary)
     print(f"[ddpm] NLL ({dm.name} {split}, {summary['num_images']} images): <= {summary['bpd']:.4f} bits/dim")
@@ -222,22 +210,3 @@ def evaluate_nll(cfg: DictConfig) -> dict:
 
 def _fmt(v: Any) -> Any:
     return int(v) if isinstance(v, (np.integer, int)) else float(v)
-
-
-def main() -> None:
-    """``python -m ddpm.evaluate ckpt_path=...``: the sample.yaml config with ``nll=true``."""
-    import hydra
-
-    import ddpm.config  # noqa: F401
-    from ddpm.config import CONF_DIR
-
-    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sample")
-    def _run(cfg: DictConfig) -> None:
-        cfg.nll = True
-        evaluate_nll(cfg)
-
-    _run()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,222 @@
+"""What every command (``train.py``, ``sample.py``, ``python -m ddpm.<tool>``) does the same way towards the
+user: one clean block for a user error, a console without duplicated or misleading lines, and ``--help``
+that lists only what the script takes.
+
+* **User errors** (a bad value, a missing file or dataset, a checkpoint that is not one, a run that diverged)
+  are printed as ``Error: <message>`` on stderr, exit status 1, no traceback. ``HYDRA_FULL_ERROR=1`` (or
+  ``DDPM_DEBUG=1``) shows the full traceback instead. Anything else is a bug and keeps its traceback.
+* **Console**: Lightning's own console handler is removed (its lines went out twice: once plain, once through
+  Hydra's handler), library notices that the project's defaults would trigger are filtered, and Hydra's
+  console lines are short (``[INFO] message``); the run directory's log file keeps the full format.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError,
+                                                FloatingPointError, NotADirectoryError, IsADirectoryError)
+
+# Library messages that the project's own defaults trigger and that say nothing to the user.
+_QUIET_LOG = ("💡 Tip:", "`weights_only` was not set")
+_QUIET_WARNINGS = (
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # lightning's _pytree on torch >= 2.10
+    r".*is smaller than the logging interval.*",  # steps are counted across epochs: nothing is lost
+    r".*module\(s\) in eval mode at the start of training.*",  # the EMA copy, on purpose
+    r".*The '(train|val|test)_dataloader' does not have many workers.*",  # in-memory data: workers cost more
+    r".*Checkpoint directory .* exists and is not empty.*",  # a resume writes into its own run directory
+    r".*Experiment logs directory .* exists and is not empty.*",  # likewise (the CSV log is continued)
+)
+
+
+def debug() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("DDPM_DEBUG") == "1"
+
+
+def user_message(e: BaseException) -> str | None:
+    """The message to show for a user error (unwrapping Hydra's instantiation wrapper), ``None`` for a bug."""
+    from hydra.errors import InstantiationException
+
+    if isinstance(e, InstantiationException) and isinstance(e.__cause__, USER_ERRORS):
+        e = e.__cause__
+    if isinstance(e, USER_ERRORS) or type(e).__name__ in ("ImageDecodeError", "DatasetNotFoundError"):
+        text = str(e.args[0]) if len(e.args) == 1 else str(e)
+        if isinstance(e, FileNotFoundError | PermissionError) and e.filename and text == e.strerror:
+            text = f"{e.strerror}: {e.filename}"
+        return text
+    return None
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a user error raised inside into ``Error: ...`` on stderr and exit status 1 (no traceback)."""
+    try:
+        yield
+    except BaseException as e:  # noqa: BLE001 - classified below; everything else is re-raised
+        message = None if debug() or isinstance(e, SystemExit | KeyboardInterrupt) else user_message(e)
+        if message is None:
+            raise
+        sys.stderr.write(f"Error: {message}\n(set HYDRA_FULL_ERROR=1 for the full traceback)\n")
+        sys.stderr.flush()
+        raise SystemExit(1) from None
+
+
+class _QuietFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(q in msg for q in _QUIET_LOG)
+
+
+def setup_console() -> None:
+    """Each line once, no notices caused by the project's defaults (call it inside the Hydra task)."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+        lg.propagate = True
+    quiet = _QuietFilter()
+    for h in logging.getLogger().handlers:
+        h.addFilter(quiet)
+    for pattern in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def run(task: Callable[[], Any]) -> Any:
+    """Run an application inside a Hydra task: the console set up, user errors as one clean block."""
+    setup_console()
+    with user_errors():
+        return task()
+
+
+# ------------------------------------------------------------------------------------------------ --help
+SCRIPT_GROUPS = {
+    "train": ("data", "model", "objective", "diffusion", "optim", "trainer", "sampler", "callbacks", "logger",
+              "sweep"),
+    "sample": ("sampler", "fid", "data"),
+}
+HIDDEN_OPTIONS = {"train": {"data": {"checkpoint"}}, "sample": {}}
+
+
+def group_options(conf_dir: Path, group: str) -> list[str]:
+    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+
+
+def help_text(script: str, overrides: list[str]) -> str:
+    """``--help`` of ``train.py`` / ``sample.py``: the groups the script takes with their options, then the
+    composed configuration (with ``overrides`` applied), as Hydra's help but without what the script cannot
+    take (other scripts' groups, the schemas)."""
+    from omegaconf import OmegaConf
+
+    from ddpm.config import CONF_DIR, compose
+
+    lines = [f"python {script}.py [KEY=VALUE ...]   (Hydra; -m for a multirun; --hydra-help for Hydra's options)",
+             "", "== Groups (group=option) =="]
+    for g in SCRIPT_GROUPS[script]:
+        opts = [o for o in group_options(CONF_DIR, g) if o not in HIDDEN_OPTIONS[script].get(g, set())]
+        lines.append(f"{g}: {', '.join(opts)}")
+    cfg = compose(script, overrides)
+    cfg = OmegaConf.to_container(cfg, resolve=False)
+    cfg.pop("hydra", None)
+    lines += ["", "== Config (override any key: key.sub=value) ==", OmegaConf.to_yaml(cfg)]
+    return "\n".join(lines)
+
+
+def maybe_print_help(script: str, argv: list[str] | None = None) -> None:
+    """Print :func:`help_text` and exit when ``--help``/``-h`` is on the command line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--help" not in argv and "-h" not in argv:
+        return
+    overrides = [a for a in argv if not a.startswith("-")]
+    with user_errors():
+        print(help_text(script, overrides))
+    raise SystemExit(0)
+
+
+# Options that moved when a sampler became one config group and the FID settings another.
+MOVED = {
+    "steps": "sampler.steps", "eta": "sampler.eta", "clip_denoised": "sampler.clip_denoised",
+    "var_type": "sampler.var_type", "final_sampler": "sampler=NAME", "final_sampler.name": "sampler=NAME",
+    "final_sampler.steps": "sampler.steps", "feature_extractor": "fid.feature_extractor",
+    "inception_weights": "fid.inception_weights", "ref_split": "fid.ref_split", "ref_stats": "fid.ref_stats",
+    "is_splits": "fid.is_splits", "data_overrides": "data=NAME data.root=PATH",
+}
+
+
+def _flat_keys(node: Any, prefix: str = "") -> list[str]:
+    from omegaconf import DictConfig, OmegaConf
+
+    out = []
+    for k in node.keys() if isinstance(node, DictConfig) else []:
+        key = f"{prefix}{k}"
+        out.append(key)
+        child = OmegaConf.select(node, str(k), throw_on_missing=False, throw_on_resolution_failure=False)
+        if isinstance(child, DictConfig):
+            out += _flat_keys(child, key + ".")
+    return out
+
+
+def preflight(script: str, argv: list[str] | None = None) -> None:
+    """Before Hydra starts the job: ``--help``, and the command line composed once, so that a misspelt or
+    moved option, a value of the wrong type or an invalid combination is one ``Error:`` block naming the key,
+    with a suggestion, and exit status 1 (Hydra's own messages say ``+key=value`` for a typo)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    maybe_print_help(script, argv)
+    if any(a in ("-m", "--multirun") for a in argv) or any(a.startswith("-") for a in argv):
+        return  # sweeps and Hydra flags: Hydra composes each job itself
+    from hydra.errors import HydraException
+
+    from ddpm.config import compose
+
+    overrides = [a for a in argv if "=" in a]
+    try:
+        with user_errors():
+            compose(script, overrides)
+    except HydraException as e:
+        if debug():
+            raise
+        sys.stderr.write(f"Error: {_composition_message(script, e, overrides)}\n")
+        raise SystemExit(1) from None
+
+
+def _composition_message(script: str, e: BaseException, overrides: list[str]) -> str:
+    """Hydra's composition error as one block: the key and value, what is valid, the fix."""
+    import re
+
+    from ddpm.config import compose
+
+    text = f"{e}\n{e.__cause__ or ''}".strip()
+    if m := re.search(r"Could not override '([^']+)'", text):
+        key = m.group(1)
+        if key in MOVED:
+            return f"{key}=... is not an option of {script}.py any more: use {MOVED[key]}."
+        others = [o for o in overrides if not o.lstrip("+~").startswith(key + "=")]
+        try:
+            keys = _flat_keys(compose(script, others))
+        except Exception:  # noqa: BLE001 - the suggestion is a courtesy
+            keys = []
+        return (f"{key}: no such option of {script}.py.{suggest(key, keys)} (`python {script}.py --help` lists "
+                "the options and the config; +key=value adds a key that is not in it.)")
+    if m := re.search(r"Could not find '([^']+)/([^']+)'", text):
+        group, option = m.groups()
+        valid = re.findall(r"^\t(\S+)$", text, re.M)
+        return f"{group}={option}: no such option. Valid {group} options: {', '.join(valid)}.{suggest(option, valid)}"
+    if m := re.search(r"Error merging override (\S+?)=(.*)", text):
+        key, value = m.groups()
+        why = str(e.__cause__ or "").strip().splitlines()
+        return (f"{key}={value}: {why[0] if why else 'invalid value'}. conf/{script}.yaml (or the group's YAML) "
+                "documents the option and its type.")
+    return text.split("\nConfig search path")[0]
+
+
+def suggest(word: str, valid: list[str]) -> str:
+    """`` Did you mean 'x'?`` for a close match among ``valid``, else ``""``."""
+    close = difflib.get_close_matches(word, valid, n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
