@@ -192,4 +192,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    from ddpm.cli import user_errors
+
+    with user_errors():
+        main()
