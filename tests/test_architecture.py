@@ -1,4 +1,4 @@
-"""The layering of ``src/ddpm`` (docs/style.md, README "Layout"), read from the source with ``ast`` (nothing is
+"""The layering of ``src/ddpm`` (README "Layout"), read from the source with ``ast`` (nothing is
 imported): every ``import`` counts, also the ones inside functions.
 
     entry points   train.py, sample.py, python -m ddpm.<tool>

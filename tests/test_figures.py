@@ -65,15 +65,24 @@ def test_shared_xt(model, tmp_path):
 
 @pytest.mark.slow
 def test_figure_commands(model, tmp_path):
-    """python -m ddpm.figures {progressive,interpolation,shared_xt}: PNGs of the expected size."""
+    """python -m ddpm.figures {progressive,interpolation,shared_xt}: PNGs of the expected size, with a band of
+    labels (t, lambda) above the columns and, where rows differ, left of the rows; by default in the run
+    directory beside the checkpoint."""
     ckpt, _ = model
-    out = figures.main(["progressive", f"ckpt_path={ckpt}", "num_images=3", "frames=5",
-                        f"out={tmp_path}/p.png"])
-    assert Image.open(out).size == _size(3, 5)
-    out = figures.main(["interpolation", f"ckpt_path={ckpt}", "lambdas=5", "sweep=true",
-                        f"out={tmp_path}/i.png"])
-    assert Image.open(out).size == _size(9, 7)
+
+    def check(out, rows, cols, row_labels):
+        img = np.asarray(Image.open(out).convert("L"))
+        w, h = _size(rows, cols)
+        assert img.shape[0] == h + 16 and (img.shape[1] > w if row_labels else img.shape[1] == w)
+        assert (img[:14, img.shape[1] - w:] < 128).any()  # label text above the columns
+        if row_labels:
+            assert (img[16:, : img.shape[1] - w] < 128).any()  # and left of the rows
+
+    out = figures.main(["progressive", f"ckpt_path={ckpt}", "num_images=3", "frames=5"])
+    assert out == ckpt.parent.parent / "figures" / "progressive.png"  # the run directory, not the cwd
+    check(out, 3, 5, row_labels=False)
+    out = figures.main(["interpolation", f"ckpt_path={ckpt}", "lambdas=5", "sweep=true", f"out={tmp_path}/i.png"])
+    check(out, 9, 7, row_labels=True)
     out = figures.main(["shared_xt", f"ckpt_path={ckpt}", "splits=1000,750,500,250", "continuations=4",
                         f"out={tmp_path}/s.png"])
-    assert Image.open(out).size == _size(4, 5)
-    assert np.asarray(Image.open(out)).dtype == np.uint8
+    check(out, 4, 5, row_labels=True)

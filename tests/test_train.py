@@ -266,8 +266,15 @@ def test_bf16_mixed_keeps_fp32_master_weights_and_finite_losses(tmp_path, tiny):
 
 
 def test_tensorboard_logger(tmp_path, tiny):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     _, objs = train(tiny("logger=tensorboard", steps=2))
-    assert list((objs["output_dir"] / "tensorboard").rglob("events.out.tfevents*"))
+    events = list((objs["output_dir"] / "tensorboard").rglob("events.out.tfevents*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent)).Reload()
+    assert "samples/final" in acc.Tags()["images"]  # the final samples, and their digits score
+    assert {"train/loss", "digits/fid", "digits/class_entropy"} <= set(acc.Tags()["scalars"])
+    assert "hp_metric" not in acc.Tags()["scalars"]  # no placeholder -1
 
 
 def test_wandb_offline_run_dir_has_config_and_summary(tmp_path, tiny, monkeypatch):
@@ -280,8 +287,10 @@ def test_wandb_offline_run_dir_has_config_and_summary(tmp_path, tiny, monkeypatc
     # wandb >= 0.19 keeps config, history and summary as protobuf records in run-<id>.wandb (what `wandb sync`
     # uploads); look for the resolved config values and the logged metric names in it.
     records = (runs[0] / f"run-{run_id}.wandb").read_bytes()
-    for needle in (b"fixed_large", b"ddpm.nets.UNet", b"train/loss", b"val/bpd", b"train/grad_norm"):
+    for needle in (b"fixed_large", b"ddpm.nets.UNet", b"train/loss", b"val/bpd", b"train/grad_norm",
+                   b"samples/final", b"digits/fid"):  # the final samples and their score reach W&B too
         assert needle in records, needle
+    assert list(runs[0].rglob("samples/final_*.png"))
 
 
 # ----------------------------------------------------------------------------------------------- processes

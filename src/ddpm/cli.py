@@ -22,8 +22,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError,
-                                                FloatingPointError, NotADirectoryError, IsADirectoryError)
+from ddpm.io import DownloadError, MissingDependencyError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, FloatingPointError,
+                                                NotADirectoryError, IsADirectoryError, DownloadError,
+                                                MissingDependencyError)
 
 # Library messages that the project's own defaults trigger and that say nothing to the user.
 _QUIET_LOG = ("💡 Tip:", "`weights_only` was not set")
@@ -178,12 +181,32 @@ def preflight(script: str, argv: list[str] | None = None) -> None:
     overrides = [a for a in argv if "=" in a]
     try:
         with user_errors():
-            compose(script, overrides)
+            cfg = compose(script, overrides)
+            _check_run_dir(cfg)
     except HydraException as e:
         if debug():
             raise
         sys.stderr.write(f"Error: {_composition_message(script, e, overrides)}\n")
         raise SystemExit(1) from None
+
+
+def _check_run_dir(cfg: Any) -> None:
+    """Hydra creates ``hydra.run.dir`` before the job starts (a traceback when it cannot): check it first."""
+    from omegaconf import OmegaConf
+
+    try:
+        run_dir = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
+    except Exception:  # noqa: BLE001 - an interpolation only Hydra's job can resolve: leave it to Hydra
+        return
+    parent = run_dir
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise PermissionError(
+            f"hydra.run.dir={str(run_dir)!r} cannot be created: {parent} is "
+            f"{'not a folder' if not parent.is_dir() else 'not writable'}. Choose a writable place: "
+            "hydra.run.dir=PATH."
+        )
 
 
 def _composition_message(script: str, e: BaseException, overrides: list[str]) -> str:

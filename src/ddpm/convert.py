@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from ddpm.io import DownloadError, MissingDependencyError
 from ddpm.nets import UNet
 
 #: Published diffusers ports of the official checkpoints (EMA weights) and their release settings.
@@ -474,7 +475,7 @@ def resolve_pretrained(name_or_path: str | os.PathLike, allow_download: bool = F
     try:
         from huggingface_hub import snapshot_download
     except ImportError as e:
-        raise RuntimeError(
+        raise MissingDependencyError(
             f"downloading {name!r} needs huggingface_hub (pip install 'ddpm[convert]'); {hint}"
         ) from e
     try:
@@ -482,7 +483,8 @@ def resolve_pretrained(name_or_path: str | os.PathLike, allow_download: bool = F
         if not any(folder.rglob("diffusion_pytorch_model.safetensors")):
             folder = Path(snapshot_download(repo_id=name, allow_patterns=["*.json", "*.bin"]))
     except Exception as e:  # offline, unknown repo, auth, ...
-        raise RuntimeError(f"could not download {name!r} ({type(e).__name__}: {e}); {hint}") from e
+        raise DownloadError(f"could not download {name!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                            f"{hint}") from e
     return folder
 
 
@@ -558,4 +560,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ddpm.cli import user_errors
+
+    with user_errors():
+        main()

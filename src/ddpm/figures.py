@@ -50,9 +50,7 @@ def progressive(model_fn, diffusion, image_shape, *, num_images=8, frames=10, se
                 device="cpu") -> torch.Tensor:
     """uint8 ``[num_images, frames, C, H, W]``: x0-hat along the chain, the last frame the final sample."""
     T = diffusion.num_timesteps
-    frames = max(2, min(int(frames), T + 1))
-    # record x0-hat after these many reverse steps (1 .. T-1), then the final sample
-    marks = sorted({max(1, round(k * T / (frames - 1))) for k in range(1, frames - 1)})
+    marks = progressive_marks(T, frames)
     noise = SeededNoise(seeds_for(seed, 0, num_images), device=device)
     cols, final = [], None
     for done, step in enumerate(
@@ -62,9 +60,15 @@ def progressive(model_fn, diffusion, image_shape, *, num_images=8, frames=10, se
             cols.append(step["pred_xstart"].clamp(-1, 1))
         final = step["sample"]
     cols.append(final)
-    while len(cols) < frames:  # tiny T: fewer distinct steps than frames
+    while len(cols) < max(2, min(int(frames), T + 1)):  # tiny T: fewer distinct steps than frames
         cols.insert(0, cols[0])
     return to_uint8(torch.stack(cols, dim=1)).cpu()
+
+
+def progressive_marks(T: int, frames: int) -> list[int]:
+    """After how many reverse steps (1 .. T-1) :func:`progressive` records x0-hat (the last frame: x_0)."""
+    frames = max(2, min(int(frames), T + 1))
+    return sorted({max(1, round(k * T / (frames - 1))) for k in range(1, frames - 1)})
 
 
 @torch.no_grad()
@@ -129,11 +133,39 @@ def _bool(s) -> bool:
     return str(s).lower() in ("1", "true", "yes", "on")
 
 
-def grid_png(images: torch.Tensor, out: Path, nrow: int, upscale: int | None) -> Path:
-    """uint8 ``[N, C, H, W]`` in row-major order -> PNG with ``nrow`` images per row."""
+def grid_png(images: torch.Tensor, out: Path, nrow: int, upscale: int | None,
+             col_labels: list[str] | None = None, row_labels: list[str] | None = None) -> Path:
+    """uint8 ``[N, C, H, W]`` in row-major order -> PNG with ``nrow`` images per row, with a label above each
+    column and left of each row (t on the paper's 1000-step scale, lambda)."""
     up = int(upscale) if upscale else max(1, math.ceil(64 / images.shape[-1]))
-    save_png(make_grid_uint8(images, nrow=nrow, upscale=up), out)
+    pad = 2
+    grid = make_grid_uint8(images, nrow=nrow, pad=pad, upscale=up)
+    if col_labels or row_labels:
+        grid = _label(grid, images.shape[-1] * up, pad, col_labels or [], row_labels or [])
+    save_png(grid, out)
     return out
+
+
+def _label(grid: torch.Tensor, cell: int, pad: int, cols: list[str], rows: list[str]) -> torch.Tensor:
+    """The grid with a white band on top (column labels) and on the left (row labels)."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    img = Image.fromarray(grid.numpy() if grid.shape[-1] == 3 else grid[..., 0].numpy()).convert("RGB")
+    measure = ImageDraw.Draw(img)
+    width = max((measure.textlength(r, font=font) for r in rows), default=0)
+    left, top = (int(width) + 8 if rows else 0), (16 if cols else 0)
+    out = Image.new("RGB", (img.width + left, img.height + top), "white")
+    out.paste(img, (left, top))
+    draw = ImageDraw.Draw(out)
+    step = cell + pad
+    for j, text in enumerate(cols):
+        x = left + pad + j * step + (cell - draw.textlength(text, font=font)) / 2
+        draw.text((x, 2), text, fill="black", font=font)
+    for i, text in enumerate(rows):
+        draw.text((4, top + pad + i * step + cell / 2 - 6), text, fill="black", font=font)
+    return torch.from_numpy(np.asarray(out))
 
 
 def default_out(provenance: dict, figure: str) -> Path:
@@ -165,7 +197,11 @@ def main(argv: list[str] | None = None) -> Path:
     if figure == "progressive":
         x = progressive(fn, diff, shape, num_images=int(opts["num_images"]), frames=int(opts["frames"]),
                         seed=seed, clip_denoised=clip, device=device)
-        path = grid_png(x.flatten(0, 1), out, x.shape[1], opts["upscale"])
+        T = diff.num_timesteps
+        marks = progressive_marks(T, int(opts["frames"]))
+        labels = [f"t={round((T - d) * 1000 / T)}" for d in marks] + ["x_0"]
+        labels = [labels[0]] * (x.shape[1] - len(labels)) + labels
+        path = grid_png(x.flatten(0, 1), out, x.shape[1], opts["upscale"], col_labels=labels)
     elif figure == "interpolation":
         from ddpm.data import uint8_to_model
 
@@ -179,17 +215,25 @@ def main(argv: list[str] | None = None) -> Path:
         i, j = (int(v) for v in opts["pair"].split(","))
         a, b = uint8_to_model(imgs[i]), uint8_to_model(imgs[j])
         ts = [1000 * k / 8 for k in range(9)] if _bool(opts["sweep"]) else [float(opts["t"])]
-        rows = [interpolation(fn, diff, a, b, t_paper=t, lambdas=int(opts["lambdas"]), seed=seed,
-                              clip_denoised=clip, device=device) for t in ts]
-        path = grid_png(torch.cat(rows), out, rows[0].shape[0], opts["upscale"])
+        lambdas = int(opts["lambdas"])
+        rows = [interpolation(fn, diff, a, b, t_paper=t, lambdas=lambdas, seed=seed, clip_denoised=clip,
+                              device=device) for t in ts]
+        cols = ["x0 a", *(f"λ={v:.2f}" for v in torch.linspace(0, 1, lambdas).tolist()), "x0 b"]
+        path = grid_png(torch.cat(rows), out, rows[0].shape[0], opts["upscale"], col_labels=cols,
+                        row_labels=[f"t={t:g}" for t in ts])
     else:
         splits = [float(s) for s in opts["splits"].split(",")]
         x = shared_xt(fn, diff, shape, splits=splits, continuations=int(opts["continuations"]), seed=seed,
                       clip_denoised=clip, device=device)
-        path = grid_png(x.flatten(0, 1), out, x.shape[1], opts["upscale"])
+        cols = ["x_t", *(f"x_0 #{k + 1}" for k in range(x.shape[1] - 1))]
+        path = grid_png(x.flatten(0, 1), out, x.shape[1], opts["upscale"], col_labels=cols,
+                        row_labels=[f"t={s:g}" for s in splits])
     print(path)
     return path
 
 
 if __name__ == "__main__":
-    main()
+    from ddpm.cli import user_errors
+
+    with user_errors():
+        main()

@@ -23,6 +23,14 @@ class CheckpointError(ValueError):
     """A file that cannot be used as a checkpoint of this project (its message says why and what to do)."""
 
 
+class DownloadError(ConnectionError):
+    """Something asked to be downloaded could not be (offline, moved); the message names the offline fix."""
+
+
+class MissingDependencyError(ImportError):
+    """An optional package that a feature needs is not installed; the message says what to install."""
+
+
 def check_writable(
     out_dir: str | os.PathLike, option: str = "out_dir", fix: str = "Pass out_dir=A_WRITABLE_FOLDER."
 ) -> Path:

@@ -5,11 +5,11 @@
     python sample.py ckpt_path=RUN/checkpoints/last.ckpt nll=true          # test split, EMA weights
     python sample.py ckpt_path=... nll=true nll_split=train nll_max_images=10000 trainer.devices=4
 
-The bound is the official ``calc_bpd_loop`` (reference section 4): for every code index t = T-1 .. 0 a fresh
-``x_t ~ q(x_t | x_0)`` and its term (posterior KL for t > 0, discretised-Gaussian decoder for t = 0), plus
-the prior term, with ``clip_denoised=True`` and the EMA weights. Image ``i`` of the split draws its noise
-from ``seeds_for(nll_seed, i, i+1)`` only, so the result does not depend on the batch size or on how the
-images are split over devices (each of ``trainer.devices x num_nodes`` processes takes images
+The bound is the official ``calc_bpd_loop`` (diffusion_utils_2.py of the authors' code): for every code index
+t = T-1 .. 0 a fresh ``x_t ~ q(x_t | x_0)`` and its term (posterior KL for t > 0, discretised-Gaussian decoder
+for t = 0), plus the prior term, with ``clip_denoised=True`` and the EMA weights. Image ``i`` of the split
+draws its noise from ``seeds_for(nll_seed, i, i+1)`` only, so the result does not depend on the batch size or
+on how the images are split over devices (each of ``trainer.devices x num_nodes`` processes takes images
 ``rank::world``).
 
 Written to ``out_dir``:

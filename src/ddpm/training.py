@@ -217,8 +217,13 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     loggers = build_loggers(cfg, output_dir)
     if resume_step is not None:
         continue_csv_logs(loggers, resume_step)
+    # a run shorter than the logging interval still logs its last step (and so writes csv/metrics.csv)
+    log_every = cfg.trainer.log_every_n_steps
+    if cfg.trainer.max_steps > 0:
+        log_every = min(log_every, cfg.trainer.max_steps)
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers if loggers else False, plugins=[AtomicCheckpointIO()]
+        cfg.trainer, callbacks=callbacks, logger=loggers if loggers else False, plugins=[AtomicCheckpointIO()],
+        log_every_n_steps=log_every,
     )
     for lg in loggers:
         lg.log_hyperparams(run_config)

@@ -6,7 +6,7 @@ the same as ``sample.py seed=SEED num_samples=N`` with the same sampler and weig
 :class:`~ddpm.metrics.streaming.StreamingFIDIS` (torchmetrics; its states are summed across ranks in
 ``compute()``), logs ``val/fid_<n>`` and ``val/is_<n>`` (with the sampler in the key when it is not the full
 chain, e.g. ``val/fid_5k_ddim100``) and resets the metric. All ranks do the same work and meet only in the
-metric's collective sync, so nothing waits on rank 0 (user-needs P5 / A20).
+metric's collective sync, so nothing waits on rank 0.
 
 Reference statistics: ``ref_stats=PATH``, or built once from the datamodule's ``ref_split`` and cached under
 ``cache_dir`` with the canonical name (:func:`ddpm.metrics.refstats.ref_stats_path`). Each rank loads (or

@@ -1,0 +1,211 @@
+"""What a user sees: every mistake is one ``Error:`` block naming the key (exit status 1, no traceback), before
+anything expensive starts; ``--help`` lists what the script takes; a normal run's console holds no warning
+and no line twice. Real ``python train.py`` / ``sample.py`` processes (run two at a time), plus in-process
+checks of the same rules in the fast tier."""
+
+from __future__ import annotations
+
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, cli_env, tiny_overrides
+from sampling_helpers import tiny_checkpoint
+
+from ddpm import cli
+
+
+def run(args: list[str], cwd: Path, **env: str):
+    import subprocess
+
+    env = {"HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env=cli_env(**env))
+
+
+# ------------------------------------------------------------------------------------- in-process (fast)
+@pytest.mark.parametrize(
+    "script,argv,needles",
+    [
+        ("train", ["optim.lr=-1"], ["optim.lr=-1", "positive number"]),
+        ("train", ["seed=-1"], ["seed=-1", "[0, 2**32 - 1]"]),
+        ("train", ["trainer.max_steps=abc"], ["trainer.max_steps='abc'", "integer"]),
+        ("train", ["trainer.max_stpes=5"], ["trainer.max_stpes", "Did you mean 'trainer.max_steps'"]),
+        ("train", ["data=cifar100"], ["data=cifar100", "cifar10", "digits"]),
+        ("train", ["final_sampler.steps=5"], ["final_sampler.steps", "use sampler.steps"]),
+        ("train", ["nan_policy=maybe"], ["nan_policy=maybe", "stop, skip"]),
+        ("train", ["hydra.run.dir=/dev/null/run"], ["hydra.run.dir=", "not a folder"]),
+        ("sample", ["steps=5"], ["steps=...", "sampler.steps"]),
+        ("sample", ["num_samples=abc"], ["num_samples=abc", "Integer"]),
+        ("sample", ["sampler=ddm"], ["sampler=ddm", "ancestral, ddim", "Did you mean 'ddim'"]),
+        ("sample", ["sampler=ddim", "sampler.steps=0"], ["sampler.steps >= 1"]),
+        ("sample", ["fid.feature_extractr=digits"], ["Did you mean 'fid.feature_extractor'"]),
+    ],
+)
+def test_preflight_refuses_with_one_clean_message(script, argv, needles, capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as info:
+        cli.preflight(script, argv)
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_preflight_lets_a_good_command_through_and_sweeps_to_hydra(monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    assert cli.preflight("train", ["optim.lr=1e-3", "sampler=ddim", "sampler.steps=50"]) is None
+    assert cli.preflight("train", ["-m", "objective=simple,mu_mse"]) is None
+    assert cli.preflight("sample", ["data=digits", "data.batch_size=4", "fid.feature_extractor=digits"]) is None
+
+
+def test_a_bug_keeps_its_traceback_and_debug_shows_user_errors(monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(KeyError), cli.user_errors():
+        raise KeyError("a bug, not the user's mistake")
+    monkeypatch.setenv("DDPM_DEBUG", "1")
+    with pytest.raises(ValueError), cli.user_errors():
+        raise ValueError("shown with its traceback under DDPM_DEBUG=1")
+
+
+@pytest.mark.parametrize("script,groups,absent", [
+    ("train", ["data:", "model:", "objective:", "sampler:", "callbacks:"], ["schema", "recipe:", "checkpoint"]),
+    ("sample", ["sampler:", "fid:", "data:"], ["schema", "model:", "objective:", "optim:", "callbacks:"]),
+])
+def test_help_lists_only_what_the_script_takes(script, groups, absent):
+    text = cli.help_text(script, [])
+    head = text.split("== Config")[0]
+    for g in groups:
+        assert f"\n{g}" in head
+    for a in absent:
+        assert a not in head, a
+
+
+# ------------------------------------------------------------------------------------ real processes
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    """Every bad command of this module as a real process, two at a time; ``{name: CompletedProcess}``."""
+    tmp = tmp_path_factory.mktemp("cli")
+    ckpt = tiny_checkpoint(tmp_path_factory)
+    learned = tiny_checkpoint(tmp_path_factory, extra=("objective=eps_vlb_learned",))
+    text = tmp / "notes.txt"
+    text.write_text("these are my notes, not a checkpoint\n")
+    empty = tmp / "empty.ckpt"
+    empty.write_bytes(b"")
+    truncated = tmp / "truncated.ckpt"
+    truncated.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    blocker = tmp / "a_file"
+    blocker.write_text("x")
+    train = [str(ROOT / "train.py"), *tiny_overrides(tmp / "unused", steps=1)]
+    sample = [str(ROOT / "sample.py"), "trainer.accelerator=cpu", "progress=false"]
+    jobs = {
+        "lr": [*train, "optim.lr=-1", f"hydra.run.dir={tmp / 'lr'}"],
+        "max_steps": [*train, "trainer.max_steps=abc", f"hydra.run.dir={tmp / 'ms'}"],
+        "missing_cifar": [*train, "data=cifar10", f"data.root={tmp / 'no_cifar'}", f"paths.output_dir={tmp / 'mc'}",
+                          f"hydra.run.dir={tmp / 'mc'}"],
+        "unwritable_output": [*train, f"paths.output_dir={blocker / 'run'}", f"hydra.run.dir={tmp / 'uw'}"],
+        "train_text_ckpt": [*train, f"ckpt_path={text}", f"paths.output_dir={tmp / 'tc'}",
+                            f"hydra.run.dir={tmp / 'tc'}"],
+        "narrow_model": [*train, "model.ch=7", "final_samples=0", f"paths.output_dir={tmp / 'nm'}",
+                         f"hydra.run.dir={tmp / 'nm'}"],
+        "text_ckpt": [*sample, f"ckpt_path={text}", f"out_dir={tmp / 's1'}", f"hydra.run.dir={tmp / 's1'}"],
+        "empty_ckpt": [*sample, f"ckpt_path={empty}", f"out_dir={tmp / 's2'}", f"hydra.run.dir={tmp / 's2'}"],
+        "truncated_ckpt": [*sample, f"ckpt_path={truncated}", f"out_dir={tmp / 's3'}", f"hydra.run.dir={tmp / 's3'}"],
+        "no_inception": [*sample, f"ckpt_path={ckpt}", "compute_fid=true", "num_samples=4",
+                         "fid.feature_extractor=inception", f"fid.inception_weights={tmp / 'pt_inception.pth'}",
+                         f"out_dir={tmp / 's4'}", f"hydra.run.dir={tmp / 's4'}"],
+        "learned_var_on_fixed": [*sample, f"ckpt_path={ckpt}", "num_samples=2", "sampler.var_type=learned",
+                                 f"out_dir={tmp / 's5'}", f"hydra.run.dir={tmp / 's5'}"],
+        "fixed_var_on_learned": [*sample, f"ckpt_path={learned}", "num_samples=2", "sampler.var_type=fixed_small",
+                                 f"out_dir={tmp / 's6'}", f"hydra.run.dir={tmp / 's6'}"],
+        "nll_with_data": [*sample, f"ckpt_path={ckpt}", "nll=true", "data=digits", "nll_max_images=2",
+                          f"out_dir={tmp / 's7'}", f"hydra.run.dir={tmp / 's7'}"],
+        "moved_steps": [*sample, f"ckpt_path={ckpt}", "steps=5", f"hydra.run.dir={tmp / 's8'}"],
+    }
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {k: pool.submit(run, v, tmp) for k, v in jobs.items()}
+        out = {k: f.result() for k, f in futures.items()}
+    out["_tmp"], out["_ckpt"] = tmp, ckpt
+    return out
+
+
+def _clean_error(proc, *needles: str) -> None:
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, text[-3000:]
+    assert "Traceback" not in text and "Error executing job" not in text, text[-3000:]
+    assert [ln.startswith("Error: ") for ln in proc.stderr.splitlines()].count(True) == 1, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case,needles", [
+    ("lr", ["optim.lr=-1"]),
+    ("max_steps", ["trainer.max_steps='abc'"]),
+    ("missing_cifar", ["CIFAR-10 not found", "data.download=true", "data.root="]),
+    ("unwritable_output", ["paths.output_dir=", "cannot be created or written"]),
+    ("train_text_ckpt", ["is not a checkpoint (a text file)"]),
+    ("text_ckpt", ["ckpt_path:", "is not a checkpoint (a text file)"]),
+    ("empty_ckpt", ["ckpt_path:", "is empty (0 bytes)"]),
+    ("truncated_ckpt", ["ckpt_path:", "is not a checkpoint", "truncated or corrupt"]),
+    ("no_inception", ["inception_weights=", "not found"]),
+    ("learned_var_on_fixed", ["sampler.var_type=learned", "fixed variance", "fixed_small"]),
+    ("moved_steps", ["steps=...", "sampler.steps"]),
+])
+def test_a_bad_command_is_one_clean_error(cases, case, needles):
+    _clean_error(cases[case], *needles)
+
+
+@pytest.mark.slow
+def test_refused_runs_leave_nothing_that_blocks_the_corrected_command(cases):
+    tmp = cases["_tmp"]
+    assert not (tmp / "s4" / "shards").exists()  # the missing Inception weights were found before sampling
+    assert not (tmp / "s5" / "shards").exists()
+    fixed = run([str(ROOT / "sample.py"), f"ckpt_path={cases['_ckpt']}", "num_samples=2", "trainer.accelerator=cpu",
+                 "progress=false", f"out_dir={tmp / 's5'}", f"hydra.run.dir={tmp / 's5'}"], tmp)
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_explicit_fixed_variance_samples_a_learned_variance_model(cases):
+    """A learned-variance model sampled with sampler.var_type=fixed_small: asked for explicitly, it runs
+    (the network's mean channels with the fixed variance)."""
+    proc = cases["fixed_var_on_learned"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((cases["_tmp"] / "s6" / "metrics.json").read_text())
+    assert m["sampler"]["var_type"] == "fixed_small" and m["num_samples"] == 2
+
+
+@pytest.mark.slow
+def test_narrow_model_trains_with_a_loud_warning(cases):
+    proc = cases["narrow_model"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[WARNING] model.ch=7" in proc.stdout + proc.stderr and "multiple of 32" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_sample_py_takes_data_name(cases):
+    proc = cases["nll_with_data"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "bits/dim" in proc.stdout and json.loads((cases["_tmp"] / "s7" / "nll.json").read_text())["num_images"] == 2
+
+
+@pytest.mark.slow
+def test_default_recipe_console_has_no_warning_and_no_line_twice(tmp_path):
+    """`python train.py` (the quickstart recipe, fewer steps than its logging interval): nothing that looks
+    broken on the console, and the CSV log is written all the same."""
+    out = tmp_path / "run"
+    proc = run([str(ROOT / "train.py"), "trainer.max_steps=20", "final_samples=16", f"hydra.run.dir={out}"],
+               tmp_path, OMP_NUM_THREADS="2")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-3000:]
+    lowered = text.lower()
+    for bad in ("warn", "deprecat", "traceback", "error", "/-2", "tip:", "weights_only", "total flops: 0"):
+        assert bad not in lowered, (bad, text)
+    lines = [ln for ln in text.splitlines() if ln.strip() and not set(ln.strip()) <= set("━─│┃┏┓┗┛┡┩└┘╇╈┳┻ ")]
+    assert len(lines) == len(set(lines)), text
+    assert "training: 20/20 step" in text and "final samples" in text
+    assert (out / "samples.png").is_file() and (out / "csv" / "metrics.csv").is_file()
