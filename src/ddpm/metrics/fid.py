@@ -1,6 +1,6 @@
 """FID and Inception Score: the float64 math, and the FID/IS of a set of uint8 images.
 
-Protocol (docs/ddpm-reference.md section 9 and 13.4-13.5):
+Protocol (as the paper's numbers were computed: TTUR's FID, OpenAI's Inception Score):
 
 * images are quantised to uint8 first (:func:`ddpm.data.model_to_uint8`), exactly as saved samples would be;
 * FID uses float64 mean/covariance (``np.cov`` convention, ddof=1) of the extractor features

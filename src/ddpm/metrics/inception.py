@@ -53,7 +53,7 @@ class InceptionExtractor(Extractor):
                 feature_extractor_weights_path=None if weights_path is None else str(weights_path),
                 verbose=False,
             )
-        except Exception as e:  # no network / dead URL (user-needs P11)
+        except Exception as e:  # no network / dead URL
             if weights_path is not None:
                 raise
             raise RuntimeError(

@@ -12,7 +12,7 @@ never leave a half-written file behind.
 
 File names follow :func:`ref_stats_path`: ``{dataset}-{resolution}-{split}-{extractor}-n{n}.npz``, e.g.
 ``digits-8-train-ddpm-digits-n1437.npz`` or ``cifar10-32-train-inception-v3-compat-n50000.npz``, so the
-split, the extractor and the sample count are always visible (user-needs P1: "which stats file?").
+split, the extractor and the sample count are always visible.
 :func:`reference_stats` loads (or builds and caches) the statistics of a data module's split; the command
 ``python -m ddpm.metrics.build_refstats`` pre-computes them.
 """

@@ -22,7 +22,7 @@ class StreamingFIDIS(Metric):
     one: IS splits the logits into contiguous chunks, so they are put back in index order first, and the IS
     does not depend on how the images were shared among ranks. ``compute()`` returns the same dict as
     :func:`compute_fid_is`. The extractor is kept outside the module tree (it is not saved in checkpoints);
-    it is moved to the device of the images on first use. Call ``reset()`` after ``compute()`` (A20).
+    it is moved to the device of the images on first use. Call ``reset()`` after ``compute()``.
     """
 
     full_state_update = False
