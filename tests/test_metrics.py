@@ -275,7 +275,7 @@ def test_refstats_round_trip_and_pickle_refusal(tmp_path, train_ref):
         train_ref.extractor,
         train_ref.sha,
     )
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.tmp*"))
     with pytest.raises(ValueError, match="computed with"):
         RefStats.load(path, extractor="inception-v3-compat")
 

@@ -233,7 +233,7 @@ def test_kill_9_while_writing_leaves_a_complete_checkpoint(tmp_path, delay):
     from ddpm.training import resolve_ckpt_path
 
     assert resolve_ckpt_path("last", tmp_path) == str(target)
-    assert all(p.name.startswith(".last.ckpt.tmp") for p in target.parent.iterdir() if p != target)
+    assert all(p.name.startswith(".last.ckpt.") and ".tmp" in p.name for p in target.parent.iterdir() if p != target)
     assert not [p for p in target.parent.iterdir() if p != target and p.suffix == ".ckpt"]
 
 

@@ -56,9 +56,17 @@ def atomic_write(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """``with atomic_write(path) as tmp:`` write ``tmp``; on success it replaces ``path`` in one step (after
     an fsync), on an exception it is removed and ``path`` is untouched. ``suffix`` keeps an extension that a
     writer insists on (``np.savez`` appends ``.npz``, PIL and matplotlib pick the format from it)."""
+    import tempfile
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
+    # a unique name in the destination folder (ranks on different nodes may share a pid and a file system)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the result gets the usual permissions
     try:
         yield tmp
         with open(tmp, "rb+") as f:

@@ -69,8 +69,8 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike) -> Path:
         path = path / "checkpoints" / "last.ckpt"
     if not path.is_file():
         raise FileNotFoundError(
-            f"ckpt_path={ckpt_path!r}: no such checkpoint (pass a .ckpt file or a run directory that has "
-            "checkpoints/last.ckpt)"
+            f"ckpt_path={ckpt_path!r}: no such checkpoint. Pass a .ckpt file or a run directory that has "
+            "checkpoints/last.ckpt (train.py also takes ckpt_path=last with the run's hydra.run.dir)."
         )
     return path
 

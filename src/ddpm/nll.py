@@ -42,7 +42,7 @@ from ddpm.diffusion import SeededNoise
 from ddpm.generate import seeds_for
 from ddpm.io import atomic_savez, atomic_write, check_writable, write_json
 from ddpm.loading import load_model, model_datamodule
-from ddpm.runtime import Progress, make_fabric, provenance
+from ddpm.runtime import Progress, launch, provenance
 
 __all__ = ["evaluate_nll", "nll_of_images", "summarise"]
 
@@ -128,11 +128,9 @@ def evaluate_nll(cfg: DictConfig) -> dict:
     """Run the NLL evaluation of ``cfg`` (the sample.yaml keys ``ckpt_path``/``pretrained``, ``use_ema``,
     ``nll_*``, ``data``, ``out_dir``, ``trainer``); returns the summary on rank 0, ``{}`` elsewhere."""
     out_dir = check_writable(cfg.out_dir)
-    fabric = make_fabric(cfg.trainer)
-    fabric.launch()
+    fabric = launch(cfg.trainer)
     rank, world = fabric.global_rank, fabric.world_size
-    loaded = load_model(cfg.ckpt_path, cfg.pretrained, cfg.use_ema)
-    loaded.to(fabric.device)
+    loaded = load_model(cfg.ckpt_path, cfg.pretrained, cfg.use_ema).to(fabric.device)
     split = cfg.nll_split
     dm = model_datamodule(loaded, cfg.data, "nll=true")
     images = dm.splits()[split]

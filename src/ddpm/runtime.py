@@ -27,6 +27,13 @@ def make_fabric(trainer_cfg: Any):
                   precision=str(t.precision))
 
 
+def launch(trainer_cfg: Any):
+    """:func:`make_fabric`, launched: in each of its processes, the Fabric of that rank."""
+    fabric = make_fabric(trainer_cfg)
+    fabric.launch()
+    return fabric
+
+
 def compile_for_sampling(net: torch.nn.Module, backend: str = "inductor", mode: str | None = None,
                          freeze: bool = True) -> torch.nn.Module:
     """``torch.compile`` a network that only runs without autograd (sampling).

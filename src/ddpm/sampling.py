@@ -37,7 +37,7 @@ from ddpm.data import model_to_uint8
 from ddpm.generate import check_sampler, generate, seeds_for
 from ddpm.io import atomic_savez, check_writable, make_grid_uint8, save_png, write_json
 from ddpm.loading import LoadedModel, load_model, model_datamodule
-from ddpm.runtime import Progress, compile_for_sampling, make_fabric, provenance
+from ddpm.runtime import Progress, compile_for_sampling, launch, provenance
 
 log = logging.getLogger("ddpm.sample")
 
@@ -136,12 +136,9 @@ def sample(cfg: DictConfig) -> dict:
         raise ValueError("nll=true is the NLL evaluation: call ddpm.nll.evaluate_nll (python sample.py does)")
     validate_sample_cfg(cfg)
     out_dir = check_writable(cfg.out_dir)
-    fabric = make_fabric(cfg.trainer)
-    fabric.launch()
+    fabric = launch(cfg.trainer)
     rank, world = fabric.global_rank, fabric.world_size
-
-    loaded = load_model(cfg.ckpt_path, cfg.pretrained, cfg.use_ema)
-    loaded.to(fabric.device)
+    loaded = load_model(cfg.ckpt_path, cfg.pretrained, cfg.use_ema).to(fabric.device)
     sampler = sampler_for(cfg, loaded)
     scorer = _Scorer(cfg, loaded, fabric.device) if cfg.compute_fid else None  # fails before any sampling
     if cfg.compile:

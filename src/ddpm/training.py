@@ -21,6 +21,7 @@ from ddpm.config import SamplerConfig, group_norm_warning, to_container, validat
 from ddpm.data import model_to_uint8
 from ddpm.generate import generate, seeds_for
 from ddpm.io import atomic_write, check_writable, make_grid_uint8, safe_load_checkpoint, save_png, write_json
+from ddpm.loading import resolve_checkpoint
 from ddpm.module import DiffusionModule
 from ddpm.runtime import Progress
 
@@ -42,15 +43,7 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
             return str(last)
         log.info("ckpt_path=last: no %s yet, starting a fresh run", last)
         return None
-    path = Path(ckpt_path)
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"ckpt_path={ckpt_path!r}: no such checkpoint. Pass a .ckpt file, a run directory, or ckpt_path=last "
-            "together with the run's hydra.run.dir."
-        )
-    return str(path)
+    return str(resolve_checkpoint(ckpt_path))
 
 
 def check_checkpoint_matches(ckpt: dict, module: DiffusionModule, path: str) -> None:
