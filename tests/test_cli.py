@@ -151,7 +151,7 @@ def _clean_error(proc, *needles: str) -> None:
     ("text_ckpt", ["ckpt_path:", "is not a checkpoint (a text file)"]),
     ("empty_ckpt", ["ckpt_path:", "is empty (0 bytes)"]),
     ("truncated_ckpt", ["ckpt_path:", "is not a checkpoint", "truncated or corrupt"]),
-    ("no_inception", ["inception_weights=", "not found"]),
+    ("no_inception", ["fid.inception_weights=", "file not found"]),
     ("learned_var_on_fixed", ["sampler.var_type=learned", "fixed variance", "fixed_small"]),
     ("moved_steps", ["steps=...", "sampler.steps"]),
 ])

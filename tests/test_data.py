@@ -370,7 +370,9 @@ def test_cifar10_download_only_when_asked(tmp_path: Path, monkeypatch: pytest.Mo
         raise RuntimeError("File not found or corrupted.")  # torchvision's md5 check on a proxy's HTML page
 
     monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", html_instead_of_archive)
-    with pytest.raises(RuntimeError) as err:
+    from ddpm.io import DownloadError
+
+    with pytest.raises(DownloadError) as err:
         CIFAR10DataModule(root=str(tmp_path / "elsewhere"), download=True).prepare_data()
     assert "cifar-10-python.tar.gz" in str(err.value) and "data.root=" in str(err.value)
 
@@ -491,3 +493,43 @@ def test_run_configs_of_the_removed_celebahq_and_lsun_classes_still_instantiate(
     assert instantiate(upgrade_data_config(old)).name == "celebahq128"
     current = {"_target_": "ddpm.data.DigitsDataModule"}
     assert upgrade_data_config(current) is current and upgrade_data_config(None) is None
+
+
+def test_failed_cifar10_download_says_how_and_leaves_no_empty_folder(tmp_path: Path, monkeypatch) -> None:
+    import torchvision.datasets.utils
+
+    from ddpm.io import DownloadError
+
+    def offline(url, root, filename=None, md5=None, **_):
+        (Path(root) / filename).write_bytes(b"<html>partial")  # what a failed transfer may leave
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", offline)
+    root = tmp_path / "data" / "cifar10"
+    with pytest.raises(DownloadError, match=r"copy cifar-10-python.tar.gz .*data.root="):
+        CIFAR10DataModule(root=str(root), download=True).prepare_data()
+    assert not (tmp_path / "data").exists()  # the folders the attempt created are gone again
+
+
+def test_a_file_that_is_no_image_stops_the_run_before_training(tmp_path: Path, tiny) -> None:
+    from ddpm.training import train
+
+    root = tmp_path / "imgs"
+    for i in range(6):
+        save(rgb(8, 8, i), root / f"ok{i}.png")
+    (root / "sub").mkdir()
+    (root / "sub" / "quota.jpg").write_text("<!DOCTYPE html><html>quota exceeded</html>")
+    cfg = tiny("data=image_folder", f"data.root={root}", "data.resolution=8", "data.num_workers=0",
+               "data.val_fraction=0.2", "data.test_fraction=0.2", batch=2, output_dir=tmp_path / "run")
+    with pytest.raises(ImageDecodeError, match=r"1 of 7 files .*quota.jpg.*HTML.*data.verify=false"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "csv").exists()
+
+
+def test_more_workers_than_cpus_are_capped(monkeypatch) -> None:
+    import os
+
+    from ddpm.data.base import usable_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert usable_workers(4) == 2 and usable_workers(1) == 1 and usable_workers(0) == 0

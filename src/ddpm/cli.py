@@ -52,6 +52,9 @@ def user_message(e: BaseException) -> str | None:
         e = e.__cause__
     if isinstance(e, USER_ERRORS) or type(e).__name__ in ("ImageDecodeError", "DatasetNotFoundError"):
         text = str(e.args[0]) if len(e.args) == 1 else str(e)
+        if "Original Traceback" in text:  # raised in a DataLoader worker: its last line is the message
+            last = [ln for ln in text.splitlines() if ln.strip()][-1]
+            text = last.split(": ", 1)[1] if last.startswith(type(e).__name__) else last
         if isinstance(e, FileNotFoundError | PermissionError) and e.filename and text == e.strerror:
             text = f"{e.strerror}: {e.filename}"
         return text

@@ -186,6 +186,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     datamodule = instantiate(cfg.data)
     datamodule.shuffle_seed = int(cfg.seed)  # the epochs' order and flips follow the run's seed
+    if not getattr(datamodule, "download", False):
+        datamodule.splits()  # missing or unreadable data stop the run here, before the model and trainer
     run_config = to_container(cfg)
     module = DiffusionModule(
         model=run_config["model"],

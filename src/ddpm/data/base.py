@@ -20,6 +20,7 @@ Subclasses only provide the real images as uint8 ``[C, H, W]`` tensors per split
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -198,6 +199,15 @@ def seeded_split(n: int, fractions: dict[str, float], seed: int) -> dict[str, to
     return out
 
 
+def usable_workers(num_workers: int) -> int:
+    """``num_workers``, at most the CPUs this process may use (more workers than CPUs only compete)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return min(int(num_workers), cpus)
+
+
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -325,7 +335,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def _loader_kwargs(self) -> dict[str, Any]:
         return {
-            "num_workers": self.num_workers,
+            "num_workers": usable_workers(self.num_workers),
             "pin_memory": self.pin_memory and torch.cuda.is_available(),
             "persistent_workers": self.persistent_workers and self.num_workers > 0,
         }
@@ -391,5 +401,5 @@ class ImageDataModule(L.LightningDataModule):
                 yield source.images[start : min(start + batch_size, n)]
             return
         subset: Any = source if n == len(source) else torch.utils.data.Subset(source, range(n))  # type: ignore[arg-type]
-        loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=self.num_workers)
+        loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=usable_workers(self.num_workers))
         yield from loader

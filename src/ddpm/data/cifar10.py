@@ -23,6 +23,7 @@ of ``val_size`` of them (validation loss during training; the paper has no separ
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import pickle
 from pathlib import Path
@@ -33,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ddpm.data.base import DatasetNotFoundError, ImageDataModule, TensorImages
+from ddpm.io import DownloadError
 
 BASE_FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -113,7 +115,7 @@ def read_cifar_batches(root: str | os.PathLike, files: tuple[str, ...]) -> torch
                 f"{path}: {e}. Delete {folder} and get CIFAR-10 again from its official release (data.download=true)."
             ) from None
         except Exception as e:  # re-raised with the file name
-            raise RuntimeError(
+            raise DatasetNotFoundError(
                 f"Could not read CIFAR-10 batch {path}: {type(e).__name__}: {e}. The file looks corrupted; "
                 f"delete {folder} and re-download with data.download=true."
             ) from e
@@ -159,14 +161,19 @@ class CIFAR10DataModule(ImageDataModule):
         from torchvision.datasets import CIFAR10
         from torchvision.datasets.utils import download_and_extract_archive
 
+        created = [p for p in (root, *root.parents) if not p.exists()]
         os.makedirs(root, exist_ok=True)
         try:
             download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
         except Exception as e:  # no network, a proxy's HTML page instead of the archive (md5 mismatch), ...
-            raise RuntimeError(
-                f"Downloading CIFAR-10 into {root} failed ({type(e).__name__}: {e}). On a machine without "
-                f"internet, copy {CIFAR10.filename} (md5 {CIFAR10.tgz_md5}) or its unpacked {BASE_FOLDER}/ "
-                f"folder there yourself and run with data.root={root} (download=false)."
+            (root / CIFAR10.filename).unlink(missing_ok=True)  # a partial archive
+            for p in created:  # the folders this attempt made, if still empty: nothing left behind
+                with contextlib.suppress(OSError):
+                    p.rmdir()
+            raise DownloadError(
+                f"Downloading CIFAR-10 into {root} failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+                f"On a machine without internet, copy {CIFAR10.filename} (md5 {CIFAR10.tgz_md5}) or its unpacked "
+                f"{BASE_FOLDER}/ folder there yourself and run with data.root={root} (data.download=false)."
             ) from e
         missing = _missing_batches(folder)
         if missing:

@@ -130,6 +130,31 @@ def load_image(path: str | os.PathLike, resolution: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
+def _check_header(path: Path) -> str | None:
+    """``None`` when Pillow recognises ``path`` as an image (its header only), else why not."""
+    try:
+        with Image.open(path) as img:
+            img.size  # noqa: B018 - parsed from the header
+        return None
+    except Exception as e:  # noqa: BLE001 - Pillow raises several types
+        hint = " (an HTML/XML page, not an image: download it again)" if _looks_like_html(path) else ""
+        return f"{path}: {type(e).__name__}: {str(e)[:120]}{hint}"
+
+
+def verify_images(files: list[Path], threads: int = 8) -> None:
+    """Open every file's header; raise :class:`ImageDecodeError` listing the files that are no images."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        bad = [b for b in pool.map(_check_header, files, chunksize=256) if b is not None]
+    if bad:
+        shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ImageDecodeError(
+            f"{len(bad)} of {len(files)} files under data.root are not readable images: {shown}. Remove or "
+            "replace them (data.verify=false skips this check, and such a file then stops training when read)."
+        )
+
+
 class ImageFiles(Dataset):
     """Dataset of image files; item ``i`` is :func:`load_image` of ``files[i]`` (uint8 ``[3, R, R]``)."""
 
@@ -156,6 +181,8 @@ class ImageFolderDataModule(ImageDataModule):
         val_fraction, test_fraction: held-out fractions when there is no ``train/`` subfolder (default 0.01).
         name: dataset name (FID reference-stats cache key); default ``image_folder_<resolution>``.
         how_to_get: how to obtain the data, appended to the "not found" message.
+        verify: open every file's header when the splits are built (threads; about a minute per million
+            files), so that a file that is no image stops the run before training, naming the file.
         batch_size: GLOBAL training batch (default 64).
         Other args (``num_workers``, ``random_flip``, ...): see :class:`~ddpm.data.base.ImageDataModule`.
     """
@@ -168,6 +195,7 @@ class ImageFolderDataModule(ImageDataModule):
         test_fraction: float = 0.01,
         name: str | None = None,
         how_to_get: str = "",
+        verify: bool = True,
         batch_size: int = 64,
         **loader: Any,
     ) -> None:
@@ -181,6 +209,7 @@ class ImageFolderDataModule(ImageDataModule):
         self.val_fraction = float(val_fraction)
         self.test_fraction = float(test_fraction)
         self.how_to_get = str(how_to_get or "").strip()
+        self.verify = bool(verify)
         self.image_shape = (3, self.resolution, self.resolution)
         self.name = name if name else f"image_folder_{self.resolution}"
 
@@ -228,6 +257,8 @@ class ImageFolderDataModule(ImageDataModule):
             all_files = self._list(root)
             idx = seeded_split(len(all_files), fractions, self.seed)
             files = {k: [all_files[i] for i in v.tolist()] for k, v in idx.items()}
+        if self.verify:
+            verify_images(sorted({f for v in files.values() for f in v}))
         return {k: ImageFiles(v, self.resolution) for k, v in files.items()}  # type: ignore[arg-type]
 
 

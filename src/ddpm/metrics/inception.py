@@ -1,7 +1,7 @@
 """The TF-Inception feature extractor (``inception-v3-compat``): torch-fidelity's port of the network behind
 the published FID and Inception Score numbers.
 
-Built only on request. ``weights_path`` (config ``inception_weights=PATH``) points at a local copy of the
+Built only on request. ``weights_path`` (config ``fid.inception_weights=PATH``) points at a local copy of the
 weights for air-gapped machines; without it the weights come from the torch hub cache.
 """
 
@@ -11,6 +11,7 @@ import os
 
 import torch
 
+from ddpm.io import DownloadError
 from ddpm.metrics.features import Extractor, to_nchw_uint8
 
 __all__ = ["INCEPTION_WEIGHTS_URL", "InceptionExtractor"]
@@ -24,7 +25,7 @@ class InceptionExtractor(Extractor):
 
     ``weights_path``: a local copy of :data:`INCEPTION_WEIGHTS_URL` (torch-fidelity's
     ``feature_extractor_weights_path``). Without it the weights are looked up in the torch hub cache and
-    downloaded if missing; offline that fails with an error naming ``inception_weights=PATH``.
+    downloaded if missing; offline that fails with an error naming ``fid.inception_weights=PATH``.
     """
 
     name = "inception-v3-compat"
@@ -37,15 +38,15 @@ class InceptionExtractor(Extractor):
 
         if weights_path is not None and not os.path.isfile(weights_path):
             raise FileNotFoundError(
-                f"inception_weights={weights_path}: file not found "
-                f"(expected a copy of {INCEPTION_WEIGHTS_URL})"
+                f"fid.inception_weights={weights_path}: file not found (expected a copy of {INCEPTION_WEIGHTS_URL}; "
+                "for the training FID callback the key is callbacks.fid.metric.inception_weights)"
             )
         if weights_path is not None:
             # torch-fidelity reads the file with weights_only=False; refuse anything that is not plain tensors
             try:
                 torch.load(weights_path, map_location="cpu", weights_only=True)
             except Exception as e:
-                raise ValueError(f"inception_weights={weights_path}: not a plain state dict ({e})") from e
+                raise ValueError(f"fid.inception_weights={weights_path}: not a plain state dict ({e})") from e
         try:
             self.net = FeatureExtractorInceptionV3(
                 self.name,
@@ -56,10 +57,11 @@ class InceptionExtractor(Extractor):
         except Exception as e:  # no network / dead URL
             if weights_path is not None:
                 raise
-            raise RuntimeError(
+            raise DownloadError(
                 "Could not obtain the TF-Inception weights for FID/IS "
-                f"({type(e).__name__}: {e}). On an offline machine download {INCEPTION_WEIGHTS_URL} "
-                "elsewhere and pass inception_weights=PATH."
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). On an offline machine download "
+                f"{INCEPTION_WEIGHTS_URL} elsewhere and pass fid.inception_weights=PATH (sample.py) or "
+                "callbacks.fid.metric.inception_weights=PATH (train.py)."
             ) from e
         self.net.requires_grad_(False)
         self.eval()
