@@ -107,8 +107,9 @@ SCRIPT_GROUPS = {
     "train": ("data", "model", "objective", "diffusion", "optim", "trainer", "sampler", "callbacks", "logger",
               "sweep"),
     "sample": ("sampler", "fid", "data"),
+    "frontier": ("fid", "data"),
 }
-HIDDEN_OPTIONS = {"train": {"data": {"checkpoint"}}, "sample": {}}
+HIDDEN_OPTIONS = {"train": {"data": {"checkpoint"}}, "sample": {}, "frontier": {}}
 
 
 def group_options(conf_dir: Path, group: str) -> list[str]:

@@ -178,6 +178,29 @@ class SampleConfig:
 
 
 @dataclass
+class FrontierConfig:
+    """``conf/frontier.yaml``: ``python -m ddpm.frontier`` (quality against network evaluations)."""
+
+    task_name: str = MISSING
+    ckpt_path: str | None = MISSING
+    pretrained: str | None = MISSING
+    use_ema: bool = MISSING
+    samplers: list[str] = MISSING
+    steps: list[int] = MISSING
+    num_samples: int = MISSING
+    batch_size: int = MISSING
+    seed: int = MISSING
+    clip_denoised: bool = MISSING
+    tolerance: float = MISSING
+    out_dir: str | None = MISSING
+    device: str = MISSING
+    progress: bool = MISSING
+    fid: FIDConfig = MISSING
+    data: Any = None
+    paths: Any = None
+
+
+@dataclass
 class TrainConfig:
     """The top level of ``conf/train.yaml`` (the groups are instantiated from their ``_target_``)."""
 
@@ -207,7 +230,8 @@ class TrainConfig:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     for name, node in (("objective", ObjectiveConfig), ("diffusion", DiffusionConfig), ("sampler", SamplerConfig),
-                       ("fid", FIDConfig), ("sample", SampleConfig), ("train", TrainConfig)):
+                       ("fid", FIDConfig), ("sample", SampleConfig), ("train", TrainConfig),
+                       ("frontier", FrontierConfig)):
         cs.store(group="schema", name=name, node=node)
 
 
