@@ -20,18 +20,32 @@ from ddpm.diffusion import samplers as S
 __all__ = ["diffusion_for_sampler", "generate", "seeds_for"]
 
 
+def skips_steps(diffusion: GaussianDiffusion, sampler: SamplerConfig) -> bool:
+    """Whether ``sampler`` jumps over timesteps (respaced or DDIM with fewer steps than T)."""
+    return sampler.name in ("respaced", "ddim") and int(sampler.steps) < diffusion.num_timesteps
+
+
 def diffusion_for_sampler(diffusion: GaussianDiffusion, sampler: SamplerConfig) -> GaussianDiffusion:
-    """The diffusion to sample with: the variance override and/or the respaced timesteps applied."""
-    if sampler.var_type is not None and sampler.var_type != diffusion.var_type.value:
+    """The diffusion to sample with: the variance override and/or the respaced timesteps applied.
+
+    A mu-tilde network (``mean_type=mu``) predicts the mean of ONE reverse step of the original chain; when the
+    sampler jumps over timesteps the network's output is read as the x_0 it implies (:func:`_mu_as_x0`), so
+    the respaced diffusion predicts x_0 (``mean_type=x0``): the same x_0 that the full chain derives.
+    """
+    var_type = sampler.var_type or diffusion.var_type.value
+    mean_type = diffusion.mean_type
+    if skips_steps(diffusion, sampler) and mean_type.value == "mu":
+        mean_type = "x0"
+    if var_type != diffusion.var_type.value or mean_type != diffusion.mean_type:
         diffusion = GaussianDiffusion(
             diffusion.betas_np,
-            mean_type=diffusion.mean_type,
-            var_type=sampler.var_type,
-            loss_type="kl" if sampler.var_type in ("learned", "learned_range") else diffusion.loss_type,
+            mean_type=mean_type,
+            var_type=var_type,
+            loss_type="kl" if var_type in ("learned", "learned_range") else diffusion.loss_type,
             timestep_map=diffusion.timestep_map_np,
         )
     # steps >= T: the full chain (a config tuned for T=1000 still runs on a T=10 test model).
-    if sampler.name in ("respaced", "ddim") and sampler.steps < diffusion.num_timesteps:
+    if skips_steps(diffusion, sampler):
         section = f"ddim{sampler.steps}" if sampler.name == "ddim" else int(sampler.steps)
         diffusion = S.respace(diffusion, S.space_timesteps(diffusion.num_timesteps, section))
     return diffusion
@@ -50,6 +64,8 @@ def generate(
     """Sample one image per seed; returns float images in [-1, 1], shape ``[len(seeds), C, H, W]``."""
     sampler = sampler or SamplerConfig(name="ancestral")
     diff = diffusion_for_sampler(diffusion, sampler).to(device)
+    if diffusion.mean_type.value == "mu" and diff.mean_type.value == "x0":
+        model_fn = _mu_as_x0(model_fn, diffusion)
     if diffusion.var_type.is_learned and not diff.var_type.is_learned:
         model_fn = _mean_channels(model_fn, int(image_shape[0]))
     noise = SeededNoise(list(seeds), device=device)
@@ -62,6 +78,21 @@ def generate(
     return S.ancestral_sample(
         diff, model_fn, shape, noise=noise, clip_denoised=sampler.clip_denoised, progress=progress
     )
+
+
+def _mu_as_x0(model_fn, diffusion: GaussianDiffusion):
+    """A mu-tilde network as an x_0 network: ``x_0 = (mu - coef2_t x_t) / coef1_t`` with the coefficients of
+    the chain it was trained on, at the (original) timestep it is given; variance channels pass through."""
+    if not (diffusion.timestep_map_np == range(diffusion.num_timesteps)).all():
+        raise ValueError("a mu network is read as x_0 on the chain it was trained on (no timestep map)")
+
+    def fn(x: Tensor, t: Tensor) -> Tensor:
+        out = model_fn(x, t)
+        c = x.shape[1]
+        x0 = diffusion.predict_xstart_from_xprev(x, t, out[:, :c])
+        return torch.cat([x0, out[:, c:]], dim=1)
+
+    return fn
 
 
 def _mean_channels(model_fn, channels: int):
@@ -84,6 +115,14 @@ def check_sampler(diffusion: GaussianDiffusion, sampler: SamplerConfig) -> None:
         )
     if sampler.steps is not None and int(sampler.steps) > T:
         raise ValueError(f"sampler.steps={sampler.steps} exceeds the model's T={T}: use at most {T}")
+    raw_learned = (sampler.var_type or diffusion.var_type.value) == "learned"
+    if sampler.name == "respaced" and raw_learned and skips_steps(diffusion, sampler):
+        raise ValueError(
+            f"sampler=respaced sampler.steps={sampler.steps}: this model's variance is learned as a one-step "
+            "log-variance (var_type=learned), which a step over several timesteps cannot use. Valid: "
+            "sampler=ancestral, sampler=ddim (no learned variance needed), or sampler.var_type=fixed_large / "
+            "fixed_small with sampler=respaced."
+        )
     wanted = sampler.var_type
     if wanted in ("learned", "learned_range") and not diffusion.var_type.is_learned:
         raise ValueError(

@@ -1,0 +1,64 @@
+"""The seeds -> images service (ddpm.generate): how each sampler reads each kind of network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddpm.config import SamplerConfig
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.generate import check_sampler, generate
+
+T = 50
+SHAPE = (1, 4, 4)
+
+
+def toy_x0(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A fixed nonlinear 'network' that predicts x_0."""
+    s = (t.float() / T).view(-1, 1, 1, 1)
+    return torch.tanh(0.8 * x) * (0.5 + 0.4 * torch.cos(3 * s)) + 0.2 * torch.sin(2 * x + s)
+
+
+def mu_of(x0_fn, diffusion: GaussianDiffusion):
+    """The mu-tilde network with the same x_0: the one-step posterior mean of the chain at (x_t, t)."""
+    def fn(x, t):
+        return diffusion.q_posterior_mean_variance(x0_fn(x, t), x, t)[0]
+    return fn
+
+
+@pytest.mark.parametrize("name,steps", [("respaced", 10), ("ddim", 10), ("respaced", T), ("ancestral", None)])
+def test_a_mu_network_samples_like_the_x0_network_it_implies(name, steps):
+    """A mu network predicts one step of the original chain; a sampler that jumps over timesteps must read it as
+    the x_0 it implies, so it gives the images of the x_0 network with the same x_0 (before this was handled,
+    respaced/DDIM took the one-step mean as the mean of a 5-step jump)."""
+    mu_diff = GaussianDiffusion.from_config("linear", T, "mu", "fixed_large", "kl")
+    x0_diff = GaussianDiffusion.from_config("linear", T, "x0", "fixed_large", "kl")
+    sampler = SamplerConfig(name=name, steps=steps, clip_denoised=False)
+    seeds = list(range(6))
+    a = generate(mu_of(toy_x0, mu_diff), mu_diff, seeds, SHAPE, sampler)
+    b = generate(toy_x0, x0_diff, seeds, SHAPE, sampler)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_respaced_refuses_a_raw_learned_variance_but_ddim_and_fixed_take_it():
+    d = GaussianDiffusion.from_config("linear", T, "eps", "learned", "kl")
+    with pytest.raises(ValueError, match="one-step log-variance"):
+        check_sampler(d, SamplerConfig(name="respaced", steps=10))
+    check_sampler(d, SamplerConfig(name="ddim", steps=10))
+    check_sampler(d, SamplerConfig(name="respaced", steps=10, var_type="fixed_small"))
+    check_sampler(d, SamplerConfig(name="respaced", steps=T))  # all T steps: no jump
+    check_sampler(GaussianDiffusion.from_config("linear", T, "eps", "learned_range", "hybrid"),
+                  SamplerConfig(name="respaced", steps=10))  # interpolated: valid on any spacing
+
+
+def test_fixed_variance_on_a_learned_variance_network_uses_its_mean_channels():
+    d = GaussianDiffusion.from_config("linear", T, "eps", "learned", "kl")
+    fixed = GaussianDiffusion.from_config("linear", T, "eps", "fixed_small", "mse")
+
+    def eps_and_var(x, t):
+        return torch.cat([0.3 * x, torch.full_like(x, 5.0)], dim=1)  # an absurd log-variance, to be ignored
+
+    sampler = SamplerConfig(name="ancestral", var_type="fixed_small")
+    a = generate(eps_and_var, d, [1, 2], SHAPE, sampler)
+    b = generate(lambda x, t: 0.3 * x, fixed, [1, 2], SHAPE, SamplerConfig(name="ancestral"))
+    torch.testing.assert_close(a, b)
