@@ -124,7 +124,8 @@ def help_text(script: str, overrides: list[str]) -> str:
 
     from ddpm.config import CONF_DIR, compose
 
-    lines = [f"python {script}.py [KEY=VALUE ...]   (Hydra; -m for a multirun; --hydra-help for Hydra's options)",
+    command = f"python {script}.py" if script in ("train", "sample") else f"python -m ddpm.{script}"
+    lines = [f"{command} [KEY=VALUE ...]   (Hydra; -m for a multirun; --hydra-help for Hydra's options)",
              "", "== Groups (group=option) =="]
     for g in SCRIPT_GROUPS[script]:
         opts = [o for o in group_options(CONF_DIR, g) if o not in HIDDEN_OPTIONS[script].get(g, set())]
@@ -143,7 +144,11 @@ def maybe_print_help(script: str, argv: list[str] | None = None) -> None:
         return
     overrides = [a for a in argv if not a.startswith("-")]
     with user_errors():
-        print(help_text(script, overrides))
+        text = help_text(script, overrides)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `--help | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     raise SystemExit(0)
 
 
