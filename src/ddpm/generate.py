@@ -23,7 +23,7 @@ from ddpm.diffusion import samplers as S
 __all__ = ["SAMPLERS", "SamplerConfig", "generate", "make_grid_uint8", "sampling_diffusion", "save_png",
            "seeds_for", "to_uint8"]
 
-SAMPLERS = ("ancestral", "respaced", "ddim")
+SAMPLERS = ("ancestral", "respaced", "ddim", "dpm_solver")
 
 
 @dataclass
@@ -31,7 +31,8 @@ class SamplerConfig:
     """How to run the reverse process.
 
     :param name: ``ancestral`` (the paper's Algorithm 2, all T steps), ``respaced`` (ancestral on a subset of
-        ``steps`` timesteps with recomputed betas) or ``ddim`` (``steps`` DDIM steps with ``eta``).
+        ``steps`` timesteps with recomputed betas), ``ddim`` (``steps`` DDIM steps with ``eta``) or
+        ``dpm_solver`` (DPM-Solver++(2M), deterministic, ``steps`` network evaluations; ``eta`` unused).
     :param clip_denoised: clamp the predicted x_0 to [-1, 1] before forming the mean (official default).
     :param var_type: override the objective's variance type for sampling (``fixed_large``/``fixed_small``).
     """
@@ -85,6 +86,11 @@ def generate(
     diff = sampling_diffusion(diffusion, sampler).to(device)
     noise = SeededNoise(list(seeds), device=device)
     shape = (len(seeds), *image_shape)
+    if sampler.name == "dpm_solver":  # picks its own `steps` timesteps of the full chain (no respacing)
+        return S.dpm_solver_sample(
+            diff, model_fn, shape, steps=sampler.steps, noise=noise, clip_denoised=sampler.clip_denoised,
+            progress=progress,
+        )
     if sampler.name == "ddim":
         return S.ddim_sample(
             diff, model_fn, shape, noise=noise, eta=sampler.eta, clip_denoised=sampler.clip_denoised,
