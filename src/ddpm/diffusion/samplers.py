@@ -17,6 +17,7 @@ Code index ``k`` is paper time ``k+1``; the loops run ``k = T-1 .. 0``.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -69,6 +70,12 @@ def _init(
             raise ValueError(f"x_start_t has shape {tuple(x_start_t.shape)}, expected {tuple(shape)}")
         x = x_start_t.to(device=device, dtype=torch.float32)
     return x, t_start
+
+
+def _final_sample(steps: Iterator[dict[str, Tensor | int]]) -> Tensor:
+    """Run a progressive sampler to the end; its last ``sample`` (x_0)."""
+    (final,) = deque(steps, maxlen=1)
+    return final["sample"]
 
 
 @torch.no_grad()
@@ -129,22 +136,9 @@ def ancestral_sample(
     t_start: int | None = None,
 ) -> Tensor:
     """Paper Algorithm 2 via ``p_mean_variance``; returns x_0 (the mean at the last step, no noise)."""
-    final = None
-    for step in ancestral_sample_progressive(
-        diffusion,
-        model_fn,
-        shape,
-        noise=noise,
-        generator=generator,
-        clip_denoised=clip_denoised,
-        progress=progress,
-        device=device,
-        x_start_t=x_start_t,
-        t_start=t_start,
-    ):
-        final = step
-    assert final is not None
-    return final["sample"]
+    return _final_sample(ancestral_sample_progressive(
+        diffusion, model_fn, shape, noise=noise, generator=generator, clip_denoised=clip_denoised, progress=progress,
+        device=device, x_start_t=x_start_t, t_start=t_start))
 
 
 @torch.no_grad()
@@ -209,23 +203,9 @@ def ddim_sample(
 ) -> Tensor:
     """DDIM sampling (see :func:`ddim_sample_progressive`); returns x_0. Combine with :func:`respace` for
     fewer steps, e.g. ``respace(diffusion, space_timesteps(1000, "ddim50"))``."""
-    final = None
-    for step in ddim_sample_progressive(
-        diffusion,
-        model_fn,
-        shape,
-        eta=eta,
-        noise=noise,
-        generator=generator,
-        clip_denoised=clip_denoised,
-        progress=progress,
-        device=device,
-        x_start_t=x_start_t,
-        t_start=t_start,
-    ):
-        final = step
-    assert final is not None
-    return final["sample"]
+    return _final_sample(ddim_sample_progressive(
+        diffusion, model_fn, shape, eta=eta, noise=noise, generator=generator, clip_denoised=clip_denoised,
+        progress=progress, device=device, x_start_t=x_start_t, t_start=t_start))
 
 
 def dpm_solver_timesteps(
@@ -386,24 +366,9 @@ def dpm_solver_sample(
 ) -> Tensor:
     """DPM-Solver++(2M) sampling (see :func:`dpm_solver_sample_progressive`) with ``steps`` network
     evaluations; returns x_0. E.g. ``dpm_solver_sample(diffusion, model_fn, shape, steps=20, noise=...)``."""
-    final = None
-    for step in dpm_solver_sample_progressive(
-        diffusion,
-        model_fn,
-        shape,
-        steps=steps,
-        timesteps=timesteps,
-        noise=noise,
-        generator=generator,
-        clip_denoised=clip_denoised,
-        progress=progress,
-        device=device,
-        x_start_t=x_start_t,
-        t_start=t_start,
-    ):
-        final = step
-    assert final is not None
-    return final["sample"]
+    return _final_sample(dpm_solver_sample_progressive(
+        diffusion, model_fn, shape, steps=steps, timesteps=timesteps, noise=noise, generator=generator,
+        clip_denoised=clip_denoised, progress=progress, device=device, x_start_t=x_start_t, t_start=t_start))
 
 
 def space_timesteps(num_timesteps: int, section_counts: int | str | Sequence[int]) -> list[int]:
