@@ -143,3 +143,13 @@ def test_bench_quickstart_quick_prints_both_arms_and_references(tmp_path):
     else:
         assert "| lucidrains recipe, quickstart UNet | 701,345 |" in text
         assert "| lucidrains recipe + its Unet | 721,185 |" in text
+
+
+def test_frontier_digits_quick_writes_the_table_and_the_within_tolerance_summary(tmp_path):
+    bench = _load("frontier_digits")
+    out = tmp_path / "frontier.md"
+    bench.main(["--quick", "--out", str(out)])
+    text = out.read_text()
+    for name in ("ancestral", "respaced", "ddim", "dpm_solver"):
+        assert f"| {name} |" in text
+    assert "within 10%" in text

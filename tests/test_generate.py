@@ -26,7 +26,8 @@ def mu_of(x0_fn, diffusion: GaussianDiffusion):
     return fn
 
 
-@pytest.mark.parametrize("name,steps", [("respaced", 10), ("ddim", 10), ("respaced", T), ("ancestral", None)])
+@pytest.mark.parametrize("name,steps", [("respaced", 10), ("ddim", 10), ("respaced", T), ("ancestral", None),
+                                        ("dpm_solver", 10)])
 def test_a_mu_network_samples_like_the_x0_network_it_implies(name, steps):
     """A mu network predicts one step of the original chain; a sampler that jumps over timesteps must read it as
     the x_0 it implies, so it gives the images of the x_0 network with the same x_0 (before this was handled,
@@ -62,3 +63,24 @@ def test_fixed_variance_on_a_learned_variance_network_uses_its_mean_channels():
     a = generate(eps_and_var, d, [1, 2], SHAPE, sampler)
     b = generate(lambda x, t: 0.3 * x, fixed, [1, 2], SHAPE, SamplerConfig(name="ancestral"))
     torch.testing.assert_close(a, b)
+
+
+def test_dpm_solver_by_name_is_the_core_solver_and_ignores_a_learned_variance():
+    """sampler=dpm_solver runs ddpm.diffusion's DPM-Solver++(2M) on the full chain (no respacing) with the
+    sampler's steps; a learned-variance network's variance channels are not used."""
+    from ddpm.diffusion import SeededNoise, dpm_solver_sample
+
+    eps_diff = GaussianDiffusion.from_config("linear", T, "eps", "fixed_large", "mse")
+    learned = GaussianDiffusion.from_config("linear", T, "eps", "learned_range", "hybrid")
+
+    def eps(x, t):
+        return 0.5 * torch.tanh(x) + 0.01 * t.float().view(-1, 1, 1, 1)
+
+    seeds = [3, 4, 5]
+    sampler = SamplerConfig(name="dpm_solver", steps=7)
+    a = generate(eps, eps_diff, seeds, SHAPE, sampler)
+    b = dpm_solver_sample(eps_diff, eps, (3, *SHAPE), steps=7, noise=SeededNoise(seeds))
+    torch.testing.assert_close(a, b)
+    c = generate(lambda x, t: torch.cat([eps(x, t), torch.full_like(x, 9.0)], 1), learned, seeds, SHAPE, sampler)
+    torch.testing.assert_close(a, c)
+    assert not torch.allclose(a, generate(eps, eps_diff, seeds, SHAPE, SamplerConfig(name="dpm_solver", steps=8)))

@@ -18,6 +18,9 @@ from ddpm.diffusion import (
     ancestral_sample,
     ancestral_sample_progressive,
     ddim_sample,
+    dpm_solver_sample,
+    dpm_solver_sample_progressive,
+    dpm_solver_timesteps,
     image_seed,
     image_seeds,
     respace,
@@ -172,6 +175,132 @@ def test_ddim_eta1_equals_ancestral_fixed_small():
     assert not torch.allclose(a, c, atol=1e-2)
 
 
+# ----------------------------------------------------------------------------- DPM-Solver++
+def test_dpm_solver_timesteps():
+    d = GaussianDiffusion.from_config("linear", 1000)
+    lam = 0.5 * np.log(d.alphas_cumprod_np / (1 - d.alphas_cumprod_np))
+    for steps in (2, 10, 20, 30):  # distinct after rounding: each is the index nearest its lambda target
+        ts = dpm_solver_timesteps(d, steps)
+        targets = np.linspace(lam[999], lam[0], steps)
+        assert len(ts) == steps and ts[0] == 999 and ts[-1] == 0
+        assert all(abs(lam[t] - g) <= 0.5 * max(lam[t - 1] - lam[t], lam[t] - lam[t + 1]) + 1e-9
+                   for t, g in zip(ts[1:-1], targets[1:-1]))  # fmt: skip
+    assert dpm_solver_timesteps(d, 10) == [999, 886, 757, 603, 410, 202, 73, 22, 5, 0]
+    for steps in (50, 250, 999, 1000):  # crowded near t = 0: kept distinct, within [0, 999]
+        ts = dpm_solver_timesteps(d, steps)
+        assert len(ts) == steps and ts[0] == 999 and ts[-1] == 0 and all(a > b for a, b in zip(ts, ts[1:]))
+    assert dpm_solver_timesteps(d, 250)[-10:] == list(range(9, -1, -1))
+    small = GaussianDiffusion.from_config("linear", 10)
+    assert dpm_solver_timesteps(small, None) == dpm_solver_timesteps(small, 50) == list(range(9, -1, -1))
+    ts = dpm_solver_timesteps(d, 5, t_start=500)
+    assert len(ts) == 5 and ts[0] == 500 and ts[-1] == 0
+    assert dpm_solver_timesteps(d, 1) == [999] and dpm_solver_timesteps(d, 1, t_start=7) == [7]
+    with pytest.raises(ValueError):
+        dpm_solver_timesteps(d, 0)
+    with pytest.raises(ValueError):
+        dpm_solver_timesteps(d, 5, t_start=1000)
+
+
+def _exact_flow_gaussian(d: GaussianDiffusion, xT: torch.Tensor, t_last: int) -> torch.Tensor:
+    """For data N(M, S^2) the probability-flow ODE keeps z = (x_t - alpha M) / sqrt(alpha^2 S^2 + sigma^2) fixed;
+    DPM-Solver++ returns the data prediction at its last evaluation ``t_last`` of that exact x, i.e.
+    M + alpha S^2 / sqrt(alpha^2 S^2 + sigma^2) z at t_last (float64)."""
+    aT, a = d.alphas_cumprod_np[-1], d.alphas_cumprod_np[t_last]
+    z = (xT.double() - math.sqrt(aT) * M) / math.sqrt(aT * S**2 + 1 - aT)
+    return M + math.sqrt(a) * S**2 / math.sqrt(a * S**2 + 1 - a) * z
+
+
+def test_dpm_solver_follows_the_exact_ode_on_gaussian_data():
+    """Gaussian data has a closed-form probability-flow map; DPM-Solver++ lands on it with the error falling ~4x
+    per doubling of the steps (second order), with one network evaluation per step at exactly its timesteps."""
+    d = GaussianDiffusion.from_config("linear", 1000)
+    model = gaussian_eps_model(d)
+    seen: list[list[int]] = []
+
+    def recording(x, t):
+        seen.append(sorted(set(t.tolist())))
+        return model(x, t)
+
+    xT = torch.randn(N, 1, generator=torch.Generator().manual_seed(3))
+
+    def err(steps: int) -> float:
+        seen.clear()
+        x = dpm_solver_sample(d, recording, (N, 1), steps=steps, x_start_t=xT, clip_denoised=False)
+        ts = dpm_solver_timesteps(d, steps)
+        assert seen == [[t] for t in ts]  # one evaluation per step, in order, original t
+        return (x.double() - _exact_flow_gaussian(d, xT, ts[-1])).abs().max().item()
+
+    e = [err(n) for n in (20, 40, 80)]
+    assert e[0] < 0.02 and e[1] < e[0] / 3 and e[2] < e[1] / 3, e
+    # with 10 evaluations the distribution is already close: std within 3% of the exact map's (0.2 S)
+    x = dpm_solver_sample(d, model, (N, 1), steps=10, x_start_t=xT, clip_denoised=False)
+    exact = _exact_flow_gaussian(d, xT, 0)
+    assert x.mean().item() == pytest.approx(exact.mean().item(), abs=0.002)
+    assert x.std().item() == pytest.approx(exact.std().item(), rel=0.03)
+    # deterministic, and only x_T is drawn: the same seeds give the same images
+    a = dpm_solver_sample(d, model, (64, 1), steps=10, noise=SeededNoise(range(64)))
+    assert torch.equal(a, dpm_solver_sample(d, model, (64, 1), steps=10, noise=SeededNoise(range(64))))
+    x_T = SeededNoise(range(64)).randn(1)
+    assert torch.equal(a, dpm_solver_sample(d, model, (64, 1), steps=10, x_start_t=x_T))
+
+
+def test_dpm_solver_progressive_and_t_start():
+    d = GaussianDiffusion.from_config("linear", 100)
+    model = gaussian_eps_model(d)
+    xt = torch.randn(16, 1, generator=torch.Generator().manual_seed(0))
+    prog = []
+    steps = list(dpm_solver_sample_progressive(d, model, (16, 1), steps=7, x_start_t=xt, t_start=60,
+                                               progress=lambda i, n: prog.append((i, n))))  # fmt: skip
+    ts = dpm_solver_timesteps(d, 7, t_start=60)
+    assert [s["t"] for s in steps] == ts and len(ts) == 7 and ts[0] == 60 and ts[-1] == 0
+    assert prog == [(i, 7) for i in range(1, 8)]
+    assert torch.equal(steps[-1]["sample"], steps[-1]["pred_xstart"])  # the last step returns x0-hat
+    final = dpm_solver_sample(d, model, (16, 1), steps=7, x_start_t=xt, t_start=60)
+    assert torch.equal(final, steps[-1]["sample"])
+    same = dpm_solver_sample(d, model, (16, 1), timesteps=ts, x_start_t=xt)
+    assert torch.equal(final, same)
+    with pytest.raises(ValueError, match="decreasing"):
+        dpm_solver_sample(d, model, (16, 1), timesteps=[10, 20])
+    with pytest.raises(ValueError, match="either"):
+        dpm_solver_sample(d, model, (16, 1), steps=3, timesteps=[20, 10, 0])
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_dpm_solver_same_chain_for_every_mean_type(clip):
+    """An x0-, a mu- and a learned-variance eps-network that encode the same denoiser as an eps-network give
+    the same DPM-Solver++ chain: x0 is taken as p_mean_variance's pred_xstart (mu-tilde inverted for mu; the
+    variance channels ignored)."""
+    d_eps = GaussianDiffusion.from_config("linear", 100, "eps", "fixed_large", "mse")
+
+    def eps(x, t):  # nonlinear, large enough that clipping is active
+        return torch.tanh(2 * x) * (1 + t.view(-1, 1, 1, 1) / 50) + 0.2 * torch.sin(3 * x)
+
+    def x0_net(x, t):
+        return d_eps.predict_xstart_from_eps(x, t, eps(x, t))
+
+    def mu_net(x, t):
+        return d_eps.q_posterior_mean_variance(x0_net(x, t), x, t)[0]
+
+    def learned_net(x, t):
+        return torch.cat([eps(x, t), torch.randn_like(x)], dim=1)
+
+    nets = {("eps", "fixed_large", "mse"): eps, ("x0", "fixed_large", "mse"): x0_net,
+            ("mu", "fixed_small", "mse"): mu_net, ("eps", "learned_range", "hybrid"): learned_net}  # fmt: skip
+    shape = (8, 2, 3, 3)
+    out = {
+        k: dpm_solver_sample(GaussianDiffusion.from_config("linear", 100, *k), fn, shape, steps=12,
+                             noise=SeededNoise(range(8)), clip_denoised=clip)  # fmt: skip
+        for k, fn in nets.items()
+    }
+    ref = out[("eps", "fixed_large", "mse")]
+    if clip:
+        assert ref.abs().max() <= 1.0
+    for k, x in out.items():
+        torch.testing.assert_close(x, ref, atol=1e-4, rtol=1e-4, msg=str(k))  # unclipped, x grows to ~80
+    assert not torch.allclose(ref, dpm_solver_sample(d_eps, eps, shape, steps=12, noise=SeededNoise(range(8)),
+                                                     clip_denoised=not clip), atol=1e-3)  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- respacing
 def test_respace_all_steps_is_identity():
     d = GaussianDiffusion.from_config("cosine", 200, mean_type="mu", var_type="fixed_small", loss_type="kl")
@@ -230,7 +359,7 @@ def test_image_seeds():
     assert image_seed(0, 0) == 2812178212566171247 and image_seed(2024, 12345) == 2125531968122727528
 
 
-@pytest.mark.parametrize("sampler", ["ancestral", "ddim_eta1"])
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim_eta1", "dpm_solver"])
 def test_samples_independent_of_batch(sampler):
     d = GaussianDiffusion.from_config("linear", 20, var_type="fixed_large")
     seeds = image_seeds(123, 0, 5)
@@ -241,6 +370,8 @@ def test_samples_independent_of_batch(sampler):
     def run(ss):
         if sampler == "ancestral":
             return ancestral_sample(d, model, (len(ss), 2, 3, 3), noise=SeededNoise(ss))
+        if sampler == "dpm_solver":
+            return dpm_solver_sample(d, model, (len(ss), 2, 3, 3), steps=8, noise=SeededNoise(ss))
         return ddim_sample(d, model, (len(ss), 2, 3, 3), eta=1.0, noise=SeededNoise(ss))
 
     batch = run(seeds)

@@ -28,7 +28,7 @@ from ddpm.diffusion.types import LossType, MeanType, VarType, validate_objective
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
-SAMPLERS = ("ancestral", "respaced", "ddim")
+SAMPLERS = ("ancestral", "respaced", "ddim", "dpm_solver")
 
 
 @dataclass
@@ -53,7 +53,9 @@ class SamplerConfig:
     """How to run the reverse process.
 
     :param name: ``ancestral`` (the paper's Algorithm 2, all T steps), ``respaced`` (ancestral on a subset of
-        ``steps`` timesteps with recomputed betas) or ``ddim`` (``steps`` DDIM steps with ``eta``).
+        ``steps`` timesteps with recomputed betas), ``ddim`` (``steps`` DDIM steps with ``eta``) or
+        ``dpm_solver`` (DPM-Solver++(2M), deterministic, ``steps`` network evaluations uniform in log-SNR on the
+        full chain; beyond the paper).
     :param steps: network evaluations for the non-ancestral samplers (``None`` for ``ancestral``).
     :param eta: DDIM's noise scale (0 = deterministic); ignored by the other samplers.
     :param clip_denoised: clamp the predicted x_0 to [-1, 1] before forming the mean (official default).

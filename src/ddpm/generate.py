@@ -70,6 +70,11 @@ def generate(
         model_fn = _mean_channels(model_fn, int(image_shape[0]))
     noise = SeededNoise(list(seeds), device=device)
     shape = (len(seeds), *image_shape)
+    if sampler.name == "dpm_solver":  # its own `steps` timesteps of the full chain, uniform in lambda
+        return S.dpm_solver_sample(
+            diff, model_fn, shape, steps=sampler.steps, noise=noise, clip_denoised=sampler.clip_denoised,
+            progress=progress,
+        )
     if sampler.name == "ddim":
         return S.ddim_sample(
             diff, model_fn, shape, noise=noise, eta=sampler.eta, clip_denoised=sampler.clip_denoised,
