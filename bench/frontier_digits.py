@@ -41,6 +41,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from ddpm.config import SamplerConfig  # noqa: E402
+from ddpm.data import model_to_uint8 as to_uint8  # noqa: E402
 from ddpm.diffusion import (  # noqa: E402
     GaussianDiffusion,
     SeededNoise,
@@ -48,8 +50,6 @@ from ddpm.diffusion import (  # noqa: E402
     dpm_solver_timesteps,
     space_timesteps,
 )
-from ddpm.config import SamplerConfig  # noqa: E402
-from ddpm.data import model_to_uint8 as to_uint8  # noqa: E402
 from ddpm.generate import generate, seeds_for  # noqa: E402
 
 
