@@ -4,8 +4,9 @@
     python bench/bench_quickstart.py --example-arch       # + diffusers' example UNet as well (slow to sample)
     python bench/bench_quickstart.py --quick              # seconds: a smoke test
 
-1. **ours**: ``python train.py`` with its default config (the quickstart), in a temporary run directory. Its
-   training time (``fit_seconds`` in metrics.json) is the budget of the other arms.
+1. **ours**: ``python train.py`` with its default config (the quickstart: a fixed optimizer-step budget), in a
+   temporary run directory. Its training wall time (``fit_seconds`` in metrics.json) on this machine is the
+   budget of every other arm.
 2. **diffusers recipe, small UNet**: the hyperparameters of diffusers' ``examples/unconditional_image_generation/
    train_unconditional.py`` defaults (batch 16; AdamW lr 1e-4, betas (0.95, 0.999), weight decay 1e-6, eps 1e-8;
    cosine schedule with 500 warmup steps over its 100 epochs; ``EMAModel`` with inv_gamma 1, power 3/4, max decay
@@ -62,7 +63,7 @@ EXAMPLE_UNET = dict(
 
 
 def run_ours(quick: bool) -> tuple[dict, float]:
-    """The quickstart as a user runs it; returns (metrics.json, training seconds)."""
+    """The quickstart as a user runs it; returns (metrics.json + its parameter count and batch, training seconds)."""
     with tempfile.TemporaryDirectory(prefix="ddpm-qs-") as tmp:
         cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp}"]
         if quick:
@@ -71,7 +72,13 @@ def run_ours(quick: bool) -> tuple[dict, float]:
         subprocess.run(cmd, cwd=tmp, check=True, capture_output=True, text=True)
         wall = time.time() - t0
         metrics = json.loads((Path(tmp) / "metrics.json").read_text())
+        ckpt = torch.load(Path(tmp) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     metrics["wall_seconds"] = round(wall, 1)
+    metrics["params"] = sum(v.numel() for k, v in ckpt["state_dict"].items() if k.startswith("net."))
+    metrics["batch"] = ckpt["cfg"]["data"]["batch_size"]
+    sampler = ckpt["cfg"]["sampler"]
+    metrics["sampler_label"] = " ".join(
+        str(v) for v in (sampler["name"], sampler.get("steps"), "steps", sampler.get("var_type")) if v is not None)
     return metrics, float(metrics["fit_seconds"])
 
 
@@ -247,7 +254,8 @@ def main() -> None:
         "",
         f"| arm | params | steps (batch) | sampler | FID (n={n}) | confidence | class entropy (bits) |",
         "|---|---|---|---|---|---|---|",
-        f"| ours: `python train.py` | 701,345 | {ours.get('global_step')} (64) | {ours.get('final_sampler')} "
+        f"| ours: `python train.py` | {ours['params']:,} | {ours.get('global_step')} ({ours['batch']}) "
+        f"| {ours['sampler_label']} "
         f"| **{ours.get('digits/fid', float('nan')):.2f}** | {ours.get('digits/confidence', float('nan')):.3f} "
         f"| {ours.get('digits/class_entropy', float('nan')):.2f} |",
     ]
