@@ -81,8 +81,7 @@ def parse_samplers(text: str) -> list[dict]:
 
 def tune(name: str, overrides: list[str], eval_steps: list[int], decays: list[float], samplers: list[dict],
          jsonl: Path | None, final_samplers: list[dict] = (), sample_sets: int = 1) -> list[dict]:
-    from ddpm.config import compose
-    from ddpm.config import SamplerConfig
+    from ddpm.config import SamplerConfig, compose
     from ddpm.data import model_to_uint8 as to_uint8
     from ddpm.generate import generate, seeds_for
     from ddpm.metrics.digits_score import digits_quality

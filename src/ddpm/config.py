@@ -24,6 +24,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from ddpm.diffusion.resample import T_SAMPLERS
 from ddpm.diffusion.types import LossType, MeanType, VarType, validate_objective
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -289,6 +290,8 @@ TRAIN_CHECKS: list[tuple[str, Any, str]] = [
     ("optim.weight_decay", lambda v: _is_num(v) and v >= 0, "a number >= 0"),
     ("optim.warmup_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (optimizer steps)"),
     ("optim.ema_decay", lambda v: _is_num(v) and 0 <= v <= 1, "a number in [0, 1] (the paper: 0.9999)"),
+    ("optim.t_sampler", lambda v: v in T_SAMPLERS,
+     f"one of {sorted(T_SAMPLERS)} (uniform: the paper's; loss_second_moment: importance-sampled t)"),
     ("trainer.max_steps", lambda v: _is_int(v) and (v >= 1 or v == -1), "an integer >= 1 (or -1: no limit)"),
     ("trainer.max_epochs", lambda v: v is None or (_is_int(v) and (v >= 1 or v == -1)),
      "an integer >= 1, -1 or null"),

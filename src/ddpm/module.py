@@ -5,7 +5,8 @@
   module's ``state_dict``, so every checkpoint carries raw and EMA weights side by side and a resume is exact.
 * Validation, sampling and exported weights use ``ema`` by default; training never touches it, so the raw
   weights are the same before and after a validation (no swapping).
-* ``t`` is drawn uniformly from {0, ..., T-1} (code index; paper time t+1).
+* ``t`` is drawn uniformly from {0, ..., T-1} (code index; paper time t+1); ``optim.t_sampler=loss_second_moment``
+  (beyond the paper, opt-in) importance-samples it instead (:mod:`ddpm.diffusion.resample`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import Tensor
 
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.diffusion.noise import derive_seed
+from ddpm.diffusion.resample import make_t_sampler
 from ddpm.diffusion.types import VarType
 
 
@@ -57,7 +59,8 @@ class DiffusionModule(L.LightningModule):
     :param model: network config (``_target_`` and constructor kwargs but in/out channels and resolution).
     :param diffusion: ``{schedule, num_timesteps}``.
     :param objective: ``{mean_type, var_type, loss_type}`` (strings).
-    :param optim: ``{lr, betas, eps, weight_decay, warmup_steps, ema_decay, fused}``.
+    :param optim: ``{lr, betas, eps, weight_decay, warmup_steps, ema_decay, fused}`` and optionally ``t_sampler``
+        (``uniform``, the paper's, when absent; ``loss_second_moment``: :mod:`ddpm.diffusion.resample`).
     :param image_shape: ``(C, H, W)`` of the data.
     :param channels_last: run the network in channels_last memory format (a GPU speed option).
     :param compile: ``None`` (eager) or ``torch.compile`` keyword arguments (``{"backend", "mode"}``) for the
@@ -83,6 +86,8 @@ class DiffusionModule(L.LightningModule):
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.diffusion = build_diffusion(diffusion, objective)
         self.ema_decay = float(optim.get("ema_decay", 0.9999))
+        t_sampler = optim.get("t_sampler") or "uniform"  # None: the paper's torch.randint below, unchanged
+        self.t_sampler = None if t_sampler == "uniform" else make_t_sampler(t_sampler, self.diffusion.num_timesteps)
         self.register_buffer("ema_num_updates", torch.zeros((), dtype=torch.long))
         self.channels_last = channels_last
         if channels_last:
@@ -116,9 +121,16 @@ class DiffusionModule(L.LightningModule):
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         x_start = batch
         num_t = self.diffusion.num_timesteps
-        t = torch.randint(0, num_t, (x_start.shape[0],), device=x_start.device)
+        if self.t_sampler is None:
+            t = torch.randint(0, num_t, (x_start.shape[0],), device=x_start.device)
+        else:
+            t, weights = self.t_sampler.sample(x_start.shape[0], x_start.device)
         terms = self.diffusion.training_losses(self.model_fn(use_ema=False), x_start, t)
-        loss = terms["loss"].mean()
+        if self.t_sampler is None:
+            loss = terms["loss"].mean()
+        else:  # importance weights 1/(T p_t): the same expected loss; the history sees the unweighted losses
+            self.t_sampler.update(t, terms["loss"].detach())
+            loss = (terms["loss"] * weights).mean()
         self._last_loss = float(loss.detach())
         batch_size = x_start.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)  # every step: the progress bar shows it
@@ -310,6 +322,8 @@ class DiffusionModule(L.LightningModule):
             )
         if self.run_config is not None:
             checkpoint["cfg"] = self.run_config
+        if self.t_sampler is not None:
+            checkpoint["t_sampler"] = self.t_sampler.state_dict()
         from ddpm import __version__
 
         checkpoint["ddpm_version"] = __version__
@@ -317,3 +331,5 @@ class DiffusionModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "cfg" in checkpoint and self.run_config is None:
             self.run_config = checkpoint["cfg"]
+        if self.t_sampler is not None and "t_sampler" in checkpoint:
+            self.t_sampler.load_state_dict(checkpoint["t_sampler"])

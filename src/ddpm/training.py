@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -44,6 +45,17 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
         log.info("ckpt_path=last: no %s yet, starting a fresh run", last)
         return None
     return str(resolve_checkpoint(ckpt_path))
+
+
+def finished_run(output_dir: Path, resume_step: int, max_steps: int) -> dict | None:
+    """The metrics of a run that has already reached its step budget in ``output_dir`` (its ``metrics.json``
+    written at the checkpoint's step), else ``None``: ``ckpt_path=last`` then returns at once, so a rerun of a
+    sweep skips the finished jobs and resumes the others."""
+    done = output_dir / "metrics.json"
+    if max_steps < 1 or resume_step < max_steps or not done.is_file():
+        return None
+    metrics = json.loads(done.read_text())
+    return metrics if metrics.get("global_step") == resume_step else None
 
 
 def check_checkpoint_matches(ckpt: dict, module: DiffusionModule, path: str) -> None:
@@ -206,6 +218,10 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         check_checkpoint_matches(ckpt, module, ckpt_path)
         resume_step = int(ckpt.get("global_step", 0))
         del ckpt
+        if (done := finished_run(output_dir, resume_step, int(cfg.trainer.max_steps))) is not None:
+            log.info("run directory %s is complete (%d of trainer.max_steps=%d steps, metrics.json written): "
+                     "nothing to do", output_dir, resume_step, cfg.trainer.max_steps)
+            return done, {"module": module, "datamodule": datamodule, "trainer": None, "output_dir": output_dir}
 
     save_last = SaveLastAtEnd(output_dir / "checkpoints")
     callbacks = [*build_callbacks(cfg), save_last]
