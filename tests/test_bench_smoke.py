@@ -153,3 +153,12 @@ def test_frontier_digits_quick_writes_the_table_and_the_within_tolerance_summary
     for name in ("ancestral", "respaced", "ddim", "dpm_solver"):
         assert f"| {name} |" in text
     assert "within 10%" in text
+
+
+def test_table2_gradients_quick_prints_weights_snr_and_minibatch_tables(tmp_path):
+    bench = _load("table2_gradients")
+    out = tmp_path / "g.md"
+    bench.main(["--quick", "--out", str(out)])
+    text = out.read_text()
+    assert "SNR" in text or "signal-to-noise" in text
+    assert "eps_vlb_fixed" in text or "eps, L, fixed" in text

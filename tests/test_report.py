@@ -74,7 +74,7 @@ def test_every_column_from_known_metrics(tmp_path, capsys):
     })
     # no evaluation: NLL falls back to the training estimate, FID to the run's final-sample score
     write_job(tmp_path, "1", eps_l, train={"global_step": 6000, "val/bpd": 3.88, "digits/fid": 19.78,
-                                            "final_samples": 256, "final_sampler": "respaced100"})
+                                            "final_samples": 256, "final_sampler": SAMPLER})  # as train.py writes it
     write_job(tmp_path, "2", mu_l, train={"global_step": 5999}, evals={
         "eval/fid500_respaced100/metrics.json": fid_metrics(500, SAMPLER, "respaced100", 25.0, 4.0, 0.3),
     })

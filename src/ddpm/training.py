@@ -287,7 +287,8 @@ def final_samples(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, 
             )
         ).cpu()
     out: dict[str, Any] = {
-        "final_samples": n, "final_sampler": sampler.num_steps_label, "sample_seconds": round(time.time() - start, 2)
+        "final_samples": n, "final_sampler": sampler.describe(module.diffusion.num_timesteps),
+        "sample_seconds": round(time.time() - start, 2),
     }
     upscale = max(1, 64 // module.image_shape[-1])
     grid = make_grid_uint8(images, upscale=upscale)
