@@ -86,3 +86,37 @@ def test_figure_commands(model, tmp_path):
     out = figures.main(["shared_xt", f"ckpt_path={ckpt}", "splits=1000,750,500,250", "continuations=4",
                         f"out={tmp_path}/s.png"])
     check(out, 4, 5, row_labels=True)
+
+
+def test_progressive_and_interpolation_with_dpm_solver_by_name(model, tmp_path):
+    """sampler=dpm_solver steps=N: the progressive figure's last column is what sample.py's dpm_solver draws
+    for the same seeds; its columns are x0-hat at the solver's own timesteps; shared_xt refuses it."""
+    from ddpm.config import SamplerConfig
+
+    ckpt, m = model
+    x = figures.progressive(m.model_fn(), m.diffusion, m.image_shape, num_images=3, frames=4, seed=4,
+                            sampler="dpm_solver", steps=5)
+    assert x.shape == (3, 4, 1, 8, 8)
+    final = to_uint8(generate(m.model_fn(), m.diffusion, seeds_for(4, 0, 3), m.image_shape,
+                              SamplerConfig(name="dpm_solver", steps=5)))
+    torch.testing.assert_close(x[:, -1], final)
+    ancestral = figures.progressive(m.model_fn(), m.diffusion, m.image_shape, num_images=3, frames=4, seed=4)
+    assert not torch.equal(x[:, -1], ancestral[:, -1])
+    ts = figures.chain_timesteps(m.diffusion, "dpm_solver", 5)  # 5 evaluations from T-1 down to 0 (T=10)
+    assert len(ts) == 5 and ts[0] == 9 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
+    assert figures.chain_timesteps(m.diffusion) == list(range(9, -1, -1))
+
+    test = model_datamodule(m, None, "test").splits()["test"]
+    a, b = (test[i].float() / 127.5 - 1 for i in (0, 1))
+    rows = [figures.interpolation(m.model_fn(), m.diffusion, a, b, t_paper=500, lambdas=3, seed=s,
+                                  sampler="dpm_solver", steps=3) for s in (0, 0)]
+    torch.testing.assert_close(rows[0], rows[1])  # deterministic decoding
+    assert rows[0].shape == (5, 1, 8, 8)
+
+    out = figures.main(["progressive", f"ckpt_path={ckpt}", "sampler=dpm_solver", "steps=5", "frames=4",
+                        f"out={tmp_path}/p.png"])
+    assert out.is_file()
+    with pytest.raises(ValueError, match="valid sampler=ancestral"):
+        figures.main(["shared_xt", f"ckpt_path={ckpt}", "sampler=dpm_solver", "steps=5"])
+    with pytest.raises(ValueError, match="needs steps=N"):
+        figures.main(["progressive", f"ckpt_path={ckpt}", "sampler=dpm_solver"])

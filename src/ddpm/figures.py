@@ -3,6 +3,7 @@
 ::
 
     python -m ddpm.figures progressive ckpt_path=RUN [num_images=8 frames=10 seed=0 out=progressive.png]
+    python -m ddpm.figures progressive ckpt_path=RUN sampler=dpm_solver steps=20
     python -m ddpm.figures interpolation ckpt_path=RUN [pair=0,1 t=500 lambdas=9 sweep=false out=...]
     python -m ddpm.figures shared_xt ckpt_path=RUN [splits=1000,750,500,250 continuations=6 out=...]
 
@@ -10,7 +11,9 @@ Common keys: ``ckpt_path=`` (or ``pretrained=``), ``use_ema=true``, ``seed=0``, 
 least 64 px per image), ``device=`` (cuda if available), ``out=`` (PNG path; default ``<run>/figures/<figure>.png``
 beside the checkpoint, ``outputs/figures/`` for published weights), ``data=NAME`` (for published
 weights: where the interpolation's test images come from). Times ``t=`` and ``splits=`` are on the paper's
-scale of 1000 steps and are rescaled to the model's T (``t=500`` is T/2).
+scale of 1000 steps and are rescaled to the model's T (``t=500`` is T/2). ``sampler=ancestral`` (the paper's,
+default) or ``sampler=dpm_solver steps=N`` (DPM-Solver++(2M), deterministic, N network evaluations) for
+progressive and interpolation; shared_xt shows the stochastic continuations of one chain and is ancestral only.
 
 * **progressive** (Figure 6): rows are samples, columns the predicted x0-hat at ``frames`` evenly spaced
   points of the reverse chain (Algorithm 2); the last column is the final sample x_0.
@@ -47,15 +50,19 @@ def _paper_to_code(t_paper: float, T: int) -> int:
 
 @torch.no_grad()
 def progressive(model_fn, diffusion, image_shape, *, num_images=8, frames=10, seed=0, clip_denoised=True,
-                device="cpu") -> torch.Tensor:
+                device="cpu", sampler="ancestral", steps=None) -> torch.Tensor:
     """uint8 ``[num_images, frames, C, H, W]``: x0-hat along the chain, the last frame the final sample."""
-    T = diffusion.num_timesteps
+    T = len(chain_timesteps(diffusion, sampler, steps))
     marks = progressive_marks(T, frames)
     noise = SeededNoise(seeds_for(seed, 0, num_images), device=device)
+    shape = (num_images, *image_shape)
+    chain = (S.dpm_solver_sample_progressive(diffusion, model_fn, shape, steps=steps, noise=noise,
+                                             clip_denoised=clip_denoised, device=device)
+             if sampler == "dpm_solver" else
+             S.ancestral_sample_progressive(diffusion, model_fn, shape, noise=noise, clip_denoised=clip_denoised,
+                                            device=device))
     cols, final = [], None
-    for done, step in enumerate(
-        S.ancestral_sample_progressive(diffusion, model_fn, (num_images, *image_shape), noise=noise,
-                                       clip_denoised=clip_denoised, device=device), start=1):
+    for done, step in enumerate(chain, start=1):
         if done in marks:
             cols.append(step["pred_xstart"].clamp(-1, 1))
         final = step["sample"]
@@ -63,6 +70,18 @@ def progressive(model_fn, diffusion, image_shape, *, num_images=8, frames=10, se
     while len(cols) < max(2, min(int(frames), T + 1)):  # tiny T: fewer distinct steps than frames
         cols.insert(0, cols[0])
     return to_uint8(torch.stack(cols, dim=1)).cpu()
+
+
+FIGURE_SAMPLERS = ("ancestral", "dpm_solver")
+
+
+def chain_timesteps(diffusion, sampler: str = "ancestral", steps: int | None = None) -> list[int]:
+    """The code indices at which ``sampler`` evaluates the network, in order (ancestral: T-1 .. 0)."""
+    if sampler not in FIGURE_SAMPLERS:
+        raise ValueError(f"sampler={sampler!r} is not valid for the figures; valid: {list(FIGURE_SAMPLERS)}")
+    if sampler == "dpm_solver":
+        return S.dpm_solver_timesteps(diffusion, steps)
+    return list(range(diffusion.num_timesteps - 1, -1, -1))
 
 
 def progressive_marks(T: int, frames: int) -> list[int]:
@@ -73,7 +92,7 @@ def progressive_marks(T: int, frames: int) -> list[int]:
 
 @torch.no_grad()
 def interpolation(model_fn, diffusion, x0_a, x0_b, *, t_paper=500.0, lambdas=9, seed=0,
-                  clip_denoised=True, device="cpu") -> torch.Tensor:
+                  clip_denoised=True, device="cpu", sampler="ancestral", steps=None) -> torch.Tensor:
     """uint8 ``[lambdas + 2, C, H, W]``: source, the decoded mixes for lambda = 0 .. 1, target."""
     T = diffusion.num_timesteps
     t = _paper_to_code(t_paper, T)
@@ -88,8 +107,10 @@ def interpolation(model_fn, diffusion, x0_a, x0_b, *, t_paper=500.0, lambdas=9, 
         mix = (1 - lam) * xa + lam * xb
         # the same decoder noise for every lambda: every row uses the same seed
         noise = SeededNoise([seeds_for(seed, 1, 2)[0]] * mix.shape[0], device=device)
-        mixes = S.ancestral_sample(diffusion, model_fn, tuple(mix.shape), noise=noise, x_start_t=mix,
-                                   t_start=t, clip_denoised=clip_denoised, device=device)
+        decode = S.dpm_solver_sample if sampler == "dpm_solver" else S.ancestral_sample
+        kw = {"steps": min(int(steps), t + 1) if steps else None} if sampler == "dpm_solver" else {}
+        mixes = decode(diffusion, model_fn, tuple(mix.shape), noise=noise, x_start_t=mix, t_start=t,
+                       clip_denoised=clip_denoised, device=device, **kw)
     return to_uint8(torch.cat([a, mixes, b])).cpu()
 
 
@@ -122,7 +143,7 @@ def shared_xt(model_fn, diffusion, image_shape, *, splits=(1000, 750, 500, 250),
 # ------------------------------------------------------------------------------------------------ CLI
 _DEFAULTS = {
     "ckpt_path": None, "pretrained": None, "use_ema": "true", "seed": "0", "upscale": None, "device": None,
-    "out": None, "data": None, "clip_denoised": "true",
+    "out": None, "data": None, "clip_denoised": "true", "sampler": "ancestral", "steps": None,
     "num_images": "8", "frames": "10",
     "pair": "0,1", "t": "500", "lambdas": "9", "sweep": "false", "split": "test",
     "splits": "1000,750,500,250", "continuations": "6",
@@ -189,6 +210,14 @@ def main(argv: list[str] | None = None) -> Path:
         if not eq or k not in _DEFAULTS:
             raise SystemExit(f"unknown argument {a!r}; valid keys: {sorted(_DEFAULTS)}")
         opts[k] = None if v in ("null", "None", "") else v
+    sampler, steps = opts["sampler"], int(opts["steps"]) if opts["steps"] else None
+    if sampler not in FIGURE_SAMPLERS or (figure == "shared_xt" and sampler != "ancestral"):
+        raise ValueError(
+            f"sampler={sampler} is not valid for {figure}: valid "
+            + ("sampler=ancestral (continuations of a deterministic sampler would all be the same image)"
+               if figure == "shared_xt" else f"{list(FIGURE_SAMPLERS)} (with steps=N for dpm_solver)"))
+    if sampler == "dpm_solver" and (steps is None or steps < 1):
+        raise ValueError(f"sampler=dpm_solver needs steps=N (network evaluations, e.g. steps=20), got {steps}")
     device = torch.device(opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
     loaded = load_model(opts["ckpt_path"], opts["pretrained"], _bool(opts["use_ema"])).to(device)
     fn, diff, shape = loaded.model_fn(), loaded.diffusion, loaded.image_shape
@@ -196,10 +225,10 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(opts["out"]) if opts["out"] else default_out(loaded.provenance, figure)
     if figure == "progressive":
         x = progressive(fn, diff, shape, num_images=int(opts["num_images"]), frames=int(opts["frames"]),
-                        seed=seed, clip_denoised=clip, device=device)
-        T = diff.num_timesteps
-        marks = progressive_marks(T, int(opts["frames"]))
-        labels = [f"t={round((T - d) * 1000 / T)}" for d in marks] + ["x_0"]
+                        seed=seed, clip_denoised=clip, device=device, sampler=sampler, steps=steps)
+        T, ts = diff.num_timesteps, chain_timesteps(diff, sampler, steps)
+        marks = progressive_marks(len(ts), int(opts["frames"]))
+        labels = [f"t={round(ts[d - 1] * 1000 / T)}" for d in marks] + ["x_0"]
         labels = [labels[0]] * (x.shape[1] - len(labels)) + labels
         path = grid_png(x.flatten(0, 1), out, x.shape[1], opts["upscale"], col_labels=labels)
     elif figure == "interpolation":
@@ -217,7 +246,7 @@ def main(argv: list[str] | None = None) -> Path:
         ts = [1000 * k / 8 for k in range(9)] if _bool(opts["sweep"]) else [float(opts["t"])]
         lambdas = int(opts["lambdas"])
         rows = [interpolation(fn, diff, a, b, t_paper=t, lambdas=lambdas, seed=seed, clip_denoised=clip,
-                              device=device) for t in ts]
+                              device=device, sampler=sampler, steps=steps) for t in ts]
         cols = ["x0 a", *(f"λ={v:.2f}" for v in torch.linspace(0, 1, lambdas).tolist()), "x0 b"]
         path = grid_png(torch.cat(rows), out, rows[0].shape[0], opts["upscale"], col_labels=cols,
                         row_labels=[f"t={t:g}" for t in ts])
