@@ -161,4 +161,4 @@ def test_table2_gradients_quick_prints_weights_snr_and_minibatch_tables(tmp_path
     bench.main(["--quick", "--out", str(out)])
     text = out.read_text()
     assert "SNR" in text or "signal-to-noise" in text
-    assert "eps_vlb_fixed" in text or "eps, L, fixed" in text
+    assert "| simple | init |" in text
