@@ -37,6 +37,8 @@ from pathlib import Path
 
 import yaml
 
+from ddpm.config import SAMPLERS
+
 # Paper Table 2 (CIFAR-10, unconditional; IS, FID) and Table 1 (NLL test, bits/dim). "–": unstable to train.
 PAPER_ROWS: list[tuple[str, str, str, str, str]] = [
     # (objective option, row label, IS, FID, NLL)
@@ -312,9 +314,9 @@ def evaluate_jobs(root: Path, *, fid_samples: int = 500, nll_images: int = 64, s
                    f"hydra.run.dir={out_dir}", "progress=false", *(extra or [])]
             print(f"[report] {job.path.name}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
             proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"evaluation of {job.path} failed ({' '.join(cmd[1:])}):\n"
-                                   + (proc.stdout + proc.stderr)[-2000:])
+            if proc.returncode != 0:  # sample.py's own "Error: ..." (or traceback) says why
+                raise ValueError(f"evaluation of {job.path} failed; rerun it to see why: {' '.join(cmd[1:])}\n"
+                                 + (proc.stdout + proc.stderr)[-2000:].strip())
             ran.append(cmd)
     return ran
 
@@ -327,7 +329,7 @@ def main(argv: list[str] | None = None) -> str:
                         help="first run the missing FID/IS and NLL evaluations of every finished job (sample.py)")
     parser.add_argument("--fid-samples", type=int, default=500, help="images per FID/IS evaluation (default 500)")
     parser.add_argument("--nll-images", type=int, default=64, help="test images for the full NLL bound (default 64)")
-    parser.add_argument("--sampler", default="ancestral",
+    parser.add_argument("--sampler", default="ancestral", choices=SAMPLERS,
                         help="sampler of the FID/IS evaluation (default ancestral: the paper's full chain, valid for "
                              "every objective)")
     parser.add_argument("--batch-size", type=int, default=125)
@@ -346,4 +348,7 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    from ddpm.cli import user_errors
+
+    with user_errors():
+        sys.exit(0 if main() else 1)
