@@ -29,7 +29,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, P
                                                 MissingDependencyError)
 
 # Library messages that the project's own defaults trigger and that say nothing to the user.
-_QUIET_LOG = ("💡 Tip:", "`weights_only` was not set")
+# Lightning notices that the project's own defaults cause (tip, its save path, the recipe's limit_val_batches)
+_QUIET_LOG = ("💡 Tip:", "`weights_only` was not set", "was configured so 1 batch will be used")
 _QUIET_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # lightning's _pytree on torch >= 2.10
     r".*is smaller than the logging interval.*",  # steps are counted across epochs: nothing is lost
