@@ -191,6 +191,7 @@ def run_study(args, fn, diffusion, shape, score) -> str:
     return "\n".join(lines)
 
 
+@torch.no_grad()  # scoped: the smoke test calls main() inside pytest
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", default="outputs/qs", help="a run directory or checkpoint of the digits quickstart")
@@ -206,7 +207,6 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.seed_sets, args.steps, args.study_steps = 8, [0], [3], [3]
-    torch.set_grad_enabled(False)
     fn, diffusion, shape, prov = load(args)
     cmd = "python bench/frontier_digits.py " + " ".join(sys.argv[1:] if argv is None else argv)
     head = [f"# {'DPM-Solver++ timesteps study' if args.study else 'Sampler frontier'} on digits "

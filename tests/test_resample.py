@@ -99,12 +99,12 @@ def test_module_hook_is_off_by_default_and_importance_samples_when_asked(tiny):
         return DiffusionModule(**c, image_shape=(1, 8, 8))
 
     assert module(tiny("objective=eps_vlb_fixed")).t_sampler is None
-    m = module(tiny("objective=eps_vlb_fixed", "+optim.t_sampler=loss_second_moment"))
+    m = module(tiny("objective=eps_vlb_fixed", "optim.t_sampler=loss_second_moment"))
     assert isinstance(m.t_sampler, LossSecondMomentTSampler) and m.t_sampler.num_timesteps == 10
     fill(m.t_sampler, lambda t: 1.0 + t)
     ckpt: dict = {"state_dict": m.state_dict()}
     m.on_save_checkpoint(ckpt)
-    fresh = module(tiny("objective=eps_vlb_fixed", "+optim.t_sampler=loss_second_moment"))
+    fresh = module(tiny("objective=eps_vlb_fixed", "optim.t_sampler=loss_second_moment"))
     fresh.on_load_checkpoint(ckpt)
     assert torch.allclose(fresh.t_sampler.probs(), m.t_sampler.probs())
     assert set(ckpt["state_dict"]) == set(module(tiny("objective=eps_vlb_fixed")).state_dict())  # no new weights

@@ -294,6 +294,11 @@ class DiffusionModule(L.LightningModule):
         fused = o.get("fused")
         if fused is None:
             fused = self.device.type == "cuda"
+        trainer = self._trainer
+        if fused and trainer is not None and "mixed" in str(trainer.precision) and trainer.gradient_clip_val:
+            # Lightning cannot clip a fused optimizer's gradients under mixed precision; foreach Adam is the
+            # same update (a recipe's optim.fused=true then still runs with trainer.precision=bf16-mixed)
+            fused = False
         kwargs = dict(
             lr=float(o["lr"]),
             betas=tuple(float(b) for b in o.get("betas", (0.9, 0.999))),
