@@ -133,7 +133,7 @@ def test_bench_quickstart_quick_prints_both_arms_and_references(tmp_path):
     run_cli([str(ROOT / "bench" / "bench_quickstart.py"), "--quick", "--out", str(out)], cwd=tmp_path,
             OMP_NUM_THREADS="1")
     text = out.read_text()
-    for row in ("| ours: `python train.py` | 701,345 | 20 (64)", "| diffusers recipe, quickstart UNet | 701,345 |",
+    for row in ("| ours: `python train.py` | 701,345 | 20 (256)", "| diffusers recipe, quickstart UNet | 701,345 |",
                 "| real held-out digits (n=16)", "| uniform noise (n=16)"):
         assert row in text, row
     try:  # an optional bench extra (pip install -e .[bench]): its arms, or a line saying they were left out
