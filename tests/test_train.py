@@ -4,6 +4,7 @@ beside the raw weights and used for validation, loggers, DDP, multirun + report.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -286,9 +287,18 @@ def test_wandb_offline_run_dir_has_config_and_summary(tmp_path, tiny, monkeypatc
     assert runs[0].name.endswith(run_id)
     # wandb >= 0.19 keeps config, history and summary as protobuf records in run-<id>.wandb (what `wandb sync`
     # uploads); look for the resolved config values and the logged metric names in it.
-    records = (runs[0] / f"run-{run_id}.wandb").read_bytes()
-    for needle in (b"fixed_large", b"ddpm.nets.UNet", b"train/loss", b"val/bpd", b"train/grad_norm",
-                   b"samples/final", b"digits/fid"):  # the final samples and their score reach W&B too
+    # the final samples and their score reach W&B too
+    needles = (b"fixed_large", b"ddpm.nets.UNet", b"train/loss", b"val/bpd", b"train/grad_norm", b"samples/final",
+               b"digits/fid")
+    # wandb's service process may still be writing the record file when wandb.finish() has returned (seen under
+    # load: only the file header was there yet); give it up to a minute
+    deadline = time.time() + 60
+    while True:
+        records = (runs[0] / f"run-{run_id}.wandb").read_bytes()
+        if all(n in records for n in needles) or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    for needle in needles:
         assert needle in records, needle
     assert list(runs[0].rglob("samples/final_*.png"))
 
