@@ -108,7 +108,7 @@ def interpolation(model_fn, diffusion, x0_a, x0_b, *, t_paper=500.0, lambdas=9, 
         # the same decoder noise for every lambda: every row uses the same seed
         noise = SeededNoise([seeds_for(seed, 1, 2)[0]] * mix.shape[0], device=device)
         decode = S.dpm_solver_sample if sampler == "dpm_solver" else S.ancestral_sample
-        kw = {"steps": min(int(steps), t + 1) if steps else None} if sampler == "dpm_solver" else {}
+        kw = {"steps": steps} if sampler == "dpm_solver" else {}  # more steps than t+1: every index from t
         mixes = decode(diffusion, model_fn, tuple(mix.shape), noise=noise, x_start_t=mix, t_start=t,
                        clip_denoised=clip_denoised, device=device, **kw)
     return to_uint8(torch.cat([a, mixes, b])).cpu()

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from ddpm.config import SAMPLERS
+from ddpm.config import CONF_DIR, SAMPLERS
 
 # Paper Table 2 (CIFAR-10, unconditional; IS, FID) and Table 1 (NLL test, bits/dim). "–": unstable to train.
 PAPER_ROWS: list[tuple[str, str, str, str, str]] = [
@@ -276,7 +276,7 @@ def render(jobs: list[Job]) -> str:
     return "\n".join(out)
 
 
-SAMPLE_PY = Path(__file__).resolve().parents[2] / "sample.py"
+SAMPLE_PY = CONF_DIR.parent / "sample.py"  # the entry point beside conf/
 
 
 def evaluations(

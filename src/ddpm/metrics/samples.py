@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddpm.metrics.inception import InceptionExtractor
+
 
 def extractor_name(feature_extractor: str, data_name: str | None = None, ref_stats: str | None = None) -> str:
     """Resolve ``feature_extractor=auto``: the extractor of an explicit ``ref_stats`` file, else the
@@ -69,7 +71,7 @@ def score_samples(images_nchw: np.ndarray, *, fid_cfg: Any, extractor, datamodul
     n = images_nchw.shape[0]
     splits = int(fid_cfg.is_splits)
     ref = reference_for(fid_cfg, extractor, datamodule, cache_dir, device)
-    if n != 50000 and extractor.name == "inception-v3-compat":  # the paper's scale; the digits CNN has none
+    if n != 50000 and extractor.name == InceptionExtractor.name:  # the paper's scale; the digits CNN has none
         warnings.warn(f"FID/IS from {n} samples (key {fid_key('fid', n, label)}): not comparable with the "
                       "paper's 50k figure", stacklevel=2)
     out: dict[str, Any] = {"fid_extractor": extractor.name, "ref_id": ref.id, "ref_sha": ref.sha, "ref_n": ref.n,
