@@ -1,0 +1,137 @@
+"""FID/IS pooled over several seed sets, the spread across the sets, and paired comparisons between two
+sample sources that share seeds (two samplers on one model, two Table 2 rows): the one implementation behind
+the frontier (:mod:`ddpm.frontier`) and the Table 2 report (:mod:`ddpm.report`).
+
+Why: an FID on a few hundred images moves by a third between seed sets (on the quickstart model the 1000-step
+chain's FID on three sets of 500 ranged from 12 to 21 in one study), so a single set decides nothing. Each set
+is featurised once; the pooled figure is the FID/IS of all sets' features together, the per-set figures show
+the spread.
+
+Paired comparisons: image ``i`` of set ``k`` comes from the same seed in both sources, so their difference per
+set is paired, and a bootstrap that resamples the same image indices in both sources (:func:`paired_bootstrap`)
+gives an interval for the pooled difference. :func:`verdict` turns those into "reproduced" / "the opposite" /
+"not resolved at this budget".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ddpm.metrics.features import Extractor, extract_all
+from ddpm.metrics.fid import check_ref, frechet_distance, inception_score
+from ddpm.metrics.refstats import RefStats, stats_from_features
+
+__all__ = ["SetFeatures", "featurise", "pooled_scores", "paired_bootstrap", "verdict", "VERDICTS"]
+
+REPRODUCED, OPPOSITE, UNRESOLVED = "reproduced", "the opposite", "not resolved at this budget"
+VERDICTS = (REPRODUCED, OPPOSITE, UNRESOLVED)
+
+
+@dataclass
+class SetFeatures:
+    """The extractor features (``[n, d]``, float64) and logits (``[n, classes]`` or ``None``) of one seed set."""
+
+    features: np.ndarray
+    logits: np.ndarray | None
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+
+def featurise(images_nchw, extractor: Extractor, *, device="cpu", batch_size: int = 256) -> SetFeatures:
+    """Features and logits of one set of uint8 images (any layout :func:`extract_all` takes)."""
+    feats, logits = extract_all(images_nchw, extractor, device=device, batch_size=batch_size, need_logits=True)
+    return SetFeatures(np.asarray(feats, dtype=np.float64),
+                       None if logits is None else np.asarray(logits, dtype=np.float64))
+
+
+def _fid(features: np.ndarray, ref: RefStats) -> float:
+    mu, sigma = stats_from_features(features)
+    return frechet_distance(mu, sigma, ref.mu, ref.sigma)
+
+
+def _spread(values: list[float]) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "min": float(v.min()), "max": float(v.max())}
+
+
+def pooled_scores(sets: Sequence[SetFeatures], ref: RefStats, extractor_name: str, *, splits: int = 10) -> dict:
+    """FID (against ``ref``) and IS pooled over all ``sets``, and per set.
+
+    Returns ``{"n", "num_sets", "set_sizes", "fid", "is", "is_std", "fid_sets", "is_sets", "fid_spread",
+    "is_spread"}``; ``fid`` is the FID of the union of the sets (not the mean of the per-set FIDs, which is
+    biased upwards by the small-sample covariance), ``fid_spread`` the mean / std (ddof=1) / min / max of the
+    per-set FIDs. IS keys are ``None`` when the extractor has no logits.
+    """
+    if not sets:
+        raise ValueError("pooled_scores needs at least one seed set")
+    if any(len(s) < 2 for s in sets):
+        raise ValueError(f"every seed set needs at least 2 images, got sizes {[len(s) for s in sets]}")
+    check_ref(ref, extractor_name, sets[0].features.shape[1])
+    allf = np.concatenate([s.features for s in sets])
+    out: dict = {"n": int(allf.shape[0]), "num_sets": len(sets), "set_sizes": [len(s) for s in sets],
+                 "fid": _fid(allf, ref), "fid_sets": [_fid(s.features, ref) for s in sets]}
+    out["fid_spread"] = _spread(out["fid_sets"])
+    if all(s.logits is not None for s in sets):
+        logits = np.concatenate([s.logits for s in sets])
+        out["is"], out["is_std"] = inception_score(logits, splits=splits)
+        out["is_sets"] = [inception_score(s.logits, splits=splits)[0] for s in sets]
+        out["is_spread"] = _spread(out["is_sets"])
+    else:
+        out.update({"is": None, "is_std": None, "is_sets": None, "is_spread": None})
+    return out
+
+
+def paired_bootstrap(a: Sequence[SetFeatures], b: Sequence[SetFeatures], ref: RefStats, *,
+                     num_boot: int = 200, level: float = 0.95, seed: int = 0) -> dict:
+    """The paired difference ``FID(a) - FID(b)`` of two sources sampled on the same seeds.
+
+    ``a[k]`` and ``b[k]`` must hold the same number of images, image ``i`` of both from the same seed.
+    Returns ``{"per_set": [FID(a_k) - FID(b_k)], "pooled": FID(a) - FID(b) on the pooled sets, "ci": (lo, hi)}``:
+    the percentile interval of the pooled difference over ``num_boot`` resamples that draw the same image
+    indices (with replacement, within each set) for both sources, so the shared seed noise cancels.
+    """
+    if len(a) != len(b) or any(len(x) != len(y) for x, y in zip(a, b)):
+        raise ValueError("a paired comparison needs the same seed sets in both sources: "
+                         f"sizes {[len(x) for x in a]} against {[len(y) for y in b]}")
+    per_set = [_fid(x.features, ref) - _fid(y.features, ref) for x, y in zip(a, b)]
+    fa, fb = np.concatenate([x.features for x in a]), np.concatenate([y.features for y in b])
+    pooled = _fid(fa, ref) - _fid(fb, ref)
+    rng = np.random.default_rng(seed)
+    offsets = np.cumsum([0] + [len(x) for x in a])
+    diffs = []
+    for _ in range(int(num_boot)):
+        idx = np.concatenate([lo + rng.integers(0, hi - lo, hi - lo) for lo, hi in zip(offsets, offsets[1:])])
+        diffs.append(_fid(fa[idx], ref) - _fid(fb[idx], ref))
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(diffs, [tail, 100 - tail]) if diffs else (float("nan"), float("nan"))
+    return {"per_set": per_set, "pooled": float(pooled), "ci": (float(lo), float(hi)), "level": level,
+            "num_boot": int(num_boot)}
+
+
+def verdict(per_set: Sequence[float], expected_sign: int, ci: tuple[float, float] | None = None) -> str:
+    """Whether a claimed ordering holds on paired per-set differences.
+
+    ``expected_sign``: the sign the claim predicts for the differences (``-1``: "a lower than b"). The claim is
+    ``reproduced`` when every per-set difference has that sign, or the bootstrap interval ``ci`` excludes 0 on
+    that side; ``the opposite`` when every difference (or the interval) lies on the other side; otherwise
+    ``not resolved at this budget``. A zero difference supports neither side.
+    """
+    if expected_sign not in (-1, 1):
+        raise ValueError(f"expected_sign must be -1 or 1, got {expected_sign}")
+    signs = {int(np.sign(d)) for d in per_set}
+    if per_set and signs == {expected_sign}:
+        return REPRODUCED
+    if per_set and signs == {-expected_sign}:
+        return OPPOSITE
+    if ci is not None and np.all(np.isfinite(ci)):
+        lo, hi = ci
+        if (expected_sign < 0 and hi < 0) or (expected_sign > 0 and lo > 0):
+            return REPRODUCED
+        if (expected_sign < 0 and lo > 0) or (expected_sign > 0 and hi < 0):
+            return OPPOSITE
+    return UNRESOLVED
