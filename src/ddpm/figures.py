@@ -33,9 +33,9 @@ from pathlib import Path
 
 import torch
 
+from ddpm import diffusion as S
 from ddpm.data import model_to_uint8 as to_uint8
 from ddpm.diffusion import SeededNoise
-from ddpm.diffusion import samplers as S
 from ddpm.generate import seeds_for
 from ddpm.io import make_grid_uint8, save_png
 from ddpm.loading import load_model, model_datamodule
