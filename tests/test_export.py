@@ -315,7 +315,7 @@ def run_dir(tmp_path_factory):
 
 def test_export_command_writes_a_hub_folder(run_dir, tmp_path, capsys):
     out = main([str(run_dir), str(tmp_path / "hub")])
-    assert "huggingface-cli upload REPO" in capsys.readouterr().out
+    assert "hf upload USER/REPO" in capsys.readouterr().out
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert names == ["README.md", "model_index.json", "samples.png", "scheduler/scheduler_config.json",
                      "unet/config.json", "unet/diffusion_pytorch_model.safetensors"]
@@ -340,6 +340,10 @@ def test_export_command_writes_a_hub_folder(run_dir, tmp_path, capsys):
     meta = yaml.safe_load(header)
     assert meta["library_name"] == "diffusers" and meta["pipeline_tag"] == "unconditional-image-generation"
     assert "ddpm" in meta["tags"] and "digits" in meta["tags"]
+    from huggingface_hub import ModelCard  # the Hub's own parser of the card (local file, no network)
+
+    hub = ModelCard.load(out / "README.md").data.to_dict()
+    assert hub["library_name"] == "diffusers" and hub["pipeline_tag"] == "unconditional-image-generation"
     for text in ("| FID | 12.34 | 50 samples, ancestral sampler, digits_cnn features", "| NLL (bits/dim) | 1.987 |",
                  "test split, 64 images", "![samples](samples.png)", "| training steps | 6 |", "EMA (decay",
                  "python train.py model.ch=32 diffusion.num_timesteps=10\n", "mean `eps`, variance `fixed_large`"):

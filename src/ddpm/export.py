@@ -1,7 +1,7 @@
 """``python -m ddpm.export RUN OUT``: a trained run as a diffusers pipeline folder and a Hub model repository.
 
 ``OUT`` is what ``diffusers.DDPMPipeline.from_pretrained(OUT)`` loads with no extra arguments and what
-``huggingface-cli upload REPO OUT`` publishes as it is:
+``hf upload USER/REPO OUT`` (``huggingface-cli upload`` before huggingface_hub 1.0) publishes as it is:
 
 * ``unet/``: ``config.json`` (a ``UNet2DModel`` config) and ``diffusion_pytorch_model.safetensors``; the names
   are :func:`ddpm.convert.diffusers_key_map` read backwards, so export and import share one mapping;
@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(
         prog="python -m ddpm.export",
         description="Export a trained run as a diffusers DDPMPipeline folder with a Hub model card "
-        "(DDPMPipeline.from_pretrained(OUT) loads it; `huggingface-cli upload REPO OUT` publishes it). "
+        "(DDPMPipeline.from_pretrained(OUT) loads it; `hf upload USER/REPO OUT` publishes it). "
         "Takes only paths, so it uses argparse rather than Hydra.",
     )
     parser.add_argument("run", help="a run directory (its checkpoints/last.ckpt) or a .ckpt file")
@@ -491,7 +491,8 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     out = export_run(args.run, args.out, raw=args.raw, overwrite=args.overwrite)
     print(f"wrote {out} ({'raw' if args.raw else 'EMA'} weights)\n"
-          f"load: DDPMPipeline.from_pretrained({str(out)!r})\npublish: huggingface-cli upload REPO {out}")
+          f"load: DDPMPipeline.from_pretrained({str(out)!r})\n"
+          f"publish: hf upload USER/REPO {out}   (huggingface_hub < 1.0: huggingface-cli upload USER/REPO {out})")
     return out
 
 
