@@ -80,8 +80,8 @@ def diffusion_for(var_type: str, schedule: str = "linear", T: int = 1000, mean_t
     return GaussianDiffusion.from_config(schedule, T, mean_type, var_type, loss)
 
 
-def exported(tmp_path: Path, net: UNet, diffusion: GaussianDiffusion, clip: bool = True, schedule="linear"):
-    out = export_pipeline(net, diffusion, tmp_path / "export", clip_denoised=clip, schedule=schedule)
+def exported(tmp_path: Path, net: UNet, diffusion: GaussianDiffusion, clip: bool = True):
+    out = export_pipeline(net, diffusion, tmp_path / "export", clip_denoised=clip)
     pipe = diffusers.DDPMPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
     return out, pipe
@@ -137,7 +137,9 @@ def test_unexpressible_unets_are_refused():
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "quad"])
 def test_scheduler_holds_the_trained_betas(schedule, tmp_path):
     diffusion = diffusion_for("fixed_large", schedule)
-    config = diffusers_scheduler_config(diffusion, True, schedule)
+    config = diffusers_scheduler_config(diffusion, True)
+    names = {"linear": "linear", "cosine": "squaredcos_cap_v2", "quad": "scaled_linear"}
+    assert config["beta_schedule"] == names[schedule]  # a label: diffusers uses trained_betas
     path = tmp_path / "scheduler_config.json"
     path.write_text(json.dumps(config))
     assert json.loads(path.read_text())["trained_betas"] == diffusion.betas_np.tolist()  # float64, exact
@@ -265,7 +267,7 @@ def test_unexpressible_diffusions_are_refused():
 def test_export_convert_round_trip_is_bit_identical(arch, var_type, schedule, tmp_path):
     net = random_unet(arch, var_type == "learned_range", seed=4)
     diffusion = diffusion_for(var_type, schedule)
-    out = export_pipeline(net, diffusion, tmp_path / "export", clip_denoised=False, schedule=schedule)
+    out = export_pipeline(net, diffusion, tmp_path / "export", clip_denoised=False)
     target = tmp_path / "back.safetensors"
     convert.main([str(out), str(target)])
     back, info = convert.load_converted(target)

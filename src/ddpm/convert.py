@@ -33,10 +33,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from ddpm.diffusion import SCHEDULE_NAMES, get_beta_schedule
+from ddpm.diffusion import SCHEDULE_NAMES, schedule_name
 from ddpm.io import DownloadError, MissingDependencyError
 from ddpm.nets import UNet
 
@@ -278,14 +277,14 @@ def default_diffusion_settings(resolution: int) -> dict[str, Any]:
 def schedule_of_betas(betas: Sequence[float]) -> str:
     """The name of our schedule whose float64 betas equal ``betas`` exactly (a scheduler's ``trained_betas``);
     ``ValueError`` when none does (the project builds its diffusion from a named schedule)."""
-    given = np.asarray([float(b) for b in betas], dtype=np.float64)
-    for name in SCHEDULE_NAMES:
-        if np.array_equal(get_beta_schedule(name, len(given)), given):
-            return name
-    raise ValueError(
-        f"scheduler trained_betas (T={len(given)}) equal none of this project's schedules {list(SCHEDULE_NAMES)} "
-        "bit for bit; only betas exported by `python -m ddpm.export` (or a named beta_schedule) can be read"
-    )
+    name = schedule_name([float(b) for b in betas])
+    if name is None:
+        raise ValueError(
+            f"scheduler trained_betas (T={len(betas)}) equal none of this project's schedules "
+            f"{list(SCHEDULE_NAMES)} bit for bit; only betas exported by `python -m ddpm.export` (or a named "
+            "beta_schedule) can be read"
+        )
+    return name
 
 
 def apply_scheduler_config(info: dict[str, Any], sched: Mapping[str, Any]) -> dict[str, Any]:

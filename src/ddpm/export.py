@@ -28,13 +28,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
 from ddpm.convert import diffusers_key_map, unet_kwargs_from_diffusers_config
-from ddpm.diffusion import GaussianDiffusion, MeanType, VarType
+from ddpm.diffusion import GaussianDiffusion, MeanType, VarType, schedule_name
 from ddpm.io import write_json
-from ddpm.loading import load_model, read_checkpoint
+from ddpm.loading import load_model
 from ddpm.nets import UNet
 
 #: Our schedule names -> the diffusers ``beta_schedule`` of the same formula (informational: the exact betas
@@ -154,13 +155,11 @@ def check_exportable(diffusion: GaussianDiffusion) -> None:
         )
     if diffusion.mean_type not in PREDICTION_TYPES or diffusion.var_type not in VARIANCE_TYPES:
         raise NotExportableError(f"no diffusers equivalent of {diffusion.mean_type.value}/{diffusion.var_type.value}")
-    if not (diffusion.timestep_map_np == range(diffusion.num_timesteps)).all():
+    if not np.array_equal(diffusion.timestep_map_np, np.arange(diffusion.num_timesteps)):
         raise NotExportableError("a respaced diffusion cannot be exported; export the trained one")
 
 
-def diffusers_scheduler_config(
-    diffusion: GaussianDiffusion, clip_denoised: bool = True, schedule: str | None = None
-) -> dict[str, Any]:
+def diffusers_scheduler_config(diffusion: GaussianDiffusion, clip_denoised: bool = True) -> dict[str, Any]:
     """The ``DDPMScheduler`` config that samples ``diffusion`` as our ancestral sampler does.
 
     ``trained_betas`` holds the float64 betas exactly (JSON numbers are float64; ``repr`` round-trips):
@@ -170,6 +169,7 @@ def diffusers_scheduler_config(
     ``trained_betas``).
     """
     check_exportable(diffusion)
+    schedule = schedule_name(diffusion.betas_np)
     betas = [float(b) for b in diffusion.betas_np]
     T = diffusion.num_timesteps
     config: dict[str, Any] = {"_class_name": "DDPMScheduler", "num_train_timesteps": T}
@@ -211,7 +211,6 @@ def export_pipeline(
     out: str | os.PathLike,
     *,
     clip_denoised: bool = True,
-    schedule: str | None = None,
     card: str | None = None,
     grid: str | os.PathLike | None = None,
     overwrite: bool = False,
@@ -228,7 +227,7 @@ def export_pipeline(
         raise NotADirectoryError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"{out} exists and is not empty; pass --overwrite to replace it")
-    sched = diffusers_scheduler_config(diffusion, clip_denoised, schedule)
+    sched = diffusers_scheduler_config(diffusion, clip_denoised)
     if unet.out_channels != unet.in_channels * diffusion.model_out_channels_factor:
         raise ValueError(
             f"the UNet outputs {unet.out_channels} channels for {unet.in_channels} input channels, but "
@@ -443,16 +442,15 @@ def _run_dir(ckpt_file: Path) -> Path:
 
 def export_run(run: str | os.PathLike, out: str | os.PathLike, *, raw: bool = False, overwrite: bool = False) -> Path:
     """Export a run directory or checkpoint (EMA weights unless ``raw``) to ``out``; returns ``out``."""
-    ckpt_file, ckpt = read_checkpoint(run)
-    loaded = load_model(ckpt_path=ckpt_file, use_ema=not raw)
+    loaded = load_model(ckpt_path=run, use_ema=not raw)
     check_exportable(loaded.diffusion)  # before anything else: a mu run is one line, nothing written
     net = loaded.net
     if not isinstance(net, UNet):
         raise NotExportableError(f"the network is a {type(net).__name__}, not this project's UNet")
     cfg = loaded.run_cfg or {}
-    hp = ckpt.get("hyper_parameters", {})
-    schedule = (hp.get("diffusion") or {}).get("schedule")
+    schedule = schedule_name(loaded.diffusion.betas_np)
     clip = bool((cfg.get("sampler") or {}).get("clip_denoised", True))
+    ckpt_file = Path(loaded.provenance["model_path"])
     run_dir = _run_dir(ckpt_file)
     grid = run_dir / GRID_NAME
     data = str((cfg.get("data") or {}).get("_target_", "unknown")).rsplit(".", 1)[-1].replace("DataModule", "")
@@ -465,14 +463,14 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, *, raw: bool = Fa
         clip_denoised=clip,
         steps=loaded.provenance.get("global_step"),
         use_ema=not raw,
-        ema_decay=(hp.get("optim") or {}).get("ema_decay"),
+        ema_decay=(cfg.get("optim") or {}).get("ema_decay"),
         metrics=run_metrics(run_dir),
         grid=grid.is_file(),
         reproduce=_reproduce_command(run_dir),
         source=f"{ckpt_file.name} (sha256 {loaded.provenance.get('model_sha256', '?')[:16]}...)",
     )
     return export_pipeline(
-        net, loaded.diffusion, out, clip_denoised=clip, schedule=schedule, card=card,
+        net, loaded.diffusion, out, clip_denoised=clip, card=card,
         grid=grid if grid.is_file() else None, overwrite=overwrite,
     )
 

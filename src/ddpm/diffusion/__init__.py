@@ -17,7 +17,7 @@ from .samplers import (
     respace,
     space_timesteps,
 )
-from .schedules import SCHEDULE_NAMES, betas_for_alpha_bar, get_beta_schedule
+from .schedules import SCHEDULE_NAMES, betas_for_alpha_bar, get_beta_schedule, schedule_name
 from .types import LossType, MeanType, VarType, validate_objective
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "mean_flat",
     "normal_kl",
     "respace",
+    "schedule_name",
     "space_timesteps",
     "validate_objective",
 ]
