@@ -23,7 +23,14 @@ from conftest import ROOT, cli_env
 from sampling_helpers import tiny_checkpoint
 
 from ddpm import convert
-from ddpm.diffusion import GaussianDiffusion, ancestral_sample_progressive, ddim_sample, respace, space_timesteps
+from ddpm.diffusion import (
+    GaussianDiffusion,
+    ancestral_sample,
+    ancestral_sample_progressive,
+    ddim_sample,
+    respace,
+    space_timesteps,
+)
 from ddpm.export import (
     NotExportableError,
     check_exportable,
@@ -207,6 +214,22 @@ def test_one_scheduler_step_equals_our_reverse_step(var_type, clip, tmp_path):
         assert theirs_var == pytest.approx(diffusion.betas_np[0], rel=1e-3)
         assert ours_var[0, 0, 0, 0].item() == pytest.approx(diffusion.posterior_variance_np[1], rel=1e-6)
         assert ours_var[0, 0, 0, 0].item() < 0.6 * theirs_var
+
+
+@pytest.mark.parametrize("var_type", ["fixed_large", "learned_range"])
+def test_the_whole_pipeline_equals_our_ancestral_sampler(var_type, tmp_path):
+    """DDPMPipeline as a user calls it (x_T and every z from one generator, in the same order as ours), T=100."""
+    net = random_unet("unet_small", var_type == "learned_range", seed=2)
+    diffusion = diffusion_for(var_type, T=100)
+    out, pipe = exported(tmp_path, net, diffusion, clip=True)
+    images = pipe(batch_size=4, num_inference_steps=100, generator=torch.Generator().manual_seed(11),
+                  output_type="np").images
+    with torch.no_grad():
+        ours = ancestral_sample(diffusion, net, (4, 1, 8, 8), generator=torch.Generator().manual_seed(11))
+    ours = (ours / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    err = abs(ours - images).max()
+    print(f"DDPMPipeline, {var_type}, 100 steps: max |diffusers - ours| = {err:.2e} (images in [0, 1])")
+    assert 0.05 < ours.std() and err <= 1e-4
 
 
 def test_ddim_in_diffusers_equals_our_ddim(tmp_path):
