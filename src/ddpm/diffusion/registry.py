@@ -49,7 +49,8 @@ class SamplerSpec:
     :param uses_variance: whether it draws with the reverse process's variance (so a one-step learned variance
         cannot be used on a respaced chain).
     :param check: ``check(params, steps, diffusion)`` raises ``ValueError`` naming ``sampler.<key>`` for a bad
-        value, before any sampling.
+        value, before any sampling; ``diffusion`` is ``None`` when the config is checked before the model is
+        loaded (then only what does not depend on T).
     """
 
     name: str

@@ -314,21 +314,21 @@ def restart_plan(diffusion: GaussianDiffusion, steps: int, t_min: int, t_max: in
     return ts, at, restart_ts
 
 
-def check_restart(params: Mapping[str, Any], steps: int | None, diffusion: GaussianDiffusion) -> None:
-    """The restart parameters' ranges, each error naming its key, and whether ``steps`` evaluations can be split
-    as they ask (:func:`restart_plan`)."""
-    num_timesteps = diffusion.num_timesteps
+def check_restart(params: Mapping[str, Any], steps: int | None, diffusion: GaussianDiffusion | None) -> None:
+    """The restart parameters' ranges, each error naming its key, and (given the model's ``diffusion``) whether
+    the interval lies below T and ``steps`` evaluations can be split as they ask (:func:`restart_plan`)."""
+    T = diffusion.num_timesteps if diffusion is not None else None
     t_min, t_max = params.get("restart_t_min"), params.get("restart_t_max")
-    if not (isinstance(t_min, int) and isinstance(t_max, int) and 0 < t_min < t_max < num_timesteps):
+    if not (isinstance(t_min, int) and isinstance(t_max, int) and 0 < t_min < t_max < (T or t_max + 1)):
         raise ValueError(f"sampler.restart_t_min={t_min} and sampler.restart_t_max={t_max} must be code indices with "
-                         f"0 < restart_t_min < restart_t_max < T={num_timesteps} (e.g. 60 and 300 for T=1000)")
+                         f"0 < restart_t_min < restart_t_max < T{f'={T}' if T else ''} (e.g. 60 and 300 for T=1000)")
     if not (isinstance(params.get("restart_k"), int) and params["restart_k"] >= 1):
         raise ValueError(f"sampler.restart_k={params.get('restart_k')} must be an integer >= 1 (restart passes)")
     share = params.get("restart_share")
     if not (isinstance(share, int | float) and 0 < share < 1):
         raise ValueError(f"sampler.restart_share={share} must be in (0, 1): the fraction of sampler.steps spent in "
                          "restart passes")
-    if steps is not None:
+    if steps is not None and diffusion is not None:
         restart_plan(diffusion, int(steps), t_min, t_max, params["restart_k"], float(share))
 
 
