@@ -37,8 +37,8 @@ from ddpm.metrics.pooled import featurise, pooled_scores  # noqa: E402
 from ddpm.metrics.samples import load_extractor, reference_for  # noqa: E402
 
 RESTART_GRID = {
-    "restart_t_min": [20, 40, 60, 100],
-    "restart_t_max": [150, 300, 500],
+    "restart_t_min": [20, 60, 120],
+    "restart_t_max": [200, 350, 500],
     "restart_k": [1, 2],
     "restart_share": [0.2, 0.4],
 }
@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=512, help="images per seed set")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--full-chain", action="store_true", help="also the full ancestral chain on the same seeds")
+    p.add_argument("--final-sampler", action="store_true",
+                   help="also the quickstart's final sampler (200 respaced steps, the posterior variance)")
     p.add_argument("--out", type=Path, default=None, help="Markdown table (and a .json beside it)")
     args = p.parse_args(argv)
 
@@ -77,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     extractor = load_extractor(cfg.fid, datamodule.name, "cpu")
     ref = reference_for(cfg.fid, extractor, datamodule, cfg.paths.cache_dir, "cpu")
     samplers = ([SamplerConfig(name="ancestral")] if args.full_chain else []) + grid(args.grid, args.steps)
+    if args.final_sampler:
+        samplers.insert(0, SamplerConfig(name="respaced", steps=200, var_type="fixed_small"))
     rows = []
     for sampler in samplers:
         try:
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
              "| steps | sampler | settings | FID (pooled) | FID per set | IS |", "|---|---|---|---|---|---|"]
     for r in rows:
         d = r["sampler"]
-        settings = ", ".join(f"{k}={v}" for k, v in d.items() if k.startswith(("restart_", "eta")))
+        settings = ", ".join(f"{k}={v}" for k, v in d.items() if k.startswith(("restart_", "eta", "var_type")) and v)
         lines.append(f"| {d['steps']} | {d['name']} | {settings or '-'} | {r['fid']:.3f} | "
                      f"{', '.join(f'{f:.2f}' for f in r['fid_sets'])} | {r['is']:.2f} |")
     text = "\n".join(lines) + "\n"
