@@ -415,9 +415,10 @@ def _seed_set_lines(jobs: list[Job]) -> list[str]:
     protocols = sorted({p.protocol for _, p in pooled})
     out += [""] + [f"Protocol: {x}." for x in protocols]
     if digits:
-        out.append("Confidence: the digits classifier's mean max softmax probability (real digits ~0.96-0.99); "
+        out.append("Confidence: the digits classifier's mean max softmax probability (real held-out digits: 0.96); "
                    "class entropy: of the histogram of its predicted classes (max log2 10 = 3.32; low is mode "
-                   "collapse). FID on 8x8 digits saturates near the real-data level; these two do not.")
+                   "collapse). FID on 8x8 digits comes close to the real-data level; these two measure something "
+                   "else: whether each image is a digit the classifier recognises, and whether all ten occur.")
     return out
 
 
