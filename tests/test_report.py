@@ -229,7 +229,8 @@ def test_seed_sets_are_pooled_and_findings_are_paired(tmp_path):
     assert finding("IS simple − eps_vlb_fixed").endswith("**")
     # identical images: every per-set difference is 0, a tie: not resolved
     same = finding("FID mu_vlb_fixed − mu_mse, predicted < 0")
-    assert "per set +0.000, +0.000, +0.000" in same and same.endswith("**not resolved at this budget**")
+    assert "per set +0.000, +0.000, +0.000" in same
+    assert same.endswith("**not resolved at this budget** (no difference to resolve at 3 seed sets of 64)")
     # the NLL: paired per test image where both rows have per-image values, else from the two standard errors
     nll2 = finding("NLL (bits/dim) eps_vlb_fixed − simple, predicted < 0")
     assert "paired per test image (64 images, the same noise seed)" in nll2 and nll2.endswith("**reproduced**")
@@ -343,3 +344,12 @@ def test_the_whole_table_in_two_commands_and_a_rerun_does_nothing(tmp_path):
     assert proc.returncode == 0 and proc.stderr.count("exists, skipped") == 6, proc.stderr[-2000:]
     assert proc.stdout == table
     assert {p: p.stat().st_mtime_ns for p in outputs} == before
+
+
+def test_an_unresolved_comparison_says_what_budget_would_resolve_it():
+    from ddpm.metrics.pooled import REPRODUCED, UNRESOLVED
+    from ddpm.report import _budget
+
+    r = {"verdict": UNRESOLVED, "ci": (-1.0, 0.5), "pooled": -0.25, "units": (3, "seed sets of 512")}
+    assert "about 27 seed sets of 512 would make the interval exclude 0: an extrapolation" in _budget(r)
+    assert _budget({**r, "verdict": REPRODUCED}) == ""

@@ -426,6 +426,23 @@ def _signed(v: float) -> str:
     return f"{v:+.3f}" if abs(v) < 1 else f"{v:+.2f}"
 
 
+def _budget(r: dict) -> str:
+    """For an unresolved comparison: how many units (seed sets, test images) would make the interval exclude 0
+    if the difference stayed what it is, from the interval's width shrinking like 1/sqrt(units). An
+    extrapolation, said as one."""
+    from ddpm.metrics.pooled import UNRESOLVED
+
+    if r.get("verdict") != UNRESOLVED or "units" not in r:
+        return ""
+    (lo, hi), m = r["ci"], r["pooled"]
+    n, what = r["units"]
+    if not (_is_number(m) and abs(m) > 1e-12 and hi > lo):
+        return f" (no difference to resolve at {n} {what})"
+    need = math.ceil(n * ((hi - lo) / 2 / abs(m)) ** 2)
+    return (f" (were the pooled difference real, about {need} {what} would make the interval exclude 0: an "
+            "extrapolation from its width)")
+
+
 def findings_lines(findings: list[tuple[Finding, list[dict]]]) -> list[str]:
     """The paper's findings, each comparison with its verdict and the numbers it rests on."""
     out = ["**The paper's findings, as paired comparisons** (rows share seeds: image i of seed set k has the same "
@@ -452,7 +469,7 @@ def findings_lines(findings: list[tuple[Finding, list[dict]]]) -> list[str]:
                 nums += f"; {r['how']}"
             kind = "paired bootstrap" if r.get("per_set") else "normal"
             nums += f"; {r['level']:.0%} {kind} interval [{_signed(lo)}, {_signed(hi)}]"
-            out.append(f"- {what}: {nums}: **{r['verdict']}**")
+            out.append(f"- {what}: {nums}: **{r['verdict']}**{_budget(r)}")
         out.append("")
     return out[:-1]
 
@@ -569,6 +586,7 @@ def _compare_nll(a: Job, b: Job, level: float) -> dict:
             d = pa[1][ia] - pb[1][ib]
             mean, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
             return {"pooled": mean, "ci": (mean - z * se, mean + z * se), "per_set": [], "level": level,
+                    "units": (len(d), "test images"),
                     "how": f"paired per test image ({len(d)} images, the same noise seed): mean difference "
                            f"{mean:+.3f} (se {se:.3f}); {int((np.sign(d) == np.sign(mean)).sum())} of {len(d)} "
                            "images on its side"}
@@ -618,7 +636,8 @@ def compare(jobs: list[Job], *, num_boot: int = 200, level: float = 0.95) -> lis
                             "is": lambda x, k=pa.splits: inception_score(x.logits, splits=k)[0],
                             "confidence": lambda x: float(image_confidences(x.logits).mean())}[c.metric]
                     boot = paired_bootstrap(sa, sb, pa.ref, num_boot=num_boot, level=level, statistic=stat)
-                    res.update(boot, seeds=seeds, how=f"{len(seeds)} seed sets of {pa.n}")
+                    res.update(boot, seeds=seeds, how=f"{len(seeds)} seed sets of {pa.n}",
+                               units=(len(seeds), f"seed sets of {pa.n}"))
             if "ci" in res:
                 res["verdict"] = verdict(res["per_set"], c.sign, res["ci"])
             results.append(res)
