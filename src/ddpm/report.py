@@ -628,8 +628,9 @@ def compare(jobs: list[Job], *, num_boot: int = 200, level: float = 0.95) -> lis
                     res["missing"] = f"the rows were sampled differently ({pa.protocol} / {pb.protocol})"
                 elif c.metric == "confidence" and (pa.digits is None or pb.digits is None):
                     res["missing"] = "the confidence is the digits classifier's (digits only)"
+                elif not (seeds := [k for k in pa.seeds if k in pb.seeds]):
+                    res["missing"] = f"no seed set in common (seeds {pa.seeds} / {pb.seeds})"
                 else:
-                    seeds = [k for k in pa.seeds if k in pb.seeds]
                     sa = [pa.sets[pa.seeds.index(k)] for k in seeds]
                     sb = [pb.sets[pb.seeds.index(k)] for k in seeds]
                     stat = {"fid": None,
@@ -638,8 +639,8 @@ def compare(jobs: list[Job], *, num_boot: int = 200, level: float = 0.95) -> lis
                     boot = paired_bootstrap(sa, sb, pa.ref, num_boot=num_boot, level=level, statistic=stat)
                     res.update(boot, seeds=seeds, how=f"{len(seeds)} seed sets of {pa.n}",
                                units=(len(seeds), f"seed sets of {pa.n}"))
-            if "ci" in res:
-                res["verdict"] = verdict(res["per_set"], c.sign, res["ci"])
+            if "ci" in res:  # one set's sign is no rule: then only the interval decides
+                res["verdict"] = verdict(res["per_set"] if len(res["per_set"]) > 1 else [], c.sign, res["ci"])
             results.append(res)
         out.append((finding, results))
     return out
