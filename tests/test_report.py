@@ -112,7 +112,7 @@ def test_every_column_from_known_metrics(tmp_path, capsys):
     assert e[6:] == ["7.67±0.13", "13.51", "≤ 3.70"]
 
     m = rows["mu_vlb_learned"]
-    assert m[1] == "mu_vlb_learned (mu/learned/kl)" and m[2] == "5999"
+    assert m[1] == "mu_vlb_learned (mu/learned/kl)" and m[2] == "5999 of 6000, stopped early"
     assert m[3] == f"4.00±0.30 [{a_is}]" and m[4] == f"25.00 [{a}]" and m[5] == "–"
     assert m[6:] == ["7.28±0.10", "23.69", ""]
 
@@ -265,6 +265,9 @@ def test_evaluate_samples_each_seed_set_in_its_own_resumable_run(tmp_path, monke
     (job / "checkpoints").mkdir()
     (job / "checkpoints" / "last.ckpt").write_bytes(b"x")
     write_job(tmp_path, "eps_vlb_fixed", EPS_L)  # still training: no metrics.json, no checkpoint
+    stopped = write_job(tmp_path, "mu_vlb_fixed", MU_L, train={"global_step": 231})  # preempted: SIGTERM at 231
+    (stopped / "checkpoints").mkdir()
+    (stopped / "checkpoints" / "last.ckpt").write_bytes(b"x")
     calls = []
 
     def fake_run(cmd, **kw):
@@ -278,7 +281,8 @@ def test_evaluate_samples_each_seed_set_in_its_own_resumable_run(tmp_path, monke
     monkeypatch.setattr(report.subprocess, "run", fake_run)
     opts = report.parse_options([str(tmp_path), "--evaluate", "--seed-sets", "3", "--fid-samples", "512"])
     report.evaluate_jobs(opts)
-    assert len(calls) == 4
+    assert len(calls) == 4 and not any(str(stopped) in " ".join(c) for c in calls)
+    assert "| mu_vlb_fixed (mu/fixed_large/kl) | 231 of 6000, stopped early |" in report.main([str(tmp_path)])
     for k, cmd in enumerate(calls[:3]):
         assert f"seed={k}" in cmd and "num_samples=512" in cmd and "compute_fid=true" in cmd
         assert f"out_dir={job / 'eval' / f'fid512_ancestral_seed{k}'}" in cmd

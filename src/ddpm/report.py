@@ -181,6 +181,12 @@ class Job:
     pooled: list[Pooled] = field(default_factory=list)
 
     @property
+    def stopped_early(self) -> bool:
+        """Whether training ended before its ``trainer.max_steps`` (preempted, or stopped by a NaN)."""
+        max_steps = self.settings.get("trainer.max_steps")
+        return isinstance(max_steps, int) and max_steps > 0 and self.steps is not None and self.steps < max_steps
+
+    @property
     def primary(self) -> Pooled | None:
         """The pooled protocol with the most images (what the seed-set table and the findings use)."""
         return max(self.pooled, key=lambda p: (p.n * len(p.seeds), p.protocol), default=None)
@@ -364,8 +370,10 @@ def render(jobs: list[Job], findings: list[tuple[Finding, list[dict]]] | None = 
                 continue
             nll = legend.cell([j.nll] if j.nll else [], std_digits=3)
             which = f", {j.path.name}" if len(by_obj[name]) > 1 else ""  # several jobs of one row: name them
+            steps = "?" if j.steps is None else (
+                f"{j.steps} of {j.settings['trainer.max_steps']}, stopped early" if j.stopped_early else j.steps)
             rows.append(
-                f"| {label} | {name} ({'/'.join(j.fields)}{which}) | {j.steps if j.steps is not None else '?'} "
+                f"| {label} | {name} ({'/'.join(j.fields)}{which}) | {steps} "
                 f"| {legend.cell(j.inception)} | {legend.cell(j.fid)} | {nll} | {p_is} | {p_fid} | {p_nll} |"
             )
     for j in by_obj.get("other", []):
@@ -720,6 +728,11 @@ def evaluate_jobs(opts: Options) -> list[list[str]]:
         if not ckpt.is_file() or job.steps is None:
             print(f"[report] {job.path.name}: not finished training (no metrics.json / last.ckpt), skipped",
                   file=sys.stderr)
+            continue
+        if job.stopped_early:  # a preempted run also writes metrics.json and last.ckpt
+            print(f"[report] {job.path.name}: training stopped at step {job.steps} of "
+                  f"{job.settings['trainer.max_steps']} (preempted?), skipped; resume it first (rerun the sweep: "
+                  "ckpt_path=last continues it)", file=sys.stderr)
             continue
         for out_dir, out_file, overrides in evaluations(job.path, opts):
             done = out_dir / out_file
