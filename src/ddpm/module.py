@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.diffusion.noise import derive_seed
 from ddpm.diffusion.resample import make_t_sampler
 from ddpm.diffusion.types import VarType
+from ddpm.seeds import derive_seed
 
 
 def build_net(model: Mapping[str, Any], image_shape: tuple[int, int, int], var_type: str) -> torch.nn.Module:
