@@ -42,6 +42,16 @@ def run(args: list[str], cwd: Path, **env: str):
         ("sample", ["sampler=ddm"], ["sampler=ddm", "ancestral, ddim", "Did you mean 'ddim'"]),
         ("sample", ["sampler=ddim", "sampler.steps=0"], ["sampler.steps >= 1"]),
         ("sample", ["fid.feature_extractr=digits"], ["Did you mean 'fid.feature_extractor'"]),
+        # every command that takes settings answers the same way (issue 21)
+        ("figures", ["figure=foo"], ["figure=foo", "interpolation, progressive, shared_xt"]),
+        ("figures", ["figure.frame=3"], ["figure.frame: no such option of python -m ddpm.figures",
+                                         "Did you mean 'figure.frames'", "Valid keys under figure: figure.name"]),
+        ("figures", ["sampler=ddm"], ["sampler=ddm", "Did you mean 'ddim'"]),
+        ("figures", ["figure=interpolation", "figure.t=abc"], ["figure.t=abc", "Float"]),
+        ("build_refstats", ["splt=test"], ["splt: no such option of python -m ddpm.metrics.build_refstats",
+                                           "Did you mean 'split'", "Valid keys at the top level: task_name, split"]),
+        ("build_refstats", ["data=cifar100"], ["data=cifar100", "cifar10"]),
+        ("frontier", ["num_sample=5"], ["Did you mean 'num_samples'", "Valid keys at the top level"]),
     ],
 )
 def test_preflight_refuses_with_one_clean_message(script, argv, needles, capsys, monkeypatch):
@@ -74,6 +84,8 @@ def test_a_bug_keeps_its_traceback_and_debug_shows_user_errors(monkeypatch):
 @pytest.mark.parametrize("script,groups,absent", [
     ("train", ["data:", "model:", "objective:", "sampler:", "callbacks:"], ["schema", "recipe:", "checkpoint"]),
     ("sample", ["sampler:", "fid:", "data:"], ["schema", "model:", "objective:", "optim:", "callbacks:"]),
+    ("figures", ["figure:", "sampler:", "data:"], ["schema", "model:", "fid:"]),
+    ("build_refstats", ["data:"], ["schema", "checkpoint", "sampler:"]),
 ])
 def test_help_lists_only_what_the_script_takes(script, groups, absent):
     text = cli.help_text(script, [])

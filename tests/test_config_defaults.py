@@ -23,8 +23,11 @@ from ddpm.config import CONF_DIR, compose
 PRIMARIES = {"train": ("data", "model", "objective", "diffusion", "optim", "trainer", "sampler", "callbacks",
                        "logger", "sweep"),
              "sample": ("sampler", "fid", "data"),
-             "frontier": ("fid", "data")}
-HIDDEN = {("train", "data", "checkpoint")}  # sample.py's "the checkpoint's own data": not a training dataset
+             "frontier": ("fid", "data"),
+             "figures": ("figure", "sampler", "data"),
+             "build_refstats": ("data",)}
+# sample.py's "the checkpoint's own data": not a dataset for training or reference statistics
+HIDDEN = {("train", "data", "checkpoint"), ("build_refstats", "data", "checkpoint")}
 
 
 def compositions() -> list[tuple[str, list[str]]]:
@@ -130,7 +133,7 @@ def _plain(x: Any) -> Any:
 
 
 PAPER = [("train", ["data=cifar10"]), ("train", ["data=cifar10", "callbacks=fid"]), ("sample", []),
-         ("frontier", [])]
+         ("frontier", []), ("figures", []), ("build_refstats", ["data=cifar10"])]
 
 
 @pytest.mark.parametrize(("primary", "overrides"), compositions(), ids=lambda v: v if isinstance(v, str) else

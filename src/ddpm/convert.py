@@ -23,7 +23,6 @@ where ``SRC`` is a local folder / weights file or (with ``--download``) a hub id
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -535,7 +534,9 @@ def load_converted(path: str | os.PathLike) -> tuple[UNet, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    from ddpm.cli import PathsArgumentParser
+
+    parser = PathsArgumentParser(
         prog="python -m ddpm.convert",
         description="Convert a diffusers UNet2DModel DDPM checkpoint (e.g. google/ddpm-cifar10-32) into a "
         "self-describing safetensors file for this project.",
