@@ -327,3 +327,53 @@ def test_the_private_api_checker_leaves_our_own_and_modules_alone():
     source = ("import torch\nimport lightning as L\nclass M(L.LightningModule):\n    def __init__(self):\n"
               "        self._streak = 0\n    def f(self, x):\n        return torch._foreach_norm(x), self._streak\n")
     assert lightning_private_uses({"x.py": source}) == []
+
+
+# ------------------------------------------------------------------------------- one spelling of each thing
+RUN_LAYOUT = ("checkpoints", "last.ckpt")  # ddpm.rundir's names
+LAYOUT_ALLOWED = {
+    "ddpm/rundir.py",
+    "ddpm/frontier.py",  # rewritten for issue 20's sampler registry: switches to rundir.tool_dir there
+    "ddpm/report.py",  # changed on another branch (issue 23): switches to rundir.last_checkpoint after its merge
+}
+
+
+def _sources() -> dict[str, str]:
+    return {str(p.relative_to(SRC)): p.read_text() for p in (SRC / "ddpm").rglob("*.py")}
+
+
+def layout_spellings(files: dict[str, str]) -> list[str]:
+    """``file:line`` of every string ``"checkpoints"`` / ``"last.ckpt"`` outside ddpm.rundir (docstrings aside)."""
+    bad = []
+    for path, text in files.items():
+        if path in LAYOUT_ALLOWED:
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Constant) and node.value in RUN_LAYOUT:
+                bad.append(f"{path}:{node.lineno}: {node.value!r} (use ddpm.rundir)")
+    return bad
+
+
+def argv_parsing(files: dict[str, str]) -> list[str]:
+    """``file:line`` of every read of ``sys.argv`` outside ddpm.cli (the Hydra apps' shell): a command takes its
+    settings through Hydra, or its paths through argparse, never through a parser of its own."""
+    bad = []
+    for path, text in files.items():
+        if path == "ddpm/cli.py":
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Attribute) and node.attr == "argv" and ast.unparse(node.value) == "sys":
+                bad.append(f"{path}:{node.lineno}: sys.argv")
+    return bad
+
+
+def test_the_run_directory_layout_is_spelled_only_in_rundir():
+    assert layout_spellings(_sources()) == []
+    assert sorted(layout_spellings({"ddpm/x.py": 'p = run / "checkpoints" / "last.ckpt"\n'})) == [
+        "ddpm/x.py:1: 'checkpoints' (use ddpm.rundir)", "ddpm/x.py:1: 'last.ckpt' (use ddpm.rundir)"]
+
+
+def test_no_command_parses_sys_argv_itself():
+    assert argv_parsing(_sources()) == []
+    assert argv_parsing({"ddpm/x.py": "import sys\nfor a in sys.argv[1:]:\n    k, _, v = a.partition('=')\n"}) == [
+        "ddpm/x.py:2: sys.argv"]
