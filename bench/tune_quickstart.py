@@ -110,7 +110,7 @@ def tune(name: str, overrides: list[str], eval_steps: list[int], decays: list[fl
         for (step, decay), state in sorted(snaps.items()):
             module.ema.load_state_dict(state)
             for kw in samplers + (final_samplers if (step, decay) == (last, module.ema_decay) else []):
-                sampler = SamplerConfig(**kw)
+                sampler = SamplerConfig.from_node(kw)
                 t0 = time.time()
                 images = generate(module.model_fn(use_ema=True), module.diffusion, seeds, module.image_shape, sampler)
                 sample_seconds = (time.time() - t0) / sample_sets

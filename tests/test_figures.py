@@ -102,30 +102,47 @@ def test_progressive_and_interpolation_with_dpm_solver_by_name(model, tmp_path):
     from ddpm.config import SamplerConfig
 
     ckpt, m = model
-    x = figures.progressive(m.model_fn(), m.diffusion, m.image_shape, num_images=3, frames=4, seed=4,
-                            sampler="dpm_solver", steps=5)
+    x, ts = figures.progressive_chain(m.model_fn(), m.diffusion, m.image_shape, num_images=3, frames=4, seed=4,
+                                      sampler={"name": "dpm_solver", "steps": 5})
     assert x.shape == (3, 4, 1, 8, 8)
     final = to_uint8(generate(m.model_fn(), m.diffusion, seeds_for(4, 0, 3), m.image_shape,
                               SamplerConfig(name="dpm_solver", steps=5)))
     torch.testing.assert_close(x[:, -1], final)
     ancestral = figures.progressive(m.model_fn(), m.diffusion, m.image_shape, num_images=3, frames=4, seed=4)
     assert not torch.equal(x[:, -1], ancestral[:, -1])
-    ts = figures.chain_timesteps(m.diffusion, "dpm_solver", 5)  # 5 evaluations from T-1 down to 0 (T=10)
+    # 5 evaluations from T-1 down to 0 (T=10); the paper's chain: every index
     assert len(ts) == 5 and ts[0] == 9 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
-    assert figures.chain_timesteps(m.diffusion) == list(range(9, -1, -1))
+    _, full = figures.progressive_chain(m.model_fn(), m.diffusion, m.image_shape, num_images=1)
+    assert full == list(range(9, -1, -1))
 
     test = model_datamodule(m, None, "test").splits()["test"]
     a, b = (test[i].float() / 127.5 - 1 for i in (0, 1))
     rows = [figures.interpolation(m.model_fn(), m.diffusion, a, b, t_paper=500, lambdas=3, seed=s,
-                                  sampler="dpm_solver", steps=3) for s in (0, 0)]
+                                  sampler={"name": "dpm_solver", "steps": 3}) for s in (0, 0)]
     torch.testing.assert_close(rows[0], rows[1])  # deterministic decoding
     assert rows[0].shape == (5, 1, 8, 8)
 
     out = _figure(f"ckpt_path={ckpt}", "sampler=dpm_solver", "sampler.steps=5", "figure.frames=4",
                   f"out={tmp_path}/p.png")
     assert out.is_file()
-    with pytest.raises(ValueError, match="valid sampler=ancestral"):
+    with pytest.raises(ValueError, match="sampler=dpm_solver is deterministic: the continuations"):
         _figure("figure=shared_xt", f"ckpt_path={ckpt}", "sampler=dpm_solver", "sampler.steps=5")
+
+
+def test_the_figures_choose_from_the_sampler_registry(model):
+    """Any registered sampler on the model's own chain; shared_xt refuses a deterministic one by the registry's
+    flag; a respaced chain is refused naming the valid ones."""
+    ckpt, m = model
+    x, ts = figures.progressive_chain(m.model_fn(), m.diffusion, m.image_shape, num_images=2, frames=3,
+                                      sampler={"name": "dpm_solver_sde", "steps": 4})
+    assert x.shape == (2, 3, 1, 8, 8) and len(ts) == 4
+    with pytest.raises(ValueError, match=r"sampler=ddim runs on a respaced chain.*valid \['ancestral', 'dpm_solver'"):
+        figures.figure_sampler({"name": "ddim", "steps": 5}, "progressive")
+    with pytest.raises(ValueError, match="sampler=dpm_solver is deterministic"):
+        figures.figure_sampler({"name": "dpm_solver", "steps": 5}, "shared_xt")
+    with pytest.raises(ValueError, match="sampler=dpm_solver_sde does not step through every t"):
+        figures.figure_sampler({"name": "dpm_solver_sde", "steps": 5}, "shared_xt")
+    assert figures.figure_sampler(None, "shared_xt").name == "ancestral"
 
 
 def test_progressive_frames_are_distinct_and_labelled_once_each():

@@ -26,15 +26,20 @@ def mu_of(x0_fn, diffusion: GaussianDiffusion):
     return fn
 
 
-@pytest.mark.parametrize("name,steps", [("respaced", 10), ("ddim", 10), ("respaced", T), ("ancestral", None),
-                                        ("dpm_solver", 10)])
-def test_a_mu_network_samples_like_the_x0_network_it_implies(name, steps):
+RESTART = {"restart_t_min": 5, "restart_t_max": 20, "restart_k": 2, "restart_share": 0.4}
+
+
+@pytest.mark.parametrize("name,steps,params", [
+    ("respaced", 10, {}), ("ddim", 10, {}), ("respaced", T, {}), ("ancestral", None, {}), ("dpm_solver", 10, {}),
+    ("dpm_solver_sde", 10, {}), ("restart", 10, RESTART),
+])
+def test_a_mu_network_samples_like_the_x0_network_it_implies(name, steps, params):
     """A mu network predicts one step of the original chain; a sampler that jumps over timesteps must read it as
     the x_0 it implies, so it gives the images of the x_0 network with the same x_0 (before this was handled,
     respaced/DDIM took the one-step mean as the mean of a 5-step jump)."""
     mu_diff = GaussianDiffusion.from_config("linear", T, "mu", "fixed_large", "kl")
     x0_diff = GaussianDiffusion.from_config("linear", T, "x0", "fixed_large", "kl")
-    sampler = SamplerConfig(name=name, steps=steps, clip_denoised=False)
+    sampler = SamplerConfig(name=name, steps=steps, clip_denoised=False, params=params)
     seeds = list(range(6))
     a = generate(mu_of(toy_x0, mu_diff), mu_diff, seeds, SHAPE, sampler)
     b = generate(toy_x0, x0_diff, seeds, SHAPE, sampler)

@@ -1,5 +1,6 @@
 """Our samplers step by step against an independent implementation: diffusers' DDPMScheduler (the paper's
-ancestral sampler, Algorithm 2), DDIMScheduler and DPMSolverMultistepScheduler (DPM-Solver++(2M)), on a toy
+ancestral sampler, Algorithm 2), DDIMScheduler and DPMSolverMultistepScheduler (DPM-Solver++(2M) and its SDE
+form, sde-dpmsolver++), on a toy
 eps-model over the full T=1000 linear schedule; and DPM-Solver++ by convergence to the ODE solution.
 
 Both sides get the same x_T and the same per-step noise (one generator, drawn in the same order), so the
@@ -15,7 +16,9 @@ import pytest
 import torch
 
 from ddpm.diffusion import (
+    SAMPLERS,
     GaussianDiffusion,
+    SeededNoise,
     ancestral_sample,
     ddim_sample,
     dpm_solver_sample,
@@ -23,7 +26,7 @@ from ddpm.diffusion import (
     respace,
     space_timesteps,
 )
-from ddpm.diffusion import samplers as S
+from ddpm.diffusion import solvers as S
 
 T = 1000
 SHAPE = (6, 1, 4, 4)
@@ -90,12 +93,12 @@ def test_ddim_eta0_equals_diffusers_ddim_scheduler(steps: int) -> None:
 
 
 # ----------------------------------------------------------------------------- DPM-Solver++(2M)
-def dpm_scheduler(prediction_type: str = "epsilon", clip: bool = False, **kw):
+def dpm_scheduler(prediction_type: str = "epsilon", clip: bool = False, algorithm_type: str = "dpmsolver++", **kw):
     """diffusers' DPM-Solver++(2M) ending at sigma = 0; clipping = its thresholding with sample_max_value=1 (the
     threshold s is clamped to [1, 1], i.e. x0 is clamped to [-1, 1])."""
     return diffusers.DPMSolverMultistepScheduler(
         num_train_timesteps=T, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-        algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint", lower_order_final=True,
+        algorithm_type=algorithm_type, solver_order=2, solver_type="midpoint", lower_order_final=True,
         final_sigmas_type="zero", prediction_type=prediction_type, thresholding=clip, sample_max_value=1.0, **kw,
     )  # fmt: skip
 
@@ -139,6 +142,50 @@ def test_dpm_solver_equals_diffusers_dpm_solver_multistep(steps: int, mean_type:
     ours, ref = _dpm_vs_diffusers(steps, mean_type, clip)
     assert torch.isfinite(ours).all() and ours.abs().max() > 0.5
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0 if clip else 1e-5)
+
+
+def _sde_vs_diffusers(steps: int, mean_type: str, clip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ours and diffusers' ``sde-dpmsolver++`` from the same x_T with the same per-step noise: both draw from one
+    image-seeded noise source in the same order (x_T, then one z per step but the last, to sigma = 0)."""
+    diffusion = GaussianDiffusion.from_config("linear", T, mean_type, "fixed_large", "mse")
+    model = toy_eps if mean_type == "eps" else toy_x0(diffusion)
+    seeds = list(range(100 * steps, 100 * steps + SHAPE[0]))
+    ours = SAMPLERS["dpm_solver_sde"].sample(diffusion, model, SHAPE, steps=steps, noise=SeededNoise(seeds),
+                                             clip_denoised=clip)
+    sched = dpm_scheduler("epsilon" if mean_type == "eps" else "sample", clip, algorithm_type="sde-dpmsolver++")
+    sched.set_timesteps(timesteps=dpm_solver_timesteps(diffusion, steps))
+    noise = SeededNoise(seeds)
+    x = noise.randn(*SHAPE[1:])
+    for i, t in enumerate(sched.timesteps):
+        z = noise.randn(*SHAPE[1:]) if i < steps - 1 else torch.zeros(SHAPE)  # the last step adds no noise
+        x = sched.step(model(x, torch.full((SHAPE[0],), int(t), dtype=torch.long)), int(t), x,
+                       variance_noise=z).prev_sample
+    return ours, x
+
+
+@pytest.mark.parametrize("steps", [3, 10, 20, 50])
+@pytest.mark.parametrize("mean_type", ["eps", "x0"])
+@pytest.mark.parametrize("clip", [True, False])
+def test_dpm_solver_sde_equals_diffusers_sde_dpmsolver_pp(steps: int, mean_type: str, clip: bool) -> None:
+    """SDE-DPM-Solver++(2M), midpoint, data prediction, the same timesteps and the same noise as diffusers'
+    ``algorithm_type="sde-dpmsolver++"``: the chains agree to float rounding (unclipped, the toy chain leaves
+    [-1, 1] by far: relative tolerance)."""
+    ours, ref = _sde_vs_diffusers(steps, mean_type, clip)
+    assert torch.isfinite(ours).all() and ours.abs().max() > 0.5
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0 if clip else 1e-4)
+
+
+def test_dpm_solver_sde_reference_test_catches_a_wrong_noise_scale(monkeypatch) -> None:
+    """The comparison above fails for the ODE update (no noise) and for the noise of the wrong size."""
+    ours, ref = _sde_vs_diffusers(10, "eps", clip=True)
+    update = S._dpm_pp_sde_update
+    monkeypatch.setattr(S, "_dpm_pp_sde_update", lambda x, x0, x0p, lam, a, sig, z: update(x, x0, x0p, lam, a, sig,
+                                                                                            1.1 * z))
+    wrong, _ = _sde_vs_diffusers(10, "eps", clip=True)
+    assert (wrong - ref).abs().max() > 1e-2
+    ode = dpm_solver_sample(GaussianDiffusion.from_config("linear", T), toy_eps, SHAPE, steps=10,
+                            x_start_t=SeededNoise(list(range(1000, 1000 + SHAPE[0]))).randn(*SHAPE[1:]))
+    assert (ode - ref).abs().max() > 1e-2 and (ours - ref).abs().max() < 1e-4
 
 
 def _first_order_only(x, x0, x0_prev, lam, alpha_next, sigma_ratio, _update=S._dpm_pp_update):

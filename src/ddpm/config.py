@@ -1,14 +1,16 @@
 """Typed config schemas (Hydra's ConfigStore, group ``schema``) and the checks a schema cannot express.
 
-Every YAML in ``conf/`` that has a schema names it first in its defaults list (``- /schema/sampler@_here_``),
+Every YAML in ``conf/`` that has a schema names it first in its defaults list (``- /schema/objective@_here_``),
 so a misspelt key or a value of the wrong type fails when the config is composed, before anything is built.
 The YAML files hold the defaults (with their comments); the schemas hold only types, so no default is
 written twice. :func:`validate_config` checks combinations of fields; the entry points call it right after
 composition.
 
 * :class:`ObjectiveConfig`: one row of the paper's Table 2 (group ``objective``).
-* :class:`SamplerConfig`: how to run the reverse process (group ``sampler``). The same description is used
-  by ``sample.py``, the final samples and the sample grids of ``train.py``, and the FID callback.
+* :class:`SamplerConfig`: how to run the reverse process (group ``sampler``, free-form in the YAML because each
+  sampler of the registry has its own keys; :meth:`SamplerConfig.from_node` checks them against the registry).
+  The same description is used by ``sample.py``, the final samples and the sample grids of ``train.py``, the FID
+  callback, the figures and the frontier.
 * :class:`FIDConfig`: how FID/IS are measured (group ``fid``), for ``sample.py`` and the FID callback.
 * :class:`SampleConfig`: the whole of ``conf/sample.yaml``; :class:`TrainConfig`: the top level of
   ``conf/train.yaml`` (its groups are free-form: each is instantiated by its ``_target_``).
@@ -16,6 +18,7 @@ composition.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -24,13 +27,11 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from ddpm.diffusion import SAMPLERS, SamplerSpec
 from ddpm.diffusion.resample import T_SAMPLERS
 from ddpm.diffusion.types import LossType, MeanType, VarType, validate_objective
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
-SAMPLERS = ("ancestral", "respaced", "ddim", "dpm_solver")
-
 
 @dataclass
 class ObjectiveConfig:
@@ -51,29 +52,32 @@ class DiffusionConfig:
 
 @dataclass
 class SamplerConfig:
-    """How to run the reverse process.
+    """How to run the reverse process: a sampler of the registry (:data:`ddpm.diffusion.SAMPLERS`) and its
+    settings. Every script reads it from the ``sampler`` group (``sampler=NAME sampler.steps=S``).
 
-    :param name: ``ancestral`` (the paper's Algorithm 2, all T steps), ``respaced`` (ancestral on a subset of
-        ``steps`` timesteps with recomputed betas), ``ddim`` (``steps`` DDIM steps with ``eta``) or
-        ``dpm_solver`` (DPM-Solver++(2M), deterministic, ``steps`` network evaluations uniform in log-SNR on the
-        full chain; beyond the paper).
-    :param steps: network evaluations for the non-ancestral samplers (``None`` for ``ancestral``).
-    :param eta: DDIM's noise scale (0 = deterministic); ignored by the other samplers.
-    :param clip_denoised: clamp the predicted x_0 to [-1, 1] before forming the mean (official default).
+    :param name: a registered sampler (:func:`sampler_names`): ``ancestral`` (the paper's Algorithm 2, all T
+        steps), ``respaced``, ``ddim``, ``dpm_solver``, ``dpm_solver_sde``, ``restart``.
+    :param steps: network evaluations per image (``None`` for ``ancestral``, which always runs all T).
+    :param clip_denoised: clamp the predicted x_0 to [-1, 1] (official default).
     :param var_type: override the objective's variance type for sampling (``fixed_large``/``fixed_small``);
         ``None`` keeps the model's own.
+    :param params: the sampler's own settings (DDIM's ``eta``, Restart's interval...), by the names the registry
+        gives; those not given come from ``conf/sampler/NAME.yaml``, where every default is written.
     """
 
-    name: str = MISSING
+    name: str
     steps: int | None = None
-    eta: float = 0.0
     clip_denoised: bool = True
     var_type: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.name not in SAMPLERS:
-            raise ValueError(f"sampler.name={self.name!r} is not a sampler; valid: {list(SAMPLERS)}")
-        if self.name != "ancestral" and (self.steps is None or int(self.steps) < 1):
+            raise ValueError(f"sampler.name={self.name!r} is not a sampler; valid: {sampler_names()}")
+        spec = SAMPLERS[self.name]
+        if self.steps is not None and not _is_int(self.steps):
+            raise ValueError(f"sampler.steps={self.steps!r} must be an integer >= 1 (network evaluations per image)")
+        if not spec.full_chain and (self.steps is None or int(self.steps) < 1):
             raise ValueError(
                 f"sampler={self.name} needs sampler.steps >= 1 (network evaluations, e.g. sampler.steps=100), "
                 f"got {self.steps}"
@@ -83,36 +87,83 @@ class SamplerConfig:
                 f"sampler.var_type={self.var_type!r} is not a variance type; valid: null (the model's own), "
                 f"{sorted({v.value for v in VarType})}"
             )
+        unknown = sorted(set(self.params) - set(spec.params))
+        if unknown:
+            raise ValueError(f"sampler.{unknown[0]} is not a setting of sampler={self.name}; valid: "
+                             f"{sorted([*COMMON_SAMPLER_KEYS, *spec.params])}")
+        self.params = {**sampler_defaults(self.name), **self.params}
+        for key, kind in spec.params.items():
+            value = self.params.get(key)
+            ok = _is_num(value) if kind is float else _is_int(value) if kind is int else isinstance(value, kind)
+            if not ok:
+                raise ValueError(f"sampler.{key}={value!r} must be {'a number' if kind is float else 'an integer'} "
+                                 f"(sampler={self.name}; see conf/sampler/{self.name}.yaml)")
+            self.params[key] = kind(value)
 
     @classmethod
     def from_node(cls, node: Any) -> SamplerConfig:
-        """A :class:`SamplerConfig` from a config node, a mapping or a :class:`SamplerConfig`."""
+        """A :class:`SamplerConfig` from a config node (``sampler.eta`` and the like at its top level), a mapping or
+        a :class:`SamplerConfig`."""
         if isinstance(node, cls):
             return node
         if OmegaConf.is_config(node):
             node = OmegaConf.to_container(node, resolve=True)
-        return cls(**dict(node))
+        node = dict(node)
+        if "name" not in node:
+            raise ValueError(f"the sampler config has no name; valid: {sampler_names()}")
+        common = {k: node.pop(k) for k in COMMON_SAMPLER_KEYS if k in node}
+        return cls(**common, params={**node.pop("params", {}), **node})
+
+    @property
+    def spec(self) -> SamplerSpec:
+        """The registry entry."""
+        return SAMPLERS[self.name]
+
+    def is_full_chain(self, num_timesteps: int) -> bool:
+        """The paper's full chain: ``ancestral``, or an evenly respaced chain that keeps all T steps."""
+        spec = self.spec
+        return spec.full_chain or (spec.spacing == "even" and self.steps == num_timesteps)
 
     def label(self, num_timesteps: int) -> str:
-        """``""`` for the paper's full chain (ancestral, or respaced with all T steps), else e.g. ``ddim100``:
-        the suffix of metric keys (``fid_5k_ddim100``), so a cheap figure is never mistaken for the paper's."""
-        if self.name == "ancestral" or (self.name == "respaced" and self.steps == num_timesteps):
-            return ""
-        return f"{self.name}{self.steps}"
+        """``""`` for the paper's full chain, else e.g. ``ddim100``: the suffix of metric keys (``fid_5k_ddim100``),
+        so a cheap figure is never mistaken for the paper's."""
+        return "" if self.is_full_chain(num_timesteps) else f"{self.name}{self.steps}"
 
     def describe(self, num_timesteps: int) -> dict:
         """What ``metrics.json`` and the shard signature record: the settings, ``steps`` resolved."""
         return {
             "name": self.name,
             "steps": self.steps if self.steps is not None else num_timesteps,
-            "eta": self.eta if self.name == "ddim" else None,
             "clip_denoised": self.clip_denoised,
             "var_type": self.var_type,
+            **self.params,
         }
 
     @property
     def num_steps_label(self) -> str:
         return f"{self.name}{self.steps}" if self.steps else self.name
+
+
+COMMON_SAMPLER_KEYS = ("name", "steps", "clip_denoised", "var_type")
+
+
+def sampler_names() -> list[str]:
+    """The registered samplers, in registration order."""
+    return list(SAMPLERS)
+
+
+@functools.cache
+def _sampler_yaml(name: str) -> dict[str, Any]:
+    import yaml
+
+    path = CONF_DIR / "sampler" / f"{name}.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+
+
+def sampler_defaults(name: str) -> dict[str, Any]:
+    """The sampler's own settings as ``conf/sampler/NAME.yaml`` writes them (the one place of their defaults)."""
+    yaml_node = _sampler_yaml(name)
+    return {k: yaml_node[k] for k in SAMPLERS[name].params if k in yaml_node}
 
 
 @dataclass
@@ -174,7 +225,7 @@ class SampleConfig:
     nll_t_batch: int = MISSING
     nll_seed: int = MISSING
     trainer: SampleTrainerConfig = MISSING
-    sampler: SamplerConfig = MISSING
+    sampler: Any = MISSING  # free-form: each sampler has its own keys (SamplerConfig.from_node checks them)
     fid: FIDConfig = MISSING
     data: Any = None
     paths: Any = None
@@ -246,7 +297,7 @@ class FiguresConfig:
     device: str = MISSING
     out: str | None = MISSING
     figure: Any = MISSING
-    sampler: SamplerConfig = MISSING
+    sampler: Any = MISSING  # free-form: each sampler has its own keys (SamplerConfig.from_node checks them)
     data: Any = None
     paths: Any = None
 
@@ -291,13 +342,13 @@ class TrainConfig:
     logger: Any = MISSING
     paths: Any = MISSING
     data: Any = MISSING
-    sampler: SamplerConfig = MISSING
+    sampler: Any = MISSING  # free-form: each sampler has its own keys (SamplerConfig.from_node checks them)
 
 
 def register_configs() -> None:
     cs = ConfigStore.instance()
-    for name, node in (("objective", ObjectiveConfig), ("diffusion", DiffusionConfig), ("sampler", SamplerConfig),
-                       ("fid", FIDConfig), ("sample", SampleConfig), ("train", TrainConfig),
+    for name, node in (("objective", ObjectiveConfig), ("diffusion", DiffusionConfig), ("fid", FIDConfig),
+                       ("sample", SampleConfig), ("train", TrainConfig),
                        ("frontier", FrontierConfig)):
         cs.store(group="schema", name=name, node=node)
     for name, node in (("figures", FiguresConfig), ("figure_progressive", ProgressiveFigure),

@@ -10,9 +10,11 @@ conf/figure/NAME.yaml, ``--help`` lists them):
 
 Written to ``out=`` (default ``RUN/figures/<figure>.png`` beside the checkpoint, ``outputs/figures/<weights
 name>/`` for published weights). Times ``figure.t`` and ``figure.splits`` are on the paper's scale of 1000
-steps and are rescaled to the model's T (``t=500`` is T/2). ``sampler=ancestral`` (the paper's, default) or
-``sampler=dpm_solver sampler.steps=N`` (DPM-Solver++(2M), deterministic, N network evaluations) for
-progressive and interpolation; shared_xt shows the stochastic continuations of one chain and is ancestral only.
+steps and are rescaled to the model's T (``t=500`` is T/2). ``sampler=ancestral`` (the paper's, default) or any
+registered sampler that runs on the model's own chain (:data:`ddpm.diffusion.SAMPLERS`, e.g. ``sampler=dpm_solver
+sampler.steps=N``: DPM-Solver++(2M), deterministic, N network evaluations); shared_xt shows the continuations
+of one chain, so it refuses a deterministic sampler (the registry's ``stochastic`` flag) and needs one that
+steps through every t.
 
 * **progressive** (Figure 6): rows are samples, columns the predicted x0-hat at ``frames - 1`` evenly spaced
   points of the reverse chain (Algorithm 2), from t = 1000 down; the last column is the final sample x_0.
@@ -35,15 +37,15 @@ from omegaconf import DictConfig
 from ddpm.cli import hydra_app
 from ddpm.config import SamplerConfig
 from ddpm.data import model_to_uint8 as to_uint8
-from ddpm.diffusion import SeededNoise
-from ddpm.diffusion import samplers as S
-from ddpm.generate import seeds_for
+from ddpm.diffusion import SAMPLERS, SeededNoise
+from ddpm.diffusion.registry import final_sample
+from ddpm.generate import check_sampler, seeds_for
 from ddpm.io import make_grid_uint8, save_png
 from ddpm.loading import load_model, model_datamodule
 from ddpm.rundir import tool_dir
 from ddpm.runtime import device_of
 
-__all__ = ["progressive", "interpolation", "shared_xt", "make_figure", "main"]
+__all__ = ["progressive", "progressive_chain", "interpolation", "shared_xt", "figure_sampler", "make_figure", "main"]
 
 
 def _paper_to_code(t_paper: float, T: int) -> int:
@@ -51,38 +53,60 @@ def _paper_to_code(t_paper: float, T: int) -> int:
     return int(round(float(t_paper) * T / 1000.0)) - 1
 
 
+def figure_sampler(sampler, figure: str) -> SamplerConfig:
+    """The sampler (a ``sampler`` config, :class:`~ddpm.config.SamplerConfig` or ``None``: ancestral) checked for
+    ``figure``: the figures follow the model's own chain (a registered sampler that places its evaluations on it,
+    not a respaced one), with the model's variance; shared_xt needs a stochastic sampler (the registry's flag)
+    that steps through every index."""
+    s = SamplerConfig.from_node(sampler or {"name": "ancestral"})
+    on_chain = [n for n, spec in SAMPLERS.items() if spec.spacing is None]
+    if s.spec.spacing is not None:
+        raise ValueError(f"sampler={s.name} runs on a respaced chain; the figures follow the model's own chain: "
+                         f"valid {on_chain} (sampler.steps=N network evaluations for the solvers)")
+    if s.var_type is not None:
+        raise ValueError(f"sampler.var_type={s.var_type}: the figures sample with the model's own variance "
+                         "(sampler.var_type=null)")
+    if figure == "shared_xt":
+        every_index = [n for n in on_chain if SAMPLERS[n].full_chain]
+        if not s.spec.is_stochastic(s.params):
+            raise ValueError(f"sampler={s.name} is deterministic: the continuations of one x_t would all be the "
+                             f"same image; valid for figure=shared_xt: {every_index}")
+        if not s.spec.full_chain:
+            raise ValueError(f"sampler={s.name} does not step through every t (figure=shared_xt splits the chain at "
+                             f"any t); valid: {every_index}")
+    return s
+
+
+def _chain(model_fn, diffusion, shape, sampler: SamplerConfig, *, noise, device, x_start_t=None, t_start=None):
+    """``sampler``'s progressive function from the registry: yields ``{"t", "sample", "pred_xstart"}``."""
+    spec = sampler.spec
+    steps = {"steps": int(sampler.steps)} if spec.takes_steps else {}
+    return spec.progressive(diffusion, model_fn, shape, noise=noise, clip_denoised=sampler.clip_denoised,
+                            device=device, x_start_t=x_start_t, t_start=t_start, **steps, **sampler.params)
+
+
 @torch.no_grad()
-def progressive(model_fn, diffusion, image_shape, *, num_images=8, frames=10, seed=0, clip_denoised=True,
-                device="cpu", sampler="ancestral", steps=None) -> torch.Tensor:
-    """uint8 ``[num_images, frames, C, H, W]``: x0-hat along the chain, the last frame the final sample."""
-    T = len(chain_timesteps(diffusion, sampler, steps))
-    marks = progressive_marks(T, frames)
+def progressive_chain(model_fn, diffusion, image_shape, *, num_images=8, frames=10, seed=0, device="cpu",
+                      sampler=None) -> tuple[torch.Tensor, list[int]]:
+    """uint8 ``[num_images, frames, C, H, W]``: x0-hat along the chain, the last frame the final sample; and the
+    code index of every network evaluation of the chain, in order."""
+    sampler = figure_sampler(sampler, "progressive")
+    marks = progressive_marks(sampler.spec.evaluations(sampler.steps, diffusion.num_timesteps), frames)
     noise = SeededNoise(seeds_for(seed, 0, num_images), device=device)
-    shape = (num_images, *image_shape)
-    chain = (S.dpm_solver_sample_progressive(diffusion, model_fn, shape, steps=steps, noise=noise,
-                                             clip_denoised=clip_denoised, device=device)
-             if sampler == "dpm_solver" else
-             S.ancestral_sample_progressive(diffusion, model_fn, shape, noise=noise, clip_denoised=clip_denoised,
-                                            device=device))
-    cols, final = [], None
-    for done, step in enumerate(chain, start=1):
+    cols, final, ts = [], None, []
+    for done, step in enumerate(_chain(model_fn, diffusion, (num_images, *image_shape), sampler, noise=noise,
+                                       device=device), start=1):
+        ts.append(int(step["t"]))
         if done in marks:
             cols.append(step["pred_xstart"].clamp(-1, 1))
         final = step["sample"]
     cols.append(final)
-    return to_uint8(torch.stack(cols, dim=1)).cpu()
+    return to_uint8(torch.stack(cols, dim=1)).cpu(), ts
 
 
-FIGURE_SAMPLERS = ("ancestral", "dpm_solver")
-
-
-def chain_timesteps(diffusion, sampler: str = "ancestral", steps: int | None = None) -> list[int]:
-    """The code indices at which ``sampler`` evaluates the network, in order (ancestral: T-1 .. 0)."""
-    if sampler not in FIGURE_SAMPLERS:
-        raise ValueError(f"sampler={sampler!r} is not valid for the figures; valid: {list(FIGURE_SAMPLERS)}")
-    if sampler == "dpm_solver":
-        return S.dpm_solver_timesteps(diffusion, steps)
-    return list(range(diffusion.num_timesteps - 1, -1, -1))
+def progressive(model_fn, diffusion, image_shape, **kwargs) -> torch.Tensor:
+    """The images of :func:`progressive_chain`."""
+    return progressive_chain(model_fn, diffusion, image_shape, **kwargs)[0]
 
 
 def progressive_marks(T: int, frames: int) -> list[int]:
@@ -107,9 +131,10 @@ def check_paper_time(key: str, t_paper: float) -> float:
 
 
 @torch.no_grad()
-def interpolation(model_fn, diffusion, x0_a, x0_b, *, t_paper=500.0, lambdas=9, seed=0,
-                  clip_denoised=True, device="cpu", sampler="ancestral", steps=None) -> torch.Tensor:
+def interpolation(model_fn, diffusion, x0_a, x0_b, *, t_paper=500.0, lambdas=9, seed=0, device="cpu",
+                  sampler=None) -> torch.Tensor:
     """uint8 ``[lambdas + 2, C, H, W]``: source, the decoded mixes for lambda = 0 .. 1, target."""
+    sampler = figure_sampler(sampler, "interpolation")
     T = diffusion.num_timesteps
     t = _paper_to_code(check_paper_time("t", t_paper), T)
     a, b = x0_a.to(device).unsqueeze(0), x0_b.to(device).unsqueeze(0)
@@ -123,25 +148,24 @@ def interpolation(model_fn, diffusion, x0_a, x0_b, *, t_paper=500.0, lambdas=9, 
         mix = (1 - lam) * xa + lam * xb
         # the same decoder noise for every lambda: every row uses the same seed
         noise = SeededNoise([seeds_for(seed, 1, 2)[0]] * mix.shape[0], device=device)
-        decode = S.dpm_solver_sample if sampler == "dpm_solver" else S.ancestral_sample
-        kw = {"steps": steps} if sampler == "dpm_solver" else {}  # more steps than t+1: every index from t
-        mixes = decode(diffusion, model_fn, tuple(mix.shape), noise=noise, x_start_t=mix, t_start=t,
-                       clip_denoised=clip_denoised, device=device, **kw)
+        # (a solver asked for more evaluations than t+1 uses every index from t)
+        mixes = final_sample(_chain(model_fn, diffusion, tuple(mix.shape), sampler, noise=noise, device=device,
+                                    x_start_t=mix, t_start=t))
     return to_uint8(torch.cat([a, mixes, b])).cpu()
 
 
 @torch.no_grad()
 def shared_xt(model_fn, diffusion, image_shape, *, splits=(1000, 750, 500, 250), continuations=6, seed=0,
-              clip_denoised=True, device="cpu") -> torch.Tensor:
+              device="cpu", sampler=None) -> torch.Tensor:
     """uint8 ``[len(splits), continuations + 1, C, H, W]``: per split, x_t then the continuations."""
+    sampler = figure_sampler(sampler, "shared_xt")
     T = diffusion.num_timesteps
     codes = [min(T - 1, max(0, _paper_to_code(check_paper_time("splits", s), T))) for s in splits]
     noise = SeededNoise(seeds_for(seed, 0, 1), device=device)
     x = noise.randn(*image_shape).to(device)  # x_T of the main chain
     states = {T - 1: x}
-    for step in S.ancestral_sample_progressive(diffusion, model_fn, (1, *image_shape), noise=noise,
-                                               x_start_t=x, t_start=T - 1, clip_denoised=clip_denoised,
-                                               device=device):
+    for step in _chain(model_fn, diffusion, (1, *image_shape), sampler, noise=noise, device=device, x_start_t=x,
+                       t_start=T - 1):
         if step["t"] - 1 in codes:
             states[step["t"] - 1] = step["sample"]
     rows = []
@@ -149,9 +173,8 @@ def shared_xt(model_fn, diffusion, image_shape, *, splits=(1000, 750, 500, 250),
         xt = states[c]
         k = int(continuations)
         cont_noise = SeededNoise(seeds_for(seed + 1000 + r, 0, k), device=device)
-        outs = S.ancestral_sample(diffusion, model_fn, (k, *image_shape), noise=cont_noise,
-                                  x_start_t=xt.expand(k, *image_shape).contiguous(), t_start=c,
-                                  clip_denoised=clip_denoised, device=device)
+        outs = final_sample(_chain(model_fn, diffusion, (k, *image_shape), sampler, noise=cont_noise, device=device,
+                                   x_start_t=xt.expand(k, *image_shape).contiguous(), t_start=c))
         rows.append(torch.cat([xt.clamp(-1, 1), outs]))
     return to_uint8(torch.stack(rows)).cpu()
 
@@ -201,12 +224,7 @@ def default_out(provenance: dict, figure: str) -> Path:
 def make_figure(cfg: DictConfig) -> Path:
     """The figure ``cfg.figure`` (conf/figures.yaml) as a labelled PNG; returns its path."""
     fig = cfg.figure
-    sampler = SamplerConfig.from_node(cfg.sampler)
-    if sampler.name not in FIGURE_SAMPLERS or (fig.name == "shared_xt" and sampler.name != "ancestral"):
-        raise ValueError(
-            f"sampler={sampler.name} is not valid for figure={fig.name}: valid "
-            + ("sampler=ancestral (continuations of a deterministic sampler would all be the same image)"
-               if fig.name == "shared_xt" else f"{list(FIGURE_SAMPLERS)} (sampler.steps=N for dpm_solver)"))
+    sampler = figure_sampler(cfg.sampler, fig.name)
     if fig.name == "interpolation":
         check_paper_time("figure.t", fig.t)
     elif fig.name == "shared_xt":
@@ -215,13 +233,11 @@ def make_figure(cfg: DictConfig) -> Path:
     device = device_of(cfg.device)
     loaded = load_model(cfg.ckpt_path, cfg.pretrained, cfg.use_ema).to(device)
     fn, diff, shape = loaded.model_fn(), loaded.diffusion, loaded.image_shape
-    name, steps = sampler.name, sampler.steps if sampler.name != "ancestral" else None
-    seed, clip = int(cfg.seed), sampler.clip_denoised
+    check_sampler(diff, sampler)
+    common = {"seed": int(cfg.seed), "device": device, "sampler": sampler}
     out = Path(cfg.out) if cfg.out else default_out(loaded.provenance, fig.name)
     if fig.name == "progressive":
-        x = progressive(fn, diff, shape, num_images=fig.num_images, frames=fig.frames, seed=seed,
-                        clip_denoised=clip, device=device, sampler=name, steps=steps)
-        ts = chain_timesteps(diff, name, steps)
+        x, ts = progressive_chain(fn, diff, shape, num_images=fig.num_images, frames=fig.frames, **common)
         labels = progressive_labels(ts, progressive_marks(len(ts), fig.frames), diff.num_timesteps)
         path = grid_png(x.flatten(0, 1), out, x.shape[1], cfg.upscale, col_labels=labels)
     elif fig.name == "interpolation":
@@ -231,16 +247,14 @@ def make_figure(cfg: DictConfig) -> Path:
         i, j = fig.pair
         a, b = uint8_to_model(imgs[i]), uint8_to_model(imgs[j])
         ts = [1000 * k / 8 for k in range(9)] if fig.sweep else [float(fig.t)]
-        rows = [interpolation(fn, diff, a, b, t_paper=t, lambdas=fig.lambdas, seed=seed, clip_denoised=clip,
-                              device=device, sampler=name, steps=steps) for t in ts]
+        rows = [interpolation(fn, diff, a, b, t_paper=t, lambdas=fig.lambdas, **common) for t in ts]
         # ASCII: PIL's default font has no Greek glyphs (a lambda rendered as an empty box)
         cols = ["x0 a", *(f"lam={v:.2f}" for v in torch.linspace(0, 1, fig.lambdas).tolist()), "x0 b"]
         path = grid_png(torch.cat(rows), out, rows[0].shape[0], cfg.upscale, col_labels=cols,
                         row_labels=[f"t={t:g}" for t in ts])
     else:
         splits = [float(s) for s in fig.splits]
-        x = shared_xt(fn, diff, shape, splits=splits, continuations=fig.continuations, seed=seed,
-                      clip_denoised=clip, device=device)
+        x = shared_xt(fn, diff, shape, splits=splits, continuations=fig.continuations, **common)
         cols = ["x_t", *(f"x_0 #{k + 1}" for k in range(x.shape[1] - 1))]
         path = grid_png(x.flatten(0, 1), out, x.shape[1], cfg.upscale, col_labels=cols,
                         row_labels=[f"t={s:g}" for s in splits])

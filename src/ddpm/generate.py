@@ -14,15 +14,14 @@ import torch
 from torch import Tensor
 
 from ddpm.config import SamplerConfig
-from ddpm.diffusion import GaussianDiffusion, SeededNoise, image_seeds
-from ddpm.diffusion import samplers as S
+from ddpm.diffusion import SAMPLERS, GaussianDiffusion, SeededNoise, image_seeds, respace, space_timesteps
 
 __all__ = ["diffusion_for_sampler", "generate", "seeds_for"]
 
 
 def skips_steps(diffusion: GaussianDiffusion, sampler: SamplerConfig) -> bool:
-    """Whether ``sampler`` jumps over timesteps (respaced or DDIM with fewer steps than T)."""
-    return sampler.name in ("respaced", "ddim") and int(sampler.steps) < diffusion.num_timesteps
+    """Whether ``sampler`` runs on a respaced chain (a spacing sampler with fewer steps than T)."""
+    return SAMPLERS[sampler.name].spacing is not None and int(sampler.steps) < diffusion.num_timesteps
 
 
 def diffusion_for_sampler(diffusion: GaussianDiffusion, sampler: SamplerConfig) -> GaussianDiffusion:
@@ -46,8 +45,9 @@ def diffusion_for_sampler(diffusion: GaussianDiffusion, sampler: SamplerConfig) 
         )
     # steps >= T: the full chain (a config tuned for T=1000 still runs on a T=10 test model).
     if skips_steps(diffusion, sampler):
-        section = f"ddim{sampler.steps}" if sampler.name == "ddim" else int(sampler.steps)
-        diffusion = S.respace(diffusion, S.space_timesteps(diffusion.num_timesteps, section))
+        spacing = SAMPLERS[sampler.name].spacing
+        section = f"ddim{sampler.steps}" if spacing == "ddim" else int(sampler.steps)
+        diffusion = respace(diffusion, space_timesteps(diffusion.num_timesteps, section))
     return diffusion
 
 
@@ -69,20 +69,10 @@ def generate(
     if diffusion.var_type.is_learned and not diff.var_type.is_learned:
         model_fn = _mean_channels(model_fn, int(image_shape[0]))
     noise = SeededNoise(list(seeds), device=device)
-    shape = (len(seeds), *image_shape)
-    if sampler.name == "dpm_solver":  # its own `steps` timesteps of the full chain, uniform in lambda
-        return S.dpm_solver_sample(
-            diff, model_fn, shape, steps=sampler.steps, noise=noise, clip_denoised=sampler.clip_denoised,
-            progress=progress,
-        )
-    if sampler.name == "ddim":
-        return S.ddim_sample(
-            diff, model_fn, shape, noise=noise, eta=sampler.eta, clip_denoised=sampler.clip_denoised,
-            progress=progress,
-        )
-    return S.ancestral_sample(
-        diff, model_fn, shape, noise=noise, clip_denoised=sampler.clip_denoised, progress=progress
-    )
+    spec = SAMPLERS[sampler.name]
+    steps = {"steps": int(sampler.steps)} if spec.takes_steps else {}  # the solvers place their own evaluations
+    return spec.sample(diff, model_fn, (len(seeds), *image_shape), noise=noise, clip_denoised=sampler.clip_denoised,
+                       progress=progress, **steps, **sampler.params)
 
 
 def _mu_as_x0(model_fn, diffusion: GaussianDiffusion):
@@ -113,15 +103,19 @@ def _mean_channels(model_fn, channels: int):
 def check_sampler(diffusion: GaussianDiffusion, sampler: SamplerConfig) -> None:
     """Refuse, before any image is sampled, a sampler that this model cannot run."""
     T = diffusion.num_timesteps
-    if sampler.name == "ancestral" and sampler.steps is not None and int(sampler.steps) != T:
+    spec = SAMPLERS[sampler.name]
+    if spec.full_chain and sampler.steps is not None and int(sampler.steps) != T:
         raise ValueError(
-            f"sampler=ancestral always runs all T={T} steps; for sampler.steps={sampler.steps} use "
-            f"sampler=respaced sampler.steps={sampler.steps} (ancestral on a subset of timesteps) or sampler=ddim"
+            f"sampler={sampler.name} always runs all T={T} steps; for sampler.steps={sampler.steps} use "
+            f"sampler=respaced sampler.steps={sampler.steps} (ancestral on a subset of timesteps) or another of "
+            f"{[n for n, s in SAMPLERS.items() if not s.full_chain]}"
         )
     if sampler.steps is not None and int(sampler.steps) > T:
         raise ValueError(f"sampler.steps={sampler.steps} exceeds the model's T={T}: use at most {T}")
+    if spec.check is not None:
+        spec.check(sampler.params, sampler.steps, diffusion)
     raw_learned = (sampler.var_type or diffusion.var_type.value) == "learned"
-    if sampler.name == "respaced" and raw_learned and skips_steps(diffusion, sampler):
+    if spec.uses_variance and raw_learned and skips_steps(diffusion, sampler):
         raise ValueError(
             f"sampler=respaced sampler.steps={sampler.steps}: this model's variance is learned as a one-step "
             "log-variance (var_type=learned), which a step over several timesteps cannot use. Valid: "

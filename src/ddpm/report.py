@@ -37,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from ddpm.config import CONF_DIR, SAMPLERS
+from ddpm.config import CONF_DIR, sampler_names
 
 # Paper Table 2 (CIFAR-10, unconditional; IS, FID) and Table 1 (NLL test, bits/dim). "–": unstable to train.
 PAPER_ROWS: list[tuple[str, str, str, str, str]] = [
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> str:
                         help="first run the missing FID/IS and NLL evaluations of every finished job (sample.py)")
     parser.add_argument("--fid-samples", type=int, default=500, help="images per FID/IS evaluation (default 500)")
     parser.add_argument("--nll-images", type=int, default=64, help="test images for the full NLL bound (default 64)")
-    parser.add_argument("--sampler", default="ancestral", choices=SAMPLERS,
+    parser.add_argument("--sampler", default="ancestral", choices=sampler_names(),
                         help="sampler of the FID/IS evaluation (default ancestral: the paper's full chain, valid for "
                              "every objective)")
     parser.add_argument("--batch-size", type=int, default=125)

@@ -6,18 +6,25 @@ Imports torch and numpy only. Code index ``t`` in ``0..T-1`` is paper time ``t+1
 from .gaussian import GaussianDiffusion, ModelFn, extract
 from .losses import approx_standard_normal_cdf, discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from .noise import SeededNoise, image_seed, image_seeds
+from .registry import SAMPLERS, SamplerSpec
 from .samplers import (
     ancestral_sample,
     ancestral_sample_progressive,
     ddim_sample,
     ddim_sample_progressive,
-    dpm_solver_sample,
-    dpm_solver_sample_progressive,
-    dpm_solver_timesteps,
     respace,
     space_timesteps,
 )
 from .schedules import SCHEDULE_NAMES, betas_for_alpha_bar, get_beta_schedule
+from .solvers import (
+    dpm_solver_sample,
+    dpm_solver_sample_progressive,
+    dpm_solver_sde_sample_progressive,
+    dpm_solver_timesteps,
+    forward_jump,
+    lambda_timesteps,
+    restart_sample_progressive,
+)
 from .types import LossType, MeanType, VarType, validate_objective
 
 __all__ = [
@@ -25,7 +32,9 @@ __all__ = [
     "LossType",
     "MeanType",
     "ModelFn",
+    "SAMPLERS",
     "SCHEDULE_NAMES",
+    "SamplerSpec",
     "SeededNoise",
     "VarType",
     "ancestral_sample",
@@ -37,7 +46,11 @@ __all__ = [
     "discretized_gaussian_log_likelihood",
     "dpm_solver_sample",
     "dpm_solver_sample_progressive",
+    "dpm_solver_sde_sample_progressive",
     "dpm_solver_timesteps",
+    "forward_jump",
+    "lambda_timesteps",
+    "restart_sample_progressive",
     "extract",
     "get_beta_schedule",
     "image_seed",

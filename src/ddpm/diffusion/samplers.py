@@ -1,5 +1,6 @@
-"""Samplers: ancestral (Paper Algorithm 2, official ``p_sample_loop``), DDIM, DPM-Solver++(2M), and timestep
-respacing.
+"""Samplers: ancestral (Paper Algorithm 2, official ``p_sample_loop``), DDIM, and timestep respacing; the
+few-step solvers (DPM-Solver++, its SDE form, Restart) are in :mod:`ddpm.diffusion.solvers`, and every sampler
+is registered by name in :mod:`ddpm.diffusion.registry`.
 
 All samplers take ``(diffusion, model_fn, shape, *, noise=None, generator=None, clip_denoised=True,
 progress=None, device=None)``:
@@ -16,8 +17,6 @@ Code index ``k`` is paper time ``k+1``; the loops run ``k = T-1 .. 0``.
 
 from __future__ import annotations
 
-import math
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -26,6 +25,7 @@ from torch import Tensor
 
 from .gaussian import GaussianDiffusion, ModelFn, extract
 from .noise import SeededNoise
+from .registry import final_sample, register
 
 Progress = Callable[[int, int], None]
 
@@ -72,12 +72,9 @@ def _init(
     return x, t_start
 
 
-def _final_sample(steps: Iterator[dict[str, Tensor | int]]) -> Tensor:
-    """Run a progressive sampler to the end; its last ``sample`` (x_0)."""
-    (final,) = deque(steps, maxlen=1)
-    return final["sample"]
-
-
+@register("respaced", spacing="even", uses_variance=True,
+          summary="ancestral on `steps` evenly spaced timesteps, betas recomputed")
+@register("ancestral", full_chain=True, uses_variance=True, summary="the paper's Algorithm 2, all T steps")
 @torch.no_grad()
 def ancestral_sample_progressive(
     diffusion: GaussianDiffusion,
@@ -136,11 +133,13 @@ def ancestral_sample(
     t_start: int | None = None,
 ) -> Tensor:
     """Paper Algorithm 2 via ``p_mean_variance``; returns x_0 (the mean at the last step, no noise)."""
-    return _final_sample(ancestral_sample_progressive(
+    return final_sample(ancestral_sample_progressive(
         diffusion, model_fn, shape, noise=noise, generator=generator, clip_denoised=clip_denoised, progress=progress,
         device=device, x_start_t=x_start_t, t_start=t_start))
 
 
+@register("ddim", params={"eta": float}, stochastic="eta", spacing="ddim",
+          summary="DDIM (Song et al. 2021) on `steps` strided timesteps; eta=0 is deterministic")
 @torch.no_grad()
 def ddim_sample_progressive(
     diffusion: GaussianDiffusion,
@@ -203,172 +202,9 @@ def ddim_sample(
 ) -> Tensor:
     """DDIM sampling (see :func:`ddim_sample_progressive`); returns x_0. Combine with :func:`respace` for
     fewer steps, e.g. ``respace(diffusion, space_timesteps(1000, "ddim50"))``."""
-    return _final_sample(ddim_sample_progressive(
+    return final_sample(ddim_sample_progressive(
         diffusion, model_fn, shape, eta=eta, noise=noise, generator=generator, clip_denoised=clip_denoised,
         progress=progress, device=device, x_start_t=x_start_t, t_start=t_start))
-
-
-def dpm_solver_timesteps(
-    diffusion: GaussianDiffusion, steps: int | None = None, t_start: int | None = None
-) -> list[int]:
-    """The code indices DPM-Solver++ evaluates the network at, in sampling order (strictly decreasing).
-
-    ``steps`` indices uniform in ``lambda = log(alpha / sigma)`` from ``t_start`` (default ``T-1``) to 0, both
-    included: the targets ``lambda(t_start) + i (lambda(0) - lambda(t_start)) / (steps - 1)`` are mapped to the
-    nearest code index (lambda interpolated linearly between indices, rounded); where two land on the same
-    index (lambda changes by ~0.4 per index near t = 0, so from ~30 steps on for the linear T=1000 schedule),
-    the earlier one moves up to one above the next, so near t = 0 every index is used. Up to then these are
-    diffusers' ``use_lu_lambdas=True`` timesteps. ``steps=1``: ``[t_start]``; ``None`` or ``steps > t_start``:
-    every index. Linear T=1000, steps=10: 999, 886, 757, 603, 410, 202, 73, 22, 5, 0.
-
-    Why lambda-uniform (bench/results/frontier_digits_study_*.md): equal steps in lambda keep the 2M
-    extrapolation well conditioned. Steps even in t either end with a long second-order step (~3 in lambda
-    from t ~ T/steps to t = 0), which on Gaussian data with its exact denoiser widens the samples by 25% at 20
-    steps, or (diffusers' "linspace") stop at t ~ T/steps and return that blurry x0-hat (26% too narrow at 20
-    steps); lambda-uniform is within 2% from 10 steps on.
-    """
-    t_start = diffusion.num_timesteps - 1 if t_start is None else int(t_start)
-    if not 0 <= t_start < diffusion.num_timesteps:
-        raise ValueError(f"t_start must be in [0, {diffusion.num_timesteps - 1}], got {t_start}")
-    if steps is None or steps > t_start:
-        return list(range(t_start, -1, -1))
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    lam = _lambda(diffusion.alphas_cumprod_np[: t_start + 1])  # strictly decreasing in t
-    targets = np.linspace(lam[t_start], lam[0], int(steps))
-    ts = np.interp(targets, lam[::-1], np.arange(t_start, -1, -1, dtype=np.float64)).round().astype(np.int64)
-    # distinct: with gaps g_i = ts_i - (minimal spacing), strictly decreasing ts <=> non-increasing g, which
-    # a running max from the end gives (a repeated index moves up); the clip keeps ts_0 <= t_start
-    gap = np.arange(steps - 1, -1, -1)
-    g = np.maximum.accumulate((ts - gap)[::-1])[::-1].clip(0, t_start - steps + 1)
-    return (g + gap).tolist()
-
-
-def _lambda(abar: np.ndarray) -> np.ndarray:
-    """Half the log-SNR, ``lambda = log(alpha / sigma) = 0.5 (log abar - log(1 - abar))``, float64."""
-    return 0.5 * (np.log(abar) - np.log1p(-abar))
-
-
-def _dpm_pp_update(
-    x: Tensor,
-    x0: Tensor,
-    x0_prev: Tensor | None,
-    lam: tuple[float, float, float | None],
-    alpha_next: float,
-    sigma_ratio: float,
-) -> Tensor:
-    """One DPM-Solver++ step from lambda_s0 to lambda_t (Lu et al. 2022b, Alg. 2 with the midpoint D1).
-
-    ``lam = (lambda_t, lambda_s0, lambda_s1)``; ``x0`` is the data prediction at s0, ``x0_prev`` the one at
-    s1 (``None``: the first-order step = DDIM). ``alpha_next = alpha_t``, ``sigma_ratio = sigma_t /
-    sigma_s0``; ``lambda_t = inf`` (the clean end, alpha_t = 1, sigma_t = 0) returns ``x0``.
-    """
-    lam_t, lam_s0, lam_s1 = lam
-    if math.isinf(lam_t):
-        return x0
-    h = lam_t - lam_s0
-    coef = -alpha_next * math.expm1(-h)  # alpha_t (1 - e^{-h})
-    d = x0
-    if x0_prev is not None:
-        r = (lam_s0 - lam_s1) / h
-        d = x0 + (x0 - x0_prev) / (2.0 * r)
-    return sigma_ratio * x + coef * d
-
-
-@torch.no_grad()
-def dpm_solver_sample_progressive(
-    diffusion: GaussianDiffusion,
-    model_fn: ModelFn,
-    shape: Sequence[int],
-    *,
-    steps: int | None = None,
-    timesteps: Sequence[int] | None = None,
-    noise: SeededNoise | None = None,
-    generator: torch.Generator | None = None,
-    clip_denoised: bool = True,
-    progress: Progress | None = None,
-    device: str | torch.device | None = None,
-    x_start_t: Tensor | None = None,
-    t_start: int | None = None,
-) -> Iterator[dict[str, Tensor | int]]:
-    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2, midpoint form), yielding after every step.
-
-    The probability-flow ODE of the discrete-time DDPM, in ``lambda = log(alpha / sigma)`` with ``alpha =
-    sqrt(abar)``, ``sigma = sqrt(1 - abar)`` of the given diffusion's code indices, is solved with the
-    multistep second-order data-prediction update: the network is evaluated once per step, at the code
-    indices ``t_0 > t_1 > ... > t_{n-1}``, and the step ``t_i -> t_{i+1}`` is
-
-        ``x <- (sigma_{i+1} / sigma_i) x + alpha_{i+1} (1 - e^{-h}) (x0_i + (x0_i - x0_{i-1}) / (2 r))``
-
-    with ``h = lambda_{i+1} - lambda_i``, ``r = (lambda_i - lambda_{i-1}) / h``. The first step is first order
-    (no previous ``x0``; = DDIM), and so is the last: from ``t_{n-1}`` the chain goes to the clean image
-    (``alpha = 1, sigma = 0``, diffusers' ``final_sigmas_type="zero"``), i.e. it returns the data prediction
-    at ``t_{n-1}``. So the number of network evaluations is exactly ``n``.
-
-    ``x0_i`` is ``pred_xstart`` of :meth:`GaussianDiffusion.p_mean_variance` (the same conversion for every
-    mean type: from eps, x0 directly, or mu-tilde inverted; the variance channels of a learned variance are
-    not used), clamped to [-1, 1] when ``clip_denoised`` (the official default, as for the other samplers;
-    diffusers' analogue is ``thresholding`` with ``sample_max_value=1``). Only the starting point is random
-    (one draw from ``noise``), so image ``i`` depends only on its seed.
-
-    Timesteps: ``timesteps`` (descending code indices, the first is the start) or
-    :func:`dpm_solver_timesteps` (``steps`` indices uniform in lambda from ``t_start``, default ``T-1``, down to
-    0 included; ``steps=None``: every index). Use it on the full diffusion with ``steps``; on a respaced one its
-    indices are the kept timesteps (fine for eps / x0; a mu network predicts the one-step mu-tilde of the
-    original chain, so respacing is wrong for it).
-
-    Yields dicts ``{"t": code index of the evaluation, "sample": the new x (at the next index; x_0 after the
-    last step), "pred_xstart": x0_i}``.
-    """
-    device = _device(diffusion, device)
-    if timesteps is None:
-        x, t0 = _init(diffusion, shape, noise, generator, device, x_start_t, t_start)
-        ts = dpm_solver_timesteps(diffusion, steps, t0)
-    else:
-        ts = [int(t) for t in timesteps]
-        if not ts or any(a <= b for a, b in zip(ts, ts[1:], strict=False)):
-            raise ValueError(f"timesteps must be non-empty and strictly decreasing, got {ts}")
-        if steps is not None or (t_start is not None and int(t_start) != ts[0]):
-            raise ValueError("give either timesteps or steps / t_start (timesteps[0] is the start)")
-        x, _ = _init(diffusion, shape, noise, generator, device, x_start_t, ts[0])
-    abar = diffusion.alphas_cumprod_np[ts]  # float64
-    lam = [*_lambda(abar).tolist(), math.inf]
-    alpha = [*np.sqrt(abar).tolist(), 1.0]
-    sigma = [*np.sqrt(1.0 - abar).tolist(), 0.0]
-    x0_prev: Tensor | None = None
-    total = len(ts)
-    for i, ti in enumerate(ts):
-        t = torch.full((x.shape[0],), ti, dtype=torch.long, device=device)
-        x0 = diffusion.p_mean_variance(model_fn, x, t, clip_denoised=clip_denoised)["pred_xstart"]
-        lam_prev = lam[i - 1] if i > 0 else None
-        x = _dpm_pp_update(x, x0, x0_prev, (lam[i + 1], lam[i], lam_prev), alpha[i + 1], sigma[i + 1] / sigma[i])
-        x0_prev = x0
-        if progress is not None:
-            progress(i + 1, total)
-        yield {"t": ti, "sample": x, "pred_xstart": x0}
-
-
-@torch.no_grad()
-def dpm_solver_sample(
-    diffusion: GaussianDiffusion,
-    model_fn: ModelFn,
-    shape: Sequence[int],
-    *,
-    steps: int | None = None,
-    timesteps: Sequence[int] | None = None,
-    noise: SeededNoise | None = None,
-    generator: torch.Generator | None = None,
-    clip_denoised: bool = True,
-    progress: Progress | None = None,
-    device: str | torch.device | None = None,
-    x_start_t: Tensor | None = None,
-    t_start: int | None = None,
-) -> Tensor:
-    """DPM-Solver++(2M) sampling (see :func:`dpm_solver_sample_progressive`) with ``steps`` network
-    evaluations; returns x_0. E.g. ``dpm_solver_sample(diffusion, model_fn, shape, steps=20, noise=...)``."""
-    return _final_sample(dpm_solver_sample_progressive(
-        diffusion, model_fn, shape, steps=steps, timesteps=timesteps, noise=noise, generator=generator,
-        clip_denoised=clip_denoised, progress=progress, device=device, x_start_t=x_start_t, t_start=t_start))
 
 
 def space_timesteps(num_timesteps: int, section_counts: int | str | Sequence[int]) -> list[int]:
