@@ -2,7 +2,7 @@
 imported): every ``import`` counts, also the ones inside functions.
 
     entry points   train.py, sample.py, python -m ddpm.<tool>
-    applications   training, sampling, nll, figures, report, frontier
+    applications   training, sampling, nll, figures, report, frontier, export
     services       loading, generate, runtime, metrics, callbacks, convert
     core           module, data, diffusion, nets, io, config, seeds
 
@@ -28,7 +28,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
              "ddpm.seeds", "ddpm.rundir"),
     "services": ("ddpm.loading", "ddpm.generate", "ddpm.runtime", "ddpm.metrics", "ddpm.callbacks", "ddpm.convert",
                  "ddpm.builders", "ddpm.resume"),
-    "applications": ("ddpm.training", "ddpm.sampling", "ddpm.nll", "ddpm.figures", "ddpm.report", "ddpm.frontier"),
+    "applications": ("ddpm.training", "ddpm.sampling", "ddpm.nll", "ddpm.figures", "ddpm.report", "ddpm.frontier",
+                     "ddpm.export"),
 }
 RANK = {"core": 0, "services": 1, "applications": 2}
 PURE = ("ddpm.diffusion", "ddpm.nets", "ddpm.seeds")  # torch, numpy and the standard library only

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from sampling_helpers import sample_cfg, tiny_checkpoint
 
@@ -14,41 +15,65 @@ from ddpm.sampling import sample
 
 
 def test_summary_finds_the_smallest_steps_within_tolerance():
-    entries = [{"sampler": "ancestral", "steps": 1000, "fid": 10.0},
-               *({"sampler": "ddim", "steps": s, "fid": f} for s, f in ((10, 30.0), (20, 10.9), (50, 10.2))),
-               *({"sampler": "respaced", "steps": s, "fid": f} for s, f in ((10, 50.0), (20, 12.0)))]
+    def e(sampler, steps, fid, label=None):
+        return {"sampler": sampler, "steps": steps, "network_evaluations": steps, "fid": fid,
+                "label": label or f"{sampler}{steps}"}
+
+    entries = [e("ancestral", 1000, 10.0, "full_chain"),
+               *(e("ddim", s, f) for s, f in ((10, 30.0), (20, 10.9), (50, 10.2))),
+               *(e("respaced", s, f) for s, f in ((10, 50.0), (20, 12.0)))]
     s = summarise(entries, 0.10)
     assert s["fid_bound"] == pytest.approx(11.0)
     assert s["smallest_steps_within_tolerance"] == {"ddim": 20, "respaced": None}
+    assert s["best_within_evaluations"]["10"] == {"label": "ddim10", "fid": 30.0, "ratio": 3.0}
+    assert s["best_within_evaluations"]["20"]["label"] == "ddim20"
 
 
-def test_frontier_on_a_tiny_model(tmp_path_factory, tmp_path, capsys):
+def test_frontier_on_a_tiny_model(tmp_path_factory, tmp_path):
     ckpt = tiny_checkpoint(tmp_path_factory)  # T=10
     run_dir = ckpt.parent.parent
     args = [f"ckpt_path={ckpt}", "samplers=[respaced,ddim]", "steps=[3,5,20]", "num_samples=12", "batch_size=5",
-            "fid.feature_extractor=digits", "progress=false", "device=cpu"]
-    with pytest.warns(UserWarning, match="not comparable"):
-        result = frontier(compose("frontier", args))
+            "seed_sets=2", "num_boot=20", "fid.feature_extractor=digits", "progress=false", "device=cpu"]
+    result = frontier(compose("frontier", args))
     out = run_dir / "frontier"
     labels = [e["label"] for e in result["entries"]]
     assert labels == ["full_chain", "respaced3", "respaced5", "ddim3", "ddim5"]  # 20 > T is left out
     assert [e["network_evaluations"] for e in result["entries"]] == [10, 3, 5, 3, 5]
     assert {p.name for p in out.iterdir()} >= {"frontier.json", "frontier.md", "frontier.png", "entries"}
-    assert json.loads((out / "frontier.json").read_text())["entries"][1]["scores"]["fid_12_respaced3"] > 0
+    saved = json.loads((out / "frontier.json").read_text())["entries"]
+    assert all(e["n"] == 24 and len(e["fid_sets"]) == 2 for e in saved)
+    assert saved[1]["ratio"] == pytest.approx(saved[1]["fid"] / saved[0]["fid"])
+    assert saved[1]["fid_diff_ci"][0] <= saved[1]["fid_diff_ci"][1]
     md = (out / "frontier.md").read_text()
-    assert "| ddim | 5 |" in md and "smallest steps within tolerance" in md
+    assert "| ddim | 5 |" in md and "smallest steps within tolerance" in md and "pooled over 2 seed sets" in md
 
-    # the full chain scores exactly what sample.py scores for the same seeds
-    with pytest.warns(UserWarning):
-        m = sample(sample_cfg(ckpt, tmp_path / "s", "num_samples=12", "compute_fid=true",
+    # each set of the full chain is what sample.py draws and scores for that seed, and the pooled FID is the FID
+    # of both sets' images together
+    images = []
+    for k in range(2):
+        m = sample(sample_cfg(ckpt, tmp_path / f"s{k}", "num_samples=12", "compute_fid=true", f"seed={k}",
                               "fid.feature_extractor=digits"))
-    assert m["fid_12"] == pytest.approx(result["entries"][0]["fid"], rel=1e-9)
+        assert m["fid_12"] == pytest.approx(saved[0]["fid_sets"][k], rel=1e-9)
+        with np.load(tmp_path / f"s{k}" / "samples.npz") as z:
+            images.append(z["arr_0"])
+        with np.load(out / "entries" / "full_chain" / f"set{k}.npz") as z:
+            np.testing.assert_array_equal(z["images"].transpose(0, 2, 3, 1), images[-1][..., :1])
 
-    # resumable: a finished entry is not sampled again, a missing one is
-    (out / "entries" / "ddim5.json").unlink()
-    capsys.readouterr()
-    with pytest.warns(UserWarning):
-        again = frontier(compose("frontier", args))
-    printed = capsys.readouterr().out
-    assert "frontier: ddim5:" in printed and "frontier: respaced3:" not in printed
+    # resumable: a finished set is not sampled again, a missing one is
+    (out / "entries" / "ddim5" / "set1.json").unlink()
+    before = {p: p.stat().st_mtime_ns for p in (out / "entries").rglob("*.npz")}
+    again = frontier(compose("frontier", args))
+    rewritten = {p.relative_to(out).as_posix() for p, t in before.items() if p.stat().st_mtime_ns != t}
+    assert rewritten == {"entries/ddim5/set1.npz"} and (out / "entries" / "ddim5" / "set1.json").is_file()
     assert [e["fid"] for e in again["entries"]] == pytest.approx([e["fid"] for e in result["entries"]])
+
+
+def test_frontier_includes_every_registered_sampler_by_default():
+    from ddpm.diffusion import SAMPLERS
+    from ddpm.frontier import entries_for
+
+    cfg = compose("frontier", ["ckpt_path=x"])
+    names = [s.name for s in entries_for(cfg, 1000)]
+    assert names[0] == "ancestral" and set(names[1:]) == {n for n in SAMPLERS if n != "ancestral"}
+    assert {"dpm_solver_sde", "restart"} <= set(names) and len(names) == 1 + 5 * (len(SAMPLERS) - 1)
+    assert cfg.seed_sets * cfg.num_samples >= 1536

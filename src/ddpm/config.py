@@ -239,11 +239,13 @@ class FrontierConfig:
     ckpt_path: str | None = MISSING
     pretrained: str | None = MISSING
     use_ema: bool = MISSING
-    samplers: list[str] = MISSING
+    samplers: list[str] | None = MISSING
     steps: list[int] = MISSING
     num_samples: int = MISSING
+    seed_sets: int = MISSING
     batch_size: int = MISSING
     seed: int = MISSING
+    num_boot: int = MISSING
     clip_denoised: bool = MISSING
     tolerance: float = MISSING
     out_dir: str | None = MISSING

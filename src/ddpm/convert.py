@@ -28,12 +28,13 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ddpm.diffusion import SCHEDULE_NAMES, schedule_name
 from ddpm.io import DownloadError, MissingDependencyError
 from ddpm.nets import UNet
 
@@ -272,20 +273,39 @@ def default_diffusion_settings(resolution: int) -> dict[str, Any]:
     }
 
 
+def schedule_of_betas(betas: Sequence[float]) -> str:
+    """The name of our schedule whose float64 betas equal ``betas`` exactly (a scheduler's ``trained_betas``);
+    ``ValueError`` when none does (the project builds its diffusion from a named schedule)."""
+    name = schedule_name([float(b) for b in betas])
+    if name is None:
+        raise ValueError(
+            f"scheduler trained_betas (T={len(betas)}) equal none of this project's schedules "
+            f"{list(SCHEDULE_NAMES)} bit for bit; only betas exported by `python -m ddpm.export` (or a named "
+            "beta_schedule) can be read"
+        )
+    return name
+
+
 def apply_scheduler_config(info: dict[str, Any], sched: Mapping[str, Any]) -> dict[str, Any]:
     """Override ``info`` with a diffusers ``scheduler_config.json`` (DDPMScheduler keys, or the early
-    ``GaussianDDPMScheduler`` ``timesteps``). Keys that are absent leave ``info`` unchanged."""
+    ``GaussianDDPMScheduler`` ``timesteps``). Keys that are absent leave ``info`` unchanged. ``trained_betas``
+    (what ``python -m ddpm.export`` writes) win over ``beta_schedule``, as in diffusers, and must be one of
+    our schedules exactly (:func:`schedule_of_betas`)."""
     info = dict(info)
     if "num_train_timesteps" in sched or "timesteps" in sched:
         info["num_timesteps"] = int(sched.get("num_train_timesteps", sched.get("timesteps")))
-    if "beta_schedule" in sched:
+    if sched.get("trained_betas") is not None:
+        # diffusers uses trained_betas in preference to beta_schedule; ``python -m ddpm.export`` writes them
+        info["schedule"] = schedule_of_betas(sched["trained_betas"])
+        info["num_timesteps"] = len(sched["trained_betas"])
+    elif "beta_schedule" in sched:
         names = {"linear": "linear", "squaredcos_cap_v2": "cosine"}
         if sched["beta_schedule"] not in names:
             raise ValueError(
                 f"scheduler beta_schedule {sched['beta_schedule']!r} is not supported ({list(names)})"
             )
         info["schedule"] = names[sched["beta_schedule"]]
-    if info["schedule"] == "linear":
+    if info["schedule"] == "linear" and sched.get("trained_betas") is None:
         # our linear schedule is 1e-4 -> 0.02 scaled by 1000/T (exactly the paper's at T=1000)
         scale = 1000.0 / info["num_timesteps"]
         for key, want in (("beta_start", 1e-4 * scale), ("beta_end", 0.02 * scale)):

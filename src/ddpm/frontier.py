@@ -1,17 +1,22 @@
 """``python -m ddpm.frontier ckpt_path=RUN``: how few network evaluations each sampler needs, measured.
 
-The same ``num_samples`` seeds are sampled with the full ancestral chain (the paper's Algorithm 2, T network
-evaluations) and with every sampler of ``samplers`` at every count of ``steps``; each set is scored with the
-dataset's FID extractor (:mod:`ddpm.metrics.samples`: the digits CNN for the digits, TF-Inception otherwise).
-Written to ``out_dir`` (default ``<run dir>/frontier``):
+The same seeds are sampled with the full ancestral chain (the paper's Algorithm 2, T network evaluations) and
+with every sampler of ``samplers`` (default: every registered one, :data:`ddpm.diffusion.SAMPLERS`) at every
+count of ``steps``, on ``seed_sets`` seed sets of ``num_samples`` images each (set ``k`` is what ``sample.py
+seed=<seed + k>`` draws). Each set is scored with the dataset's FID extractor (the digits CNN for the digits,
+TF-Inception otherwise) and the sets are pooled (:mod:`ddpm.metrics.pooled`): the FID of all sets together, the
+per-set FIDs and their spread, and the paired comparison with the full chain (the same seeds: the per-set
+ratios, and a bootstrap interval of the FID difference that resamples the same images in both). Written to
+``out_dir`` (default ``<run dir>/frontier``):
 
-* ``entries/<sampler><steps>.json`` (+ ``.npz``, the uint8 samples): one per entry, written when it is done;
-  a re-run with the same settings skips it, so a killed run continues where it stopped;
-* ``frontier.json``: every entry (FID, IS, network evaluations, seconds per image) and, per sampler, the
-  smallest step count whose FID is within ``tolerance`` of the full chain's;
-* ``frontier.md``: the same as a Markdown table; ``frontier.png``: FID against network evaluations (log x).
-
-Metric keys carry the sample count and the sampler (``fid_256_ddim20``), like ``sample.py``'s.
+* ``entries/<label>/set<k>.npz`` + ``.json`` (the uint8 samples, the timing): one per sampler, steps and seed
+  set, written when it is done; a re-run with the same settings skips it, so a killed run continues where it
+  stopped;
+* ``frontier.json``: every entry (pooled FID and IS, per-set FIDs, the ratio to the full chain with its
+  spread and interval, network evaluations, seconds per image) and, per sampler, the smallest step count whose
+  pooled FID is within ``tolerance`` of the full chain's;
+* ``frontier.md``: the same as a Markdown table; ``frontier.png``: FID against network evaluations (log x),
+  the bars spanning the per-set FIDs.
 """
 
 from __future__ import annotations
@@ -26,19 +31,25 @@ from omegaconf import DictConfig
 
 from ddpm.config import SamplerConfig
 from ddpm.data import model_to_uint8
+from ddpm.diffusion import SAMPLERS
 from ddpm.generate import check_sampler, generate, seeds_for
 from ddpm.io import atomic_savez, atomic_write, check_writable, write_json
 from ddpm.loading import LoadedModel, load_model, model_datamodule
-from ddpm.metrics.samples import fid_key, load_extractor, score_samples
+from ddpm.metrics.pooled import SetFeatures, featurise, paired_bootstrap, pooled_scores
+from ddpm.metrics.samples import load_extractor, reference_for
 from ddpm.runtime import Progress, provenance
 
 __all__ = ["frontier", "entries_for", "summarise", "default_out_dir"]
 
+FULL_CHAIN = "full_chain"
+
 
 def entries_for(cfg: DictConfig, num_timesteps: int) -> list[SamplerConfig]:
-    """The full ancestral chain, then every sampler x steps (step counts above T are left out)."""
-    out = [SamplerConfig(name="ancestral", clip_denoised=cfg.clip_denoised)]
-    for name in cfg.samplers:
+    """The full ancestral chain, then every sampler x steps (step counts above T are left out). ``samplers``
+    null: every registered sampler that does not always run the full chain."""
+    names = cfg.samplers if cfg.samplers is not None else [n for n, s in SAMPLERS.items() if not s.full_chain]
+    out = [SamplerConfig(name=next(n for n, s in SAMPLERS.items() if s.full_chain), clip_denoised=cfg.clip_denoised)]
+    for name in names:
         for steps in sorted({int(s) for s in cfg.steps}):
             if steps <= num_timesteps:
                 out.append(SamplerConfig(name=str(name), steps=steps, clip_denoised=cfg.clip_denoised))
@@ -53,61 +64,101 @@ def default_out_dir(loaded: LoadedModel) -> Path:
     return Path("outputs") / "frontier" / model.stem
 
 
-def _signature(cfg: DictConfig, loaded: LoadedModel, sampler: SamplerConfig, T: int, extractor: str) -> dict:
+def _signature(cfg: DictConfig, loaded: LoadedModel, sampler: SamplerConfig, T: int, set_seed: int) -> dict:
     return json.loads(json.dumps({
         "model_sha256": loaded.provenance["model_sha256"], "use_ema": loaded.provenance["use_ema"],
-        "sampler": sampler.describe(T), "num_samples": cfg.num_samples, "seed": cfg.seed, "extractor": extractor,
-        "ref_stats": cfg.fid.ref_stats, "ref_split": cfg.fid.ref_split,
+        "sampler": sampler.describe(T), "num_samples": cfg.num_samples, "seed": set_seed,
     }))
 
 
-def run_entry(cfg: DictConfig, loaded: LoadedModel, sampler: SamplerConfig, device, score) -> dict:
-    """Sample the seeds with ``sampler`` and score them; returns the entry (FID, IS, timing)."""
-    T, n, bs = loaded.diffusion.num_timesteps, cfg.num_samples, cfg.batch_size
-    label = sampler.label(T) or "full_chain"
+def sample_set(cfg: DictConfig, loaded: LoadedModel, sampler: SamplerConfig, set_seed: int, device,
+               label: str) -> tuple[np.ndarray, float]:
+    """The uint8 samples of seeds ``seeds_for(set_seed, 0 .. num_samples)`` with ``sampler``, and the seconds
+    per image."""
+    n, bs = cfg.num_samples, cfg.batch_size
     parts, start = [], time.time()
-    with Progress(n, cfg.progress, f"{label} ({n} images)") as bar:
+    with Progress(n, cfg.progress, f"{label}, seed {set_seed} ({n} images)") as bar:
         for i in range(0, n, bs):
             j = min(i + bs, n)
-            x = generate(loaded.model_fn(), loaded.diffusion, seeds_for(cfg.seed, i, j), loaded.image_shape,
+            x = generate(loaded.model_fn(), loaded.diffusion, seeds_for(set_seed, i, j), loaded.image_shape,
                          sampler, device=device)
             parts.append(model_to_uint8(x.float()).cpu().numpy())
             bar.update(j - i)
-    seconds = time.time() - start
-    images = np.concatenate(parts)
-    scores = score(images, sampler.label(T))
-    evaluations = T if sampler.name == "ancestral" else min(int(sampler.steps), T)
-    return {
-        "sampler": sampler.name, "steps": evaluations, "network_evaluations": evaluations, "label": label,
-        "fid": scores[fid_key("fid", n, sampler.label(T))], "is": scores.get(fid_key("is", n, sampler.label(T))),
-        "seconds_per_image": seconds / n, "scores": scores, "images": images,
+    return np.concatenate(parts), (time.time() - start) / n
+
+
+def score_entry(sampler: SamplerConfig, T: int, sets: list[SetFeatures], seconds: list[float], ref, extractor: str,
+                full: list[SetFeatures] | None, splits: int, num_boot: int) -> dict:
+    """An entry: pooled FID/IS over the seed sets, their spread, and the paired comparison with the full chain."""
+    pooled = pooled_scores(sets, ref, extractor, splits=splits)
+    spec = sampler.spec
+    evaluations = spec.evaluations(sampler.steps, T)
+    entry = {
+        "sampler": sampler.name, "steps": evaluations, "network_evaluations": evaluations,
+        "label": sampler.label(T) or FULL_CHAIN, "settings": sampler.describe(T),
+        "stochastic": spec.is_stochastic(sampler.params), "fid": pooled["fid"], "is": pooled["is"],
+        "fid_sets": pooled["fid_sets"], "fid_spread": pooled["fid_spread"], "is_sets": pooled["is_sets"],
+        "n": pooled["n"], "seconds_per_image": float(np.mean(seconds)), "seconds_per_image_sets": seconds,
     }
+    if full is not None:
+        full_fids = [pooled_scores([f], ref, extractor, splits=splits)["fid"] for f in full]
+        ratios = [a / b for a, b in zip(pooled["fid_sets"], full_fids)]
+        diff = paired_bootstrap(sets, full, ref, num_boot=num_boot)
+        full_pooled = pooled_scores(full, ref, extractor, splits=splits)["fid"]
+        entry.update(ratio=pooled["fid"] / full_pooled, ratio_sets=ratios, fid_diff=diff["pooled"],
+                     fid_diff_ci=list(diff["ci"]))
+    return entry
 
 
 def summarise(entries: list[dict], tolerance: float) -> dict:
-    """Per sampler, the smallest step count whose FID is within ``tolerance`` of the full chain's."""
-    full = next(e for e in entries if e["sampler"] == "ancestral")
+    """Per sampler, the smallest step count whose FID is within ``tolerance`` of the full chain's, and the best
+    ratio to the full chain at <= 10 and <= 20 network evaluations."""
+    full = next(e for e in entries if e["label"] == FULL_CHAIN)
     bound = full["fid"] * (1 + tolerance)
     within: dict[str, int | None] = {}
-    for e in sorted((e for e in entries if e["sampler"] != "ancestral"), key=lambda e: e["steps"]):
+    rest = sorted((e for e in entries if e is not full), key=lambda e: e["steps"])
+    for e in rest:
         within.setdefault(e["sampler"], None)
         if within[e["sampler"]] is None and e["fid"] <= bound:
             within[e["sampler"]] = e["steps"]
+    best = {}
+    for budget in (10, 20):
+        cands = [e for e in rest if e["network_evaluations"] <= budget]
+        if cands:
+            b = min(cands, key=lambda e: e["fid"])
+            best[str(budget)] = {"label": b["label"], "fid": b["fid"], "ratio": b["fid"] / full["fid"]}
     return {"full_chain_fid": full["fid"], "tolerance": tolerance, "fid_bound": bound,
-            "smallest_steps_within_tolerance": within}
+            "smallest_steps_within_tolerance": within, "best_within_evaluations": best}
 
 
-def _markdown(entries: list[dict], summary: dict, n: int, extractor: str) -> str:
-    lines = [f"FID ({extractor} features, {n} samples, the same seeds for every row) against network evaluations.",
-             "", "| sampler | network evaluations | FID | IS | seconds / image |", "|---|---|---|---|---|"]
+def _fmt_spread(e: dict) -> str:
+    if "fid_spread" not in e:
+        return "-"
+    return f"{e['fid_spread']['min']:.2f}-{e['fid_spread']['max']:.2f}"
+
+
+def _markdown(entries: list[dict], summary: dict, cfg: DictConfig, extractor: str) -> str:
+    n, sets = cfg.num_samples, cfg.seed_sets
+    lines = [f"FID ({extractor} features) pooled over {sets} seed sets of {n} samples (seeds {cfg.seed}.."
+             f"{cfg.seed + sets - 1}, the same for every row), against network evaluations per image. "
+             "Ratio: pooled FID / the full chain's; per set: the min-max of the per-set ratios (paired: the same "
+             "seeds); CI: 95% paired-bootstrap interval of FID(row) - FID(full chain).",
+             "", "| sampler | network evaluations | FID (pooled) | FID per set (min-max) | ratio to full chain | "
+             "ratio per set | FID diff 95% CI | IS | seconds / image |", "|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
         is_ = f"{e['is']:.2f}" if e.get("is") is not None else "-"
-        lines.append(f"| {e['sampler']} | {e['network_evaluations']} | {e['fid']:.2f} | {is_} | "
-                     f"{e['seconds_per_image']:.4f} |")
+        ratio = f"{e['ratio']:.2f}x" if "ratio" in e else "1.00x"
+        per_set = f"{min(e['ratio_sets']):.2f}-{max(e['ratio_sets']):.2f}" if "ratio_sets" in e else "-"
+        ci = f"[{e['fid_diff_ci'][0]:+.2f}, {e['fid_diff_ci'][1]:+.2f}]" if "fid_diff_ci" in e else "-"
+        lines.append(f"| {e['sampler']} | {e['network_evaluations']} | {e['fid']:.2f} | {_fmt_spread(e)} | {ratio} "
+                     f"| {per_set} | {ci} | {is_} | {e['seconds_per_image']:.4f} |")
     lines += ["", f"Full chain: FID {summary['full_chain_fid']:.2f}; within {summary['tolerance']:.0%} means FID <= "
               f"{summary['fid_bound']:.2f}.", "", "| sampler | smallest steps within tolerance |", "|---|---|"]
     for name, steps in summary["smallest_steps_within_tolerance"].items():
         lines.append(f"| {name} | {steps if steps is not None else 'none of those tried'} |")
+    for budget, b in summary["best_within_evaluations"].items():
+        lines.append(f"\nBest at <= {budget} evaluations: {b['label']}, FID {b['fid']:.2f} ({b['ratio']:.2f}x the "
+                     "full chain).")
     return "\n".join(lines) + "\n"
 
 
@@ -117,17 +168,22 @@ def _plot(entries: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    full = next(e for e in entries if e["sampler"] == "ancestral")
-    for name in dict.fromkeys(e["sampler"] for e in entries if e["sampler"] != "ancestral"):
-        pts = sorted((e["network_evaluations"], e["fid"]) for e in entries if e["sampler"] == name)
-        ax.plot(*zip(*pts), marker="o", label=name)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    full = next(e for e in entries if e["label"] == FULL_CHAIN)
+    for name in dict.fromkeys(e["sampler"] for e in entries if e is not full):
+        pts = sorted((e["network_evaluations"], e["fid"], e["fid_spread"]["min"], e["fid_spread"]["max"])
+                     for e in entries if e["sampler"] == name and e is not full)
+        x, y, lo, hi = (np.array(v) for v in zip(*pts))
+        (line,) = ax.plot(x, y, marker="o", label=name)
+        ax.vlines(x, lo, hi, color=line.get_color(), alpha=0.4, lw=3)  # the per-set FIDs (pooled: more images)
     ax.axhline(full["fid"], color="black", ls="--", lw=1, label=f"ancestral, {full['network_evaluations']} steps")
+    ax.axhspan(full["fid_spread"]["min"], full["fid_spread"]["max"], color="black", alpha=0.08)
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("network evaluations per image")
-    ax.set_ylabel("FID")
+    ax.set_ylabel("FID (pooled; bars: per-set min-max)")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_write(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110)
@@ -136,8 +192,10 @@ def _plot(entries: list[dict], path: Path, title: str) -> None:
 
 def frontier(cfg: DictConfig) -> dict:
     """Run the frontier of ``cfg`` (conf/frontier.yaml); returns the summary with its entries."""
-    if cfg.num_samples < 2 or cfg.batch_size < 1 or not cfg.samplers or not cfg.steps:
-        raise ValueError("frontier needs num_samples >= 2, batch_size >= 1, and non-empty samplers and steps")
+    if cfg.num_samples < 2 or cfg.batch_size < 1 or cfg.seed_sets < 1 or not cfg.steps or (
+            cfg.samplers is not None and not cfg.samplers):
+        raise ValueError("frontier needs num_samples >= 2, batch_size >= 1, seed_sets >= 1, and non-empty steps "
+                         "and samplers (null: every registered sampler)")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     loaded = load_model(cfg.ckpt_path, cfg.pretrained, cfg.use_ema).to(device)
@@ -148,32 +206,41 @@ def frontier(cfg: DictConfig) -> dict:
     out_dir = check_writable(cfg.out_dir or default_out_dir(loaded), "out_dir")
     datamodule = model_datamodule(loaded, cfg.data, "the frontier") if not cfg.fid.ref_stats else None
     extractor = load_extractor(cfg.fid, getattr(datamodule, "name", None), device)  # before any sampling
+    ref = reference_for(cfg.fid, extractor, datamodule, cfg.paths.cache_dir, device)
 
-    def score(images: np.ndarray, label: str) -> dict:
-        return score_samples(images, fid_cfg=cfg.fid, extractor=extractor, datamodule=datamodule, label=label,
-                             cache_dir=cfg.paths.cache_dir, device=device)
-
-    entries = []
+    entries, full_sets = [], None
     for sampler in entries_cfg:
-        label = sampler.label(T) or "full_chain"
-        path = out_dir / "entries" / f"{label}.json"
-        signature = _signature(cfg, loaded, sampler, T, extractor.name)
-        if path.is_file() and (old := json.loads(path.read_text())).get("signature") == signature:
-            entries.append(old["entry"])
-            continue
-        entry = run_entry(cfg, loaded, sampler, device, score)
-        atomic_savez(path.with_suffix(".npz"), images=entry.pop("images"))
-        write_json(path, {"signature": signature, "entry": entry})
+        label = sampler.label(T) or FULL_CHAIN
+        sets, seconds = [], []
+        for k in range(int(cfg.seed_sets)):
+            set_seed = int(cfg.seed) + k
+            path = out_dir / "entries" / label / f"set{k}.json"
+            signature = _signature(cfg, loaded, sampler, T, set_seed)
+            if path.is_file() and json.loads(path.read_text()).get("signature") == signature:
+                with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
+                    images = z["images"]
+                sec = float(json.loads(path.read_text())["seconds_per_image"])
+            else:
+                images, sec = sample_set(cfg, loaded, sampler, set_seed, device, label)
+                atomic_savez(path.with_suffix(".npz"), images=images)
+                write_json(path, {"signature": signature, "seconds_per_image": sec})
+            sets.append(featurise(images, extractor, device=device))
+            seconds.append(sec)
+        entry = score_entry(sampler, T, sets, seconds, ref, extractor.name, full_sets, int(cfg.fid.is_splits),
+                            int(cfg.num_boot))
+        full_sets = full_sets or sets  # the first entry is the full chain
         entries.append(entry)
-        print(f"[ddpm] frontier: {label}: FID {entry['fid']:.2f} ({entry['seconds_per_image']:.3f} s/image)",
-              flush=True)
+        ratio = f", {entry['ratio']:.2f}x the full chain" if "ratio" in entry else ""
+        print(f"[ddpm] frontier: {label}: FID {entry['fid']:.2f} (sets {_fmt_spread(entry)}{ratio}; "
+              f"{entry['seconds_per_image']:.4f} s/image)", flush=True)
     summary = summarise(entries, cfg.tolerance)
-    result = {**summary, "entries": entries, "num_samples": cfg.num_samples, "seed": cfg.seed,
-              "extractor": extractor.name, "num_timesteps": T, **loaded.provenance, **provenance()}
+    result = {**summary, "entries": entries, "num_samples": cfg.num_samples, "seed_sets": cfg.seed_sets,
+              "seed": cfg.seed, "extractor": extractor.name, "num_timesteps": T, **loaded.provenance, **provenance()}
     write_json(out_dir / "frontier.json", result)
     with atomic_write(out_dir / "frontier.md") as tmp:
-        tmp.write_text(_markdown(entries, summary, cfg.num_samples, extractor.name))
-    _plot(entries, out_dir / "frontier.png", f"{cfg.num_samples} samples, {extractor.name} FID")
+        tmp.write_text(_markdown(entries, summary, cfg, extractor.name))
+    _plot(entries, out_dir / "frontier.png",
+          f"{cfg.seed_sets} x {cfg.num_samples} samples pooled, {extractor.name} FID")
     print(f"[ddpm] frontier written to {out_dir} (frontier.md, frontier.json, frontier.png)")
     print("[ddpm] smallest steps within "
           f"{cfg.tolerance:.0%} of the full chain's FID {summary['full_chain_fid']:.2f}: "

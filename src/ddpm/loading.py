@@ -168,7 +168,8 @@ def load_pretrained_model(path: str | os.PathLike, use_ema: bool = True) -> Load
         num_timesteps=int(info.get("num_timesteps", 1000)),
         mean_type=info.get("mean_type", "eps"),
         var_type=info.get("var_type", "fixed_large"),
-        loss_type="mse",
+        # sampling never uses the loss; "mse" cannot go with a learned variance (an exported hybrid run)
+        loss_type="hybrid" if str(info.get("var_type", "")).startswith("learned") else "mse",
     )
     prov = {
         "source": "pretrained",

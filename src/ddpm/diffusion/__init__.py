@@ -15,7 +15,7 @@ from .samplers import (
     respace,
     space_timesteps,
 )
-from .schedules import SCHEDULE_NAMES, betas_for_alpha_bar, get_beta_schedule
+from .schedules import SCHEDULE_NAMES, betas_for_alpha_bar, get_beta_schedule, schedule_name
 from .solvers import (
     dpm_solver_sample,
     dpm_solver_sample_progressive,
@@ -58,6 +58,7 @@ __all__ = [
     "mean_flat",
     "normal_kl",
     "respace",
+    "schedule_name",
     "space_timesteps",
     "validate_objective",
 ]

@@ -81,3 +81,14 @@ def get_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
     assert betas.dtype == np.float64 and betas.shape == (num_timesteps,)
     assert np.all(betas > 0) and np.all(betas < 1)
     return betas
+
+
+def schedule_name(betas: np.ndarray | list[float]) -> str | None:
+    """The name of the schedule whose float64 betas equal ``betas`` exactly (same length), else ``None``."""
+    given = np.asarray(betas, dtype=np.float64)
+    if given.ndim != 1 or given.size < 1:
+        return None
+    for name in SCHEDULE_NAMES:
+        if np.array_equal(get_beta_schedule(name, given.size), given):
+            return name
+    return None
