@@ -221,3 +221,20 @@ def test_default_recipe_console_has_no_warning_and_no_line_twice(tmp_path):
     assert len(lines) == len(set(lines)), text
     assert "training: 20/20 step" in text and "final samples" in text
     assert (out / "samples.png").is_file() and (out / "csv" / "metrics.csv").is_file()
+
+
+@pytest.mark.parametrize("module", ["ddpm.convert", "ddpm.export"])
+def test_the_commands_that_take_only_paths_say_so_and_fail_in_one_line(module, capsys):
+    """argparse, kept for the commands without settings: --help says why; a mistyped option is one Error: line
+    naming the valid ones, exit status 1 (argparse's own: a usage block and status 2)."""
+    import importlib
+
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0 and "takes only paths" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        main(["a", "b", "--overwrit"])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and err.startswith(f"Error: python -m {module}: unrecognized arguments: --overwrit")
+    assert "Valid: " in err and "--help" in err and err.count("\n") == 1

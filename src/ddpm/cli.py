@@ -185,6 +185,7 @@ class PathsArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("epilog", "This command takes only paths, so it parses them with argparse; the commands "
                                     "that take settings are Hydra apps (KEY=VALUE overrides, --help, --cfg job).")
+        kwargs.setdefault("allow_abbrev", False)  # --overwrit is a typo, not --overwrite
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
@@ -192,6 +193,18 @@ class PathsArgumentParser(argparse.ArgumentParser):
             a.dest for a in self._actions if not a.option_strings]
         sys.stderr.write(f"Error: {self.prog}: {message}. Valid: {', '.join(valid)} (--help describes them).\n")
         raise SystemExit(1)
+
+
+def parse_paths(prog: str, description: str, paths: dict[str, str], switches: dict[str, str],
+                argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line of a command that takes only ``paths`` (positional, ``{name: help}``) and boolean
+    ``switches`` (``{"--name": help}``), through :class:`PathsArgumentParser`."""
+    parser = PathsArgumentParser(prog=prog, description=description)
+    for name, text in paths.items():
+        parser.add_argument(name, help=text)
+    for name, text in switches.items():
+        parser.add_argument(name, action="store_true", help=text)
+    return parser.parse_args(argv)
 
 
 # Options that moved when a sampler became one config group and the FID settings another.

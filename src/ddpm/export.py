@@ -472,18 +472,15 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, *, raw: bool = Fa
 
 
 def main(argv: list[str] | None = None) -> Path:
-    from ddpm.cli import PathsArgumentParser
+    from ddpm.cli import parse_paths
 
-    parser = PathsArgumentParser(
-        prog="python -m ddpm.export",
-        description="Export a trained run as a diffusers DDPMPipeline folder with a Hub model card "
+    args = parse_paths(
+        "python -m ddpm.export", "Export a trained run as a diffusers DDPMPipeline folder with a Hub model card "
         "(DDPMPipeline.from_pretrained(OUT) loads it; `hf upload USER/REPO OUT` publishes it).",
-    )
-    parser.add_argument("run", help="a run directory (its checkpoints/last.ckpt) or a .ckpt file")
-    parser.add_argument("out", help="the folder to write (must not exist or be empty, unless --overwrite)")
-    parser.add_argument("--raw", action="store_true", help="export the raw trained weights instead of the EMA ones")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT folder")
-    args = parser.parse_args(argv)
+        {"run": "a run directory (its checkpoints/last.ckpt) or a .ckpt file",
+         "out": "the folder to write (must not exist or be empty, unless --overwrite)"},
+        {"--raw": "export the raw trained weights instead of the EMA ones",
+         "--overwrite": "replace an existing OUT folder"}, argv)
     out = export_run(args.run, args.out, raw=args.raw, overwrite=args.overwrite)
     print(f"wrote {out} ({'raw' if args.raw else 'EMA'} weights)\n"
           f"load: DDPMPipeline.from_pretrained({str(out)!r})\n"
