@@ -41,6 +41,16 @@ def run(args: list[str], cwd: Path, **env: str):
         ("sample", ["num_samples=abc"], ["num_samples=abc", "Integer"]),
         ("sample", ["sampler=ddm"], ["sampler=ddm", "ancestral, ddim", "Did you mean 'ddim'"]),
         ("sample", ["sampler=ddim", "sampler.steps=0"], ["sampler.steps >= 1"]),
+        ("sample", ["sampler=restart", "sampler.steps=0"], ["sampler=restart needs sampler.steps >= 1"]),
+        ("sample", ["sampler=restart", "sampler.restart_k=0"], ["sampler.restart_k=0", "integer >= 1"]),
+        ("sample", ["sampler=restart", "sampler.restart_t_min=400"], ["sampler.restart_t_min=400",
+                                                                       "0 < restart_t_min < restart_t_max"]),
+        ("sample", ["sampler=restart", "sampler.restart_share=2"], ["sampler.restart_share=2", "(0, 1)"]),
+        ("sample", ["sampler=restrat"], ["sampler=restrat", "dpm_solver_sde", "Did you mean 'restart'"]),
+        ("sample", ["sampler=dpm_solver_sde", "sampler.eta=0.5"], ["sampler.eta is not a setting of "
+                                                                   "sampler=dpm_solver_sde; valid: sampler.name"]),
+        ("train", ["sampler=ddim", "sampler.restart_k=1"], ["sampler.restart_k is not a setting of sampler=ddim",
+                                                            "sampler.eta"]),
         ("sample", ["fid.feature_extractr=digits"], ["Did you mean 'fid.feature_extractor'"]),
         # every command that takes settings answers the same way (issue 21)
         ("figures", ["figure=foo"], ["figure=foo", "interpolation, progressive, shared_xt"]),

@@ -142,6 +142,8 @@ def test_the_figures_choose_from_the_sampler_registry(model):
         figures.figure_sampler({"name": "dpm_solver", "steps": 5}, "shared_xt")
     with pytest.raises(ValueError, match="sampler=dpm_solver_sde does not step through every t"):
         figures.figure_sampler({"name": "dpm_solver_sde", "steps": 5}, "shared_xt")
+    with pytest.raises(ValueError, match="sampler=restart always starts at x_T; figure=interpolation"):
+        figures.figure_sampler({"name": "restart", "steps": 5}, "interpolation")
     assert figures.figure_sampler(None, "shared_xt").name == "ancestral"
 
 

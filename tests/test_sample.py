@@ -14,6 +14,8 @@ import pytest
 import torch
 from sampling_helpers import sample_cfg, tiny_checkpoint
 
+from ddpm.config import SamplerConfig
+from ddpm.data import model_to_uint8
 from ddpm.sampling import sample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -165,6 +167,30 @@ def test_samplers_and_raw_weights(reference_run, ckpt, tmp_path):
     assert m["use_ema"] is False and m["sampler"]["clip_denoised"] is False
     with pytest.raises(ValueError, match="sampler=respaced"):
         sample(sample_cfg(ckpt, tmp_path / "bad", "num_samples=3", "sampler.steps=5"))
+
+
+def test_the_stochastic_solvers_through_sample_py(reference_run, ckpt, tmp_path):
+    """sampler=dpm_solver_sde and sampler=restart as a user writes them (T=10 here, so the restart interval is
+    given in this model's code indices); metrics.json records every setting; the same command gives the same
+    images; the restart interval is checked against the model's T before any image is drawn."""
+    from ddpm.generate import generate, seeds_for
+    from ddpm.loading import load_model
+
+    restart = ("sampler=restart", "sampler.steps=6", "sampler.restart_t_min=2", "sampler.restart_t_max=7")
+    m = sample(sample_cfg(ckpt, tmp_path / "sde", "num_samples=3", "sampler=dpm_solver_sde", "sampler.steps=5"))
+    assert m["sampler"] == {"name": "dpm_solver_sde", "steps": 5, "clip_denoised": True, "var_type": None}
+    assert m["sampler_label"] == "dpm_solver_sde5"
+    m = sample(sample_cfg(ckpt, tmp_path / "restart", "num_samples=3", *restart))
+    assert m["sampler"] == {"name": "restart", "steps": 6, "clip_denoised": True, "var_type": None,
+                            "restart_t_min": 2, "restart_t_max": 7, "restart_k": 2, "restart_share": 0.4}
+    loaded = load_model(str(ckpt), None, True)
+    x = generate(loaded.model_fn(), loaded.diffusion, seeds_for(0, 0, 3), loaded.image_shape,
+                 SamplerConfig.from_node(m["sampler"]))
+    np.testing.assert_array_equal(_arr(tmp_path / "restart" / "samples.npz")[..., 0],
+                                  model_to_uint8(x).numpy()[:, 0])
+    with pytest.raises(ValueError, match=r"restart_t_max < T=10"):
+        sample(sample_cfg(ckpt, tmp_path / "bad", "num_samples=3", "sampler=restart", "sampler.steps=6"))
+    assert not (tmp_path / "bad" / "samples.npz").exists()
 
 
 def test_bad_input(ckpt, tmp_path):

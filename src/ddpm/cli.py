@@ -277,6 +277,8 @@ def _composition_message(script: str, e: BaseException, overrides: list[str]) ->
     """Hydra's composition error as one block: the key and value, what is valid, the fix."""
     import re
 
+    from omegaconf import OmegaConf
+
     from ddpm.config import compose
 
     text = f"{e}\n{e.__cause__ or ''}".strip()
@@ -286,10 +288,16 @@ def _composition_message(script: str, e: BaseException, overrides: list[str]) ->
             return f"{key}=... is not an option of {command(script)} any more: use {MOVED[key]}."
         others = [o for o in overrides if not o.lstrip("+~").startswith(key + "=")]
         try:
-            keys = _flat_keys(compose(script, others))
+            composed = compose(script, others)
+            keys = _flat_keys(composed)
         except Exception:  # noqa: BLE001 - the suggestion is a courtesy
-            keys = []
+            composed, keys = None, []
         parent = key.rpartition(".")[0]
+        if composed is not None and parent.rpartition(".")[2] == "sampler":  # each sampler has its own keys
+            node = OmegaConf.select(composed, parent)
+            if node is not None and "name" in node:
+                return (f"{key} is not a setting of sampler={node.name}; valid: "
+                        f"{', '.join(f'{parent}.{k}' for k in node)} (conf/sampler/{node.name}.yaml).")
         valid = [k for k in keys if k.rpartition(".")[0] == parent and k != "hydra"]
         where = f"under {parent}" if parent else "at the top level"
         return (f"{key}: no such option of {command(script)}.{suggest(key, keys)} Valid keys {where}: "

@@ -99,6 +99,8 @@ class SamplerConfig:
                 raise ValueError(f"sampler.{key}={value!r} must be {'a number' if kind is float else 'an integer'} "
                                  f"(sampler={self.name}; see conf/sampler/{self.name}.yaml)")
             self.params[key] = kind(value)
+        if spec.check is not None:  # what can be checked without the model (its T comes with check_sampler)
+            spec.check(self.params, self.steps, None)
 
     @classmethod
     def from_node(cls, node: Any) -> SamplerConfig:

@@ -66,6 +66,9 @@ def figure_sampler(sampler, figure: str) -> SamplerConfig:
     if s.var_type is not None:
         raise ValueError(f"sampler.var_type={s.var_type}: the figures sample with the model's own variance "
                          "(sampler.var_type=null)")
+    if figure in ("interpolation", "shared_xt") and not s.spec.starts_anywhere:
+        raise ValueError(f"sampler={s.name} always starts at x_T; figure={figure} decodes from a given x_t: valid "
+                         f"{[n for n in on_chain if SAMPLERS[n].starts_anywhere]}")
     if figure == "shared_xt":
         every_index = [n for n in on_chain if SAMPLERS[n].full_chain]
         if not s.spec.is_stochastic(s.params):
@@ -80,9 +83,11 @@ def figure_sampler(sampler, figure: str) -> SamplerConfig:
 def _chain(model_fn, diffusion, shape, sampler: SamplerConfig, *, noise, device, x_start_t=None, t_start=None):
     """``sampler``'s progressive function from the registry: yields ``{"t", "sample", "pred_xstart"}``."""
     spec = sampler.spec
-    steps = {"steps": int(sampler.steps)} if spec.takes_steps else {}
-    return spec.progressive(diffusion, model_fn, shape, noise=noise, clip_denoised=sampler.clip_denoised,
-                            device=device, x_start_t=x_start_t, t_start=t_start, **steps, **sampler.params)
+    kw = {"steps": int(sampler.steps)} if spec.takes_steps else {}
+    if x_start_t is not None:  # (only for a sampler that starts anywhere: figure_sampler checks)
+        kw.update(x_start_t=x_start_t, t_start=t_start)
+    return spec.run(diffusion, model_fn, shape, noise=noise, clip_denoised=sampler.clip_denoised, device=device,
+                    **kw, **sampler.params)
 
 
 @torch.no_grad()

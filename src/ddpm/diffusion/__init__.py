@@ -19,7 +19,6 @@ from .schedules import SCHEDULE_NAMES, betas_for_alpha_bar, get_beta_schedule, s
 from .solvers import (
     dpm_solver_sample,
     dpm_solver_sample_progressive,
-    dpm_solver_sde_sample_progressive,
     dpm_solver_timesteps,
     forward_jump,
     lambda_timesteps,
@@ -46,7 +45,6 @@ __all__ = [
     "discretized_gaussian_log_likelihood",
     "dpm_solver_sample",
     "dpm_solver_sample_progressive",
-    "dpm_solver_sde_sample_progressive",
     "dpm_solver_timesteps",
     "forward_jump",
     "lambda_timesteps",

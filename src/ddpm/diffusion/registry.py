@@ -48,8 +48,13 @@ class SamplerSpec:
     :param full_chain: always all T steps (``steps`` unset or T).
     :param uses_variance: whether it draws with the reverse process's variance (so a one-step learned variance
         cannot be used on a respaced chain).
+    :param starts_anywhere: whether it takes ``x_start_t`` / ``t_start`` (start from a given x_t, for
+        interpolation and partial decoding) or always starts at x_T.
+    :param bound: keyword arguments always passed to the function (one function, several samplers: DPM-Solver++
+        is registered as ``dpm_solver`` and, with ``sde=True``, as ``dpm_solver_sde``).
     :param check: ``check(params, steps, diffusion)`` raises ``ValueError`` naming ``sampler.<key>`` for a bad
-        value, before any sampling.
+        value, before any sampling; ``diffusion`` is ``None`` when the config is checked before the model is
+        loaded (then only what does not depend on T).
     """
 
     name: str
@@ -59,6 +64,8 @@ class SamplerSpec:
     spacing: str | None = None
     full_chain: bool = False
     uses_variance: bool = False
+    starts_anywhere: bool = True
+    bound: Mapping[str, Any] = field(default_factory=dict)
     check: Callable[[Mapping[str, Any], int | None, Any], None] | None = None
     summary: str = ""
 
@@ -77,9 +84,13 @@ class SamplerSpec:
         """Network evaluations per image."""
         return num_timesteps if self.full_chain or steps is None else min(int(steps), num_timesteps)
 
+    def run(self, *args: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """:attr:`progressive` with the :attr:`bound` arguments."""
+        return self.progressive(*args, **self.bound, **kwargs)
+
     def sample(self, *args: Any, **kwargs: Any) -> Tensor:
-        """Run :attr:`progressive` to the end; returns x_0."""
-        return final_sample(self.progressive(*args, **kwargs))
+        """Run the sampler to the end; returns x_0."""
+        return final_sample(self.run(*args, **kwargs))
 
 
 SAMPLERS: dict[str, SamplerSpec] = {}

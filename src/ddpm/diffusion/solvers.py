@@ -196,17 +196,8 @@ def _timesteps_and_start(diffusion, shape, steps, timesteps, noise, generator, d
     return x, ts
 
 
-def _dpm_family(sde: bool, diffusion, model_fn, shape, steps, timesteps, noise, generator, clip_denoised,
-                progress, device, x_start_t, t_start) -> Iterator[Step]:
-    device = _device(diffusion, device)
-    x, ts = _timesteps_and_start(diffusion, shape, steps, timesteps, noise, generator, device, x_start_t, t_start)
-    chain = _Chain(x, diffusion, model_fn, clip_denoised, noise, generator, device)
-    for i, step in enumerate(chain.run(ts, None, sde), start=1):
-        if progress is not None:
-            progress(i, len(ts))
-        yield step
-
-
+@register("dpm_solver_sde", bound={"sde": True},
+          summary="SDE-DPM-Solver++(2M), the reverse SDE (Lu et al. 2022, sec. 5)")
 @register("dpm_solver", stochastic=False, summary="DPM-Solver++(2M), the probability-flow ODE (Lu et al. 2022)")
 @torch.no_grad()
 def dpm_solver_sample_progressive(
@@ -216,6 +207,7 @@ def dpm_solver_sample_progressive(
     *,
     steps: int | None = None,
     timesteps: Sequence[int] | None = None,
+    sde: bool = False,
     noise: SeededNoise | None = None,
     generator: torch.Generator | None = None,
     clip_denoised: bool = True,
@@ -224,12 +216,15 @@ def dpm_solver_sample_progressive(
     x_start_t: Tensor | None = None,
     t_start: int | None = None,
 ) -> Iterator[Step]:
-    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2, midpoint form), yielding after every step.
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2, midpoint form), yielding after every step;
+    with ``sde=True`` SDE-DPM-Solver++(2M) (ibid. sec. 5; diffusers' ``DPMSolverMultistepScheduler(algorithm_type=
+    "sde-dpmsolver++", solver_order=2)``), registered as ``dpm_solver_sde``.
 
-    The probability-flow ODE of the discrete-time DDPM in lambda, with the multistep second-order
-    data-prediction update (module docstring): the network is evaluated once per step, at the code indices
-    ``t_0 > t_1 > ... > t_{n-1}``; the first step is first order (= DDIM), and so is the last, to the clean
-    image. So the number of network evaluations is exactly ``n``. Only the starting point is random.
+    The probability-flow ODE (or the reverse SDE) of the discrete-time DDPM in lambda, with the multistep
+    second-order data-prediction update (module docstring): the network is evaluated once per step, at the code
+    indices ``t_0 > t_1 > ... > t_{n-1}``; the first step is first order (= DDIM for the ODE), and so is the
+    last, to the clean image. So the number of network evaluations is exactly ``n``. The ODE draws only x_T; the
+    SDE draws one ``z`` per step but the last (to the clean image, noise-free).
 
     Timesteps: ``timesteps`` (descending code indices, the first is the start) or :func:`dpm_solver_timesteps`
     (``steps`` indices uniform in lambda from ``t_start``, default ``T-1``, down to 0 included; ``steps=None``:
@@ -240,8 +235,13 @@ def dpm_solver_sample_progressive(
     Yields dicts ``{"t": code index of the evaluation, "sample": the new x (at the next index; x_0 after the
     last step), "pred_xstart": x0_i}``.
     """
-    return _dpm_family(False, diffusion, model_fn, shape, steps, timesteps, noise, generator, clip_denoised,
-                       progress, device, x_start_t, t_start)
+    device = _device(diffusion, device)
+    x, ts = _timesteps_and_start(diffusion, shape, steps, timesteps, noise, generator, device, x_start_t, t_start)
+    chain = _Chain(x, diffusion, model_fn, clip_denoised, noise, generator, device)
+    for i, step in enumerate(chain.run(ts, None, sde), start=1):
+        if progress is not None:
+            progress(i, len(ts))
+        yield step
 
 
 @torch.no_grad()
@@ -249,31 +249,6 @@ def dpm_solver_sample(diffusion: GaussianDiffusion, model_fn: ModelFn, shape: Se
     """DPM-Solver++(2M) sampling (see :func:`dpm_solver_sample_progressive`) with ``steps`` network
     evaluations; returns x_0. E.g. ``dpm_solver_sample(diffusion, model_fn, shape, steps=20, noise=...)``."""
     return final_sample(dpm_solver_sample_progressive(diffusion, model_fn, shape, **kw))
-
-
-@register("dpm_solver_sde", summary="SDE-DPM-Solver++(2M), the reverse SDE (Lu et al. 2022, sec. 5)")
-@torch.no_grad()
-def dpm_solver_sde_sample_progressive(
-    diffusion: GaussianDiffusion,
-    model_fn: ModelFn,
-    shape: Sequence[int],
-    *,
-    steps: int | None = None,
-    timesteps: Sequence[int] | None = None,
-    noise: SeededNoise | None = None,
-    generator: torch.Generator | None = None,
-    clip_denoised: bool = True,
-    progress: Progress | None = None,
-    device: str | torch.device | None = None,
-    x_start_t: Tensor | None = None,
-    t_start: int | None = None,
-) -> Iterator[Step]:
-    """SDE-DPM-Solver++(2M) (diffusers' ``DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++",
-    solver_order=2)``): the same timesteps, data prediction and multistep form as
-    :func:`dpm_solver_sample_progressive`, with the SDE update (module docstring), which draws one ``z`` per step
-    except the last (to the clean image, noise-free). ``steps`` network evaluations."""
-    return _dpm_family(True, diffusion, model_fn, shape, steps, timesteps, noise, generator, clip_denoised,
-                       progress, device, x_start_t, t_start)
 
 
 def forward_jump(diffusion: GaussianDiffusion, x: Tensor, t_from: int, t_to: int, z: Tensor) -> Tensor:
@@ -314,26 +289,27 @@ def restart_plan(diffusion: GaussianDiffusion, steps: int, t_min: int, t_max: in
     return ts, at, restart_ts
 
 
-def check_restart(params: Mapping[str, Any], steps: int | None, diffusion: GaussianDiffusion) -> None:
-    """The restart parameters' ranges, each error naming its key, and whether ``steps`` evaluations can be split
-    as they ask (:func:`restart_plan`)."""
-    num_timesteps = diffusion.num_timesteps
+def check_restart(params: Mapping[str, Any], steps: int | None, diffusion: GaussianDiffusion | None) -> None:
+    """The restart parameters' ranges, each error naming its key, and (given the model's ``diffusion``) whether
+    the interval lies below T and ``steps`` evaluations can be split as they ask (:func:`restart_plan`)."""
+    T = diffusion.num_timesteps if diffusion is not None else None
     t_min, t_max = params.get("restart_t_min"), params.get("restart_t_max")
-    if not (isinstance(t_min, int) and isinstance(t_max, int) and 0 < t_min < t_max < num_timesteps):
+    if not (isinstance(t_min, int) and isinstance(t_max, int) and 0 < t_min < t_max < (T or t_max + 1)):
         raise ValueError(f"sampler.restart_t_min={t_min} and sampler.restart_t_max={t_max} must be code indices with "
-                         f"0 < restart_t_min < restart_t_max < T={num_timesteps} (e.g. 60 and 300 for T=1000)")
+                         f"0 < restart_t_min < restart_t_max < T{f'={T}' if T else ''} (e.g. 60 and 300 for T=1000)")
     if not (isinstance(params.get("restart_k"), int) and params["restart_k"] >= 1):
         raise ValueError(f"sampler.restart_k={params.get('restart_k')} must be an integer >= 1 (restart passes)")
     share = params.get("restart_share")
     if not (isinstance(share, int | float) and 0 < share < 1):
         raise ValueError(f"sampler.restart_share={share} must be in (0, 1): the fraction of sampler.steps spent in "
                          "restart passes")
-    if steps is not None:
+    if steps is not None and diffusion is not None:
         restart_plan(diffusion, int(steps), t_min, t_max, params["restart_k"], float(share))
 
 
 @register("restart", params={"restart_t_min": int, "restart_t_max": int, "restart_k": int, "restart_share": float},
-          check=check_restart, summary="Restart sampling (Xu et al. 2023) with the DPM-Solver++(2M) ODE inside")
+          check=check_restart, starts_anywhere=False,
+          summary="Restart sampling (Xu et al. 2023) with the DPM-Solver++(2M) ODE inside")
 @torch.no_grad()
 def restart_sample_progressive(
     diffusion: GaussianDiffusion,
@@ -350,8 +326,6 @@ def restart_sample_progressive(
     clip_denoised: bool = True,
     progress: Progress | None = None,
     device: str | torch.device | None = None,
-    x_start_t: Tensor | None = None,
-    t_start: int | None = None,
 ) -> Iterator[Step]:
     """Restart sampling (Xu et al. 2023, arXiv 2306.14878, Alg. 1) on the DDPM's probability-flow ODE.
 
@@ -360,18 +334,15 @@ def restart_sample_progressive(
     solve the ODE back down to ``t_min`` (a restart pass; its multistep history starts afresh after the jump);
     then the main pass continues to the clean image. The jumps' noise contracts the errors accumulated before
     ``t_min`` (the paper's argument), at the cost of the restart passes' evaluations. ``steps`` network
-    evaluations in all. Only ``x_T`` (or ``x_start_t`` at ``t_start``, which must be above ``t_max``) and the
-    jumps are random.
+    evaluations in all. Only ``x_T`` and the jumps are random. It always starts at x_T (its restarts are planned
+    on the whole chain), so it takes no ``x_start_t`` / ``t_start`` (the registry: ``starts_anywhere=False``).
     """
     device = _device(diffusion, device)
     check_restart({"restart_t_min": restart_t_min, "restart_t_max": restart_t_max, "restart_k": restart_k,
                    "restart_share": restart_share}, None, diffusion)
     main, at, restart_ts = restart_plan(diffusion, int(steps), restart_t_min, restart_t_max, restart_k,
                                         restart_share)
-    if t_start is not None and int(t_start) != main[0]:
-        raise ValueError(f"sampler=restart starts at T-1={main[0]} (its restarts assume the whole chain); "
-                         f"t_start={t_start} is not supported")
-    x, _ = _init(diffusion, shape, noise, generator, device, x_start_t, main[0])
+    x, _ = _init(diffusion, shape, noise, generator, device, None, main[0])
     chain = _Chain(x, diffusion, model_fn, clip_denoised, noise, generator, device)
     done = 0
 
