@@ -37,8 +37,8 @@ from ddpm.metrics.pooled import featurise, pooled_scores  # noqa: E402
 from ddpm.metrics.samples import load_extractor, reference_for  # noqa: E402
 
 RESTART_GRID = {
-    "restart_t_min": [20, 60, 120],
-    "restart_t_max": [200, 350, 500],
+    "restart_t_min": [20, 60],
+    "restart_t_max": [200, 400],
     "restart_k": [1, 2],
     "restart_share": [0.2, 0.4],
 }

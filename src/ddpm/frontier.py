@@ -45,14 +45,13 @@ FULL_CHAIN = "full_chain"
 
 
 def entries_for(cfg: DictConfig, num_timesteps: int) -> list[SamplerConfig]:
-    """The full ancestral chain, then every sampler x steps (step counts above T are left out). ``samplers``
-    null: every registered sampler that does not always run the full chain."""
+    """The full ancestral chain, then every sampler at each step count, fewest steps first (step counts above T
+    are left out). ``samplers`` null: every registered sampler that does not always run the full chain."""
     names = cfg.samplers if cfg.samplers is not None else [n for n, s in SAMPLERS.items() if not s.full_chain]
     out = [SamplerConfig(name=next(n for n, s in SAMPLERS.items() if s.full_chain), clip_denoised=cfg.clip_denoised)]
-    for name in names:
-        for steps in sorted({int(s) for s in cfg.steps}):
-            if steps <= num_timesteps:
-                out.append(SamplerConfig(name=str(name), steps=steps, clip_denoised=cfg.clip_denoised))
+    for steps in sorted({int(s) for s in cfg.steps}):  # the cheap entries first: a stopped run has them all
+        if steps <= num_timesteps:
+            out += [SamplerConfig(name=str(name), steps=steps, clip_denoised=cfg.clip_denoised) for name in names]
     return out
 
 
