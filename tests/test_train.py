@@ -172,6 +172,20 @@ def test_run_leaves_checkpoint_grid_metrics_and_config(tmp_path, tiny):
         assert f"train/loss_q{q}" in (out / "csv" / "metrics.csv").read_text()
 
 
+@pytest.mark.parametrize("sampler", [("sampler=dpm_solver_sde", "sampler.steps=4"),
+                                     ("sampler=restart", "sampler.steps=6", "sampler.restart_t_min=2",
+                                      "sampler.restart_t_max=7")])
+def test_final_samples_and_grids_with_the_stochastic_solvers(tmp_path, tiny, sampler):
+    """train.py's final samples and sample grids take every registered sampler the same way (T=10 here)."""
+    metrics, objs = train(tiny(*sampler, "final_samples=4", "callbacks.sample_grid.every_n_steps=2", steps=4))
+    saved = json.loads((objs["output_dir"] / "metrics.json").read_text())
+    name = sampler[0].split("=")[1]
+    assert saved["final_sampler"]["name"] == name and saved["final_sampler"]["steps"] == int(sampler[1].split("=")[1])
+    assert np.isfinite(saved["digits/fid"]) and (objs["output_dir"] / "samples.png").is_file()
+    grid = next(c for c in objs["trainer"].callbacks if type(c).__name__ == "SampleGrid")
+    assert grid.sampler.name == name
+
+
 def test_ema_is_the_paper_average_and_validation_leaves_raw_weights_alone(tmp_path, tiny):
     """EMA after k steps equals the closed-form average of the raw weights seen after each step."""
     import lightning as L
