@@ -1,18 +1,11 @@
-"""Quality versus network evaluations on the digits quickstart model: every sampler, the same seeds.
+"""The DPM-Solver++ timesteps study on the digits quickstart model: which evaluated timesteps, clipped or not.
 
-    python bench/frontier_digits.py --ckpt outputs/qs --out bench/results/frontier_digits_DATE.md
-    python bench/frontier_digits.py --ckpt outputs/qs --study --out ...   # DPM-Solver++ timesteps x clipping
-    python bench/frontier_digits.py --quick                                # seconds: a smoke test (random net)
+    python bench/frontier_digits.py --ckpt outputs/qs --study --out bench/results/frontier_digits_study_DATE.md
+    python bench/frontier_digits.py --study --quick                        # seconds: a smoke test (random net)
 
-**Frontier** (default): ancestral with all T steps (the paper), then respaced ancestral, DDIM (eta=0) and
-DPM-Solver++(2M) at ``--steps`` (default 10, 20, 50, 100, 250), each through :func:`ddpm.generate.generate` with
-the sampler's defaults (x_0 clipped to [-1, 1]). Every configuration samples the same ``--n`` seeds
-(``seeds_for(s, 0, n)``) for each base seed ``s`` of ``--seed-sets`` (disjoint sets of images), and is scored
-with :func:`ddpm.metrics.digits_score.digits_quality` (FID in the digits classifier's feature space against the train
-split; lower is better). FID on a few hundred samples is noisy: the table gives it per seed set, their mean,
-the mean ratio to the ancestral FID of the same seed set, and the FID of all seed sets pooled. ``s/img`` is
-the sampling wall time per image (the first seed set, batch = n, this process's threads: run it under
-``cpujob -x`` for timings).
+The frontier itself (every sampler against the full chain on pooled seed sets) is ``python -m ddpm.frontier``
+(:mod:`ddpm.frontier`, scored by :mod:`ddpm.metrics.pooled`); this script's former frontier mode is gone, so
+pooled FIDs are computed in one place.
 
 **Study** (``--study``): DPM-Solver++ at ``--study-steps`` (default 10, 15, 20, 50) with four choices of the
 evaluated timesteps, clipped and not, scored the same way; and, as a check of the ODE solution itself, the
@@ -32,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +33,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from ddpm.config import SamplerConfig  # noqa: E402
 from ddpm.data import model_to_uint8 as to_uint8  # noqa: E402
 from ddpm.diffusion import (  # noqa: E402
     GaussianDiffusion,
@@ -50,7 +41,7 @@ from ddpm.diffusion import (  # noqa: E402
     dpm_solver_timesteps,
     space_timesteps,
 )
-from ddpm.generate import generate, seeds_for  # noqa: E402
+from ddpm.generate import seeds_for  # noqa: E402
 
 
 def distinct_descending(ts: np.ndarray) -> list[int]:
@@ -113,56 +104,6 @@ def load(args):
     return m.model_fn(), m.diffusion, m.image_shape, prov
 
 
-def run_frontier(args, fn, diffusion, shape, score) -> list[dict]:
-    configs = [("ancestral", None)] + [(name, s) for name in ("respaced", "ddim", "dpm_solver") for s in args.steps]
-    configs = [c for c in configs if c[0] in args.samplers]
-    rows = []
-    for name, steps in configs:
-        fids, secs, xs = [], [], []
-        for base in args.seed_sets:
-            seeds = seeds_for(base, 0, args.n)
-            t0 = time.perf_counter()
-            x = generate(fn, diffusion, seeds, shape, SamplerConfig(name=name, steps=steps))
-            secs.append((time.perf_counter() - t0) / args.n)
-            fids.append(score(x))
-            xs.append(x)
-        pooled = score(torch.cat(xs)) if len(xs) > 1 else fids[0]
-        row = {"sampler": name, "nfe": steps or diffusion.num_timesteps, "fids": fids, "pooled": pooled,
-               "s_per_img": secs[0]}  # fmt: skip
-        rows.append(row)
-        print(f"{name:10s} {row['nfe']:5d}  FID {' / '.join(f'{f:.3f}' for f in fids)}  all {pooled:.3f}  "
-              f"{secs[0]:.4f} s/img", flush=True)  # fmt: skip
-    return rows
-
-
-def frontier_table(rows: list[dict], seed_sets: list[int], n: int) -> str:
-    if rows[0]["sampler"] != "ancestral":  # a partial run (e.g. re-timing): no ratios
-        rows = [{"sampler": "(no ancestral run)", "nfe": 0, "fids": [float("nan")] * len(seed_sets),
-                 "pooled": float("nan"), "s_per_img": float("nan")}, *rows]  # fmt: skip
-    anc = rows[0]["fids"]
-    head = " | ".join(f"FID seeds {s}" for s in seed_sets)
-    lines = [f"| sampler | steps (= network evaluations) | {head} | mean FID | mean FID / ancestral | "
-             f"FID all {n * len(seed_sets)} | / ancestral | s/img |",
-             "|---|---:|" + "---:|" * len(seed_sets) + "---:|---:|---:|---:|---:|"]  # fmt: skip
-    for r in rows:
-        ratio = float(np.mean([f / a for f, a in zip(r["fids"], anc, strict=True)]))
-        per = " | ".join(f"{f:.3f}" for f in r["fids"])
-        lines.append(f"| {r['sampler']} | {r['nfe']} | {per} | {np.mean(r['fids']):.3f} | {ratio:.3f} | "
-                     f"{r['pooled']:.3f} | {r['pooled'] / rows[0]['pooled']:.3f} | {r['s_per_img']:.4f} |")  # fmt: skip
-    lines.append("")
-    lines.append("Smallest step count within 10% of the ancestral FID (mean ratio <= 1.10; per seed set in brackets):")
-    lines.append("")
-    for name in ("respaced", "ddim", "dpm_solver"):
-        ok = [r for r in rows if r["sampler"] == name and np.mean([f / a for f, a in zip(r["fids"], anc)]) <= 1.10]
-        per = []
-        for j in range(len(anc)):
-            hit = [r["nfe"] for r in rows if r["sampler"] == name and r["fids"][j] <= 1.10 * anc[j]]
-            per.append(str(min(hit)) if hit else "none")
-        lines.append(f"- {name}: {min(r['nfe'] for r in ok) if ok else 'none of the step counts'} "
-                     f"[{', '.join(per)}]")  # fmt: skip
-    return "\n".join(lines)
-
-
 def run_study(args, fn, diffusion, shape, score) -> str:
     lines = ["| timesteps | clip x_0 | steps | " + " | ".join(f"FID seeds {s}" for s in args.seed_sets)
              + " | mean FID |", "|---|---|---:|" + "---:|" * len(args.seed_sets) + "---:|"]  # fmt: skip
@@ -197,26 +138,20 @@ def main(argv=None) -> None:
     p.add_argument("--ckpt", default="outputs/qs", help="a run directory or checkpoint of the digits quickstart")
     p.add_argument("--n", type=int, default=256, help="images per seed set")
     p.add_argument("--seed-sets", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2, 3])
-    p.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")], default=[10, 20, 50, 100, 250])
-    p.add_argument("--samplers", type=lambda s: s.split(","), default=["ancestral", "respaced", "ddim", "dpm_solver"],
-                   help="which samplers (the ratios need ancestral first)")  # fmt: skip
-    p.add_argument("--study", action="store_true", help="DPM-Solver++ timestep spacing x clipping instead")
+    p.add_argument("--study", action="store_true", help="DPM-Solver++ timestep spacing x clipping (the only mode)")
     p.add_argument("--study-steps", type=lambda s: [int(x) for x in s.split(",")], default=[10, 15, 20, 50])
     p.add_argument("--quick", action="store_true", help="random tiny network, few images and steps")
     p.add_argument("--out", default=None, help="also write the Markdown to this file")
     args = p.parse_args(argv)
     if args.quick:
-        args.n, args.seed_sets, args.steps, args.study_steps = 8, [0], [3], [3]
+        args.n, args.seed_sets, args.study_steps = 8, [0], [3]
     fn, diffusion, shape, prov = load(args)
     cmd = "python bench/frontier_digits.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    head = [f"# {'DPM-Solver++ timesteps study' if args.study else 'Sampler frontier'} on digits "
+    head = ["# DPM-Solver++ timesteps study on digits "
             f"({datetime.date.today().isoformat()})", "", f"Command: `{cmd}`", "",
             f"Model: {prov}. {args.n} images per seed set, seed sets {args.seed_sets}, torch threads "
             f"{torch.get_num_threads()}.", ""]  # fmt: skip
-    if args.study:
-        body = run_study(args, fn, diffusion, shape, score)
-    else:
-        body = frontier_table(run_frontier(args, fn, diffusion, shape, score), args.seed_sets, args.n)
+    body = run_study(args, fn, diffusion, shape, score)
     text = "\n".join(head) + "\n" + body + "\n"
     print(text)
     if args.out:

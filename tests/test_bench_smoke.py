@@ -145,14 +145,14 @@ def test_bench_quickstart_quick_prints_both_arms_and_references(tmp_path):
         assert "| lucidrains recipe + its Unet | 721,185 |" in text
 
 
-def test_frontier_digits_quick_writes_the_table_and_the_within_tolerance_summary(tmp_path):
+def test_frontier_digits_study_quick_writes_the_timesteps_and_gaussian_tables(tmp_path):
     bench = _load("frontier_digits")
-    out = tmp_path / "frontier.md"
-    bench.main(["--quick", "--out", str(out)])
+    out = tmp_path / "study.md"
+    bench.main(["--study", "--quick", "--out", str(out)])
     text = out.read_text()
-    for name in ("ancestral", "respaced", "ddim", "dpm_solver"):
-        assert f"| {name} |" in text
-    assert "within 10%" in text
+    for name in ("logsnr", "uniform_t", "linspace", "quadratic"):
+        assert f"| {name} | True | 3 |" in text
+    assert "relative to the exact ODE map" in text
 
 
 def test_table2_gradients_quick_prints_weights_snr_and_minibatch_tables(tmp_path):
