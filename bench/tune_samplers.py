@@ -44,14 +44,16 @@ RESTART_GRID = {
 }
 
 
-def grid(name: str, steps: list[int]) -> list[SamplerConfig]:
+def grid(name: str, steps: list[int], restart_grid: dict | None = None, etas: list[float] = ()) -> list[SamplerConfig]:
     out = []
     if name in ("sde", "all"):
         out += [SamplerConfig(name=n, steps=s) for n in ("dpm_solver", "dpm_solver_sde") for s in steps]
+    out += [SamplerConfig(name="ddim", steps=s, params={"eta": e}) for s in steps for e in etas]
     if name in ("restart", "all"):
-        keys = list(RESTART_GRID)
+        restart_grid = restart_grid or RESTART_GRID
+        keys = list(restart_grid)
         for s in steps:
-            for values in itertools.product(*RESTART_GRID.values()):
+            for values in itertools.product(*restart_grid.values()):
                 params = dict(zip(keys, values))
                 if params["restart_t_min"] < params["restart_t_max"]:
                     out.append(SamplerConfig(name="restart", steps=s, params=params))
@@ -66,6 +68,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed-sets", type=int, nargs="+", default=[100, 101, 102])
     p.add_argument("--n", type=int, default=512, help="images per seed set")
     p.add_argument("--batch-size", type=int, default=512)
+    for key, values in RESTART_GRID.items():
+        p.add_argument(f"--{key.removeprefix('restart_').replace('_', '-')}", dest=key, nargs="+",
+                       type=float if key == "restart_share" else int, default=values, help=f"{key} values tried")
+    p.add_argument("--ddim-eta", type=float, nargs="*", default=[], help="also DDIM with these eta")
     p.add_argument("--full-chain", action="store_true", help="also the full ancestral chain on the same seeds")
     p.add_argument("--final-sampler", action="store_true",
                    help="also the quickstart's final sampler (200 respaced steps, the posterior variance)")
@@ -78,7 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     datamodule = model_datamodule(loaded, cfg.data, "the tuning")
     extractor = load_extractor(cfg.fid, datamodule.name, "cpu")
     ref = reference_for(cfg.fid, extractor, datamodule, cfg.paths.cache_dir, "cpu")
-    samplers = ([SamplerConfig(name="ancestral")] if args.full_chain else []) + grid(args.grid, args.steps)
+    restart_grid = {k: getattr(args, k) for k in RESTART_GRID}
+    samplers = ([SamplerConfig(name="ancestral")] if args.full_chain else []) + grid(args.grid, args.steps,
+                                                                                       restart_grid, args.ddim_eta)
     if args.final_sampler:
         samplers.insert(0, SamplerConfig(name="respaced", steps=200, var_type="fixed_small"))
     rows = []
