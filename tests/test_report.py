@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import ROOT, TINY_MODEL, cli_env, run_cli
@@ -111,7 +112,7 @@ def test_every_column_from_known_metrics(tmp_path, capsys):
     assert e[6:] == ["7.67±0.13", "13.51", "≤ 3.70"]
 
     m = rows["mu_vlb_learned"]
-    assert m[1] == "mu_vlb_learned (mu/learned/kl)" and m[2] == "5999"
+    assert m[1] == "mu_vlb_learned (mu/learned/kl)" and m[2] == "5999 of 6000, stopped early"
     assert m[3] == f"4.00±0.30 [{a_is}]" and m[4] == f"25.00 [{a}]" and m[5] == "–"
     assert m[6:] == ["7.28±0.10", "23.69", ""]
 
@@ -121,7 +122,7 @@ def test_every_column_from_known_metrics(tmp_path, capsys):
         assert "not run" in line
     assert "10.00" not in table
     assert "optim.lr=0.002" in table and "optim.t_sampler=loss_second_moment" in table
-    assert "trainer.max_steps=6000" in table and "differ" not in table
+    assert "trainer.max_steps=6000" in table and "**Rows differ" not in table
 
 
 def test_rows_that_differ_in_more_than_the_objective_are_flagged(tmp_path):
@@ -134,18 +135,189 @@ def test_rows_that_differ_in_more_than_the_objective_are_flagged(tmp_path):
     assert "optim.lr=" not in table
 
 
+SIMPLE = {"mean_type": "eps", "var_type": "fixed_large", "loss_type": "mse"}
+EPS_L = {"mean_type": "eps", "var_type": "fixed_large", "loss_type": "kl"}
+MU_L = {"mean_type": "mu", "var_type": "fixed_large", "loss_type": "kl"}
+MU_MSE = {"mean_type": "mu", "var_type": "fixed_large", "loss_type": "mse"}
+
+
+def write_seed_set(job: Path, seed: int, images: np.ndarray, n_sets_label: str = "fid64_ancestral") -> Path:
+    """A sample.py output as the report's evaluation writes it: samples.npz ([N, H, W, 3]) + metrics.json."""
+    out = job / "eval" / f"{n_sets_label}_seed{seed}"
+    out.mkdir(parents=True)
+    np.savez(out / "samples.npz", arr_0=np.repeat(images.transpose(0, 2, 3, 1), 3, axis=-1))
+    (out / "metrics.json").write_text(json.dumps({
+        "num_samples": len(images), "seed": seed, "image_shape": [1, 8, 8], "sampler": FULL_CHAIN,
+        "fid_extractor": "ddpm-digits", "ref_split": "train", "fid_64": 1.0, "is_64": 1.0}))
+    return out
+
+
+def write_nll(job: Path, bpd: np.ndarray, *, per_image: bool = True) -> None:
+    out = job / "eval" / "nll_test64"
+    out.mkdir(parents=True)
+    (out / "nll.json").write_text(json.dumps({
+        "bpd": float(bpd.mean()), "bpd_sem": float(bpd.std(ddof=1) / np.sqrt(len(bpd))), "num_images": len(bpd),
+        "split": "test", "num_timesteps": 1000, "nll_seed": 0}))
+    if per_image:
+        np.savez(out / "nll_terms.npz", index=np.arange(len(bpd)), total_bpd=bpd)
+
+
+def _noisy(x: np.ndarray, sigma: float, seed: int) -> np.ndarray:
+    noise = np.random.default_rng(seed).normal(0, sigma, x.shape)
+    return np.clip(x.astype(np.float64) + noise, 0, 255).round().astype(np.uint8)
+
+
+def test_seed_sets_are_pooled_and_findings_are_paired(tmp_path):
+    """Rows on the same seeds: the report pools each row's sets (pooled FID/IS, per-set values, confidence,
+    class entropy), and states each finding from the paired per-set differences with the numbers behind it."""
+    from ddpm.data.digits import digits_split
+    from ddpm.metrics.digits_classifier import DigitsExtractor
+    from ddpm.metrics.digits_score import digits_train_ref_stats, scores_from_logits
+    from ddpm.metrics.pooled import featurise, pooled_scores
+
+    real = digits_split("train")[0].numpy()
+    base = [real[np.random.default_rng(k).choice(len(real), 64, replace=False)] for k in range(3)]  # "seeds"
+    rows = {"simple": (SIMPLE, [b for b in base]),                       # real digits: the best row
+            "eps_vlb_fixed": (EPS_L, [_noisy(b, 40, k) for k, b in enumerate(base)]),
+            "mu_vlb_fixed": (MU_L, [_noisy(b, 90, k) for k, b in enumerate(base)]),
+            "mu_mse": (MU_MSE, [_noisy(b, 90, k) for k, b in enumerate(base)])}  # identical to mu_vlb_fixed
+    nll = np.random.default_rng(0).normal(4.4, 0.3, 64)
+    for name, (objective, sets) in rows.items():
+        job = write_job(tmp_path, name, objective, train={"global_step": 8000})
+        for k, images in enumerate(sets):
+            write_seed_set(job, k, images)
+    write_nll(tmp_path / "simple", nll)
+    write_nll(tmp_path / "eps_vlb_fixed", nll - 0.3 + np.random.default_rng(1).normal(0, 0.05, 64))
+    write_nll(tmp_path / "mu_vlb_fixed", nll + 5, per_image=False)
+    write_nll(tmp_path / "mu_mse", nll + 9, per_image=False)
+
+    table = main([str(tmp_path), "--num-boot", "50"])
+    letters = legend(table)
+    cells = rows_by_objective(table)
+    ext = DigitsExtractor()
+    expected = pooled_scores([featurise(x, ext) for x in rows["simple"][1]], digits_train_ref_stats(ext),
+                             ext.name)
+    fid_cell = cells["simple"][4]
+    value, note, letter = re.fullmatch(r"([0-9.]+) \((.*)\) \[([a-z])\]", fid_cell).groups()
+    assert float(value) == pytest.approx(expected["fid"], abs=0.006)
+    lo, hi = min(expected["fid_sets"]), max(expected["fid_sets"])
+    assert note == f"{lo:.2f}–{hi:.2f} over 3 sets"
+    assert letters[letter].startswith("FID: pooled over 3 seed set(s) (seeds 0, 1, 2) of sample.py, 64 samples, "
+                                      "ancestral sampler, 1000 steps")
+    assert re.fullmatch(r"[0-9.]+±[0-9.]+ \([0-9.]+–[0-9.]+ over 3 sets\) \[[a-z]\]", cells["simple"][3])
+
+    # the seed-set table: per-set FIDs, their std, IS, confidence and class entropy pooled and per set
+    line = next(ln for ln in table.splitlines() if ln.startswith("| simple | 3 x 64 (seeds 0, 1, 2) |"))
+    c = [x.strip() for x in line.strip("|").split("|")]
+    assert c[2] == ", ".join(f"{v:.2f}" for v in expected["fid_sets"])
+    assert float(c[4]) == pytest.approx(expected["fid_spread"]["std"], abs=0.006)
+    pooled_digits = scores_from_logits(np.concatenate([featurise(x, ext).logits for x in rows["simple"][1]]))
+    assert c[7].startswith(f"{pooled_digits['confidence']:.3f} (") and c[8].startswith(
+        f"{pooled_digits['class_entropy']:.2f} (")
+
+    def finding(prefix: str) -> str:
+        hits = [ln for ln in table.splitlines() if ln.startswith(f"- {prefix}")]
+        assert len(hits) == 1, (prefix, table)
+        return hits[0]
+
+    fid1 = finding("FID simple − eps_vlb_fixed, predicted < 0 (paper: FID 3.17 against 13.51): pooled -")
+    per_set = re.search(r"per set (\S+), (\S+), (\S+) \(3 seed sets of 64\)", fid1).groups()
+    assert all(v.startswith("-") for v in per_set) and fid1.endswith("**reproduced**")
+    assert "95% paired bootstrap interval [" in fid1
+    confidence = finding("digits confidence simple − eps_vlb_fixed, predicted > 0 (beyond the paper: the digits")
+    assert confidence.endswith("**reproduced**")
+    assert finding("IS simple − eps_vlb_fixed").endswith("**")
+    # identical images: every per-set difference is 0, a tie: not resolved
+    same = finding("FID mu_vlb_fixed − mu_mse, predicted < 0")
+    assert "per set +0.000, +0.000, +0.000" in same
+    assert same.endswith("**not resolved at this budget** (no difference to resolve at 3 seed sets of 64)")
+    # the NLL: paired per test image where both rows have per-image values, else from the two standard errors
+    nll2 = finding("NLL (bits/dim) eps_vlb_fixed − simple, predicted < 0")
+    assert "paired per test image (64 images, the same noise seed)" in nll2 and nll2.endswith("**reproduced**")
+    nll3 = finding("NLL (bits/dim) mu_vlb_fixed − mu_mse, predicted < 0")
+    assert "unpaired (no per-image values)" in nll3 and nll3.endswith("**reproduced**")
+    # rows that were not run are named, not guessed
+    assert finding("FID simple − eps_vlb_learned").endswith("not evaluated, not run: eps_vlb_learned")
+    assert "**Rows differ" not in table
+
+
+def test_opposite_sign_on_every_set_is_the_opposite(tmp_path):
+    from ddpm.data.digits import digits_split
+
+    real = digits_split("train")[0].numpy()
+    base = [real[np.random.default_rng(k).choice(len(real), 48, replace=False)] for k in range(2)]
+    for name, objective, sets in (("simple", SIMPLE, [_noisy(b, 60, k) for k, b in enumerate(base)]),
+                                  ("eps_vlb_fixed", EPS_L, base)):
+        job = write_job(tmp_path, name, objective, train={"global_step": 8000})
+        for k, images in enumerate(sets):
+            write_seed_set(job, k, images)
+    table = main([str(tmp_path), "--num-boot", "20"])
+    line = next(ln for ln in table.splitlines() if ln.startswith("- FID simple − eps_vlb_fixed"))
+    assert "(2 seed sets of 48)" in line and line.endswith("**the opposite**")
+
+
+def test_evaluate_samples_each_seed_set_in_its_own_resumable_run(tmp_path, monkeypatch):
+    """``--evaluate``: one sample.py run per seed set (seed=k) and one NLL run per finished row; a rerun skips
+    every finished output and redoes only what is missing, set by set."""
+    import ddpm.report as report
+
+    job = write_job(tmp_path, "simple", SIMPLE, train={"global_step": 8000})
+    (job / "checkpoints").mkdir()
+    (job / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    write_job(tmp_path, "eps_vlb_fixed", EPS_L)  # still training: no metrics.json, no checkpoint
+    stopped = write_job(tmp_path, "mu_vlb_fixed", MU_L, train={"global_step": 231})  # preempted: SIGTERM at 231
+    (stopped / "checkpoints").mkdir()
+    (stopped / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        args = dict(a.split("=", 1) for a in cmd[2:] if "=" in a)
+        out = Path(args["out_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ("nll.json" if args.get("nll") == "true" else "metrics.json")).write_text("{}")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(report.subprocess, "run", fake_run)
+    opts = report.parse_options([str(tmp_path), "--evaluate", "--seed-sets", "3", "--fid-samples", "512"])
+    report.evaluate_jobs(opts)
+    assert len(calls) == 4 and not any(str(stopped) in " ".join(c) for c in calls)
+    assert "| mu_vlb_fixed (mu/fixed_large/kl) | 231 of 6000, stopped early |" in report.main([str(tmp_path)])
+    for k, cmd in enumerate(calls[:3]):
+        assert f"seed={k}" in cmd and "num_samples=512" in cmd and "compute_fid=true" in cmd
+        assert f"out_dir={job / 'eval' / f'fid512_ancestral_seed{k}'}" in cmd
+    assert "nll=true" in calls[3] and "nll_max_images=64" in calls[3]
+    calls.clear()
+    report.evaluate_jobs(opts)
+    assert calls == []
+    (job / "eval" / "fid512_ancestral_seed1" / "metrics.json").unlink()  # a killed run: set 1 never finished
+    report.evaluate_jobs(opts)
+    assert len(calls) == 1 and "seed=1" in calls[0]
+
+
+def test_help_documents_the_seed_sets(capsys):
+    from ddpm.report import parse_options
+
+    with pytest.raises(SystemExit):
+        parse_options(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--seed-sets K" in text and "seed=0..K-1" in text and "(default 3)" in text
+    assert "--fid-samples N" in text and "(default 512)" in text
+
+
 @pytest.mark.slow
 def test_the_whole_table_in_two_commands_and_a_rerun_does_nothing(tmp_path):
     """The README's two commands on a tiny version (two rows, 3 steps, T=10): the sweep trains every row into
-    <sweep dir>/<objective>, report --evaluate writes FID/IS and the full NLL of each, and the report shows them;
+    <sweep dir>/<objective>, report --evaluate writes two seed sets and the full NLL of each, and the report shows
+    the pooled figures and the paired comparisons;
     running both commands again trains and evaluates nothing (nothing is rewritten)."""
     sweep = tmp_path / "t2"
     tiny = ["trainer.max_steps=3", "diffusion.num_timesteps=10", "final_samples=8", "data.batch_size=16",
             "trainer.limit_val_batches=0", "callbacks.model_checkpoint.every_n_train_steps=0", *TINY_MODEL]
     train_cmd = [str(ROOT / "train.py"), "-m", "sweep=table2_digits", "objective=simple,mu_vlb_learned",
                  f"hydra.sweep.dir={sweep}", *tiny]
-    report_cmd = [sys.executable, "-m", "ddpm.report", str(sweep), "--evaluate", "--fid-samples", "8",
-                  "--nll-images", "4", "--batch-size", "8"]
+    report_cmd = [sys.executable, "-m", "ddpm.report", str(sweep), "--evaluate", "--seed-sets", "2",
+                  "--fid-samples", "8", "--nll-images", "4", "--batch-size", "8", "--num-boot", "10"]
     run_cli(train_cmd, cwd=tmp_path)
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["mu_vlb_learned", "simple"]
     proc = subprocess.run(report_cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=cli_env())
@@ -155,19 +327,33 @@ def test_the_whole_table_in_two_commands_and_a_rerun_does_nothing(tmp_path):
     for name in ("simple", "mu_vlb_learned"):
         row = rows[name]
         assert row[2] == "3"
-        for cell, what in ((row[3], "IS: sample.py, 8 samples, ancestral sampler, 10 steps"),
-                           (row[4], "FID: sample.py, 8 samples, ancestral sampler, 10 steps"),
+        pooled = "pooled over 2 seed set(s) (seeds 0, 1) of sample.py, 8 samples, ancestral sampler, 10 steps"
+        for cell, what in ((row[3], f"IS: {pooled}"), (row[4], f"FID: {pooled}"),
                            (row[5], "NLL: ≤ the full bound from sample.py nll=true, test split, 4 images")):
-            value, letter = re.fullmatch(r"([0-9.]+)(?:±[0-9.]+)? \[([a-z])\]", cell).groups()
+            m = re.fullmatch(r"([0-9.]+)(?:±[0-9.]+)?(?: \(.* over 2 sets\))? \[([a-z])\]", cell)
+            assert m, (cell, proc.stdout)
+            value, letter = m.groups()
             assert float(value) > 0 and letters[letter].startswith(what), (cell, letters[letter])
     table = proc.stdout
-    assert sum("not run" in line for line in table.splitlines()) == 4
+    assert sum("| not run |" in line for line in table.splitlines()) == 4
+    # the findings between the two rows: mu_vlb_learned - simple is a paired comparison on both seed sets
+    line = next(ln for ln in table.splitlines() if ln.startswith("- FID simple − mu_vlb_learned"))
+    assert "(2 seed sets of 8)" in line and line.endswith("**")
 
     outputs = sorted(p for p in sweep.rglob("*") if p.is_file() and p.suffix in (".json", ".ckpt", ".npz"))
     before = {p: p.stat().st_mtime_ns for p in outputs}
     again = run_cli(train_cmd, cwd=tmp_path)
     assert (again.stdout + again.stderr).count("nothing to do") == 2
     proc = subprocess.run(report_cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=cli_env())
-    assert proc.returncode == 0 and proc.stderr.count("exists, skipped") == 4, proc.stderr[-2000:]
+    assert proc.returncode == 0 and proc.stderr.count("exists, skipped") == 6, proc.stderr[-2000:]
     assert proc.stdout == table
     assert {p: p.stat().st_mtime_ns for p in outputs} == before
+
+
+def test_an_unresolved_comparison_says_what_budget_would_resolve_it():
+    from ddpm.metrics.pooled import REPRODUCED, UNRESOLVED
+    from ddpm.report import _budget
+
+    r = {"verdict": UNRESOLVED, "ci": (-1.0, 0.5), "pooled": -0.25, "units": (3, "seed sets of 512")}
+    assert "about 27 seed sets of 512 would make the interval exclude 0: an extrapolation" in _budget(r)
+    assert _budget({**r, "verdict": REPRODUCED}) == ""

@@ -18,10 +18,23 @@ table, what stands behind it: sample count, sampler and steps for FID/IS, the es
 NLL. The settings that every row shares are printed above the table; settings in which rows differ besides the
 objective are flagged.
 
-``--evaluate`` first runs those two evaluations for every job that has finished training (``python sample.py``
-as a user would, one process per evaluation, into ``JOBDIR/eval/fid<N>_<sampler>`` and ``JOBDIR/eval/nll_test<M>``);
-an evaluation whose output exists and is newer than the job's checkpoint is skipped, so a rerun continues
-where a killed one stopped.
+``--evaluate`` first runs the evaluations of every job that has finished training (``python sample.py`` as a user
+would, one process per evaluation): ``--seed-sets K`` sets of ``--fid-samples N`` images (``seed=0..K-1``, into
+``JOBDIR/eval/fid<N>_<sampler>_seed<k>``) and the full NLL bound (``JOBDIR/eval/nll_test<M>``). An evaluation
+whose output exists and is newer than the job's checkpoint is skipped, so a rerun continues set by set where a
+killed one stopped.
+
+Seed sets: sample.py outputs with ``samples.npz`` that differ only in ``seed`` are one protocol's seed sets. The
+report scores them with the extractor and reference statistics sample.py used (:mod:`ddpm.metrics.samples`) and
+gives FID and IS pooled over all sets with the per-set values and their spread (:mod:`ddpm.metrics.pooled`), and
+for the digits the classifier's confidence and class entropy (:mod:`ddpm.metrics.digits_score`), which still
+separate rows where FID on 8x8 digits is near the real-data level.
+
+Paper findings: each is one or more paired comparisons (:data:`FINDINGS`): rows share seeds, so image ``i`` of
+seed set ``k`` has the same noise in both rows, and the NLL is a bound per test image on the same images and
+noise. A comparison says *reproduced* only when the paired difference has the paper's sign on every set or its
+paired bootstrap interval excludes 0 (:func:`ddpm.metrics.pooled.verdict`), *the opposite* when it is reversed
+that way, and *not resolved at this budget* otherwise; each line shows the numbers it rests on.
 """
 
 from __future__ import annotations
@@ -34,7 +47,9 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 
+import numpy as np
 import yaml
 
 from ddpm.config import CONF_DIR, sampler_names
@@ -72,11 +87,82 @@ PAPER_NOTE = (
 )
 
 
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``metric(a) - metric(b)`` on the same seeds (FID, IS, digits confidence) or test images (NLL); ``sign``:
+    the sign the paper's finding predicts; ``paper``: the paper's figures for ``a`` and ``b``."""
+
+    metric: str  # fid | is | confidence | nll
+    a: str
+    b: str
+    sign: int
+    paper: str = ""
+
+
+@dataclass(frozen=True)
+class Finding:
+    label: str
+    claim: str
+    comparisons: tuple[Comparison, ...]
+
+
+# The paper's findings from Table 2 (sec. 4.2), each as paired comparisons with the sign it predicts.
+FINDINGS: tuple[Finding, ...] = (
+    Finding("(1)", "L_simple gives the best sample quality", (
+        Comparison("fid", "simple", "eps_vlb_fixed", -1, "FID 3.17 against 13.51"),
+        Comparison("is", "simple", "eps_vlb_fixed", +1, "IS 9.46 against 7.67"),
+        Comparison("confidence", "simple", "eps_vlb_fixed", +1, "beyond the paper: the digits classifier"),
+        Comparison("fid", "simple", "eps_vlb_learned", -1, "FID 3.17 against – (unstable)"),
+        Comparison("fid", "simple", "mu_vlb_fixed", -1, "FID 3.17 against 13.22"),
+        Comparison("fid", "simple", "mu_vlb_learned", -1, "FID 3.17 against 23.69"),
+        Comparison("fid", "simple", "mu_mse", -1, "FID 3.17 against – (unstable)"),
+    )),
+    Finding("(2)", "with a fixed variance the true bound gives a better NLL than L_simple", (
+        Comparison("nll", "eps_vlb_fixed", "simple", -1, "≤ 3.70 against ≤ 3.75 bits/dim"),
+    )),
+    Finding("(3)", "mu~ prediction trains with the true bound, not with the MSE", (
+        Comparison("fid", "mu_vlb_fixed", "mu_mse", -1, "FID 13.22 against – (unstable)"),
+        Comparison("nll", "mu_vlb_fixed", "mu_mse", -1, "no NLL in the paper"),
+    )),
+    Finding("(4)", "a learned variance gives worse samples than a fixed one (and trains less stably)", (
+        Comparison("fid", "eps_vlb_learned", "eps_vlb_fixed", +1, "FID – (unstable) against 13.51"),
+        Comparison("fid", "mu_vlb_learned", "mu_vlb_fixed", +1, "FID 23.69 against 13.22"),
+    )),
+)
+METRIC_TEXT = {"fid": "FID", "is": "IS", "confidence": "digits confidence", "nll": "NLL (bits/dim)"}
+
+
 @dataclass
 class Figure:
     value: float
     protocol: str  # what stands behind the number, stated once under the table
     std: float | None = None
+    note: str = ""  # e.g. the range of the per-set values of a pooled figure
+
+
+@dataclass
+class SetRun:
+    """One seed set: a sample.py output directory with ``samples.npz`` and a scored ``metrics.json``."""
+
+    path: Path
+    seed: int
+    metrics: dict
+
+
+@dataclass
+class Pooled:
+    """The seed sets of one protocol, scored together (:func:`pool_jobs`)."""
+
+    protocol: str  # what the sets have in common (sample count, sampler, extractor, reference)
+    seeds: list[int]
+    n: int  # images per set
+    sets: list  # ddpm.metrics.pooled.SetFeatures, in the order of seeds
+    scores: dict  # ddpm.metrics.pooled.pooled_scores
+    digits: dict | None = None  # confidence / class entropy, pooled and per set (digits extractor only)
+    ref: object = None  # the FID's reference statistics (ddpm.metrics.refstats.RefStats)
+    splits: int = 10  # IS splits
 
 
 @dataclass
@@ -90,6 +176,20 @@ class Job:
     fid: list[Figure] = field(default_factory=list)
     inception: list[Figure] = field(default_factory=list)
     nll: Figure | None = None
+    nll_dir: Path | None = None
+    seed_sets: dict[str, list[SetRun]] = field(default_factory=dict)  # protocol -> its seed sets
+    pooled: list[Pooled] = field(default_factory=list)
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether training ended before its ``trainer.max_steps`` (preempted, or stopped by a NaN)."""
+        max_steps = self.settings.get("trainer.max_steps")
+        return isinstance(max_steps, int) and max_steps > 0 and self.steps is not None and self.steps < max_steps
+
+    @property
+    def primary(self) -> Pooled | None:
+        """The pooled protocol with the most images (what the seed-set table and the findings use)."""
+        return max(self.pooled, key=lambda p: (p.n * len(p.seeds), p.protocol), default=None)
 
 
 def objective_name(obj: dict) -> tuple[str, tuple[str, str, str]]:
@@ -131,12 +231,16 @@ def _is_number(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
+def _how(m: dict) -> str:
+    """What stands behind a sample.py metrics.json's figures, the seed aside."""
+    n, extractor = m.get("num_samples", "?"), m.get("fid_extractor", "?")
+    return f"sample.py, {n} samples, {_sampler_text(m.get('sampler', '?'))}, EMA weights; {extractor} features"
+
+
 def read_sample_metrics(m: dict, job: Job) -> None:
     """FID/IS of one ``sample.py compute_fid=true`` metrics.json (the ddpm backend's keys)."""
-    n = m.get("num_samples", "?")
-    extractor = m.get("fid_extractor", "?")
     ref = m.get("ref_split", "train")
-    how = f"sample.py, {n} samples, {_sampler_text(m.get('sampler', '?'))}, EMA weights; {extractor} features"
+    how = _how(m)
     for key, value in m.items():
         if not _is_number(value) or key.endswith(("_std", "_torch_fidelity")):
             continue
@@ -176,18 +280,24 @@ def read_job(path: Path) -> Job | None:
             continue
         m = json.loads(mfile.read_text())
         if mfile.name == "nll.json" and _is_number(m.get("bpd")):
-            nlls.append((int(m.get("num_images") or 0), read_nll(m)))
+            nlls.append((int(m.get("num_images") or 0), mfile.parent, read_nll(m)))
+        elif mfile.name == "metrics.json" and (mfile.parent / "samples.npz").is_file() and "fid_extractor" in m \
+                and _is_number(m.get("seed")):  # a seed set: pooled with the others of its protocol
+            key = f"{_how(m)}, against the {m.get('ref_split', 'train')} split"
+            job.seed_sets.setdefault(key, []).append(SetRun(mfile.parent, int(m["seed"]), m))
         elif mfile.name == "metrics.json":
             read_sample_metrics(m, job)
+    for runs in job.seed_sets.values():
+        runs.sort(key=lambda r: r.seed)
     if nlls:
-        job.nll = max(nlls, key=lambda x: x[0])[1]  # the one over the most images
+        _, job.nll_dir, job.nll = max(nlls, key=lambda x: x[0])  # the one over the most images
     elif _is_number(train.get("val/bpd")):
         job.nll = Figure(
             float(train["val/bpd"]),
             "NLL: the training run's val/bpd, an estimate of the bound with one t per image (+ the exact L_0), "
             f"{_get(cfg, 'trainer.limit_val_batches')} validation batch(es), EMA weights; no nll.json found",
         )
-    if not job.fid and _is_number(train.get("digits/fid")):
+    if not job.fid and not job.seed_sets and _is_number(train.get("digits/fid")):
         job.fid.append(Figure(
             float(train["digits/fid"]),
             f"FID: train.py's final samples, {train.get('final_samples', '?')} samples, "
@@ -221,7 +331,8 @@ class Legend:
         parts = []
         for f in sorted(figures, key=lambda f: f.protocol):  # the same order in every cell
             std = f"±{f.std:.{std_digits}f}" if f.std is not None and _is_number(f.std) else ""
-            parts.append(f"{_fmt(f.value)}{std} [{self.mark(f.protocol)}]")
+            note = f" ({f.note})" if f.note else ""
+            parts.append(f"{_fmt(f.value)}{std}{note} [{self.mark(f.protocol)}]")
         return "; ".join(parts) or "–"
 
     def lines(self) -> list[str]:
@@ -245,7 +356,7 @@ def _settings_lines(jobs: list[Job]) -> list[str]:
     return lines
 
 
-def render(jobs: list[Job]) -> str:
+def render(jobs: list[Job], findings: list[tuple[Finding, list[dict]]] | None = None) -> str:
     by_obj: dict[str, list[Job]] = {}
     for j in jobs:
         by_obj.setdefault(j.objective, []).append(j)
@@ -259,8 +370,10 @@ def render(jobs: list[Job]) -> str:
                 continue
             nll = legend.cell([j.nll] if j.nll else [], std_digits=3)
             which = f", {j.path.name}" if len(by_obj[name]) > 1 else ""  # several jobs of one row: name them
+            steps = "?" if j.steps is None else (
+                f"{j.steps} of {j.settings['trainer.max_steps']}, stopped early" if j.stopped_early else j.steps)
             rows.append(
-                f"| {label} | {name} ({'/'.join(j.fields)}{which}) | {j.steps if j.steps is not None else '?'} "
+                f"| {label} | {name} ({'/'.join(j.fields)}{which}) | {steps} "
                 f"| {legend.cell(j.inception)} | {legend.cell(j.fid)} | {nll} | {p_is} | {p_fid} | {p_nll} |"
             )
     for j in by_obj.get("other", []):
@@ -273,45 +386,361 @@ def render(jobs: list[Job]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     out = _settings_lines(jobs) + [""] + header + rows + [""] + legend.lines() + ["", PAPER_NOTE]
+    out += _seed_set_lines(jobs)
+    if findings:
+        out += [""] + findings_lines(findings)
     return "\n".join(out)
+
+
+def _values(values: list[float], digits: int = 2) -> str:
+    return ", ".join(f"{v:.{digits}f}" for v in values)
+
+
+def _seed_set_lines(jobs: list[Job]) -> list[str]:
+    """Per row, the pooled protocol's figures on each seed set and their spread."""
+    order = [name for name, *_ in PAPER_ROWS]
+    pooled = sorted(((j, j.primary) for j in jobs if j.primary is not None),
+                    key=lambda jp: (order.index(jp[0].objective) if jp[0].objective in order else len(order),
+                                    jp[0].path.name))
+    if not pooled:
+        return []
+    digits = any(p.digits for _, p in pooled)
+    head = "| row | seed sets | FID per set | FID pooled | std of the set FIDs | IS per set | IS pooled |"
+    head += " confidence pooled (per set) | class entropy, bits (per set) |" if digits else ""
+    out = ["", "**Seed sets** (each row's pooled protocol; per-set values in the order of the seeds; std with "
+           "ddof=1):", "", head, "|" + "---|" * head.count(" |")]
+    for j, p in pooled:
+        sc = p.scores
+        is_sets, is_pooled = ((_values(sc["is_sets"]), f"{sc['is']:.2f}") if sc["is"] is not None else ("–", "–"))
+        line = (f"| {j.objective} | {len(p.seeds)} x {p.n} (seeds {', '.join(map(str, p.seeds))}) | "
+                f"{_values(sc['fid_sets'])} | {sc['fid']:.2f} | {sc['fid_spread']['std']:.2f} | {is_sets} | "
+                f"{is_pooled} |")
+        if digits:
+            d = p.digits
+            line += (f" {d['confidence']:.3f} ({_values(d['confidence_sets'], 3)}) | {d['class_entropy']:.2f} "
+                     f"({_values(d['class_entropy_sets'])}) |") if d else " – | – |"
+        out.append(line)
+    protocols = sorted({p.protocol for _, p in pooled})
+    out += [""] + [f"Protocol: {x}." for x in protocols]
+    if digits:
+        out.append("Confidence: the digits classifier's mean max softmax probability (real held-out digits: 0.96); "
+                   "class entropy: of the histogram of its predicted classes (max log2 10 = 3.32; low is mode "
+                   "collapse). FID on 8x8 digits comes close to the real-data level; these two measure something "
+                   "else: whether each image is a digit the classifier recognises, and whether all ten occur.")
+    return out
+
+
+def _signed(v: float) -> str:
+    return f"{v:+.3f}" if abs(v) < 1 else f"{v:+.2f}"
+
+
+def _budget(r: dict) -> str:
+    """For an unresolved comparison: how many units (seed sets, test images) would make the interval exclude 0
+    if the difference stayed what it is, from the interval's width shrinking like 1/sqrt(units). An
+    extrapolation, said as one."""
+    from ddpm.metrics.pooled import UNRESOLVED
+
+    if r.get("verdict") != UNRESOLVED or "units" not in r:
+        return ""
+    (lo, hi), m = r["ci"], r["pooled"]
+    n, what = r["units"]
+    if not (_is_number(m) and abs(m) > 1e-12 and hi > lo):
+        return f" (no difference to resolve at {n} {what})"
+    need = math.ceil(n * ((hi - lo) / 2 / abs(m)) ** 2)
+    return (f" (were the pooled difference real, about {need} {what} would make the interval exclude 0: an "
+            "extrapolation from its width)")
+
+
+def findings_lines(findings: list[tuple[Finding, list[dict]]]) -> list[str]:
+    """The paper's findings, each comparison with its verdict and the numbers it rests on."""
+    out = ["**The paper's findings, as paired comparisons** (rows share seeds: image i of seed set k has the same "
+           "noise in every row; the NLL is per test image on the same images and noise). Each line: the "
+           "difference a − b, the sign the paper predicts, the pooled difference, the per-set differences, the "
+           "paired bootstrap interval. *reproduced*: the per-set differences all have the predicted sign, or the "
+           "interval excludes 0 on that side; *the opposite*: the same the other way; else *not resolved at this "
+           "budget*.", ""]
+    for finding, results in findings:
+        out.append(f"{finding.label} *{finding.claim}*:")
+        for r in results:
+            c: Comparison = r["comparison"]
+            paper = c.paper if c.paper.startswith("beyond the paper") else f"paper: {c.paper}"
+            what = (f"{METRIC_TEXT[c.metric]} {c.a} − {c.b}, predicted {'< 0' if c.sign < 0 else '> 0'}"
+                    + (f" ({paper})" if c.paper else ""))
+            if "verdict" not in r:
+                out.append(f"- {what}: not evaluated, {r.get('missing', '?')}")
+                continue
+            lo, hi = r["ci"]
+            nums = f"pooled {_signed(r['pooled'])}"
+            if r.get("per_set"):
+                nums += f"; per set {', '.join(_signed(v) for v in r['per_set'])} ({r['how']})"
+            else:
+                nums += f"; {r['how']}"
+            kind = "paired bootstrap" if r.get("per_set") else "normal"
+            nums += f"; {r['level']:.0%} {kind} interval [{_signed(lo)}, {_signed(hi)}]"
+            out.append(f"- {what}: {nums}: **{r['verdict']}**{_budget(r)}")
+        out.append("")
+    return out[:-1]
+
+
+def _range(values: list[float]) -> str:
+    return f"{_fmt(min(values))}–{_fmt(max(values))} over {len(values)} sets" if len(values) > 1 else "one set"
+
+
+class _Scorers:
+    """The extractor and reference statistics a seed set was scored with by sample.py (its saved config's
+    ``fid`` node, the job's data), loaded once per distinct setting."""
+
+    def __init__(self) -> None:
+        self.cache: dict[str, tuple] = {}
+
+    def __call__(self, job: Job, run: SetRun) -> tuple:
+        from omegaconf import OmegaConf
+
+        from ddpm.metrics.samples import load_extractor, reference_for
+
+        saved = run.path / ".hydra" / "config.yaml"
+        if saved.is_file():
+            cfg = OmegaConf.load(saved)
+        else:  # sample.py run without Hydra's output dir: its defaults
+            from ddpm.config import compose
+
+            cfg = compose("sample")
+        fid_cfg = cfg.fid
+        job_cfg = OmegaConf.load(job.path / ".hydra" / "config.yaml")
+        data_cfg = OmegaConf.to_container(job_cfg.data, resolve=True) if "data" in job_cfg else None
+        key = json.dumps([OmegaConf.to_container(fid_cfg, resolve=True), data_cfg], sort_keys=True, default=str)
+        if key not in self.cache:
+            datamodule = None
+            if not fid_cfg.ref_stats:
+                from hydra.utils import instantiate
+
+                from ddpm.data import upgrade_data_config
+
+                datamodule = instantiate(upgrade_data_config(data_cfg))
+            extractor = load_extractor(fid_cfg, getattr(datamodule, "name", None), "cpu")
+            ref = reference_for(fid_cfg, extractor, datamodule, cfg.paths.cache_dir, "cpu")
+            self.cache[key] = (extractor, ref, int(fid_cfg.is_splits))
+        extractor, ref, splits = self.cache[key]
+        m = run.metrics
+        if m.get("fid_extractor") not in (None, extractor.name) or m.get("ref_sha") not in (None, ref.sha):
+            raise ValueError(
+                f"{run.path}: sample.py scored these samples with {m.get('fid_extractor')} against reference "
+                f"statistics {str(m.get('ref_sha'))[:12]}, but here they resolve to {extractor.name} / "
+                f"{ref.sha[:12]} (another DDPM_CACHE or fid.* setting?); rerun the report in the same environment"
+            )
+        return extractor, ref, splits
+
+
+def _set_images(run: SetRun) -> np.ndarray:
+    """uint8 ``[N, C, H, W]`` of a seed set's ``samples.npz`` (``arr_0`` is ``[N, H, W, 3]``)."""
+    with np.load(run.path / "samples.npz", allow_pickle=False) as z:
+        arr = z["arr_0"]
+    channels = int((run.metrics.get("image_shape") or [arr.shape[-1]])[0])
+    return np.ascontiguousarray(arr[..., :channels].transpose(0, 3, 1, 2))
+
+
+def pool_jobs(jobs: list[Job]) -> None:
+    """Score every job's seed sets together (:func:`ddpm.metrics.pooled.pooled_scores`): ``job.pooled``, and the
+    pooled FID/IS figures in ``job.fid`` / ``job.inception`` with the range of the per-set values."""
+    from ddpm.metrics.digits_classifier import DIGITS_EXTRACTOR_NAME
+    from ddpm.metrics.digits_score import scores_from_logits
+    from ddpm.metrics.pooled import featurise, pooled_scores
+
+    scorers = _Scorers()
+    for job in jobs:
+        for protocol, runs in job.seed_sets.items():
+            extractor, ref, splits = scorers(job, runs[0])
+            sets = [featurise(_set_images(r), extractor) for r in runs]
+            sizes = {len(x) for x in sets}
+            if len(sizes) != 1:
+                raise ValueError(f"{job.path}: the seed sets of one protocol differ in size: {sorted(sizes)}")
+            scores = pooled_scores(sets, ref, extractor.name, splits=splits)
+            digits = None
+            if extractor.name == DIGITS_EXTRACTOR_NAME:
+                per = [scores_from_logits(x.logits) for x in sets]
+                digits = {**scores_from_logits(np.concatenate([x.logits for x in sets])),
+                          "confidence_sets": [d["confidence"] for d in per],
+                          "class_entropy_sets": [d["class_entropy"] for d in per]}
+            seeds = [r.seed for r in runs]
+            job.pooled.append(Pooled(protocol, seeds, sizes.pop(), sets, scores, digits, ref, splits))
+            what = f"pooled over {len(runs)} seed set(s) (seeds {', '.join(map(str, seeds))}) of {protocol}"
+            job.fid.append(Figure(scores["fid"], f"FID: {what}; in brackets the range of the per-set FIDs",
+                                  note=_range(scores["fid_sets"])))
+            if scores["is"] is not None:
+                job.inception.append(Figure(
+                    scores["is"], f"IS: {what}, {splits} splits of the pooled images (±: their std); in brackets "
+                    f"the range of the per-set IS ({splits} splits of each set: smaller splits, so lower, as the IS "
+                    "grows with the split size)", scores["is_std"], note=_range(scores["is_sets"])))
+
+
+def _nll_per_image(job: Job) -> tuple[np.ndarray, np.ndarray, dict] | None:
+    if job.nll_dir is None or not (job.nll_dir / "nll_terms.npz").is_file():
+        return None
+    with np.load(job.nll_dir / "nll_terms.npz", allow_pickle=False) as z:
+        if "total_bpd" not in z.files or "index" not in z.files:
+            return None
+        index, bpd = z["index"], z["total_bpd"]
+    return index, bpd, json.loads((job.nll_dir / "nll.json").read_text())
+
+
+def _compare_nll(a: Job, b: Job, level: float) -> dict:
+    """The per-image paired difference of the NLL bound (same test images, same ``nll_seed``), or from the two
+    standard errors where a row has no per-image values."""
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    pa, pb = _nll_per_image(a), _nll_per_image(b)
+    if pa and pb and (pa[2].get("nll_seed"), pa[2].get("split")) == (pb[2].get("nll_seed"), pb[2].get("split")):
+        common, ia, ib = np.intersect1d(pa[0], pb[0], return_indices=True)
+        if len(common) > 1:
+            d = pa[1][ia] - pb[1][ib]
+            mean, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+            return {"pooled": mean, "ci": (mean - z * se, mean + z * se), "per_set": [], "level": level,
+                    "units": (len(d), "test images"),
+                    "how": f"paired per test image ({len(d)} images, the same noise seed): mean difference "
+                           f"{mean:+.3f} (se {se:.3f}); {int((np.sign(d) == np.sign(mean)).sum())} of {len(d)} "
+                           "images on its side"}
+    if a.nll is None or b.nll is None or not (_is_number(a.nll.std) and _is_number(b.nll.std)):
+        return {}
+    mean = a.nll.value - b.nll.value
+    se = math.hypot(float(a.nll.std), float(b.nll.std))
+    return {"pooled": mean, "ci": (mean - z * se, mean + z * se), "per_set": [], "level": level,
+            "how": f"unpaired (no per-image values): {_fmt(a.nll.value)} − {_fmt(b.nll.value)}, se from the two "
+                   "rows' standard errors"}
+
+
+def compare(jobs: list[Job], *, num_boot: int = 200, level: float = 0.95) -> list[tuple[Finding, list[dict]]]:
+    """Every comparison of :data:`FINDINGS` on ``jobs`` (after :func:`pool_jobs`): its paired differences, the
+    interval and :func:`ddpm.metrics.pooled.verdict`."""
+    from ddpm.metrics.digits_score import image_confidences
+    from ddpm.metrics.fid import inception_score
+    from ddpm.metrics.pooled import paired_bootstrap, verdict
+
+    by_obj: dict[str, Job] = {}
+    for j in jobs:
+        by_obj.setdefault(j.objective, j)  # the first job of a row (several: the table names them all)
+    out = []
+    for finding in FINDINGS:
+        results = []
+        for c in finding.comparisons:
+            a, b = by_obj.get(c.a), by_obj.get(c.b)
+            res: dict = {"comparison": c}
+            if a is None or b is None:
+                res["missing"] = "not run: " + " and ".join(x for x, j in ((c.a, a), (c.b, b)) if j is None)
+            elif c.metric == "nll":
+                res.update(_compare_nll(a, b, level) or {"missing": "no NLL with a standard error in both rows"})
+            else:
+                pa, pb = a.primary, b.primary
+                if pa is None or pb is None:
+                    res["missing"] = "no seed sets in " + " and ".join(
+                        x.objective for x, p in ((a, pa), (b, pb)) if p is None)
+                elif pa.protocol != pb.protocol:
+                    res["missing"] = f"the rows were sampled differently ({pa.protocol} / {pb.protocol})"
+                elif c.metric == "confidence" and (pa.digits is None or pb.digits is None):
+                    res["missing"] = "the confidence is the digits classifier's (digits only)"
+                elif not (seeds := [k for k in pa.seeds if k in pb.seeds]):
+                    res["missing"] = f"no seed set in common (seeds {pa.seeds} / {pb.seeds})"
+                else:
+                    sa = [pa.sets[pa.seeds.index(k)] for k in seeds]
+                    sb = [pb.sets[pb.seeds.index(k)] for k in seeds]
+                    stat = {"fid": None,
+                            "is": lambda x, k=pa.splits: inception_score(x.logits, splits=k)[0],
+                            "confidence": lambda x: float(image_confidences(x.logits).mean())}[c.metric]
+                    boot = paired_bootstrap(sa, sb, pa.ref, num_boot=num_boot, level=level, statistic=stat)
+                    res.update(boot, seeds=seeds, how=f"{len(seeds)} seed sets of {pa.n}",
+                               units=(len(seeds), f"seed sets of {pa.n}"))
+            if "ci" in res:  # one set's sign is no rule: then only the interval decides
+                res["verdict"] = verdict(res["per_set"] if len(res["per_set"]) > 1 else [], c.sign, res["ci"])
+            results.append(res)
+        out.append((finding, results))
+    return out
 
 
 SAMPLE_PY = CONF_DIR.parent / "sample.py"  # the entry point beside conf/
 
 
-def evaluations(
-    job: Path, fid_samples: int, nll_images: int, sampler: str, batch_size: int
-) -> list[tuple[Path, str, list[str]]]:
-    """``(output dir, output file, sample.py overrides)`` of a job's two evaluations: FID/IS of ``fid_samples``
-    images with ``sampler`` (the dataset's extractor), and the full NLL bound on the first ``nll_images`` test
-    images."""
-    fid_dir = job / "eval" / f"fid{fid_samples}_{sampler}"
-    nll_dir = job / "eval" / f"nll_test{nll_images}"
-    return [
-        (fid_dir, "metrics.json", [f"num_samples={fid_samples}", f"batch_size={batch_size}", "compute_fid=true",
-                                   f"sampler={sampler}"]),
-        (nll_dir, "nll.json", ["nll=true", "nll_split=test", f"nll_max_images={nll_images}",
-                               f"nll_batch_size={batch_size}"]),
-    ]
+@dataclass
+class Options:
+    """Everything the report takes besides the directory: the one place the command-line options land (issue 21
+    turns them into a Hydra config)."""
+
+    multirun_dir: Path
+    out: Path | None = None
+    evaluate: bool = False
+    seed_sets: int = 3
+    fid_samples: int = 512
+    nll_images: int = 64
+    sampler: str = "ancestral"
+    batch_size: int = 128
+    sample_args: list[str] = field(default_factory=list)
+    num_boot: int = 200
 
 
-def evaluate_jobs(root: Path, *, fid_samples: int = 500, nll_images: int = 64, sampler: str = "ancestral",
-                  batch_size: int = 125, extra: list[str] | None = None) -> list[list[str]]:
-    """Run the missing evaluations of every finished job under ``root``; returns the commands it ran."""
+def parse_options(argv: list[str] | None = None) -> Options:
+    d = Options(Path("."))
+    parser = argparse.ArgumentParser(prog="python -m ddpm.report", description=__doc__.splitlines()[0])
+    parser.add_argument("multirun_dir", type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="also write the report to this Markdown file")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="first run the missing evaluations of every finished job with sample.py: the seed sets "
+                             "and the NLL; resumable set by set")
+    parser.add_argument("--seed-sets", type=int, default=d.seed_sets, metavar="K",
+                        help=f"seed sets per row (sample.py seed=0..K-1), each its own resumable evaluation; FID/IS "
+                             f"are pooled over them and rows compared set by set (default {d.seed_sets})")
+    parser.add_argument("--fid-samples", type=int, default=d.fid_samples, metavar="N",
+                        help=f"images per seed set (default {d.fid_samples})")
+    parser.add_argument("--nll-images", type=int, default=d.nll_images,
+                        help=f"test images for the full NLL bound (default {d.nll_images})")
+    parser.add_argument("--sampler", default=d.sampler, choices=sampler_names(),
+                        help="sampler of the seed sets (default ancestral: the paper's full chain, valid for "
+                             "every objective)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--sample-args", nargs="*", default=[], help="more sample.py overrides for every evaluation")
+    parser.add_argument("--num-boot", type=int, default=d.num_boot,
+                        help=f"paired bootstrap resamples per comparison (default {d.num_boot})")
+    args = parser.parse_args(argv)
+    if not args.multirun_dir.is_dir():
+        parser.error(f"{args.multirun_dir} is not a directory")
+    if args.seed_sets < 1 or args.fid_samples < 2:
+        parser.error("--seed-sets must be >= 1 and --fid-samples >= 2")
+    return Options(**vars(args))
+
+
+def evaluations(job: Path, opts: Options) -> list[tuple[Path, str, list[str]]]:
+    """``(output dir, output file, sample.py overrides)`` of a job's evaluations: ``opts.seed_sets`` sets of
+    ``opts.fid_samples`` images with ``opts.sampler`` (seed ``k`` for set ``k``, scored with the dataset's
+    extractor), and the full NLL bound on the first ``opts.nll_images`` test images."""
+    out = []
+    for k in range(opts.seed_sets):
+        out.append((job / "eval" / f"fid{opts.fid_samples}_{opts.sampler}_seed{k}", "metrics.json",
+                    [f"num_samples={opts.fid_samples}", f"seed={k}", f"batch_size={opts.batch_size}",
+                     "compute_fid=true", f"sampler={opts.sampler}"]))
+    out.append((job / "eval" / f"nll_test{opts.nll_images}", "nll.json",
+                ["nll=true", "nll_split=test", f"nll_max_images={opts.nll_images}",
+                 f"nll_batch_size={opts.batch_size}"]))
+    return out
+
+
+def evaluate_jobs(opts: Options) -> list[list[str]]:
+    """Run the missing evaluations of every finished job under ``opts.multirun_dir``; returns the commands it
+    ran."""
     ran = []
-    for job in find_jobs(root):
+    for job in find_jobs(opts.multirun_dir):
         ckpt = job.path / "checkpoints" / "last.ckpt"
         if not ckpt.is_file() or job.steps is None:
             print(f"[report] {job.path.name}: not finished training (no metrics.json / last.ckpt), skipped",
                   file=sys.stderr)
             continue
-        for out_dir, out_file, overrides in evaluations(job.path, fid_samples, nll_images, sampler, batch_size):
+        if job.stopped_early:  # a preempted run also writes metrics.json and last.ckpt
+            print(f"[report] {job.path.name}: training stopped at step {job.steps} of "
+                  f"{job.settings['trainer.max_steps']} (preempted?), skipped; resume it first (rerun the sweep: "
+                  "ckpt_path=last continues it)", file=sys.stderr)
+            continue
+        for out_dir, out_file, overrides in evaluations(job.path, opts):
             done = out_dir / out_file
             if done.is_file() and done.stat().st_mtime >= ckpt.stat().st_mtime:
                 print(f"[report] {job.path.name}: {done.relative_to(job.path)} exists, skipped", file=sys.stderr)
                 continue
             cmd = [sys.executable, str(SAMPLE_PY), f"ckpt_path={job.path}", *overrides, f"out_dir={out_dir}",
-                   f"hydra.run.dir={out_dir}", "progress=false", *(extra or [])]
+                   f"hydra.run.dir={out_dir}", "progress=false", *opts.sample_args]
             print(f"[report] {job.path.name}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:  # sample.py's own "Error: ..." (or traceback) says why
@@ -321,30 +750,23 @@ def evaluate_jobs(root: Path, *, fid_samples: int = 500, nll_images: int = 64, s
     return ran
 
 
+def report(opts: Options) -> str:
+    """The report of ``opts.multirun_dir`` (after running the evaluations with ``opts.evaluate``)."""
+    if opts.evaluate:
+        evaluate_jobs(opts)
+    jobs = find_jobs(opts.multirun_dir)
+    pool_jobs(jobs)
+    findings = compare(jobs, num_boot=opts.num_boot) if any(j.pooled or j.nll_dir for j in jobs) else None
+    text = render(jobs, findings)
+    if opts.out:
+        opts.out.write_text(text + "\n")
+    return text
+
+
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(prog="python -m ddpm.report", description=__doc__.splitlines()[0])
-    parser.add_argument("multirun_dir", type=Path)
-    parser.add_argument("--out", type=Path, default=None, help="also write the table to this Markdown file")
-    parser.add_argument("--evaluate", action="store_true",
-                        help="first run the missing FID/IS and NLL evaluations of every finished job (sample.py)")
-    parser.add_argument("--fid-samples", type=int, default=500, help="images per FID/IS evaluation (default 500)")
-    parser.add_argument("--nll-images", type=int, default=64, help="test images for the full NLL bound (default 64)")
-    parser.add_argument("--sampler", default="ancestral", choices=sampler_names(),
-                        help="sampler of the FID/IS evaluation (default ancestral: the paper's full chain, valid for "
-                             "every objective)")
-    parser.add_argument("--batch-size", type=int, default=125)
-    parser.add_argument("--sample-args", nargs="*", default=[], help="more sample.py overrides for every evaluation")
-    args = parser.parse_args(argv)
-    if not args.multirun_dir.is_dir():
-        parser.error(f"{args.multirun_dir} is not a directory")
-    if args.evaluate:
-        evaluate_jobs(args.multirun_dir, fid_samples=args.fid_samples, nll_images=args.nll_images,
-                      sampler=args.sampler, batch_size=args.batch_size, extra=args.sample_args)
-    table = render(find_jobs(args.multirun_dir))
-    print(table)
-    if args.out:
-        args.out.write_text(table + "\n")
-    return table
+    text = report(parse_options(argv))
+    print(text)
+    return text
 
 
 if __name__ == "__main__":

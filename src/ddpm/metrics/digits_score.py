@@ -11,6 +11,7 @@ Digit images are uint8 ``round(v * 255 / 16)`` of the 0..16 sklearn values, one 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -20,7 +21,8 @@ from ddpm.metrics.features import extract_all, to_nchw_uint8
 from ddpm.metrics.fid import frechet_distance
 from ddpm.metrics.refstats import RefStats, build_ref_stats, stats_from_features
 
-__all__ = ["digits_quality", "digits_reference_scores", "digits_train_ref_stats"]
+__all__ = ["digits_quality", "digits_reference_scores", "digits_train_ref_stats", "image_confidences",
+           "scores_from_logits"]
 
 
 def digits_train_ref_stats(extractor: DigitsExtractor | None = None) -> RefStats:
@@ -53,15 +55,21 @@ def digits_quality(samples, *, extractor: DigitsExtractor | None = None, ref: Re
         raise ValueError(f"digits_quality needs at least 2 samples, got {n}")
     feats, logits = extract_all(x, extractor, device="cpu")
     mu, sigma = stats_from_features(feats)
-    p = torch.from_numpy(logits).softmax(dim=1)
-    hist = torch.bincount(p.argmax(dim=1), minlength=10).double() / n
+    return {"fid": frechet_distance(mu, sigma, ref.mu, ref.sigma), **scores_from_logits(logits), "n": int(n)}
+
+
+def image_confidences(logits) -> np.ndarray:
+    """Each image's max softmax probability under the digits classifier (``logits``: ``[N, 10]``)."""
+    return torch.as_tensor(np.asarray(logits)).softmax(dim=1).max(dim=1).values.double().numpy()
+
+
+def scores_from_logits(logits) -> dict:
+    """``confidence`` (the mean of :func:`image_confidences`) and ``class_entropy`` (bits, of the histogram
+    of predicted classes) of the digits classifier's ``logits`` ``[N, 10]`` (see :func:`digits_quality`)."""
+    logits = torch.as_tensor(np.asarray(logits))
+    hist = torch.bincount(logits.argmax(dim=1), minlength=10).double() / logits.shape[0]
     nz = hist[hist > 0]
-    return {
-        "fid": frechet_distance(mu, sigma, ref.mu, ref.sigma),
-        "confidence": float(p.max(dim=1).values.mean()),
-        "class_entropy": float(-(nz * nz.log2()).sum()),
-        "n": int(n),
-    }
+    return {"confidence": float(image_confidences(logits).mean()), "class_entropy": float(-(nz * nz.log2()).sum())}
 
 
 def _blurred_noise(n: int, g: torch.Generator) -> torch.Tensor:

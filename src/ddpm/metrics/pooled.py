@@ -15,7 +15,7 @@ gives an interval for the pooled difference. :func:`verdict` turns those into "r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,27 +86,45 @@ def pooled_scores(sets: Sequence[SetFeatures], ref: RefStats, extractor_name: st
     return out
 
 
-def paired_bootstrap(a: Sequence[SetFeatures], b: Sequence[SetFeatures], ref: RefStats, *,
-                     num_boot: int = 200, level: float = 0.95, seed: int = 0) -> dict:
+def _concat(sets: Sequence[SetFeatures]) -> SetFeatures:
+    logits = [s.logits for s in sets]
+    return SetFeatures(np.concatenate([s.features for s in sets]),
+                       None if any(x is None for x in logits) else np.concatenate(logits))
+
+
+def _take(s: SetFeatures, idx: np.ndarray) -> SetFeatures:
+    return SetFeatures(s.features[idx], None if s.logits is None else s.logits[idx])
+
+
+def paired_bootstrap(a: Sequence[SetFeatures], b: Sequence[SetFeatures], ref: RefStats | None = None, *,
+                     num_boot: int = 200, level: float = 0.95, seed: int = 0,
+                     statistic: Callable[[SetFeatures], float] | None = None) -> dict:
     """The paired difference ``FID(a) - FID(b)`` of two sources sampled on the same seeds.
 
     ``a[k]`` and ``b[k]`` must hold the same number of images, image ``i`` of both from the same seed.
     Returns ``{"per_set": [FID(a_k) - FID(b_k)], "pooled": FID(a) - FID(b) on the pooled sets, "ci": (lo, hi)}``:
     the percentile interval of the pooled difference over ``num_boot`` resamples that draw the same image
     indices (with replacement, within each set) for both sources, so the shared seed noise cancels.
+
+    ``statistic``: another figure of a set than its FID against ``ref`` (e.g. the IS, or the mean classifier
+    confidence, from ``SetFeatures.logits``); the differences, pooling and resampling are the same.
     """
+    if statistic is None:
+        if ref is None:
+            raise ValueError("paired_bootstrap needs ref (the FID's reference statistics) or a statistic")
+        statistic = lambda s: _fid(s.features, ref)  # noqa: E731
     if len(a) != len(b) or any(len(x) != len(y) for x, y in zip(a, b)):
         raise ValueError("a paired comparison needs the same seed sets in both sources: "
                          f"sizes {[len(x) for x in a]} against {[len(y) for y in b]}")
-    per_set = [_fid(x.features, ref) - _fid(y.features, ref) for x, y in zip(a, b)]
-    fa, fb = np.concatenate([x.features for x in a]), np.concatenate([y.features for y in b])
-    pooled = _fid(fa, ref) - _fid(fb, ref)
+    per_set = [float(statistic(x) - statistic(y)) for x, y in zip(a, b)]
+    fa, fb = _concat(a), _concat(b)
+    pooled = statistic(fa) - statistic(fb)
     rng = np.random.default_rng(seed)
     offsets = np.cumsum([0] + [len(x) for x in a])
     diffs = []
     for _ in range(int(num_boot)):
         idx = np.concatenate([lo + rng.integers(0, hi - lo, hi - lo) for lo, hi in zip(offsets, offsets[1:])])
-        diffs.append(_fid(fa[idx], ref) - _fid(fb[idx], ref))
+        diffs.append(statistic(_take(fa, idx)) - statistic(_take(fb, idx)))
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(diffs, [tail, 100 - tail]) if diffs else (float("nan"), float("nan"))
     return {"per_set": per_set, "pooled": float(pooled), "ci": (float(lo), float(hi)), "level": level,
