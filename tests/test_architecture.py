@@ -335,7 +335,6 @@ RUN_LAYOUT = ("checkpoints", "last.ckpt")  # ddpm.rundir's names
 LAYOUT_ALLOWED = {
     "ddpm/rundir.py",
     "ddpm/frontier.py",  # rewritten for issue 20's sampler registry: switches to rundir.tool_dir there
-    "ddpm/report.py",  # changed on another branch (issue 23): switches to rundir.last_checkpoint after its merge
 }
 
 

@@ -25,7 +25,8 @@ PRIMARIES = {"train": ("data", "model", "objective", "diffusion", "optim", "trai
              "sample": ("sampler", "fid", "data"),
              "frontier": ("fid", "data"),
              "figures": ("figure", "sampler", "data"),
-             "build_refstats": ("data",)}
+             "build_refstats": ("data",),
+             "report": ("sampler",)}
 # sample.py's "the checkpoint's own data": not a dataset for training or reference statistics
 HIDDEN = {("train", "data", "checkpoint"), ("build_refstats", "data", "checkpoint")}
 

@@ -113,6 +113,7 @@ SCRIPT_GROUPS = {
     "frontier": ("fid", "data"),
     "figures": ("figure", "sampler", "data"),
     "build_refstats": ("data",),
+    "report": ("sampler",),
 }
 HIDDEN_OPTIONS = {"train": {"data": {"checkpoint"}}, "build_refstats": {"data": {"checkpoint"}}}
 COMMANDS = {"train": "python train.py", "sample": "python sample.py",

@@ -323,6 +323,24 @@ class BuildRefstatsConfig:
 
 
 @dataclass
+class ReportConfig:
+    """``conf/report.yaml``: ``python -m ddpm.report`` (the Table 2 report of a multirun)."""
+
+    task_name: str = MISSING
+    multirun_dir: str = MISSING
+    out: str | None = MISSING
+    evaluate: bool = MISSING
+    seed_sets: int = MISSING
+    fid_samples: int = MISSING
+    nll_images: int = MISSING
+    sampler: Any = MISSING  # free-form: each sampler has its own keys (SamplerConfig.from_node checks them)
+    batch_size: int = MISSING
+    sample_args: list[str] = MISSING
+    num_boot: int = MISSING
+    paths: Any = None
+
+
+@dataclass
 class TrainConfig:
     """The top level of ``conf/train.yaml`` (the groups are instantiated from their ``_target_``)."""
 
@@ -357,7 +375,7 @@ def register_configs() -> None:
         cs.store(group="schema", name=name, node=node)
     for name, node in (("figures", FiguresConfig), ("figure_progressive", ProgressiveFigure),
                        ("figure_interpolation", InterpolationFigure), ("figure_shared_xt", SharedXtFigure),
-                       ("build_refstats", BuildRefstatsConfig)):
+                       ("build_refstats", BuildRefstatsConfig), ("report", ReportConfig)):
         cs.store(group="schema", name=name, node=node)
 
 
