@@ -20,7 +20,9 @@ def main(overrides: list[str]) -> str:
     """``python -m ddpm.report OVERRIDES`` in this process (conf/report.yaml composed with the overrides)."""
     from ddpm.config import compose
 
-    return report_app.report_and_print(compose("report", overrides))
+    text = report_app.report(report_app.options(compose("report", overrides)))
+    print(text)  # as the command does
+    return text
 
 SAMPLER = {"name": "respaced", "steps": 100, "eta": None, "clip_denoised": True, "var_type": None}
 FULL_CHAIN = {"name": "ancestral", "steps": 1000, "eta": None, "clip_denoised": True, "var_type": None}

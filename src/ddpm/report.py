@@ -767,15 +767,9 @@ def report(opts: Options) -> str:
     return text
 
 
-def report_and_print(cfg: DictConfig) -> str:
-    """``python -m ddpm.report``: the report of ``cfg`` (conf/report.yaml), printed."""
-    text = report(options(cfg))
-    print(text)
-    return text
-
-
 def main() -> None:
-    hydra_app("report", report_and_print)
+    """``python -m ddpm.report``: the report of conf/report.yaml with the command line's overrides, printed."""
+    hydra_app("report", lambda cfg: print(report(options(cfg))))
 
 
 if __name__ == "__main__":
