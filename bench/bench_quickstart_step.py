@@ -27,6 +27,7 @@ operator).
 from __future__ import annotations
 
 import argparse
+import inspect
 import statistics
 import subprocess
 import sys
@@ -68,10 +69,20 @@ def module_at(rev: str) -> type:
     """``DiffusionModule`` as ``src/ddpm/module.py`` was at git revision ``rev``."""
     src = subprocess.run(["git", "show", f"{rev}:src/ddpm/module.py"], cwd=ROOT, check=True, capture_output=True,
                          text=True).stdout
+    src = src.replace("from ddpm.diffusion.noise import derive_seed", "from ddpm.seeds import derive_seed")  # moved
     mod = types.ModuleType(f"ddpm_module_{rev}")
     mod.__file__ = f"{rev}:src/ddpm/module.py"
     exec(compile(src, mod.__file__, "exec"), mod.__dict__)
-    return mod.DiffusionModule
+    cls = mod.DiffusionModule
+    takes = inspect.signature(cls).parameters
+
+    def build(**kwargs):  # train() passes today's constructor arguments; older modules took fewer
+        module = cls(**{k: v for k, v in kwargs.items() if k in takes})
+        if "config" not in takes:
+            module.run_config = kwargs.get("config")  # how older modules received the seed and the NaN policy
+        return module
+
+    return build
 
 
 def lightning_intervals(overrides: list[str], steps: int, warmup: int, module_cls: type | None = None,
@@ -116,7 +127,8 @@ class RawLoop:
         datamodule = instantiate(cfg.data)
         self.images = uint8_to_model(datamodule.splits()["train"].images)
         self.batch = int(cfg.data.batch_size)
-        m = DiffusionModule(run["model"], run["diffusion"], run["objective"], run["optim"], datamodule.image_shape)
+        m = DiffusionModule(run["model"], run["diffusion"], run["objective"], run["optim"], datamodule.image_shape,
+                            **{k: run[k] for k in ("seed", "nan_policy", "nan_max_consecutive")})
         self.net, self.ema, self.diffusion = m.net, m.ema, m.diffusion
         self.opt = torch.optim.Adam(self.net.parameters(), lr=float(run["optim"]["lr"]), fused=True)
         self.params = list(self.net.parameters())

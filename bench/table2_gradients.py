@@ -63,7 +63,8 @@ def build(objective: str, overrides: list[str]):
     torch.manual_seed(int(cfg.seed))
     module = DiffusionModule(
         model=run["model"], diffusion=run["diffusion"], objective=run["objective"], optim=run["optim"],
-        image_shape=tuple(dm.image_shape),
+        image_shape=tuple(dm.image_shape), seed=int(cfg.seed), nan_policy=str(cfg.nan_policy.value),
+        nan_max_consecutive=int(cfg.nan_max_consecutive),
     )
     return module, dm
 

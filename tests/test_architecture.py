@@ -4,11 +4,12 @@ imported): every ``import`` counts, also the ones inside functions.
     entry points   train.py, sample.py, python -m ddpm.<tool>
     applications   training, sampling, nll, figures, report, frontier, export
     services       loading, generate, runtime, metrics, callbacks, convert
-    core           module, data, diffusion, nets, io, config
+    core           module, data, diffusion, nets, io, config, seeds
 
 A module imports from its own layer or the layers below; no application imports another; no import cycles;
-``ddpm.diffusion`` and ``ddpm.nets`` import only torch, numpy and the standard library; training, callbacks
-and data never import the sample.py application; data never imports metrics. The checker is also run on
+``ddpm.diffusion`` and ``ddpm.nets`` import only torch, numpy, the standard library and ``ddpm.seeds`` (the
+seed hashes, which import only numpy and the standard library); training, callbacks and data never import the
+sample.py application; data never imports metrics or the diffusion math. The checker is also run on
 small made-up import graphs with one back-edge each, so the test is known to fail on one.
 """
 
@@ -23,17 +24,20 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS: dict[str, tuple[str, ...]] = {
-    "core": ("ddpm", "ddpm.io", "ddpm.config", "ddpm.cli", "ddpm.module", "ddpm.data", "ddpm.diffusion", "ddpm.nets"),
-    "services": ("ddpm.loading", "ddpm.generate", "ddpm.runtime", "ddpm.metrics", "ddpm.callbacks", "ddpm.convert"),
+    "core": ("ddpm", "ddpm.io", "ddpm.config", "ddpm.cli", "ddpm.module", "ddpm.data", "ddpm.diffusion", "ddpm.nets",
+             "ddpm.seeds", "ddpm.rundir"),
+    "services": ("ddpm.loading", "ddpm.generate", "ddpm.runtime", "ddpm.metrics", "ddpm.callbacks", "ddpm.convert",
+                 "ddpm.builders", "ddpm.resume"),
     "applications": ("ddpm.training", "ddpm.sampling", "ddpm.nll", "ddpm.figures", "ddpm.report", "ddpm.frontier",
                      "ddpm.export"),
 }
 RANK = {"core": 0, "services": 1, "applications": 2}
-PURE = ("ddpm.diffusion", "ddpm.nets")  # torch, numpy and the standard library only
+PURE = ("ddpm.diffusion", "ddpm.nets", "ddpm.seeds")  # torch, numpy and the standard library only
+BASE = ("ddpm.seeds",)  # pure leaves that the other pure packages may import (numpy and the standard library)
 FORBIDDEN = {  # importer prefix -> imported prefixes it must never reach directly
     "ddpm.training": ("ddpm.sampling",),
     "ddpm.callbacks": ("ddpm.sampling",),
-    "ddpm.data": ("ddpm.sampling", "ddpm.metrics"),
+    "ddpm.data": ("ddpm.sampling", "ddpm.metrics", "ddpm.diffusion"),  # the seed hash is in ddpm.seeds
 }
 
 
@@ -150,10 +154,11 @@ def layering_violations(graph: dict[str, set[str]]) -> list[str]:
         if owner(mod, PURE):
             for n in sorted(names):
                 top = n.split(".")[0]
-                if top not in ("torch", "numpy", "__future__") and top not in sys.stdlib_module_names and not (
-                        owner(n, PURE) == owner(mod, PURE)):
+                allowed = ("numpy", "__future__") if owner(mod, BASE) else ("torch", "numpy", "__future__")
+                if top not in allowed and top not in sys.stdlib_module_names and not (
+                        owner(n, PURE) == owner(mod, PURE) or (owner(n, BASE) and not owner(mod, BASE))):
                     bad.append(f"{mod} -> {n}: {owner(mod, PURE)} imports only torch, numpy and the standard "
-                               "library (and itself)")
+                               "library (and itself, and ddpm.seeds)")
     bad += [f"import cycle: {' <-> '.join(c)}" for c in find_cycles(edges)]
     return bad
 
@@ -177,6 +182,10 @@ def test_src_ddpm_keeps_its_layers():
         ({"ddpm.diffusion.gaussian": {"lightning"}}, "imports only torch, numpy"),
         ({"ddpm.nets.unet": {"ddpm.diffusion"}, "ddpm.diffusion": set()}, "imports only torch, numpy"),
         ({"ddpm.newthing": set()}, "in no layer"),
+        ({"ddpm.data.base": {"ddpm.diffusion.noise"}, "ddpm.diffusion.noise": set()},
+         "ddpm.data must not import ddpm.diffusion"),
+        ({"ddpm.seeds": {"torch"}}, "imports only torch, numpy"),
+        ({"ddpm.seeds": {"ddpm.diffusion"}, "ddpm.diffusion": set()}, "imports only torch, numpy"),
     ],
 )
 def test_the_checker_fails_on_a_back_edge(graph, expected):
@@ -195,3 +204,176 @@ def test_the_checker_reads_function_level_and_relative_imports(tmp_path):
     assert "ddpm.sampling" in graph["ddpm.diffusion.gaussian"]
     assert "ddpm.diffusion" in graph["ddpm.sampling"]
     assert any("core imports from applications" in v for v in layering_violations(graph))
+
+
+# ------------------------------------------------------------------------------------- Lightning's public API
+def _imported_names(tree: ast.AST) -> dict[str, str]:
+    """``{local name: fully qualified name}`` of a module's imports."""
+    out = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                out[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for a in node.names:
+                out[a.asname or a.name] = f"{node.module}.{a.name}"
+    return out
+
+
+def _qualified(node: ast.expr, imports: dict[str, str]) -> str:
+    if isinstance(node, ast.Name):
+        return imports.get(node.id, node.id)
+    if isinstance(node, ast.Attribute):
+        return f"{_qualified(node.value, imports)}.{node.attr}"
+    return ""
+
+
+def _lightning_private_names(qualified_base: str) -> set[str]:
+    """The private attributes and methods that the Lightning class ``qualified_base`` and its Lightning bases
+    use on ``self`` (read from their source)."""
+    import importlib
+    import inspect
+    import re
+
+    module_name, _, cls_name = qualified_base.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError):
+        return set()
+    names: set[str] = set()
+    for klass in inspect.getmro(cls):
+        if klass.__module__.split(".")[0] not in ("lightning", "pytorch_lightning"):
+            continue
+        source = inspect.getsource(klass)
+        names |= set(re.findall(r"self\.(_[A-Za-z]\w*)", source)) | set(re.findall(r"def (_[A-Za-z]\w*)", source))
+    return names
+
+
+def lightning_private_uses(files: dict[str, str]) -> list[str]:
+    """``file:line: x._name`` for every private attribute of a Lightning object used in ``files`` (``{path:
+    source}``): ``self._name`` in a class with a Lightning base where Lightning uses ``_name`` itself, and
+    ``x._name`` on any other object (not a module) when nothing in ``files`` defines ``_name``."""
+    trees = {path: ast.parse(text) for path, text in files.items()}
+    ours: set[str] = set()
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name.startswith("_"):
+                ours.add(node.name)
+            elif (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and node.attr.startswith("_")
+                  and isinstance(node.value, ast.Name) and node.value.id == "self"):
+                ours.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and node.id.startswith("_"):
+                ours.add(node.id)
+    bad = []
+    for path, tree in trees.items():
+        imports = _imported_names(tree)
+        lightning_classes = []
+        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+            private: set[str] = set()
+            for base in cls.bases:
+                q = _qualified(base, imports)
+                if q.startswith(("lightning.", "pytorch_lightning.")):
+                    private |= _lightning_private_names(q)
+            lightning_classes.append((cls, private))
+        for cls, private in lightning_classes:
+            for node in ast.walk(cls):
+                if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
+                        and node.attr in private):
+                    bad.append(f"{path}:{node.lineno}: self.{node.attr} (Lightning's, in class {cls.name})")
+            for node in cls.body:
+                if isinstance(node, ast.FunctionDef) and node.name in private:
+                    bad.append(f"{path}:{node.lineno}: def {node.name} (overrides Lightning's, in class {cls.name})")
+        for node in ast.walk(tree):  # getattr(x, "_name"), hasattr, setattr
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in ("getattr", "hasattr", "setattr") and len(node.args) >= 2
+                    and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)
+                    and node.args[1].value.startswith("_") and not node.args[1].value.endswith("_")
+                    and node.args[1].value not in ours):
+                bad.append(f"{path}:{node.lineno}: {ast.unparse(node)}")
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.endswith("_")):
+                continue  # (dunders and Hydra's keys such as cfg._target_ are public)
+            receiver = node.value
+            if isinstance(receiver, ast.Name) and (receiver.id in ("self", "cls") or receiver.id in imports):
+                continue  # our own object, or a module (torch._foreach_norm)
+            if node.attr not in ours:
+                bad.append(f"{path}:{node.lineno}: {ast.unparse(node)}")
+    return sorted(set(bad))
+
+
+def test_src_uses_only_lightnings_public_api():
+    files = {str(p.relative_to(SRC)): p.read_text() for p in (SRC / "ddpm").rglob("*.py")}
+    assert lightning_private_uses(files) == []
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("def f(trainer):\n    return trainer._logger_connector.should_update_logs\n", "trainer._logger_connector"),
+    ("def f(lg, w):\n    lg._experiment = w\n", "lg._experiment"),
+    ("import lightning as L\nclass M(L.LightningModule):\n    def f(self):\n        return self._trainer\n",
+     "self._trainer (Lightning's"),
+    ("from lightning.pytorch.callbacks import ModelCheckpoint\nclass C(ModelCheckpoint):\n"
+     "    def f(self, trainer):\n        self._last_global_step_saved = trainer.global_step\n",
+     "self._last_global_step_saved"),
+    ("def f(trainer):\n    return trainer.fit_loop._should_accumulate()\n", "_should_accumulate"),
+    ("def f(cb):\n    return getattr(cb, '_last_global_step_saved', None)\n", "_last_global_step_saved"),
+    ("from lightning.pytorch.loggers.csv_logs import ExperimentWriter\nclass W(ExperimentWriter):\n"
+     "    def _check_log_dir_exists(self):\n        pass\n", "def _check_log_dir_exists"),
+])
+def test_the_private_api_checker_fails_on_one(source, expected):
+    assert any(expected in v for v in lightning_private_uses({"x.py": source})), lightning_private_uses(
+        {"x.py": source})
+
+
+def test_the_private_api_checker_leaves_our_own_and_modules_alone():
+    source = ("import torch\nimport lightning as L\nclass M(L.LightningModule):\n    def __init__(self):\n"
+              "        self._streak = 0\n    def f(self, x):\n        return torch._foreach_norm(x), self._streak\n")
+    assert lightning_private_uses({"x.py": source}) == []
+
+
+# ------------------------------------------------------------------------------- one spelling of each thing
+RUN_LAYOUT = ("checkpoints", "last.ckpt")  # ddpm.rundir's names
+LAYOUT_ALLOWED = {
+    "ddpm/rundir.py",
+    "ddpm/frontier.py",  # rewritten for issue 20's sampler registry: switches to rundir.tool_dir there
+}
+
+
+def _sources() -> dict[str, str]:
+    return {str(p.relative_to(SRC)): p.read_text() for p in (SRC / "ddpm").rglob("*.py")}
+
+
+def layout_spellings(files: dict[str, str]) -> list[str]:
+    """``file:line`` of every string ``"checkpoints"`` / ``"last.ckpt"`` outside ddpm.rundir (docstrings aside)."""
+    bad = []
+    for path, text in files.items():
+        if path in LAYOUT_ALLOWED:
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Constant) and node.value in RUN_LAYOUT:
+                bad.append(f"{path}:{node.lineno}: {node.value!r} (use ddpm.rundir)")
+    return bad
+
+
+def argv_parsing(files: dict[str, str]) -> list[str]:
+    """``file:line`` of every read of ``sys.argv`` outside ddpm.cli (the Hydra apps' shell): a command takes its
+    settings through Hydra, or its paths through argparse, never through a parser of its own."""
+    bad = []
+    for path, text in files.items():
+        if path == "ddpm/cli.py":
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Attribute) and node.attr == "argv" and ast.unparse(node.value) == "sys":
+                bad.append(f"{path}:{node.lineno}: sys.argv")
+    return bad
+
+
+def test_the_run_directory_layout_is_spelled_only_in_rundir():
+    assert layout_spellings(_sources()) == []
+    assert sorted(layout_spellings({"ddpm/x.py": 'p = run / "checkpoints" / "last.ckpt"\n'})) == [
+        "ddpm/x.py:1: 'checkpoints' (use ddpm.rundir)", "ddpm/x.py:1: 'last.ckpt' (use ddpm.rundir)"]
+
+
+def test_no_command_parses_sys_argv_itself():
+    assert argv_parsing(_sources()) == []
+    assert argv_parsing({"ddpm/x.py": "import sys\nfor a in sys.argv[1:]:\n    k, _, v = a.partition('=')\n"}) == [
+        "ddpm/x.py:2: sys.argv"]

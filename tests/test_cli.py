@@ -52,6 +52,16 @@ def run(args: list[str], cwd: Path, **env: str):
         ("train", ["sampler=ddim", "sampler.restart_k=1"], ["sampler.restart_k is not a setting of sampler=ddim",
                                                             "sampler.eta"]),
         ("sample", ["fid.feature_extractr=digits"], ["Did you mean 'fid.feature_extractor'"]),
+        # every command that takes settings answers the same way (issue 21)
+        ("figures", ["figure=foo"], ["figure=foo", "interpolation, progressive, shared_xt"]),
+        ("figures", ["figure.frame=3"], ["figure.frame: no such option of python -m ddpm.figures",
+                                         "Did you mean 'figure.frames'", "Valid keys under figure: figure.name"]),
+        ("figures", ["sampler=ddm"], ["sampler=ddm", "Did you mean 'ddim'"]),
+        ("figures", ["figure=interpolation", "figure.t=abc"], ["figure.t=abc", "Float"]),
+        ("build_refstats", ["splt=test"], ["splt: no such option of python -m ddpm.metrics.build_refstats",
+                                           "Did you mean 'split'", "Valid keys at the top level: task_name, split"]),
+        ("build_refstats", ["data=cifar100"], ["data=cifar100", "cifar10"]),
+        ("frontier", ["num_sample=5"], ["Did you mean 'num_samples'", "Valid keys at the top level"]),
     ],
 )
 def test_preflight_refuses_with_one_clean_message(script, argv, needles, capsys, monkeypatch):
@@ -84,6 +94,8 @@ def test_a_bug_keeps_its_traceback_and_debug_shows_user_errors(monkeypatch):
 @pytest.mark.parametrize("script,groups,absent", [
     ("train", ["data:", "model:", "objective:", "sampler:", "callbacks:"], ["schema", "recipe:", "checkpoint"]),
     ("sample", ["sampler:", "fid:", "data:"], ["schema", "model:", "objective:", "optim:", "callbacks:"]),
+    ("figures", ["figure:", "sampler:", "data:"], ["schema", "model:", "fid:"]),
+    ("build_refstats", ["data:"], ["schema", "checkpoint", "sampler:"]),
 ])
 def test_help_lists_only_what_the_script_takes(script, groups, absent):
     text = cli.help_text(script, [])
@@ -219,3 +231,20 @@ def test_default_recipe_console_has_no_warning_and_no_line_twice(tmp_path):
     assert len(lines) == len(set(lines)), text
     assert "training: 20/20 step" in text and "final samples" in text
     assert (out / "samples.png").is_file() and (out / "csv" / "metrics.csv").is_file()
+
+
+@pytest.mark.parametrize("module", ["ddpm.convert", "ddpm.export"])
+def test_the_commands_that_take_only_paths_say_so_and_fail_in_one_line(module, capsys):
+    """argparse, kept for the commands without settings: --help says why; a mistyped option is one Error: line
+    naming the valid ones, exit status 1 (argparse's own: a usage block and status 2)."""
+    import importlib
+
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0 and "takes only paths" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        main(["a", "b", "--overwrit"])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and err.startswith(f"Error: python -m {module}: unrecognized arguments: --overwrit")
+    assert "Valid: " in err and "--help" in err and err.count("\n") == 1

@@ -10,16 +10,28 @@ from ddpm.callbacks.fid import FIDCallback
 from ddpm.sampling import sample
 
 
+def _fid_callback(*overrides: str) -> FIDCallback:
+    """The callback of ``callbacks=fid`` (its settings from conf/callbacks/fid.yaml) with ``overrides``."""
+    from hydra.utils import instantiate
+
+    from ddpm.config import compose
+
+    cfg = compose("train", ["paths.output_dir=/unused", "callbacks=fid", *overrides])
+    return instantiate(cfg.callbacks.fid)
+
+
 def test_callback_key_names():
-    metric = {"feature_extractor": "digits"}
-    cb = FIDCallback(num_samples=5000, sampler={"name": "ddim", "steps": 100}, metric=metric)
+    cb = _fid_callback()
     assert cb.key("fid", 1000) == "val/fid_5k_ddim100" and cb.key("is", 1000) == "val/is_5k_ddim100"
-    full = FIDCallback(num_samples=50000, sampler={"name": "ancestral"}, metric=metric)
+    full = _fid_callback("callbacks.fid.num_samples=50000", "sampler@callbacks.fid.sampler=ancestral")
     assert full.key("fid", 1000) == "val/fid_50k"
-    part = FIDCallback(num_samples=2500, sampler={"name": "respaced", "steps": 250}, metric=metric)
+    part = _fid_callback("callbacks.fid.num_samples=2500", "sampler@callbacks.fid.sampler=respaced",
+                         "callbacks.fid.sampler.steps=250")
     assert part.key("fid", 1000) == "val/fid_2500_respaced250"
-    with pytest.raises(ValueError):
-        FIDCallback(num_samples=1, metric=metric)
+    from hydra.errors import InstantiationException
+
+    with pytest.raises(InstantiationException, match="num_samples must be >= 2"):
+        _fid_callback("callbacks.fid.num_samples=1")
 
 
 def test_callback_agrees_with_sample_py(tmp_path):

@@ -20,6 +20,13 @@ def model(tmp_path_factory):
     return ckpt, load_model(ckpt, None, True)
 
 
+def _figure(*overrides: str):
+    """``python -m ddpm.figures OVERRIDES`` in this process."""
+    from ddpm.config import compose
+
+    return figures.make_figure(compose("figures", list(overrides)))
+
+
 def _size(n_rows, n_cols, px=8, up=8, pad=2):
     return (n_cols * (px * up + pad) + pad, n_rows * (px * up + pad) + pad)  # PIL (width, height)
 
@@ -78,13 +85,14 @@ def test_figure_commands(model, tmp_path):
         if row_labels:
             assert (img[16:, : img.shape[1] - w] < 128).any()  # and left of the rows
 
-    out = figures.main(["progressive", f"ckpt_path={ckpt}", "num_images=3", "frames=5"])
+    out = _figure(f"ckpt_path={ckpt}", "figure.num_images=3", "figure.frames=5")
     assert out == ckpt.parent.parent / "figures" / "progressive.png"  # the run directory, not the cwd
     check(out, 3, 5, row_labels=False)
-    out = figures.main(["interpolation", f"ckpt_path={ckpt}", "lambdas=5", "sweep=true", f"out={tmp_path}/i.png"])
+    out = _figure("figure=interpolation", f"ckpt_path={ckpt}", "figure.lambdas=5", "figure.sweep=true",
+                  f"out={tmp_path}/i.png")
     check(out, 9, 7, row_labels=True)
-    out = figures.main(["shared_xt", f"ckpt_path={ckpt}", "splits=1000,750,500,250", "continuations=4",
-                        f"out={tmp_path}/s.png"])
+    out = _figure("figure=shared_xt", f"ckpt_path={ckpt}", "figure.splits=[1000,750,500,250]",
+                  "figure.continuations=4", f"out={tmp_path}/s.png")
     check(out, 4, 5, row_labels=True)
 
 
@@ -94,29 +102,95 @@ def test_progressive_and_interpolation_with_dpm_solver_by_name(model, tmp_path):
     from ddpm.config import SamplerConfig
 
     ckpt, m = model
-    x = figures.progressive(m.model_fn(), m.diffusion, m.image_shape, num_images=3, frames=4, seed=4,
-                            sampler="dpm_solver", steps=5)
+    x, ts = figures.progressive_chain(m.model_fn(), m.diffusion, m.image_shape, num_images=3, frames=4, seed=4,
+                                      sampler={"name": "dpm_solver", "steps": 5})
     assert x.shape == (3, 4, 1, 8, 8)
     final = to_uint8(generate(m.model_fn(), m.diffusion, seeds_for(4, 0, 3), m.image_shape,
                               SamplerConfig(name="dpm_solver", steps=5)))
     torch.testing.assert_close(x[:, -1], final)
     ancestral = figures.progressive(m.model_fn(), m.diffusion, m.image_shape, num_images=3, frames=4, seed=4)
     assert not torch.equal(x[:, -1], ancestral[:, -1])
-    ts = figures.chain_timesteps(m.diffusion, "dpm_solver", 5)  # 5 evaluations from T-1 down to 0 (T=10)
+    # 5 evaluations from T-1 down to 0 (T=10); the paper's chain: every index
     assert len(ts) == 5 and ts[0] == 9 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
-    assert figures.chain_timesteps(m.diffusion) == list(range(9, -1, -1))
+    _, full = figures.progressive_chain(m.model_fn(), m.diffusion, m.image_shape, num_images=1)
+    assert full == list(range(9, -1, -1))
 
     test = model_datamodule(m, None, "test").splits()["test"]
     a, b = (test[i].float() / 127.5 - 1 for i in (0, 1))
     rows = [figures.interpolation(m.model_fn(), m.diffusion, a, b, t_paper=500, lambdas=3, seed=s,
-                                  sampler="dpm_solver", steps=3) for s in (0, 0)]
+                                  sampler={"name": "dpm_solver", "steps": 3}) for s in (0, 0)]
     torch.testing.assert_close(rows[0], rows[1])  # deterministic decoding
     assert rows[0].shape == (5, 1, 8, 8)
 
-    out = figures.main(["progressive", f"ckpt_path={ckpt}", "sampler=dpm_solver", "steps=5", "frames=4",
-                        f"out={tmp_path}/p.png"])
+    out = _figure(f"ckpt_path={ckpt}", "sampler=dpm_solver", "sampler.steps=5", "figure.frames=4",
+                  f"out={tmp_path}/p.png")
     assert out.is_file()
-    with pytest.raises(ValueError, match="valid sampler=ancestral"):
-        figures.main(["shared_xt", f"ckpt_path={ckpt}", "sampler=dpm_solver", "steps=5"])
-    with pytest.raises(ValueError, match="needs steps=N"):
-        figures.main(["progressive", f"ckpt_path={ckpt}", "sampler=dpm_solver"])
+    with pytest.raises(ValueError, match="sampler=dpm_solver is deterministic: the continuations"):
+        _figure("figure=shared_xt", f"ckpt_path={ckpt}", "sampler=dpm_solver", "sampler.steps=5")
+
+
+def test_the_figures_choose_from_the_sampler_registry(model):
+    """Any registered sampler on the model's own chain; shared_xt refuses a deterministic one by the registry's
+    flag; a respaced chain is refused naming the valid ones."""
+    ckpt, m = model
+    x, ts = figures.progressive_chain(m.model_fn(), m.diffusion, m.image_shape, num_images=2, frames=3,
+                                      sampler={"name": "dpm_solver_sde", "steps": 4})
+    assert x.shape == (2, 3, 1, 8, 8) and len(ts) == 4
+    with pytest.raises(ValueError, match=r"sampler=ddim runs on a respaced chain.*valid \['ancestral', 'dpm_solver'"):
+        figures.figure_sampler({"name": "ddim", "steps": 5}, "progressive")
+    with pytest.raises(ValueError, match="sampler=dpm_solver is deterministic"):
+        figures.figure_sampler({"name": "dpm_solver", "steps": 5}, "shared_xt")
+    with pytest.raises(ValueError, match="sampler=dpm_solver_sde does not step through every t"):
+        figures.figure_sampler({"name": "dpm_solver_sde", "steps": 5}, "shared_xt")
+    with pytest.raises(ValueError, match="sampler=restart always starts at x_T; figure=interpolation"):
+        figures.figure_sampler({"name": "restart", "steps": 5}, "interpolation")
+    assert figures.figure_sampler(None, "shared_xt").name == "ancestral"
+
+
+def test_progressive_frames_are_distinct_and_labelled_once_each():
+    """Figure 6 with 10 frames on the 1000-step chain: nine distinct x0-hat columns from t=1000 down, then x_0
+    (the first two columns were the same frame, both labelled t=889)."""
+    ts = list(range(999, -1, -1))
+    marks = figures.progressive_marks(1000, 10)
+    labels = figures.progressive_labels(ts, marks, 1000)
+    assert len(marks) == 9 and len(set(labels)) == len(labels) == 10
+    assert labels[0] == "t=1000" and labels[-1] == "x_0"
+    assert figures.progressive_marks(10, 20) == list(range(1, 10))  # no more frames than the chain has steps
+
+
+def test_progressive_has_as_many_distinct_columns_as_frames(model):
+    ckpt, m = model
+    x = figures.progressive(m.model_fn(), m.diffusion, m.image_shape, num_images=2, frames=10, seed=1)
+    assert x.shape[1] == 10
+    assert all(not torch.equal(x[:, k], x[:, k + 1]) for k in range(9))
+
+
+def test_a_time_outside_the_papers_scale_is_a_clean_error(model):
+    ckpt, m = model
+    a = torch.zeros(m.image_shape)
+    with pytest.raises(ValueError, match=r"t=5000 is out of range: .*0\.\.1000"):
+        figures.interpolation(m.model_fn(), m.diffusion, a, a, t_paper=5000, lambdas=3)
+    with pytest.raises(ValueError, match=r"splits=-5 is out of range"):
+        figures.shared_xt(m.model_fn(), m.diffusion, m.image_shape, splits=(1000, -5), continuations=2)
+
+
+def test_labelled_grid_warns_nothing(tmp_path):
+    import warnings
+
+    images = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "non-writable NumPy array" UserWarning was printed by every figure
+        figures.grid_png(images, tmp_path / "g.png", 4, None, col_labels=["a", "b", "c", "d"], row_labels=["r"])
+
+
+def test_interpolation_command_with_a_bad_t_is_one_clean_error(model, tmp_path, capsys, monkeypatch):
+    """python -m ddpm.figures figure=interpolation ckpt_path=RUN figure.t=5000 ended in an IndexError."""
+    from ddpm.cli import user_errors
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    ckpt, _ = model
+    with pytest.raises(SystemExit) as info, user_errors():
+        _figure("figure=interpolation", f"ckpt_path={ckpt}", "figure.t=5000", f"out={tmp_path}/i.png")
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: figure.t=5000 is out of range") and "0..1000" in err and "Traceback" not in err

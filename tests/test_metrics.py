@@ -310,10 +310,12 @@ def test_load_or_build_builds_once(tmp_path, ext):
 
 
 def test_refstats_command_digits(tmp_path, cache_dir, monkeypatch, ext):
-    from ddpm.metrics.build_refstats import main
+    from ddpm.config import compose
+    from ddpm.metrics.build_refstats import build_refstats
 
     monkeypatch.setenv("DDPM_CACHE", str(cache_dir))
-    path = main(["data=digits", "split=train", "feature_extractor=digits", f"out_dir={tmp_path}"])
+    path = build_refstats(compose("build_refstats", ["data=digits", "split=train", "feature_extractor=digits",
+                                                     f"out_dir={tmp_path}"]))
     assert path.name == "digits-8-train-ddpm-digits-n1437.npz"
     stats = RefStats.load(path)
     assert stats.n == 1437 and stats.id == path.stem
@@ -347,7 +349,8 @@ def test_refstats_command_folder_and_batch_iterables(tmp_path, cache_dir, monkey
     fractions."""
     from PIL import Image
 
-    from ddpm.metrics.build_refstats import main
+    from ddpm.config import compose
+    from ddpm.metrics.build_refstats import build_refstats
 
     monkeypatch.setenv("DDPM_CACHE", str(cache_dir))
     x = digits_split("val")[0][:12]
@@ -356,9 +359,9 @@ def test_refstats_command_folder_and_batch_iterables(tmp_path, cache_dir, monkey
     for i, im in enumerate(x[:, 0].numpy()):
         sub = root / "a" / "b" if i % 2 else root
         Image.fromarray(im).save(sub / f"{i:06d}.png")
-    path = main(["data=image_folder", f"data.root={root}", "data.resolution=8", "data.name=mydigits",
-                 "data.val_fraction=0", "data.test_fraction=0", "data.num_workers=0", "feature_extractor=digits",
-                 f"out_dir={tmp_path / 'out'}"])  # fmt: skip
+    path = build_refstats(compose("build_refstats", [
+        "data=image_folder", f"data.root={root}", "data.resolution=8", "data.name=mydigits", "data.val_fraction=0",
+        "data.test_fraction=0", "data.num_workers=0", "feature_extractor=digits", f"out_dir={tmp_path / 'out'}"]))
     assert path.name == "mydigits-8-train-ddpm-digits-n12.npz"
     stats = RefStats.load(path, extractor="ddpm-digits")
     # same images as an iterable of (images, labels) batches: identical statistics

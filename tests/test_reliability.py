@@ -240,11 +240,31 @@ def test_kill_9_while_writing_leaves_a_complete_checkpoint(tmp_path, delay):
     ckpt = safe_load_checkpoint(target)
     assert ckpt["version"] >= 1
     assert torch.equal(ckpt["data"], torch.full((2_000_000,), float(ckpt["version"])))
-    from ddpm.training import resolve_ckpt_path
+    from ddpm.resume import resolve_ckpt_path
 
     assert resolve_ckpt_path("last", tmp_path) == str(target)
     assert all(p.name.startswith(".last.ckpt.") and ".tmp" in p.name for p in target.parent.iterdir() if p != target)
     assert not [p for p in target.parent.iterdir() if p != target and p.suffix == ".ckpt"]
+
+
+def test_a_run_removes_the_temp_files_a_killed_write_left_in_its_checkpoints(tiny, tmp_path):
+    """What test_kill_9_while_writing_... leaves (a hidden .last.ckpt.*.tmp) is removed when a run starts in
+    that run directory; the checkpoints and anything else there are kept."""
+    from ddpm.io import atomic_write
+
+    run = tmp_path / "run"
+    ckpts = run / "checkpoints"
+    ckpts.mkdir(parents=True)
+    writers = [atomic_write(ckpts / name, suffix=suffix)  # writes that never finish (their process killed)
+               for name, suffix in (("last.ckpt", ""), ("step_00000002.ckpt", ""), ("grid.png", ".png"))]
+    stale = [w.__enter__() for w in writers]
+    (ckpts / "notes.txt").write_text("mine")
+    (ckpts / ".hidden").write_text("mine")
+    assert all(p.is_file() for p in stale)
+    train(tiny(output_dir=run, steps=1))
+    assert not any(p.exists() for p in stale)
+    assert {p.name for p in ckpts.iterdir()} >= {"last.ckpt", "notes.txt", ".hidden"}
+    assert not [p for p in ckpts.iterdir() if ".tmp" in p.name]
 
 
 # ------------------------------------------------------------------------------------------- numerical faults

@@ -13,7 +13,16 @@ import pytest
 import yaml
 from conftest import ROOT, TINY_MODEL, cli_env, run_cli
 
-from ddpm.report import main
+from ddpm import report as report_app
+
+
+def main(overrides: list[str]) -> str:
+    """``python -m ddpm.report OVERRIDES`` in this process (conf/report.yaml composed with the overrides)."""
+    from ddpm.config import compose
+
+    text = report_app.report(report_app.options(compose("report", overrides)))
+    print(text)  # as the command does
+    return text
 
 SAMPLER = {"name": "respaced", "steps": 100, "eta": None, "clip_denoised": True, "var_type": None}
 FULL_CHAIN = {"name": "ancestral", "steps": 1000, "eta": None, "clip_denoised": True, "var_type": None}
@@ -79,7 +88,7 @@ def test_every_column_from_known_metrics(tmp_path, capsys):
     write_job(tmp_path, "2", mu_l, train={"global_step": 5999}, evals={
         "eval/fid500_respaced100/metrics.json": fid_metrics(500, SAMPLER, "respaced100", 25.0, 4.0, 0.3),
     })
-    table = main([str(tmp_path), "--out", str(tmp_path / "table.md")])
+    table = main([f"multirun_dir={tmp_path}", f"out={tmp_path / 'table.md'}"])
     assert (tmp_path / "table.md").read_text().strip() == table.strip()
     assert capsys.readouterr().out.strip() == table.strip()
     rows = rows_by_objective(table)
@@ -130,7 +139,7 @@ def test_rows_that_differ_in_more_than_the_objective_are_flagged(tmp_path):
               train={"global_step": 10})
     write_job(tmp_path, "1", {"mean_type": "eps", "var_type": "fixed_large", "loss_type": "kl"}, lr=5e-4,
               train={"global_step": 10})
-    table = main([str(tmp_path)])
+    table = main([f"multirun_dir={tmp_path}"])
     assert "**Rows differ in more than the objective:** optim.lr (0.0005, 0.002)." in table
     assert "optim.lr=" not in table
 
@@ -191,7 +200,7 @@ def test_seed_sets_are_pooled_and_findings_are_paired(tmp_path):
     write_nll(tmp_path / "mu_vlb_fixed", nll + 5, per_image=False)
     write_nll(tmp_path / "mu_mse", nll + 9, per_image=False)
 
-    table = main([str(tmp_path), "--num-boot", "50"])
+    table = main([f"multirun_dir={tmp_path}", "num_boot=50"])
     letters = legend(table)
     cells = rows_by_objective(table)
     ext = DigitsExtractor()
@@ -251,13 +260,13 @@ def test_opposite_sign_on_every_set_is_the_opposite(tmp_path):
         job = write_job(tmp_path, name, objective, train={"global_step": 8000})
         for k, images in enumerate(sets):
             write_seed_set(job, k, images)
-    table = main([str(tmp_path), "--num-boot", "20"])
+    table = main([f"multirun_dir={tmp_path}", "num_boot=20"])
     line = next(ln for ln in table.splitlines() if ln.startswith("- FID simple − eps_vlb_fixed"))
     assert "(2 seed sets of 48)" in line and line.endswith("**the opposite**")
 
 
 def test_evaluate_samples_each_seed_set_in_its_own_resumable_run(tmp_path, monkeypatch):
-    """``--evaluate``: one sample.py run per seed set (seed=k) and one NLL run per finished row; a rerun skips
+    """``evaluate=true``: one sample.py run per seed set (seed=k) and one NLL run per finished row; a rerun skips
     every finished output and redoes only what is missing, set by set."""
     import ddpm.report as report
 
@@ -279,10 +288,13 @@ def test_evaluate_samples_each_seed_set_in_its_own_resumable_run(tmp_path, monke
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(report.subprocess, "run", fake_run)
-    opts = report.parse_options([str(tmp_path), "--evaluate", "--seed-sets", "3", "--fid-samples", "512"])
+    from ddpm.config import compose
+
+    opts = report.options(compose("report", [f"multirun_dir={tmp_path}", "evaluate=true", "seed_sets=3",
+                                             "fid_samples=512"]))
     report.evaluate_jobs(opts)
     assert len(calls) == 4 and not any(str(stopped) in " ".join(c) for c in calls)
-    assert "| mu_vlb_fixed (mu/fixed_large/kl) | 231 of 6000, stopped early |" in report.main([str(tmp_path)])
+    assert "| mu_vlb_fixed (mu/fixed_large/kl) | 231 of 6000, stopped early |" in main([f"multirun_dir={tmp_path}"])
     for k, cmd in enumerate(calls[:3]):
         assert f"seed={k}" in cmd and "num_samples=512" in cmd and "compute_fid=true" in cmd
         assert f"out_dir={job / 'eval' / f'fid512_ancestral_seed{k}'}" in cmd
@@ -295,20 +307,37 @@ def test_evaluate_samples_each_seed_set_in_its_own_resumable_run(tmp_path, monke
     assert len(calls) == 1 and "seed=1" in calls[0]
 
 
-def test_help_documents_the_seed_sets(capsys):
-    from ddpm.report import parse_options
+def test_help_documents_the_seed_sets():
+    """``python -m ddpm.report --help``: every option with its default and comment (conf/report.yaml)."""
+    from ddpm.cli import help_text
 
+    text = help_text("report", [])
+    assert text.startswith("python -m ddpm.report [KEY=VALUE ...]")
+    assert "seed_sets: 3" in text and "fid_samples: 512" in text and "num_boot: 200" in text
+    assert "multirun_dir: ???" in text and "\nsampler: ancestral, " in text  # the sampler group's options
+
+
+def test_bad_options_are_one_clean_error_naming_the_key(tmp_path, capsys, monkeypatch):
+    from ddpm import cli
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    for argv, needle in (([], "multirun_dir=PATH is required"),
+                         ([f"multirun_dir={tmp_path / 'nope'}"], "not a directory"),
+                         ([f"multirun_dir={tmp_path}", "seed_sets=0"], "seed_sets=0 is not valid"),
+                         ([f"multirun_dir={tmp_path}", "num_boot=0"], "num_boot=0 is not valid")):
+        with pytest.raises(SystemExit) as info, cli.user_errors():
+            main(argv)
+        assert info.value.code == 1 and needle in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        parse_options(["--help"])
-    text = " ".join(capsys.readouterr().out.split())
-    assert "--seed-sets K" in text and "seed=0..K-1" in text and "(default 3)" in text
-    assert "--fid-samples N" in text and "(default 512)" in text
+        cli.preflight("report", ["seed_set=2"])
+    err = capsys.readouterr().err
+    assert err.startswith("Error: seed_set: no such option of python -m ddpm.report. Did you mean 'seed_sets'?")
 
 
 @pytest.mark.slow
 def test_the_whole_table_in_two_commands_and_a_rerun_does_nothing(tmp_path):
     """The README's two commands on a tiny version (two rows, 3 steps, T=10): the sweep trains every row into
-    <sweep dir>/<objective>, report --evaluate writes two seed sets and the full NLL of each, and the report shows
+    <sweep dir>/<objective>, report evaluate=true writes two seed sets and the full NLL of each, and the report shows
     the pooled figures and the paired comparisons;
     running both commands again trains and evaluates nothing (nothing is rewritten)."""
     sweep = tmp_path / "t2"
@@ -316,8 +345,8 @@ def test_the_whole_table_in_two_commands_and_a_rerun_does_nothing(tmp_path):
             "trainer.limit_val_batches=0", "callbacks.model_checkpoint.every_n_train_steps=0", *TINY_MODEL]
     train_cmd = [str(ROOT / "train.py"), "-m", "sweep=table2_digits", "objective=simple,mu_vlb_learned",
                  f"hydra.sweep.dir={sweep}", *tiny]
-    report_cmd = [sys.executable, "-m", "ddpm.report", str(sweep), "--evaluate", "--seed-sets", "2",
-                  "--fid-samples", "8", "--nll-images", "4", "--batch-size", "8", "--num-boot", "10"]
+    report_cmd = [sys.executable, "-m", "ddpm.report", f"multirun_dir={sweep}", "evaluate=true", "seed_sets=2",
+                  "fid_samples=8", "nll_images=4", "batch_size=8", "num_boot=10", f"hydra.run.dir={tmp_path}/rep"]
     run_cli(train_cmd, cwd=tmp_path)
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["mu_vlb_learned", "simple"]
     proc = subprocess.run(report_cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=cli_env())

@@ -293,11 +293,13 @@ def test_pretrained_converted_weights(tmp_path):
 
 def test_build_refstats_command(tmp_path):
     """python -m ddpm.metrics.build_refstats data=digits split=train feature_extractor=digits out_dir=..."""
-    from ddpm.metrics.build_refstats import main
+    from ddpm.config import compose
+    from ddpm.metrics.build_refstats import build_refstats
     from ddpm.metrics.refstats import RefStats
 
-    path = main(["data=digits", "split=test", "feature_extractor=digits", f"out_dir={tmp_path}"])
+    cfg = compose("build_refstats", ["data=digits", "split=test", "feature_extractor=digits", f"out_dir={tmp_path}"])
+    path = build_refstats(cfg)
     assert path.name == "digits-8-test-ddpm-digits-n181.npz"
     s = RefStats.load(path, extractor="ddpm-digits")
     assert s.n == 181 and s.mu.shape == (64,)
-    assert main(["data=digits", "split=test", "feature_extractor=digits", f"out_dir={tmp_path}"]) == path
+    assert build_refstats(cfg) == path

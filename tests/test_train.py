@@ -362,7 +362,7 @@ def test_multirun_two_objectives_and_report(tmp_path):
              f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / "metrics.json").exists())
     assert len(jobs) == 2 and jobs[0] != jobs[1]
-    report = run_cli(["-m", "ddpm.report", str(sweep_dir)], cwd=tmp_path).stdout
+    report = run_cli(["-m", "ddpm.report", f"multirun_dir={sweep_dir}"], cwd=tmp_path).stdout
     assert "(L_simple)" in report
     assert "3.17" in report and "13.51" in report  # the paper's numbers beside ours
     lines = [ln for ln in report.splitlines() if ln.startswith("|")]

@@ -12,6 +12,7 @@ that lists only what the script takes.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import logging
 import os
@@ -20,7 +21,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ddpm.io import DownloadError, MissingDependencyError
 
@@ -104,13 +105,39 @@ def run(task: Callable[[], Any]) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ --help
+# Every command that takes settings: its conf/<script>.yaml, the groups it takes, how it is run.
 SCRIPT_GROUPS = {
     "train": ("data", "model", "objective", "diffusion", "optim", "trainer", "sampler", "callbacks", "logger",
               "sweep"),
     "sample": ("sampler", "fid", "data"),
     "frontier": ("fid", "data"),
+    "figures": ("figure", "sampler", "data"),
+    "build_refstats": ("data",),
+    "report": ("sampler",),
 }
-HIDDEN_OPTIONS = {"train": {"data": {"checkpoint"}}, "sample": {}, "frontier": {}}
+HIDDEN_OPTIONS = {"train": {"data": {"checkpoint"}}, "build_refstats": {"data": {"checkpoint"}}}
+COMMANDS = {"train": "python train.py", "sample": "python sample.py",
+            "build_refstats": "python -m ddpm.metrics.build_refstats"}
+
+
+def command(script: str) -> str:
+    """How ``script`` is run: ``python train.py``, ``python -m ddpm.figures``, ..."""
+    return COMMANDS.get(script, f"python -m ddpm.{script}")
+
+
+def hydra_app(script: str, task: Callable[[Any], Any]) -> None:
+    """Run ``task(cfg)`` as the Hydra app of ``conf/<script>.yaml``: ``--help`` and the command line checked
+    first (:func:`preflight`), then Hydra (overrides, ``--cfg job``, ``-m``), user errors as one ``Error:`` line."""
+    import hydra
+
+    from ddpm.config import CONF_DIR
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=script)
+    def _main(cfg: Any) -> Any:
+        return run(lambda: task(cfg))
+
+    preflight(script)
+    _main()
 
 
 def group_options(conf_dir: Path, group: str) -> list[str]:
@@ -125,11 +152,10 @@ def help_text(script: str, overrides: list[str]) -> str:
 
     from ddpm.config import CONF_DIR, compose
 
-    command = f"python {script}.py" if script in ("train", "sample") else f"python -m ddpm.{script}"
-    lines = [f"{command} [KEY=VALUE ...]   (Hydra; -m for a multirun; --hydra-help for Hydra's options)",
+    lines = [f"{command(script)} [KEY=VALUE ...]   (Hydra; -m for a multirun; --hydra-help for Hydra's options)",
              "", "== Groups (group=option) =="]
     for g in SCRIPT_GROUPS[script]:
-        opts = [o for o in group_options(CONF_DIR, g) if o not in HIDDEN_OPTIONS[script].get(g, set())]
+        opts = [o for o in group_options(CONF_DIR, g) if o not in HIDDEN_OPTIONS.get(script, {}).get(g, set())]
         lines.append(f"{g}: {', '.join(opts)}")
     cfg = compose(script, overrides)
     cfg = OmegaConf.to_container(cfg, resolve=False)
@@ -151,6 +177,35 @@ def maybe_print_help(script: str, argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # `--help | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     raise SystemExit(0)
+
+
+class PathsArgumentParser(argparse.ArgumentParser):
+    """The parser of a command that takes only paths (and switches), which is why it is not a Hydra app: its
+    ``--help`` says so, and a mistyped option is one ``Error:`` line naming the valid ones, exit status 1."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("epilog", "This command takes only paths, so it parses them with argparse; the commands "
+                                    "that take settings are Hydra apps (KEY=VALUE overrides, --help, --cfg job).")
+        kwargs.setdefault("allow_abbrev", False)  # --overwrit is a typo, not --overwrite
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        valid = sorted(o for a in self._actions for o in a.option_strings) + [
+            a.dest for a in self._actions if not a.option_strings]
+        sys.stderr.write(f"Error: {self.prog}: {message}. Valid: {', '.join(valid)} (--help describes them).\n")
+        raise SystemExit(1)
+
+
+def parse_paths(prog: str, description: str, paths: dict[str, str], switches: dict[str, str],
+                argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line of a command that takes only ``paths`` (positional, ``{name: help}``) and boolean
+    ``switches`` (``{"--name": help}``), through :class:`PathsArgumentParser`."""
+    parser = PathsArgumentParser(prog=prog, description=description)
+    for name, text in paths.items():
+        parser.add_argument(name, help=text)
+    for name, text in switches.items():
+        parser.add_argument(name, action="store_true", help=text)
+    return parser.parse_args(argv)
 
 
 # Options that moved when a sampler became one config group and the FID settings another.
@@ -231,7 +286,7 @@ def _composition_message(script: str, e: BaseException, overrides: list[str]) ->
     if m := re.search(r"Could not override '([^']+)'", text):
         key = m.group(1)
         if key in MOVED:
-            return f"{key}=... is not an option of {script}.py any more: use {MOVED[key]}."
+            return f"{key}=... is not an option of {command(script)} any more: use {MOVED[key]}."
         others = [o for o in overrides if not o.lstrip("+~").startswith(key + "=")]
         try:
             composed = compose(script, others)
@@ -244,8 +299,11 @@ def _composition_message(script: str, e: BaseException, overrides: list[str]) ->
             if node is not None and "name" in node:
                 return (f"{key} is not a setting of sampler={node.name}; valid: "
                         f"{', '.join(f'{parent}.{k}' for k in node)} (conf/sampler/{node.name}.yaml).")
-        return (f"{key}: no such option of {script}.py.{suggest(key, keys)} (`python {script}.py --help` lists "
-                "the options and the config; +key=value adds a key that is not in it.)")
+        valid = [k for k in keys if k.rpartition(".")[0] == parent and k != "hydra"]
+        where = f"under {parent}" if parent else "at the top level"
+        return (f"{key}: no such option of {command(script)}.{suggest(key, keys)} Valid keys {where}: "
+                f"{', '.join(valid)}. (`{command(script)} --help` lists the options and their defaults; "
+                "+key=value adds a key that is not in the config.)")
     if m := re.search(r"Could not find '([^']+)/([^']+)'", text):
         group, option = m.groups()
         valid = re.findall(r"^\t(\S+)$", text, re.M)
@@ -255,6 +313,10 @@ def _composition_message(script: str, e: BaseException, overrides: list[str]) ->
         why = str(e.__cause__ or "").strip().splitlines()
         return (f"{key}={value}: {why[0] if why else 'invalid value'}. conf/{script}.yaml (or the group's YAML) "
                 "documents the option and its type.")
+    if m := re.search(r"You must specify '([^']+)'", text):
+        group = m.group(1)
+        valid = re.findall(r"^\t(\S+)$", text, re.M)
+        return f"{group}: choose one: {', '.join(f'{group}={v}' for v in valid)}."
     return text.split("\nConfig search path")[0]
 
 

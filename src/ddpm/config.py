@@ -259,6 +259,88 @@ class FrontierConfig:
 
 
 @dataclass
+class ProgressiveFigure:
+    """``conf/figure/progressive.yaml`` (Figure 6)."""
+
+    name: str = MISSING
+    num_images: int = MISSING
+    frames: int = MISSING
+
+
+@dataclass
+class InterpolationFigure:
+    """``conf/figure/interpolation.yaml`` (Figures 8 and 9)."""
+
+    name: str = MISSING
+    pair: list[int] = MISSING
+    split: str = MISSING
+    t: float = MISSING
+    lambdas: int = MISSING
+    sweep: bool = MISSING
+
+
+@dataclass
+class SharedXtFigure:
+    """``conf/figure/shared_xt.yaml`` (Figure 7)."""
+
+    name: str = MISSING
+    splits: list[float] = MISSING
+    continuations: int = MISSING
+
+
+@dataclass
+class FiguresConfig:
+    """``conf/figures.yaml``: ``python -m ddpm.figures`` (the paper's qualitative figures)."""
+
+    task_name: str = MISSING
+    ckpt_path: str | None = MISSING
+    pretrained: str | None = MISSING
+    use_ema: bool = MISSING
+    seed: int = MISSING
+    upscale: int | None = MISSING
+    device: str = MISSING
+    out: str | None = MISSING
+    figure: Any = MISSING
+    sampler: Any = MISSING  # free-form: each sampler has its own keys (SamplerConfig.from_node checks them)
+    data: Any = None
+    paths: Any = None
+
+
+@dataclass
+class BuildRefstatsConfig:
+    """``conf/build_refstats.yaml``: ``python -m ddpm.metrics.build_refstats`` (FID reference statistics)."""
+
+    task_name: str = MISSING
+    split: str = MISSING
+    feature_extractor: str = MISSING
+    inception_weights: str | None = MISSING
+    out_dir: str | None = MISSING
+    max_items: int | None = MISSING
+    batch_size: int = MISSING
+    device: str = MISSING
+    data: Any = MISSING
+    paths: Any = None
+
+
+@dataclass
+class ReportConfig:
+    """``conf/report.yaml``: ``python -m ddpm.report`` (the Table 2 report of a multirun)."""
+
+    task_name: str = MISSING
+    multirun_dir: str = MISSING
+    out: str | None = MISSING
+    evaluate: bool = MISSING
+    seed_sets: int = MISSING
+    fid_samples: int = MISSING
+    nll_images: int = MISSING
+    sampler: Any = MISSING  # free-form: each sampler has its own keys (SamplerConfig.from_node checks them)
+    batch_size: int = MISSING
+    sample_args: list[str] = MISSING
+    num_boot: int = MISSING
+    paths: Any = None
+
+
+@dataclass
 class TrainConfig:
     """The top level of ``conf/train.yaml`` (the groups are instantiated from their ``_target_``)."""
 
@@ -290,6 +372,10 @@ def register_configs() -> None:
     for name, node in (("objective", ObjectiveConfig), ("diffusion", DiffusionConfig), ("fid", FIDConfig),
                        ("sample", SampleConfig), ("train", TrainConfig),
                        ("frontier", FrontierConfig)):
+        cs.store(group="schema", name=name, node=node)
+    for name, node in (("figures", FiguresConfig), ("figure_progressive", ProgressiveFigure),
+                       ("figure_interpolation", InterpolationFigure), ("figure_shared_xt", SharedXtFigure),
+                       ("build_refstats", BuildRefstatsConfig), ("report", ReportConfig)):
         cs.store(group="schema", name=name, node=node)
 
 

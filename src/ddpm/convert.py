@@ -23,7 +23,6 @@ where ``SRC`` is a local folder / weights file or (with ``--download``) a hub id
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -555,17 +554,13 @@ def load_converted(path: str | os.PathLike) -> tuple[UNet, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m ddpm.convert",
-        description="Convert a diffusers UNet2DModel DDPM checkpoint (e.g. google/ddpm-cifar10-32) into a "
-        "self-describing safetensors file for this project.",
-    )
-    parser.add_argument("src", help="local folder / weights file, or a hub id with --download")
-    parser.add_argument("out", help="output .safetensors file (or an existing folder)")
-    parser.add_argument(
-        "--download", action="store_true", help="allow fetching a hub id with huggingface_hub"
-    )
-    args = parser.parse_args(argv)
+    from ddpm.cli import parse_paths
+
+    args = parse_paths("python -m ddpm.convert", "Convert a diffusers UNet2DModel DDPM checkpoint (e.g. "
+                       "google/ddpm-cifar10-32) into a self-describing safetensors file for this project.",
+                       {"src": "local folder / weights file, or a hub id with --download",
+                        "out": "output .safetensors file (or an existing folder)"},
+                       {"--download": "allow fetching a hub id with huggingface_hub"}, argv)
 
     path = resolve_pretrained(args.src, allow_download=args.download)
     source = args.src if args.src in PRETRAINED or not Path(args.src).exists() else None

@@ -18,7 +18,6 @@ FILE.safetensors`` reads the folder back, bit-identical.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -37,6 +36,7 @@ from ddpm.diffusion import GaussianDiffusion, MeanType, VarType, schedule_name
 from ddpm.io import write_json
 from ddpm.loading import load_model
 from ddpm.nets import UNet
+from ddpm.rundir import run_dir_of
 
 #: Our schedule names -> the diffusers ``beta_schedule`` of the same formula (informational: the exact betas
 #: always travel as ``trained_betas``, which diffusers uses in preference to the name).
@@ -436,10 +436,6 @@ def model_card(
 # ----------------------------------------------------------------------------------------------------
 
 
-def _run_dir(ckpt_file: Path) -> Path:
-    return ckpt_file.parent.parent if ckpt_file.parent.name == "checkpoints" else ckpt_file.parent
-
-
 def export_run(run: str | os.PathLike, out: str | os.PathLike, *, raw: bool = False, overwrite: bool = False) -> Path:
     """Export a run directory or checkpoint (EMA weights unless ``raw``) to ``out``; returns ``out``."""
     loaded = load_model(ckpt_path=run, use_ema=not raw)
@@ -451,7 +447,7 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, *, raw: bool = Fa
     schedule = schedule_name(loaded.diffusion.betas_np)
     clip = bool((cfg.get("sampler") or {}).get("clip_denoised", True))
     ckpt_file = Path(loaded.provenance["model_path"])
-    run_dir = _run_dir(ckpt_file)
+    run_dir = run_dir_of(ckpt_file)
     grid = run_dir / GRID_NAME
     data = str((cfg.get("data") or {}).get("_target_", "unknown")).rsplit(".", 1)[-1].replace("DataModule", "")
     card = model_card(
@@ -476,17 +472,15 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, *, raw: bool = Fa
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(
-        prog="python -m ddpm.export",
-        description="Export a trained run as a diffusers DDPMPipeline folder with a Hub model card "
-        "(DDPMPipeline.from_pretrained(OUT) loads it; `hf upload USER/REPO OUT` publishes it). "
-        "Takes only paths, so it uses argparse rather than Hydra.",
-    )
-    parser.add_argument("run", help="a run directory (its checkpoints/last.ckpt) or a .ckpt file")
-    parser.add_argument("out", help="the folder to write (must not exist or be empty, unless --overwrite)")
-    parser.add_argument("--raw", action="store_true", help="export the raw trained weights instead of the EMA ones")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT folder")
-    args = parser.parse_args(argv)
+    from ddpm.cli import parse_paths
+
+    args = parse_paths(
+        "python -m ddpm.export", "Export a trained run as a diffusers DDPMPipeline folder with a Hub model card "
+        "(DDPMPipeline.from_pretrained(OUT) loads it; `hf upload USER/REPO OUT` publishes it).",
+        {"run": "a run directory (its checkpoints/last.ckpt) or a .ckpt file",
+         "out": "the folder to write (must not exist or be empty, unless --overwrite)"},
+        {"--raw": "export the raw trained weights instead of the EMA ones",
+         "--overwrite": "replace an existing OUT folder"}, argv)
     out = export_run(args.run, args.out, raw=args.raw, overwrite=args.overwrite)
     print(f"wrote {out} ({'raw' if args.raw else 'EMA'} weights)\n"
           f"load: DDPMPipeline.from_pretrained({str(out)!r})\n"

@@ -1,24 +1,25 @@
-"""The paper's qualitative figures, one command each (PNG grids):
+"""The paper's qualitative figures, one command each (labelled PNG grids; settings: conf/figures.yaml and
+conf/figure/NAME.yaml, ``--help`` lists them):
 
 ::
 
-    python -m ddpm.figures progressive ckpt_path=RUN [num_images=8 frames=10 seed=0 out=progressive.png]
-    python -m ddpm.figures progressive ckpt_path=RUN sampler=dpm_solver steps=20
-    python -m ddpm.figures interpolation ckpt_path=RUN [pair=0,1 t=500 lambdas=9 sweep=false out=...]
-    python -m ddpm.figures shared_xt ckpt_path=RUN [splits=1000,750,500,250 continuations=6 out=...]
+    python -m ddpm.figures ckpt_path=RUN                                  # progressive (Figure 6)
+    python -m ddpm.figures ckpt_path=RUN sampler=dpm_solver sampler.steps=20
+    python -m ddpm.figures figure=interpolation ckpt_path=RUN figure.t=250 [figure.sweep=true]
+    python -m ddpm.figures figure=shared_xt ckpt_path=RUN figure.continuations=4
 
-Common keys: ``ckpt_path=`` (or ``pretrained=``), ``use_ema=true``, ``seed=0``, ``upscale=`` (default: to at
-least 64 px per image), ``device=`` (cuda if available), ``out=`` (PNG path; default ``<run>/figures/<figure>.png``
-beside the checkpoint, ``outputs/figures/`` for published weights), ``data=NAME`` (for published
-weights: where the interpolation's test images come from). Times ``t=`` and ``splits=`` are on the paper's
-scale of 1000 steps and are rescaled to the model's T (``t=500`` is T/2). ``sampler=ancestral`` (the paper's,
-default) or ``sampler=dpm_solver steps=N`` (DPM-Solver++(2M), deterministic, N network evaluations) for
-progressive and interpolation; shared_xt shows the stochastic continuations of one chain and is ancestral only.
+Written to ``out=`` (default ``RUN/figures/<figure>.png`` beside the checkpoint, ``outputs/figures/<weights
+name>/`` for published weights). Times ``figure.t`` and ``figure.splits`` are on the paper's scale of 1000
+steps and are rescaled to the model's T (``t=500`` is T/2). ``sampler=ancestral`` (the paper's, default) or any
+registered sampler that runs on the model's own chain (:data:`ddpm.diffusion.SAMPLERS`, e.g. ``sampler=dpm_solver
+sampler.steps=N``: DPM-Solver++(2M), deterministic, N network evaluations); shared_xt shows the continuations
+of one chain, so it refuses a deterministic sampler (the registry's ``stochastic`` flag) and needs one that
+steps through every t.
 
-* **progressive** (Figure 6): rows are samples, columns the predicted x0-hat at ``frames`` evenly spaced
-  points of the reverse chain (Algorithm 2); the last column is the final sample x_0.
-* **interpolation** (Figure 8; Figure 9 with ``sweep=true``): two test images (``pair=i,j``, indices into the
-  test split) are encoded to x_t by q(x_t | x_0) with the SAME noise, mixed linearly for ``lambdas`` values
+* **progressive** (Figure 6): rows are samples, columns the predicted x0-hat at ``frames - 1`` evenly spaced
+  points of the reverse chain (Algorithm 2), from t = 1000 down; the last column is the final sample x_0.
+* **interpolation** (Figure 8; Figure 9 with ``sweep=true``): two test images (``pair=[i,j]``, indices into
+  the test split) are encoded to x_t by q(x_t | x_0) with the SAME noise, mixed linearly for ``lambdas`` values
   of lambda in [0, 1] and decoded by the reverse chain from t with the same noise for every lambda. Columns:
   source, lambda = 0 .. 1, target. ``sweep=true`` draws one row per t in {0, T/8, ..., T} (t=0 = pixel space).
 * **shared_xt** (Figure 7): one reverse chain is split at several t; each row shows the shared x_t
@@ -28,19 +29,23 @@ progressive and interpolation; shared_xt shows the stochastic continuations of o
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 
-from ddpm import diffusion as S
+from ddpm.cli import hydra_app
+from ddpm.config import SamplerConfig
 from ddpm.data import model_to_uint8 as to_uint8
-from ddpm.diffusion import SeededNoise
-from ddpm.generate import seeds_for
+from ddpm.diffusion import SAMPLERS, SeededNoise
+from ddpm.diffusion.registry import final_sample
+from ddpm.generate import check_sampler, seeds_for
 from ddpm.io import make_grid_uint8, save_png
 from ddpm.loading import load_model, model_datamodule
+from ddpm.rundir import tool_dir
+from ddpm.runtime import device_of
 
-__all__ = ["progressive", "interpolation", "shared_xt", "main"]
+__all__ = ["progressive", "progressive_chain", "interpolation", "shared_xt", "figure_sampler", "make_figure", "main"]
 
 
 def _paper_to_code(t_paper: float, T: int) -> int:
@@ -48,54 +53,95 @@ def _paper_to_code(t_paper: float, T: int) -> int:
     return int(round(float(t_paper) * T / 1000.0)) - 1
 
 
+def figure_sampler(sampler, figure: str) -> SamplerConfig:
+    """The sampler (a ``sampler`` config, :class:`~ddpm.config.SamplerConfig` or ``None``: ancestral) checked for
+    ``figure``: the figures follow the model's own chain (a registered sampler that places its evaluations on it,
+    not a respaced one), with the model's variance; shared_xt needs a stochastic sampler (the registry's flag)
+    that steps through every index."""
+    s = SamplerConfig.from_node(sampler or {"name": "ancestral"})
+    on_chain = [n for n, spec in SAMPLERS.items() if spec.spacing is None]
+    if s.spec.spacing is not None:
+        raise ValueError(f"sampler={s.name} runs on a respaced chain; the figures follow the model's own chain: "
+                         f"valid {on_chain} (sampler.steps=N network evaluations for the solvers)")
+    if s.var_type is not None:
+        raise ValueError(f"sampler.var_type={s.var_type}: the figures sample with the model's own variance "
+                         "(sampler.var_type=null)")
+    if figure in ("interpolation", "shared_xt") and not s.spec.starts_anywhere:
+        raise ValueError(f"sampler={s.name} always starts at x_T; figure={figure} decodes from a given x_t: valid "
+                         f"{[n for n in on_chain if SAMPLERS[n].starts_anywhere]}")
+    if figure == "shared_xt":
+        every_index = [n for n in on_chain if SAMPLERS[n].full_chain]
+        if not s.spec.is_stochastic(s.params):
+            raise ValueError(f"sampler={s.name} is deterministic: the continuations of one x_t would all be the "
+                             f"same image; valid for figure=shared_xt: {every_index}")
+        if not s.spec.full_chain:
+            raise ValueError(f"sampler={s.name} does not step through every t (figure=shared_xt splits the chain at "
+                             f"any t); valid: {every_index}")
+    return s
+
+
+def _chain(model_fn, diffusion, shape, sampler: SamplerConfig, *, noise, device, x_start_t=None, t_start=None):
+    """``sampler``'s progressive function from the registry: yields ``{"t", "sample", "pred_xstart"}``."""
+    spec = sampler.spec
+    kw = {"steps": int(sampler.steps)} if spec.takes_steps else {}
+    if x_start_t is not None:  # (only for a sampler that starts anywhere: figure_sampler checks)
+        kw.update(x_start_t=x_start_t, t_start=t_start)
+    return spec.run(diffusion, model_fn, shape, noise=noise, clip_denoised=sampler.clip_denoised, device=device,
+                    **kw, **sampler.params)
+
+
 @torch.no_grad()
-def progressive(model_fn, diffusion, image_shape, *, num_images=8, frames=10, seed=0, clip_denoised=True,
-                device="cpu", sampler="ancestral", steps=None) -> torch.Tensor:
-    """uint8 ``[num_images, frames, C, H, W]``: x0-hat along the chain, the last frame the final sample."""
-    T = len(chain_timesteps(diffusion, sampler, steps))
-    marks = progressive_marks(T, frames)
+def progressive_chain(model_fn, diffusion, image_shape, *, num_images=8, frames=10, seed=0, device="cpu",
+                      sampler=None) -> tuple[torch.Tensor, list[int]]:
+    """uint8 ``[num_images, frames, C, H, W]``: x0-hat along the chain, the last frame the final sample; and the
+    code index of every network evaluation of the chain, in order."""
+    sampler = figure_sampler(sampler, "progressive")
+    marks = progressive_marks(sampler.spec.evaluations(sampler.steps, diffusion.num_timesteps), frames)
     noise = SeededNoise(seeds_for(seed, 0, num_images), device=device)
-    shape = (num_images, *image_shape)
-    chain = (S.dpm_solver_sample_progressive(diffusion, model_fn, shape, steps=steps, noise=noise,
-                                             clip_denoised=clip_denoised, device=device)
-             if sampler == "dpm_solver" else
-             S.ancestral_sample_progressive(diffusion, model_fn, shape, noise=noise, clip_denoised=clip_denoised,
-                                            device=device))
-    cols, final = [], None
-    for done, step in enumerate(chain, start=1):
+    cols, final, ts = [], None, []
+    for done, step in enumerate(_chain(model_fn, diffusion, (num_images, *image_shape), sampler, noise=noise,
+                                       device=device), start=1):
+        ts.append(int(step["t"]))
         if done in marks:
             cols.append(step["pred_xstart"].clamp(-1, 1))
         final = step["sample"]
     cols.append(final)
-    while len(cols) < max(2, min(int(frames), T + 1)):  # tiny T: fewer distinct steps than frames
-        cols.insert(0, cols[0])
-    return to_uint8(torch.stack(cols, dim=1)).cpu()
+    return to_uint8(torch.stack(cols, dim=1)).cpu(), ts
 
 
-FIGURE_SAMPLERS = ("ancestral", "dpm_solver")
-
-
-def chain_timesteps(diffusion, sampler: str = "ancestral", steps: int | None = None) -> list[int]:
-    """The code indices at which ``sampler`` evaluates the network, in order (ancestral: T-1 .. 0)."""
-    if sampler not in FIGURE_SAMPLERS:
-        raise ValueError(f"sampler={sampler!r} is not valid for the figures; valid: {list(FIGURE_SAMPLERS)}")
-    if sampler == "dpm_solver":
-        return S.dpm_solver_timesteps(diffusion, steps)
-    return list(range(diffusion.num_timesteps - 1, -1, -1))
+def progressive(model_fn, diffusion, image_shape, **kwargs) -> torch.Tensor:
+    """The images of :func:`progressive_chain`."""
+    return progressive_chain(model_fn, diffusion, image_shape, **kwargs)[0]
 
 
 def progressive_marks(T: int, frames: int) -> list[int]:
-    """After how many reverse steps (1 .. T-1) :func:`progressive` records x0-hat (the last frame: x_0)."""
-    frames = max(2, min(int(frames), T + 1))
-    return sorted({max(1, round(k * T / (frames - 1))) for k in range(1, frames - 1)})
+    """After how many of the chain's ``T`` reverse steps :func:`progressive` records x0-hat: ``frames - 1``
+    distinct counts evenly spaced from 1 (x0-hat at the first step, t = T) to at most T - 1; the last frame is
+    the final sample x_0. ``frames`` is capped at ``T`` (a chain of T steps has no more distinct frames)."""
+    frames = max(2, min(int(frames), T))
+    return sorted({1 + round(k * (T - 1) / (frames - 1)) for k in range(frames - 1)})
+
+
+def progressive_labels(timesteps: list[int], marks: list[int], num_timesteps: int) -> list[str]:
+    """The column labels of :func:`progressive`: the paper time (1000-step scale) of each x0-hat, then x_0."""
+    return [f"t={round((timesteps[d - 1] + 1) * 1000 / num_timesteps)}" for d in marks] + ["x_0"]
+
+
+def check_paper_time(key: str, t_paper: float) -> float:
+    """``t_paper`` if it lies on the paper's 1000-step scale, else a ``ValueError`` naming ``key`` and the range."""
+    if not 0 <= float(t_paper) <= 1000:
+        raise ValueError(f"{key}={t_paper:g} is out of range: times are on the paper's scale 0..1000 (rescaled to "
+                         "the model's T; t=500 is T/2, t=0 is the image itself)")
+    return float(t_paper)
 
 
 @torch.no_grad()
-def interpolation(model_fn, diffusion, x0_a, x0_b, *, t_paper=500.0, lambdas=9, seed=0,
-                  clip_denoised=True, device="cpu", sampler="ancestral", steps=None) -> torch.Tensor:
+def interpolation(model_fn, diffusion, x0_a, x0_b, *, t_paper=500.0, lambdas=9, seed=0, device="cpu",
+                  sampler=None) -> torch.Tensor:
     """uint8 ``[lambdas + 2, C, H, W]``: source, the decoded mixes for lambda = 0 .. 1, target."""
+    sampler = figure_sampler(sampler, "interpolation")
     T = diffusion.num_timesteps
-    t = _paper_to_code(t_paper, T)
+    t = _paper_to_code(check_paper_time("t", t_paper), T)
     a, b = x0_a.to(device).unsqueeze(0), x0_b.to(device).unsqueeze(0)
     lam = torch.linspace(0, 1, int(lambdas), device=device).view(-1, 1, 1, 1)
     if t < 0:  # t = 0: mixing in pixel space
@@ -107,25 +153,24 @@ def interpolation(model_fn, diffusion, x0_a, x0_b, *, t_paper=500.0, lambdas=9, 
         mix = (1 - lam) * xa + lam * xb
         # the same decoder noise for every lambda: every row uses the same seed
         noise = SeededNoise([seeds_for(seed, 1, 2)[0]] * mix.shape[0], device=device)
-        decode = S.dpm_solver_sample if sampler == "dpm_solver" else S.ancestral_sample
-        kw = {"steps": steps} if sampler == "dpm_solver" else {}  # more steps than t+1: every index from t
-        mixes = decode(diffusion, model_fn, tuple(mix.shape), noise=noise, x_start_t=mix, t_start=t,
-                       clip_denoised=clip_denoised, device=device, **kw)
+        # (a solver asked for more evaluations than t+1 uses every index from t)
+        mixes = final_sample(_chain(model_fn, diffusion, tuple(mix.shape), sampler, noise=noise, device=device,
+                                    x_start_t=mix, t_start=t))
     return to_uint8(torch.cat([a, mixes, b])).cpu()
 
 
 @torch.no_grad()
 def shared_xt(model_fn, diffusion, image_shape, *, splits=(1000, 750, 500, 250), continuations=6, seed=0,
-              clip_denoised=True, device="cpu") -> torch.Tensor:
+              device="cpu", sampler=None) -> torch.Tensor:
     """uint8 ``[len(splits), continuations + 1, C, H, W]``: per split, x_t then the continuations."""
+    sampler = figure_sampler(sampler, "shared_xt")
     T = diffusion.num_timesteps
-    codes = [min(T - 1, max(0, _paper_to_code(s, T))) for s in splits]
+    codes = [min(T - 1, max(0, _paper_to_code(check_paper_time("splits", s), T))) for s in splits]
     noise = SeededNoise(seeds_for(seed, 0, 1), device=device)
     x = noise.randn(*image_shape).to(device)  # x_T of the main chain
     states = {T - 1: x}
-    for step in S.ancestral_sample_progressive(diffusion, model_fn, (1, *image_shape), noise=noise,
-                                               x_start_t=x, t_start=T - 1, clip_denoised=clip_denoised,
-                                               device=device):
+    for step in _chain(model_fn, diffusion, (1, *image_shape), sampler, noise=noise, device=device, x_start_t=x,
+                       t_start=T - 1):
         if step["t"] - 1 in codes:
             states[step["t"] - 1] = step["sample"]
     rows = []
@@ -133,27 +178,13 @@ def shared_xt(model_fn, diffusion, image_shape, *, splits=(1000, 750, 500, 250),
         xt = states[c]
         k = int(continuations)
         cont_noise = SeededNoise(seeds_for(seed + 1000 + r, 0, k), device=device)
-        outs = S.ancestral_sample(diffusion, model_fn, (k, *image_shape), noise=cont_noise,
-                                  x_start_t=xt.expand(k, *image_shape).contiguous(), t_start=c,
-                                  clip_denoised=clip_denoised, device=device)
+        outs = final_sample(_chain(model_fn, diffusion, (k, *image_shape), sampler, noise=cont_noise, device=device,
+                                   x_start_t=xt.expand(k, *image_shape).contiguous(), t_start=c))
         rows.append(torch.cat([xt.clamp(-1, 1), outs]))
     return to_uint8(torch.stack(rows)).cpu()
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-_DEFAULTS = {
-    "ckpt_path": None, "pretrained": None, "use_ema": "true", "seed": "0", "upscale": None, "device": None,
-    "out": None, "data": None, "clip_denoised": "true", "sampler": "ancestral", "steps": None,
-    "num_images": "8", "frames": "10",
-    "pair": "0,1", "t": "500", "lambdas": "9", "sweep": "false", "split": "test",
-    "splits": "1000,750,500,250", "continuations": "6",
-}
-
-
-def _bool(s) -> bool:
-    return str(s).lower() in ("1", "true", "yes", "on")
-
-
 def grid_png(images: torch.Tensor, out: Path, nrow: int, upscale: int | None,
              col_labels: list[str] | None = None, row_labels: list[str] | None = None) -> Path:
     """uint8 ``[N, C, H, W]`` in row-major order -> PNG with ``nrow`` images per row, with a label above each
@@ -186,83 +217,59 @@ def _label(grid: torch.Tensor, cell: int, pad: int, cols: list[str], rows: list[
         draw.text((x, 2), text, fill="black", font=font)
     for i, text in enumerate(rows):
         draw.text((4, top + pad + i * step + cell / 2 - 6), text, fill="black", font=font)
-    return torch.from_numpy(np.asarray(out))
+    return torch.from_numpy(np.array(out))  # a writable copy (PIL's buffer is read-only)
 
 
 def default_out(provenance: dict, figure: str) -> Path:
-    """``<run dir>/figures/<figure>.png`` beside the checkpoint (the run directory of ``.../checkpoints/x.ckpt``),
-    or ``outputs/figures/<weights name>_<figure>.png`` for published weights."""
-    model = Path(provenance["model_path"])
-    if provenance.get("source") == "checkpoint":
-        run_dir = model.parent.parent if model.parent.name == "checkpoints" else model.parent
-        return run_dir / "figures" / f"{figure}.png"
-    return Path("outputs") / "figures" / f"{model.stem}_{figure}.png"
+    """``<run dir>/figures/<figure>.png`` beside a checkpoint, ``outputs/figures/<weights name>/<figure>.png`` for
+    published weights (:func:`ddpm.rundir.tool_dir`)."""
+    return tool_dir(provenance, "figures") / f"{figure}.png"
 
 
-def main(argv: list[str] | None = None) -> Path:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("progressive", "interpolation", "shared_xt"):
-        print(__doc__)
-        raise SystemExit(2)
-    figure, opts = argv[0], dict(_DEFAULTS)
-    for a in argv[1:]:
-        k, eq, v = a.partition("=")
-        if not eq or k not in _DEFAULTS:
-            raise SystemExit(f"unknown argument {a!r}; valid keys: {sorted(_DEFAULTS)}")
-        opts[k] = None if v in ("null", "None", "") else v
-    sampler, steps = opts["sampler"], int(opts["steps"]) if opts["steps"] else None
-    if sampler not in FIGURE_SAMPLERS or (figure == "shared_xt" and sampler != "ancestral"):
-        raise ValueError(
-            f"sampler={sampler} is not valid for {figure}: valid "
-            + ("sampler=ancestral (continuations of a deterministic sampler would all be the same image)"
-               if figure == "shared_xt" else f"{list(FIGURE_SAMPLERS)} (with steps=N for dpm_solver)"))
-    if sampler == "dpm_solver" and (steps is None or steps < 1):
-        raise ValueError(f"sampler=dpm_solver needs steps=N (network evaluations, e.g. steps=20), got {steps}")
-    device = torch.device(opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
-    loaded = load_model(opts["ckpt_path"], opts["pretrained"], _bool(opts["use_ema"])).to(device)
+def make_figure(cfg: DictConfig) -> Path:
+    """The figure ``cfg.figure`` (conf/figures.yaml) as a labelled PNG; returns its path."""
+    fig = cfg.figure
+    sampler = figure_sampler(cfg.sampler, fig.name)
+    if fig.name == "interpolation":
+        check_paper_time("figure.t", fig.t)
+    elif fig.name == "shared_xt":
+        for split in fig.splits:
+            check_paper_time("figure.splits", split)
+    device = device_of(cfg.device)
+    loaded = load_model(cfg.ckpt_path, cfg.pretrained, cfg.use_ema).to(device)
     fn, diff, shape = loaded.model_fn(), loaded.diffusion, loaded.image_shape
-    seed, clip = int(opts["seed"]), _bool(opts["clip_denoised"])
-    out = Path(opts["out"]) if opts["out"] else default_out(loaded.provenance, figure)
-    if figure == "progressive":
-        x = progressive(fn, diff, shape, num_images=int(opts["num_images"]), frames=int(opts["frames"]),
-                        seed=seed, clip_denoised=clip, device=device, sampler=sampler, steps=steps)
-        T, ts = diff.num_timesteps, chain_timesteps(diff, sampler, steps)
-        marks = progressive_marks(len(ts), int(opts["frames"]))
-        labels = [f"t={round(ts[d - 1] * 1000 / T)}" for d in marks] + ["x_0"]
-        labels = [labels[0]] * (x.shape[1] - len(labels)) + labels
-        path = grid_png(x.flatten(0, 1), out, x.shape[1], opts["upscale"], col_labels=labels)
-    elif figure == "interpolation":
+    check_sampler(diff, sampler)
+    common = {"seed": int(cfg.seed), "device": device, "sampler": sampler}
+    out = Path(cfg.out) if cfg.out else default_out(loaded.provenance, fig.name)
+    if fig.name == "progressive":
+        x, ts = progressive_chain(fn, diff, shape, num_images=fig.num_images, frames=fig.frames, **common)
+        labels = progressive_labels(ts, progressive_marks(len(ts), fig.frames), diff.num_timesteps)
+        path = grid_png(x.flatten(0, 1), out, x.shape[1], cfg.upscale, col_labels=labels)
+    elif fig.name == "interpolation":
         from ddpm.data import uint8_to_model
 
-        data_cfg = None
-        if opts["data"]:
-            from ddpm.config import compose
-
-            data_cfg = compose("sample", [f"data={opts['data']}"]).data
-        dm = model_datamodule(loaded, data_cfg, "interpolation")
-        imgs = dm.splits()[opts["split"]]
-        i, j = (int(v) for v in opts["pair"].split(","))
+        imgs = model_datamodule(loaded, cfg.data, "the interpolation figure").splits()[fig.split]
+        i, j = fig.pair
         a, b = uint8_to_model(imgs[i]), uint8_to_model(imgs[j])
-        ts = [1000 * k / 8 for k in range(9)] if _bool(opts["sweep"]) else [float(opts["t"])]
-        lambdas = int(opts["lambdas"])
-        rows = [interpolation(fn, diff, a, b, t_paper=t, lambdas=lambdas, seed=seed, clip_denoised=clip,
-                              device=device, sampler=sampler, steps=steps) for t in ts]
-        cols = ["x0 a", *(f"λ={v:.2f}" for v in torch.linspace(0, 1, lambdas).tolist()), "x0 b"]
-        path = grid_png(torch.cat(rows), out, rows[0].shape[0], opts["upscale"], col_labels=cols,
+        ts = [1000 * k / 8 for k in range(9)] if fig.sweep else [float(fig.t)]
+        rows = [interpolation(fn, diff, a, b, t_paper=t, lambdas=fig.lambdas, **common) for t in ts]
+        # ASCII: PIL's default font has no Greek glyphs (a lambda rendered as an empty box)
+        cols = ["x0 a", *(f"lam={v:.2f}" for v in torch.linspace(0, 1, fig.lambdas).tolist()), "x0 b"]
+        path = grid_png(torch.cat(rows), out, rows[0].shape[0], cfg.upscale, col_labels=cols,
                         row_labels=[f"t={t:g}" for t in ts])
     else:
-        splits = [float(s) for s in opts["splits"].split(",")]
-        x = shared_xt(fn, diff, shape, splits=splits, continuations=int(opts["continuations"]), seed=seed,
-                      clip_denoised=clip, device=device)
+        splits = [float(s) for s in fig.splits]
+        x = shared_xt(fn, diff, shape, splits=splits, continuations=fig.continuations, **common)
         cols = ["x_t", *(f"x_0 #{k + 1}" for k in range(x.shape[1] - 1))]
-        path = grid_png(x.flatten(0, 1), out, x.shape[1], opts["upscale"], col_labels=cols,
+        path = grid_png(x.flatten(0, 1), out, x.shape[1], cfg.upscale, col_labels=cols,
                         row_labels=[f"t={s:g}" for s in splits])
     print(path)
     return path
 
 
-if __name__ == "__main__":
-    from ddpm.cli import user_errors
+def main() -> None:
+    hydra_app("figures", make_figure)
 
-    with user_errors():
-        main()
+
+if __name__ == "__main__":
+    main()

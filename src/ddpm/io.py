@@ -61,7 +61,7 @@ def atomic_write(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # a unique name in the destination folder (ranks on different nodes may share a pid and a file system)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{_TMP}{suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     umask = os.umask(0)
@@ -74,6 +74,20 @@ def atomic_write(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_TMP = ".tmp"  # atomic_write's temporary files: .<name>.<random>.tmp[<suffix>]
+
+
+def temp_files(folder: str | os.PathLike) -> list[Path]:
+    """The temporary files of :func:`atomic_write` in ``folder`` (left there only by a killed process)."""
+    import re
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = re.compile(rf"^\..+\.[^.]+{re.escape(_TMP)}(\.\w+)?$")
+    return sorted(p for p in folder.iterdir() if pattern.match(p.name) and p.is_file())
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:

@@ -18,6 +18,7 @@ import torch
 
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.io import CheckpointError, safe_load_checkpoint
+from ddpm.rundir import last_checkpoint
 
 
 @dataclass
@@ -66,7 +67,7 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike) -> Path:
     """A ``.ckpt`` file, or a run directory (-> its ``checkpoints/last.ckpt``)."""
     path = Path(str(ckpt_path)).expanduser()
     if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
+        path = last_checkpoint(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"ckpt_path={ckpt_path!r}: no such checkpoint. Pass a .ckpt file or a run directory that has "
@@ -99,6 +100,12 @@ def load_checkpoint_model(ckpt_path: str | os.PathLike, use_ema: bool = True) ->
     hp = dict(ckpt["hyper_parameters"])
     hp.pop("_instantiator", None)
     hp.pop("compile", None)  # a training speed option: sampling uses the eager network
+    # Training-only settings that checkpoints written before they were constructor arguments keep only in their
+    # config; they do not change sampling (the placeholders are for a checkpoint without a config).
+    run = ckpt.get("cfg") or {}
+    for key, placeholder in (("seed", 0), ("nan_policy", "stop"), ("nan_max_consecutive", 1)):
+        hp.setdefault(key, run.get(key, placeholder))
+    hp["optim"] = {"t_sampler": "uniform", **hp["optim"]}  # checkpoints from before t_sampler: the paper's t
     module = DiffusionModule(**hp)
     module.load_state_dict(ckpt["state_dict"], strict=True)
     module.eval()

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.diffusion.noise import derive_seed
 from ddpm.diffusion.resample import make_t_sampler
 from ddpm.diffusion.types import VarType
+from ddpm.seeds import derive_seed
 
 
 def build_net(model: Mapping[str, Any], image_shape: tuple[int, int, int], var_type: str) -> torch.nn.Module:
@@ -59,13 +59,19 @@ class DiffusionModule(L.LightningModule):
     :param model: network config (``_target_`` and constructor kwargs but in/out channels and resolution).
     :param diffusion: ``{schedule, num_timesteps}``.
     :param objective: ``{mean_type, var_type, loss_type}`` (strings).
-    :param optim: ``{lr, betas, eps, weight_decay, warmup_steps, ema_decay, fused}`` and optionally ``t_sampler``
-        (``uniform``, the paper's, when absent; ``loss_second_moment``: :mod:`ddpm.diffusion.resample`).
+    :param optim: ``{lr, betas, eps, weight_decay, warmup_steps, ema_decay, fused, t_sampler}``, all required (the
+        values and their meaning: conf/optim/adam.yaml; ``t_sampler``: :mod:`ddpm.diffusion.resample`).
     :param image_shape: ``(C, H, W)`` of the data.
+    :param seed: the run's seed; each training batch's randomness (t, noise, dropout) is drawn from
+        ``(seed, step, micro-batch, rank)``.
+    :param nan_policy: a non-finite loss or gradient: ``stop`` the run, or ``skip`` the optimizer step (and stop
+        after ``nan_max_consecutive`` in a row). These three are ``conf/train.yaml``'s top-level keys.
     :param channels_last: run the network in channels_last memory format (a GPU speed option).
     :param compile: ``None`` (eager) or ``torch.compile`` keyword arguments (``{"backend", "mode"}``) for the
         training network, compiled in place with ``nn.Module.compile``: parameters, state-dict keys and
         checkpoints are those of the eager network. The EMA copy (sampling, validation) stays eager.
+    :param config: the run's full resolved config, written into every checkpoint as ``checkpoint["cfg"]`` (not
+        a hyperparameter: the checkpoint's ``hyper_parameters`` rebuild the module, ``cfg`` documents the run).
     """
 
     def __init__(
@@ -75,18 +81,26 @@ class DiffusionModule(L.LightningModule):
         objective: dict,
         optim: dict,
         image_shape: tuple[int, int, int] | list[int],
+        *,
+        seed: int,
+        nan_policy: str,
+        nan_max_consecutive: int,
         channels_last: bool = False,
         val_seed: int = 1234,
         compile: dict | None = None,
+        config: dict | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False)
+        self.save_hyperparameters(logger=False, ignore=["config"])
+        self.seed = int(seed)
+        self.nan_policy = str(nan_policy)
+        self.nan_max_consecutive = int(nan_max_consecutive)
         self.image_shape = tuple(int(s) for s in image_shape)
         self.net = build_net(model, self.image_shape, objective["var_type"])
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.diffusion = build_diffusion(diffusion, objective)
-        self.ema_decay = float(optim.get("ema_decay", 0.9999))
-        t_sampler = optim.get("t_sampler") or "uniform"  # None: the paper's torch.randint below, unchanged
+        self.ema_decay = float(optim["ema_decay"])
+        t_sampler = optim["t_sampler"]  # uniform: the paper's torch.randint below, unchanged
         self.t_sampler = None if t_sampler == "uniform" else make_t_sampler(t_sampler, self.diffusion.num_timesteps)
         self.register_buffer("ema_num_updates", torch.zeros((), dtype=torch.long))
         self.channels_last = channels_last
@@ -97,7 +111,7 @@ class DiffusionModule(L.LightningModule):
             self.net.compile(**{k: v for k, v in dict(compile).items() if v is not None})
         # one (x_t, t): Lightning's model summary counts the network's FLOPs per image with it
         self.example_input_array = (torch.zeros(1, *self.image_shape), torch.zeros(1, dtype=torch.long))
-        self.run_config: dict | None = None  # the full resolved config; stored in every checkpoint
+        self.config = config
         self._nan_streak = 0
         self._skip_ema = False  # set when nan_policy=skip drops the current optimizer step
         self._last_loss: float = 0.0
@@ -160,12 +174,21 @@ class DiffusionModule(L.LightningModule):
         logged on the steps Lightning writes (its own rule) and on the last step of ``max_steps`` (so
         ``metrics.json`` holds the final step's values): the CSV/W&B rows are the same as logging at every step.
         """
-        trainer = self._trainer
+        trainer = self.attached_trainer()
         if trainer is None:
             return True
-        if trainer._logger_connector.should_update_logs or trainer.fast_dev_run:
+        step = self.global_step + 1  # this step, counted after its update (Lightning's rule for its log rows)
+        every = trainer.log_every_n_steps
+        if (every and step % every == 0) or trainer.should_stop or trainer.fast_dev_run:
             return True
-        return 0 < trainer.max_steps <= self.global_step + 1
+        return 0 < trainer.max_steps <= step
+
+    def attached_trainer(self) -> L.Trainer | None:
+        """The Trainer running this module, ``None`` outside one (a module used on its own)."""
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.net.parameters() if p.grad is not None]
@@ -182,8 +205,7 @@ class DiffusionModule(L.LightningModule):
             self._nan_streak = 0
 
     def _handle_nonfinite(self, norm: Tensor) -> None:
-        run = self.run_config or {}
-        policy = run.get("nan_policy", "stop")
+        policy = self.nan_policy
         step = self.global_step
         what = f"loss={self._last_loss!r}, gradient norm={float(norm)!r}"
         hint = (
@@ -198,7 +220,7 @@ class DiffusionModule(L.LightningModule):
                 "such steps instead."
             )
         self._nan_streak += 1
-        limit = int(run.get("nan_max_consecutive", 10))
+        limit = self.nan_max_consecutive
         if self._nan_streak > limit:
             raise FloatingPointError(
                 f"{self._nan_streak} consecutive non-finite steps up to global step {step} ({what}). {hint}"
@@ -236,9 +258,7 @@ class DiffusionModule(L.LightningModule):
     # streams (different t/noise). The data order and flips are the sampler's, from (seed, epoch):
     # ddpm.data.EpochSampler.
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        run = self.run_config or {}
-        seed = int(run.get("seed", 0) or 0)
-        torch.manual_seed(derive_seed(seed, 1, self.global_step, batch_idx, self.global_rank))
+        torch.manual_seed(derive_seed(self.seed, 1, self.global_step, batch_idx, self.global_rank))
 
     # ------------------------------------------------------------------ validation / test
     def on_validation_epoch_start(self) -> None:
@@ -291,24 +311,24 @@ class DiffusionModule(L.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         o = self.hparams.optim
-        fused = o.get("fused")
+        fused = o["fused"]
         if fused is None:
             fused = self.device.type == "cuda"
-        trainer = self._trainer
+        trainer = self.attached_trainer()
         if fused and trainer is not None and "mixed" in str(trainer.precision) and trainer.gradient_clip_val:
             # Lightning cannot clip a fused optimizer's gradients under mixed precision; foreach Adam is the
             # same update (a recipe's optim.fused=true then still runs with trainer.precision=bf16-mixed)
             fused = False
         kwargs = dict(
             lr=float(o["lr"]),
-            betas=tuple(float(b) for b in o.get("betas", (0.9, 0.999))),
-            eps=float(o.get("eps", 1e-8)),
-            weight_decay=float(o.get("weight_decay", 0.0)),
+            betas=tuple(float(b) for b in o["betas"]),
+            eps=float(o["eps"]),
+            weight_decay=float(o["weight_decay"]),
         )
         if fused:
             kwargs["fused"] = True
         optimizer = torch.optim.Adam(self.net.parameters(), **kwargs)
-        warmup = int(o.get("warmup_steps", 0))
+        warmup = int(o["warmup_steps"])
 
         def lr_lambda(step: int) -> float:
             # Official: lr * min(global_step / warmup, 1), global_step counted before the update (0 first).
@@ -325,8 +345,8 @@ class DiffusionModule(L.LightningModule):
                 f"Refusing to write a checkpoint with non-finite weights ({bad[:3]}...): the previous "
                 "checkpoint is kept."
             )
-        if self.run_config is not None:
-            checkpoint["cfg"] = self.run_config
+        if self.config is not None:
+            checkpoint["cfg"] = self.config
         if self.t_sampler is not None:
             checkpoint["t_sampler"] = self.t_sampler.state_dict()
         from ddpm import __version__
@@ -334,7 +354,7 @@ class DiffusionModule(L.LightningModule):
         checkpoint["ddpm_version"] = __version__
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "cfg" in checkpoint and self.run_config is None:
-            self.run_config = checkpoint["cfg"]
+        if "cfg" in checkpoint and self.config is None:
+            self.config = checkpoint["cfg"]
         if self.t_sampler is not None and "t_sampler" in checkpoint:
             self.t_sampler.load_state_dict(checkpoint["t_sampler"])

@@ -1,4 +1,6 @@
-"""``python -m ddpm.report MULTIRUN_DIR``: the paper's Table 2 as Markdown, our numbers beside the paper's.
+"""``python -m ddpm.report multirun_dir=DIR``: the paper's Table 2 as Markdown, our numbers beside the paper's.
+
+A Hydra app: its settings, their defaults and comments are in ``conf/report.yaml`` (``--help`` lists them).
 
 Each job directory of a multirun (``python train.py -m sweep=table2``) is read for
 
@@ -18,8 +20,8 @@ table, what stands behind it: sample count, sampler and steps for FID/IS, the es
 NLL. The settings that every row shares are printed above the table; settings in which rows differ besides the
 objective are flagged.
 
-``--evaluate`` first runs the evaluations of every job that has finished training (``python sample.py`` as a user
-would, one process per evaluation): ``--seed-sets K`` sets of ``--fid-samples N`` images (``seed=0..K-1``, into
+``evaluate=true`` first runs the evaluations of every job that has finished training (``python sample.py`` as a
+user would, one process per evaluation): ``seed_sets=K`` sets of ``fid_samples=N`` images (``seed=0..K-1``, into
 ``JOBDIR/eval/fid<N>_<sampler>_seed<k>``) and the full NLL bound (``JOBDIR/eval/nll_test<M>``). An evaluation
 whose output exists and is newer than the job's checkpoint is skipped, so a rerun continues set by set where a
 killed one stopped.
@@ -39,7 +41,6 @@ that way, and *not resolved at this budget* otherwise; each line shows the numbe
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -51,8 +52,11 @@ from statistics import NormalDist
 
 import numpy as np
 import yaml
+from omegaconf import DictConfig, OmegaConf
 
-from ddpm.config import CONF_DIR, sampler_names
+from ddpm.cli import hydra_app
+from ddpm.config import CONF_DIR, SamplerConfig
+from ddpm.rundir import last_checkpoint
 
 # Paper Table 2 (CIFAR-10, unconditional; IS, FID) and Table 1 (NLL test, bits/dim). "–": unstable to train.
 PAPER_ROWS: list[tuple[str, str, str, str, str]] = [
@@ -65,15 +69,17 @@ PAPER_ROWS: list[tuple[str, str, str, str, str]] = [
     ("simple", "eps prediction, ‖eps − eps_θ‖² (L_simple)", "9.46±0.11", "3.17", "≤ 3.75"),
     ("hybrid", "beyond the paper: L_hybrid (Improved DDPM)", "", "", ""),
 ]
-OBJECTIVE_FIELDS = {
-    "simple": ("eps", "fixed", "mse"),
-    "eps_vlb_fixed": ("eps", "fixed", "kl"),
-    "eps_vlb_learned": ("eps", "learned", "kl"),
-    "mu_vlb_fixed": ("mu", "fixed", "kl"),
-    "mu_vlb_learned": ("mu", "learned", "kl"),
-    "mu_mse": ("mu", "fixed", "mse"),
-    "hybrid": ("eps", "learned", "hybrid"),
-}
+
+
+def objective_fields() -> dict[str, tuple[str, str, str]]:
+    """Each ``conf/objective`` option (a Table 2 row) as ``(mean_type, "learned" | "fixed", loss_type)``, read from
+    its YAML: the configs are the one place the rows are defined."""
+    out = {}
+    for path in sorted((CONF_DIR / "objective").glob("*.yaml")):
+        node = yaml.safe_load(path.read_text())
+        var = "learned" if str(node["var_type"]).startswith("learned") else "fixed"
+        out[path.stem] = (str(node["mean_type"]), var, str(node["loss_type"]))
+    return out
 # Training settings shown above the table (dotted paths into the job's config); rows should differ only in objective.
 SETTINGS = [
     "data._target_", "data.batch_size", "model.ch", "model.ch_mult", "model.num_res_blocks", "diffusion.schedule",
@@ -196,7 +202,7 @@ def objective_name(obj: dict) -> tuple[str, tuple[str, str, str]]:
     var = str(obj.get("var_type", ""))
     mean, loss = str(obj.get("mean_type", "")), str(obj.get("loss_type", ""))
     key = (mean, "learned" if var.startswith("learned") else "fixed", loss)
-    for name, fields in OBJECTIVE_FIELDS.items():
+    for name, fields in objective_fields().items():
         if fields == key:
             return name, (key[0], var, key[2])
     return "other", (key[0], var, key[2])
@@ -659,49 +665,47 @@ SAMPLE_PY = CONF_DIR.parent / "sample.py"  # the entry point beside conf/
 
 @dataclass
 class Options:
-    """Everything the report takes besides the directory: the one place the command-line options land (issue 21
-    turns them into a Hydra config)."""
+    """Everything the report takes: ``conf/report.yaml`` (its defaults and comments), checked by :func:`options`."""
 
     multirun_dir: Path
-    out: Path | None = None
-    evaluate: bool = False
-    seed_sets: int = 3
-    fid_samples: int = 512
-    nll_images: int = 64
-    sampler: str = "ancestral"
-    batch_size: int = 128
-    sample_args: list[str] = field(default_factory=list)
-    num_boot: int = 200
+    out: Path | None
+    evaluate: bool
+    seed_sets: int
+    fid_samples: int
+    nll_images: int
+    sampler: SamplerConfig
+    batch_size: int
+    sample_args: list[str]
+    num_boot: int
 
 
-def parse_options(argv: list[str] | None = None) -> Options:
-    d = Options(Path("."))
-    parser = argparse.ArgumentParser(prog="python -m ddpm.report", description=__doc__.splitlines()[0])
-    parser.add_argument("multirun_dir", type=Path)
-    parser.add_argument("--out", type=Path, default=None, help="also write the report to this Markdown file")
-    parser.add_argument("--evaluate", action="store_true",
-                        help="first run the missing evaluations of every finished job with sample.py: the seed sets "
-                             "and the NLL; resumable set by set")
-    parser.add_argument("--seed-sets", type=int, default=d.seed_sets, metavar="K",
-                        help=f"seed sets per row (sample.py seed=0..K-1), each its own resumable evaluation; FID/IS "
-                             f"are pooled over them and rows compared set by set (default {d.seed_sets})")
-    parser.add_argument("--fid-samples", type=int, default=d.fid_samples, metavar="N",
-                        help=f"images per seed set (default {d.fid_samples})")
-    parser.add_argument("--nll-images", type=int, default=d.nll_images,
-                        help=f"test images for the full NLL bound (default {d.nll_images})")
-    parser.add_argument("--sampler", default=d.sampler, choices=sampler_names(),
-                        help="sampler of the seed sets (default ancestral: the paper's full chain, valid for "
-                             "every objective)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--sample-args", nargs="*", default=[], help="more sample.py overrides for every evaluation")
-    parser.add_argument("--num-boot", type=int, default=d.num_boot,
-                        help=f"paired bootstrap resamples per comparison (default {d.num_boot})")
-    args = parser.parse_args(argv)
-    if not args.multirun_dir.is_dir():
-        parser.error(f"{args.multirun_dir} is not a directory")
-    if args.seed_sets < 1 or args.fid_samples < 2:
-        parser.error("--seed-sets must be >= 1 and --fid-samples >= 2")
-    return Options(**vars(args))
+def options(cfg: DictConfig) -> Options:
+    """The report's :class:`Options` from its composed config (``conf/report.yaml``); a bad value is a
+    ``ValueError`` naming the key."""
+    if OmegaConf.is_missing(cfg, "multirun_dir"):
+        raise ValueError("multirun_dir=PATH is required: the sweep's directory (hydra.sweep.dir of "
+                         "python train.py -m ...), one job directory per row")
+    root = Path(str(cfg.multirun_dir)).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"multirun_dir={cfg.multirun_dir}: not a directory")
+    for key, low in (("seed_sets", 1), ("fid_samples", 2), ("nll_images", 1), ("batch_size", 1), ("num_boot", 1)):
+        if int(cfg[key]) < low:
+            raise ValueError(f"{key}={cfg[key]} is not valid: expected an integer >= {low}")
+    return Options(
+        multirun_dir=root, out=Path(str(cfg.out)) if cfg.out else None, evaluate=bool(cfg.evaluate),
+        seed_sets=int(cfg.seed_sets), fid_samples=int(cfg.fid_samples), nll_images=int(cfg.nll_images),
+        sampler=SamplerConfig.from_node(cfg.sampler), batch_size=int(cfg.batch_size),
+        sample_args=[str(a) for a in cfg.sample_args], num_boot=int(cfg.num_boot),
+    )
+
+
+def sampler_overrides(sampler: SamplerConfig) -> list[str]:
+    """``sampler`` as sample.py's command line: ``sampler=NAME`` and every setting of it."""
+    settings = {"steps": sampler.steps, "clip_denoised": sampler.clip_denoised, "var_type": sampler.var_type,
+                **sampler.params}
+    return [f"sampler={sampler.name}",
+            *(f"sampler.{k}={'null' if v is None else str(v).lower() if isinstance(v, bool) else v}"
+              for k, v in settings.items())]
 
 
 def evaluations(job: Path, opts: Options) -> list[tuple[Path, str, list[str]]]:
@@ -710,9 +714,9 @@ def evaluations(job: Path, opts: Options) -> list[tuple[Path, str, list[str]]]:
     extractor), and the full NLL bound on the first ``opts.nll_images`` test images."""
     out = []
     for k in range(opts.seed_sets):
-        out.append((job / "eval" / f"fid{opts.fid_samples}_{opts.sampler}_seed{k}", "metrics.json",
+        out.append((job / "eval" / f"fid{opts.fid_samples}_{opts.sampler.num_steps_label}_seed{k}", "metrics.json",
                     [f"num_samples={opts.fid_samples}", f"seed={k}", f"batch_size={opts.batch_size}",
-                     "compute_fid=true", f"sampler={opts.sampler}"]))
+                     "compute_fid=true", *sampler_overrides(opts.sampler)]))
     out.append((job / "eval" / f"nll_test{opts.nll_images}", "nll.json",
                 ["nll=true", "nll_split=test", f"nll_max_images={opts.nll_images}",
                  f"nll_batch_size={opts.batch_size}"]))
@@ -724,7 +728,7 @@ def evaluate_jobs(opts: Options) -> list[list[str]]:
     ran."""
     ran = []
     for job in find_jobs(opts.multirun_dir):
-        ckpt = job.path / "checkpoints" / "last.ckpt"
+        ckpt = last_checkpoint(job.path)
         if not ckpt.is_file() or job.steps is None:
             print(f"[report] {job.path.name}: not finished training (no metrics.json / last.ckpt), skipped",
                   file=sys.stderr)
@@ -763,14 +767,10 @@ def report(opts: Options) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> str:
-    text = report(parse_options(argv))
-    print(text)
-    return text
+def main() -> None:
+    """``python -m ddpm.report``: the report of conf/report.yaml with the command line's overrides, printed."""
+    hydra_app("report", lambda cfg: print(report(options(cfg))))
 
 
 if __name__ == "__main__":
-    from ddpm.cli import user_errors
-
-    with user_errors():
-        sys.exit(0 if main() else 1)
+    main()

@@ -12,6 +12,13 @@ from typing import Any
 import torch
 
 
+def device_of(name: str) -> torch.device:
+    """The ``device`` setting of the tools: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda``, ``cuda:1``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def make_fabric(trainer_cfg: Any):
     """A Lightning Fabric for ``trainer_cfg`` (accelerator, devices, num_nodes, strategy, precision,
     dist_timeout_s); several processes (CPU: gloo) are started by ``fabric.launch()``."""

@@ -30,17 +30,21 @@ log = logging.getLogger("ddpm.fid")
 
 
 class FIDCallback(L.Callback):
+    """The settings and their defaults are in conf/callbacks/fid.yaml (``sampler``: a ``sampler`` group option,
+    ``metric``: the ``fid`` group); ``prefix``: the metric keys' (``val/fid_5k``)."""
+
     def __init__(
         self,
-        every_n_steps: int = 10000,
-        num_samples: int = 5000,
-        batch_size: int = 256,
-        seed: int = 0,
-        sampler: dict | SamplerConfig | None = None,
-        metric: dict | None = None,
-        use_ema: bool = True,
-        cache_dir: str | None = None,
-        on_train_end: bool = False,
+        *,
+        every_n_steps: int,
+        num_samples: int,
+        batch_size: int,
+        seed: int,
+        sampler: dict | SamplerConfig,
+        metric: dict,
+        use_ema: bool,
+        cache_dir: str | None,
+        on_train_end: bool,
         prefix: str = "val",
     ) -> None:
         if num_samples < 2:
@@ -49,9 +53,7 @@ class FIDCallback(L.Callback):
         self.num_samples = int(num_samples)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
-        self.sampler = SamplerConfig.from_node(sampler or {"name": "ddim", "steps": 100})
-        if metric is None:
-            raise ValueError("FIDCallback needs its metric settings (the fid group: conf/fid/default.yaml)")
+        self.sampler = SamplerConfig.from_node(sampler)
         self.fid_cfg = OmegaConf.create(OmegaConf.to_container(metric, resolve=True)
                                         if OmegaConf.is_config(metric) else dict(metric))
         self.use_ema = use_ema

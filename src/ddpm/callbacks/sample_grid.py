@@ -18,22 +18,24 @@ class SampleGrid(L.Callback):
     from the same seeds every time, and writes ``<run>/samples/step_<step>.png``; the image also goes to W&B
     or TensorBoard when those loggers are on. Other ranks do not wait on it (no collective calls).
 
-    ``sampler``: a sampler config (the run's ``sampler`` group by default, conf/callbacks/default.yaml)."""
+    The settings and their defaults are in conf/callbacks/default.yaml (``sampler``: the run's ``sampler``
+    group); ``dirname``: the folder of the run directory the grids go to."""
 
     def __init__(
         self,
-        every_n_steps: int = 5000,
-        num_images: int = 64,
-        seed: int = 0,
-        sampler: dict | SamplerConfig | None = None,
-        use_ema: bool = True,
-        upscale: int = 1,
+        *,
+        every_n_steps: int,
+        num_images: int,
+        seed: int,
+        sampler: dict | SamplerConfig,
+        use_ema: bool,
+        upscale: int,
         dirname: str = "samples",
     ) -> None:
         self.every_n_steps = every_n_steps
         self.num_images = num_images
         self.seed = seed
-        self.sampler = SamplerConfig.from_node(sampler or {"name": "ancestral"})
+        self.sampler = SamplerConfig.from_node(sampler)
         self.use_ema = use_ema
         self.upscale = upscale
         self.dirname = dirname

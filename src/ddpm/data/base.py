@@ -28,7 +28,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ddpm.diffusion.noise import derive_seed
+from ddpm.seeds import derive_seed
 
 SPLITS = ("train", "val", "test")
 
