@@ -334,7 +334,6 @@ def test_the_private_api_checker_leaves_our_own_and_modules_alone():
 RUN_LAYOUT = ("checkpoints", "last.ckpt")  # ddpm.rundir's names
 LAYOUT_ALLOWED = {
     "ddpm/rundir.py",
-    "ddpm/frontier.py",  # rewritten for issue 20's sampler registry: switches to rundir.tool_dir there
 }
 
 

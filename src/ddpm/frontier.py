@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from ddpm.config import SamplerConfig
@@ -37,7 +36,8 @@ from ddpm.io import atomic_savez, atomic_write, check_writable, write_json
 from ddpm.loading import LoadedModel, load_model, model_datamodule
 from ddpm.metrics.pooled import SetFeatures, featurise, paired_bootstrap, pooled_scores
 from ddpm.metrics.samples import load_extractor, reference_for
-from ddpm.runtime import Progress, provenance
+from ddpm.rundir import tool_dir
+from ddpm.runtime import Progress, device_of, provenance
 
 __all__ = ["frontier", "entries_for", "summarise", "default_out_dir"]
 
@@ -56,11 +56,8 @@ def entries_for(cfg: DictConfig, num_timesteps: int) -> list[SamplerConfig]:
 
 
 def default_out_dir(loaded: LoadedModel) -> Path:
-    model = Path(loaded.provenance["model_path"])
-    if loaded.provenance.get("source") == "checkpoint":
-        run_dir = model.parent.parent if model.parent.name == "checkpoints" else model.parent
-        return run_dir / "frontier"
-    return Path("outputs") / "frontier" / model.stem
+    """``RUN/frontier`` beside a training checkpoint, ``outputs/frontier/<weights name>`` for published weights."""
+    return tool_dir(loaded.provenance, "frontier")
 
 
 def _signature(cfg: DictConfig, loaded: LoadedModel, sampler: SamplerConfig, T: int, set_seed: int) -> dict:
@@ -195,8 +192,7 @@ def frontier(cfg: DictConfig) -> dict:
             cfg.samplers is not None and not cfg.samplers):
         raise ValueError("frontier needs num_samples >= 2, batch_size >= 1, seed_sets >= 1, and non-empty steps "
                          "and samplers (null: every registered sampler)")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = device_of(cfg.device)
     loaded = load_model(cfg.ckpt_path, cfg.pretrained, cfg.use_ema).to(device)
     T = loaded.diffusion.num_timesteps
     entries_cfg = entries_for(cfg, T)
@@ -248,17 +244,9 @@ def frontier(cfg: DictConfig) -> dict:
 
 
 def main() -> None:
-    import hydra
+    from ddpm.cli import hydra_app
 
-    from ddpm.cli import preflight, run
-    from ddpm.config import CONF_DIR
-
-    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="frontier")
-    def _main(cfg: DictConfig) -> None:
-        run(lambda: frontier(cfg))
-
-    preflight("frontier")
-    _main()
+    hydra_app("frontier", frontier)
 
 
 if __name__ == "__main__":
