@@ -84,8 +84,9 @@ def sample_set(cfg: DictConfig, loaded: LoadedModel, sampler: SamplerConfig, set
 
 
 def score_entry(sampler: SamplerConfig, T: int, sets: list[SetFeatures], seconds: list[float], ref, extractor: str,
-                full: list[SetFeatures] | None, splits: int, num_boot: int) -> dict:
-    """An entry: pooled FID/IS over the seed sets, their spread, and the paired comparison with the full chain."""
+                full: tuple[list[SetFeatures], dict] | None, splits: int, num_boot: int) -> dict:
+    """An entry: pooled FID/IS over the seed sets, their spread, and the paired comparison with the full chain
+    (``full``: its sets' features and its entry)."""
     pooled = pooled_scores(sets, ref, extractor, splits=splits)
     spec = sampler.spec
     evaluations = spec.evaluations(sampler.steps, T)
@@ -97,11 +98,10 @@ def score_entry(sampler: SamplerConfig, T: int, sets: list[SetFeatures], seconds
         "n": pooled["n"], "seconds_per_image": float(np.mean(seconds)), "seconds_per_image_sets": seconds,
     }
     if full is not None:
-        full_fids = [pooled_scores([f], ref, extractor, splits=splits)["fid"] for f in full]
-        ratios = [a / b for a, b in zip(pooled["fid_sets"], full_fids)]
-        diff = paired_bootstrap(sets, full, ref, num_boot=num_boot)
-        full_pooled = pooled_scores(full, ref, extractor, splits=splits)["fid"]
-        entry.update(ratio=pooled["fid"] / full_pooled, ratio_sets=ratios, fid_diff=diff["pooled"],
+        full_sets, full_entry = full
+        ratios = [a / b for a, b in zip(pooled["fid_sets"], full_entry["fid_sets"])]
+        diff = paired_bootstrap(sets, full_sets, ref, num_boot=num_boot)
+        entry.update(ratio=pooled["fid"] / full_entry["fid"], ratio_sets=ratios, fid_diff=diff["pooled"],
                      fid_diff_ci=list(diff["ci"]))
     return entry
 
@@ -203,7 +203,7 @@ def frontier(cfg: DictConfig) -> dict:
     extractor = load_extractor(cfg.fid, getattr(datamodule, "name", None), device)  # before any sampling
     ref = reference_for(cfg.fid, extractor, datamodule, cfg.paths.cache_dir, device)
 
-    entries, full_sets = [], None
+    entries, full = [], None
     for sampler in entries_cfg:
         label = sampler.label(T) or FULL_CHAIN
         sets, seconds = [], []
@@ -221,9 +221,9 @@ def frontier(cfg: DictConfig) -> dict:
                 write_json(path, {"signature": signature, "seconds_per_image": sec})
             sets.append(featurise(images, extractor, device=device))
             seconds.append(sec)
-        entry = score_entry(sampler, T, sets, seconds, ref, extractor.name, full_sets, int(cfg.fid.is_splits),
+        entry = score_entry(sampler, T, sets, seconds, ref, extractor.name, full, int(cfg.fid.is_splits),
                             int(cfg.num_boot))
-        full_sets = full_sets or sets  # the first entry is the full chain
+        full = full or (sets, entry)  # the first entry is the full chain
         entries.append(entry)
         ratio = f", {entry['ratio']:.2f}x the full chain" if "ratio" in entry else ""
         print(f"[ddpm] frontier: {label}: FID {entry['fid']:.2f} (sets {_fmt_spread(entry)}{ratio}; "
