@@ -76,3 +76,15 @@ def _isolated_cache(tmp_path_factory):
     if "DDPM_CACHE" not in os.environ:
         os.environ["DDPM_CACHE"] = str(tmp_path_factory.mktemp("ddpm_cache"))
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster and avoids OpenMP thrashing on a shared 2-core machine
+    (a module uses it with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

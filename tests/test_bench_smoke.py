@@ -24,12 +24,7 @@ def _load(name: str):
     return module
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bench_cpu_quick_prints_tables(capsys, tmp_path):
@@ -103,7 +98,6 @@ def test_gpu_suite_rows_are_valid_bench_gpu_runs(tmp_path):
 
 
 def test_bench_convs_winograd_is_a_convolution_and_the_table_prints(tmp_path):
-    import torch
     import torch.nn.functional as F
 
     bench = _load("bench_convs")

@@ -31,13 +31,7 @@ M, S = 0.3, 0.2  # data distribution N(M, S^2): small enough that clipping to [-
 N = 4000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: one thread is faster and does not fight other processes for the cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussian_eps_model(original: GaussianDiffusion):

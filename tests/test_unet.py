@@ -17,13 +17,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 NEAR_ZERO = ("conv2.weight", "proj_out.weight", "conv_out.weight")  # official init_scale=0 layers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests are tiny; one intra-op thread avoids OpenMP thrashing on a shared 2-core CI box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def n_params(m: nn.Module) -> int:
