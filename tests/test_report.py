@@ -381,7 +381,7 @@ def test_the_whole_table_in_two_commands_and_a_rerun_does_nothing(tmp_path):
 
 def test_an_unresolved_comparison_says_what_budget_would_resolve_it():
     from ddpm.metrics.pooled import REPRODUCED, UNRESOLVED
-    from ddpm.report import _budget
+    from ddpm.report.render import _budget
 
     r = {"verdict": UNRESOLVED, "ci": (-1.0, 0.5), "pooled": -0.25, "units": (3, "seed sets of 512")}
     assert "about 27 seed sets of 512 would make the interval exclude 0: an extrapolation" in _budget(r)
