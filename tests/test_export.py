@@ -364,7 +364,8 @@ def test_export_command_writes_a_hub_folder(run_dir, tmp_path, capsys):
 
     hub = ModelCard.load(out / "README.md").data.to_dict()
     assert hub["library_name"] == "diffusers" and hub["pipeline_tag"] == "unconditional-image-generation"
-    for text in ("| FID | 12.34 | 50 samples, ancestral sampler, digits_cnn features", "| NLL (bits/dim) | 1.987 |",
+    for text in ("| FID | 12.34 | sample.py, 50 samples, ancestral sampler, EMA weights; digits_cnn features, against "
+                 "the train split; `eval/fid50/metrics.json fid_50` |", "| NLL (bits/dim) | 1.987 |",
                  "test split, 64 images", "![samples](samples.png)", "| training steps | 6 |", "EMA (decay",
                  "python train.py model.ch=32 diffusion.num_timesteps=10\n", "mean `eps`, variance `fixed_large`"):
         assert text in body, text

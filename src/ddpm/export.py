@@ -18,8 +18,6 @@ FILE.safetensors`` reads the folder back, bit-identical.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import shutil
 import tempfile
@@ -35,6 +33,7 @@ from ddpm.convert import diffusers_key_map, unet_kwargs_from_diffusers_config
 from ddpm.diffusion import GaussianDiffusion, MeanType, VarType, schedule_name
 from ddpm.io import write_json
 from ddpm.loading import load_model
+from ddpm.metrics.records import evaluations, train_records, train_summary
 from ddpm.nets import UNet
 from ddpm.rundir import run_dir_of
 
@@ -281,68 +280,16 @@ def _umask() -> int:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _is_number(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
-def _sampler_text(sampler: object) -> str:
-    if isinstance(sampler, dict):
-        steps = f", {sampler['steps']} steps" if sampler.get("steps") else ""
-        eta = f", eta {sampler['eta']}" if sampler.get("eta") not in (None, 0, 0.0) else ""
-        return f"{sampler.get('name', '?')} sampler{steps}{eta}"
-    return f"{sampler} sampler"
+METRIC_NAMES = {"fid": "FID", "is": "Inception Score", "nll": "NLL (bits/dim)"}
 
 
 def run_metrics(run_dir: Path) -> list[tuple[str, float, str]]:
-    """``(metric, value, how it was measured)`` for what the run directory holds: ``sample.py`` evaluations
-    below it (``metrics.json`` with ``fid_*`` / ``is_*``, ``nll.json``) and the training summary
-    (``metrics.json``: ``val/bpd``, on digits ``digits/fid`` of the final samples)."""
-    rows: list[tuple[str, float, str]] = []
-    train_file = run_dir / "metrics.json"
-    for f in sorted(run_dir.rglob("*.json")):
-        if f == train_file or f.name not in ("metrics.json", "nll.json"):
-            continue
-        try:
-            m = json.loads(f.read_text())
-        except (OSError, ValueError):
-            continue
-        where = f.parent.relative_to(run_dir).as_posix()
-        if f.name == "nll.json" and _is_number(m.get("bpd")):
-            rows.append((
-                "NLL (bits/dim)", float(m["bpd"]),
-                f"full bound (all {m.get('num_timesteps', 'T')} terms + prior), {m.get('split', '?')} split, "
-                f"{m.get('num_images', '?')} images; `{where}/nll.json`",
-            ))
-        elif f.name == "metrics.json":
-            n, extractor = m.get("num_samples", "?"), m.get("fid_extractor", "?")
-            how = f"{n} samples, {_sampler_text(m.get('sampler', '?'))}, {extractor} features"
-            for key, value in m.items():
-                if not _is_number(value) or key.endswith(("_std", "_torch_fidelity")) or key == "is_splits":
-                    continue
-                if key.startswith("fid_"):
-                    rows.append(("FID", float(value), f"{how}, against the {m.get('ref_split', 'train')} split; "
-                                                      f"`{where}/metrics.json` `{key}`"))
-                elif key.startswith("is_"):
-                    rows.append(("Inception Score", float(value), f"{how}; `{where}/metrics.json` `{key}`"))
-    train: dict = {}
-    if train_file.is_file():
-        try:
-            train = json.loads(train_file.read_text())
-        except ValueError:
-            train = {}
-    if _is_number(train.get("digits/fid")):
-        rows.append((
-            "FID", float(train["digits/fid"]),
-            f"train.py's final samples: {train.get('final_samples', '?')} samples, "
-            f"{_sampler_text(train.get('final_sampler', '?'))}, digits-classifier features; `metrics.json`",
-        ))
-    if _is_number(train.get("val/bpd")):
-        rows.append((
-            "NLL (bits/dim)", float(train["val/bpd"]),
-            "training's validation estimate of the bound (one t per image + the exact L_0); `metrics.json` "
-            "`val/bpd`",
-        ))
-    return rows
+    """``(metric, value, how it was measured)`` for what the run directory holds (:mod:`ddpm.metrics.records`):
+    ``sample.py`` evaluations below it (``metrics.json`` with ``fid_*`` / ``is_*``, ``nll.json``) and the
+    training summary (``metrics.json``: ``val/bpd``, on digits ``digits/fid`` of the final samples)."""
+    records = [r for ev in evaluations(run_dir) for r in ev.records(run_dir)]
+    records += train_records(train_summary(run_dir))
+    return [(METRIC_NAMES[r.metric], r.value, f"{r.protocol}; `{r.source}`") for r in records]
 
 
 def _reproduce_command(run_dir: Path) -> str | None:

@@ -10,7 +10,8 @@ from statistics import NormalDist
 
 import numpy as np
 
-from ddpm.report.jobs import Figure, Job, Pooled, SetRun, fmt_number, is_number
+from ddpm.metrics.records import is_number
+from ddpm.report.jobs import Figure, Job, Pooled, SetRun, fmt_number
 
 
 @dataclass(frozen=True)

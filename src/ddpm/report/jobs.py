@@ -3,15 +3,13 @@ settings and summary, the sample.py evaluations below it), and the paper's Table
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from ddpm.config import CONF_DIR
+from ddpm.metrics.records import Record, evaluations, train_records, train_summary
 
 # Paper Table 2 (CIFAR-10, unconditional; IS, FID) and Table 1 (NLL test, bits/dim). "–": unstable to train.
 PAPER_ROWS: list[tuple[str, str, str, str, str]] = [
@@ -126,53 +124,9 @@ def _get(cfg: dict, dotted: str) -> object:
     return node
 
 
-def _sampler_text(sampler: object) -> str:
-    if isinstance(sampler, dict):
-        name, steps = sampler.get("name", "?"), sampler.get("steps")
-        extra = f", eta {sampler['eta']}" if sampler.get("eta") not in (None, 0, 0.0) else ""
-        var = f", variance {sampler['var_type']}" if sampler.get("var_type") else ""
-        return f"{name} sampler, {steps} steps{extra}{var}"
-    m = re.fullmatch(r"([a-z_]+?)(\d*)", str(sampler))
-    if m and m.group(2):
-        return f"{m.group(1)} sampler, {m.group(2)} steps"
-    return f"{sampler} sampler"
-
-
-def is_number(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
-def _how(m: dict) -> str:
-    """What stands behind a sample.py metrics.json's figures, the seed aside."""
-    n, extractor = m.get("num_samples", "?"), m.get("fid_extractor", "?")
-    return f"sample.py, {n} samples, {_sampler_text(m.get('sampler', '?'))}, EMA weights; {extractor} features"
-
-
-def read_sample_metrics(m: dict, job: Job) -> None:
-    """FID/IS of one ``sample.py compute_fid=true`` metrics.json (the ddpm backend's keys)."""
-    ref = m.get("ref_split", "train")
-    how = _how(m)
-    for key, value in m.items():
-        if not is_number(value) or key.endswith(("_std", "_torch_fidelity")):
-            continue
-        if key.startswith("fid_"):
-            job.fid.append(Figure(float(value), f"FID: {how}, against the {ref} split"))
-        elif key.startswith("is_") and key != "is_splits":
-            splits = m.get("is_splits")
-            job.inception.append(Figure(float(value), f"IS: {how}, {splits} splits", m.get(key + "_std")))
-
-
-def read_nll(m: dict) -> Figure:
-    terms = m.get("num_timesteps", "all")
-    return Figure(
-        float(m["bpd"]),
-        f"NLL: ≤ the full bound from sample.py nll=true, {m.get('split', '?')} split, "
-        f"{m.get('num_images', '?')} images, all {terms} terms + prior, EMA weights",
-        m.get("bpd_sem"),
-    )
-
-
 def read_job(path: Path) -> Job | None:
+    """The row of one job directory (``None`` where it holds no ``.hydra/config.yaml``): its figures from
+    :mod:`ddpm.metrics.records`; seed sets are kept apart to be pooled (:func:`ddpm.report.findings.pool_jobs`)."""
     cfg_file = path / ".hydra" / "config.yaml"
     if not cfg_file.is_file():
         return None
@@ -182,39 +136,36 @@ def read_job(path: Path) -> Job | None:
     settings = {k: _get(cfg, k) for k in SETTINGS}
     settings["optim.t_sampler"] = settings["optim.t_sampler"] or "uniform"
     job = Job(path=path, objective=name, fields=fields, data=data, settings=settings)
-    train_metrics = path / "metrics.json"
-    train: dict = json.loads(train_metrics.read_text()) if train_metrics.is_file() else {}
+    train = train_summary(path)
     job.steps = train.get("global_step")
-    nlls: list[tuple[int, Figure]] = []
-    for mfile in sorted(path.rglob("*.json")):
-        if mfile == train_metrics or mfile.name not in ("metrics.json", "nll.json"):
+    nlls: list[tuple[int, Path, Figure]] = []
+    for ev in evaluations(path):
+        if ev.is_seed_set:  # pooled with the others of its protocol
+            key = f"{ev.protocol}, against the {ev.metrics.get('ref_split', 'train')} split"
+            job.seed_sets.setdefault(key, []).append(SetRun(ev.path.parent, int(ev.metrics["seed"]), ev.metrics))
             continue
-        m = json.loads(mfile.read_text())
-        if mfile.name == "nll.json" and is_number(m.get("bpd")):
-            nlls.append((int(m.get("num_images") or 0), mfile.parent, read_nll(m)))
-        elif mfile.name == "metrics.json" and (mfile.parent / "samples.npz").is_file() and "fid_extractor" in m \
-                and is_number(m.get("seed")):  # a seed set: pooled with the others of its protocol
-            key = f"{_how(m)}, against the {m.get('ref_split', 'train')} split"
-            job.seed_sets.setdefault(key, []).append(SetRun(mfile.parent, int(m["seed"]), m))
-        elif mfile.name == "metrics.json":
-            read_sample_metrics(m, job)
+        for r in ev.records(path):
+            if r.metric == "nll":
+                nlls.append((int(ev.metrics.get("num_images") or 0), ev.path.parent, _figure(r)))
+            else:
+                (job.fid if r.metric == "fid" else job.inception).append(_figure(r))
     for runs in job.seed_sets.values():
         runs.sort(key=lambda r: r.seed)
+    train_figures = {r.metric: r for r in train_records(train, _get(cfg, "trainer.limit_val_batches"))}
     if nlls:
         _, job.nll_dir, job.nll = max(nlls, key=lambda x: x[0])  # the one over the most images
-    elif is_number(train.get("val/bpd")):
-        job.nll = Figure(
-            float(train["val/bpd"]),
-            "NLL: the training run's val/bpd, an estimate of the bound with one t per image (+ the exact L_0), "
-            f"{_get(cfg, 'trainer.limit_val_batches')} validation batch(es), EMA weights; no nll.json found",
-        )
-    if not job.fid and not job.seed_sets and is_number(train.get("digits/fid")):
-        job.fid.append(Figure(
-            float(train["digits/fid"]),
-            f"FID: train.py's final samples, {train.get('final_samples', '?')} samples, "
-            f"{_sampler_text(train.get('final_sampler', '?'))}, EMA weights; digits features, against the train split",
-        ))
+    elif "nll" in train_figures:
+        job.nll = _figure(train_figures["nll"], "; no nll.json found")
+    if not job.fid and not job.seed_sets and "fid" in train_figures:
+        job.fid.append(_figure(train_figures["fid"]))
     return job
+
+
+def _figure(r: Record, more: str = "") -> Figure:
+    return Figure(r.value, f"{METRIC_PREFIX[r.metric]}: {r.protocol}{more}", r.std)
+
+
+METRIC_PREFIX = {"fid": "FID", "is": "IS", "nll": "NLL"}
 
 
 def find_jobs(root: Path) -> list[Job]:

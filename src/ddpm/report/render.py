@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import math
 
+from ddpm.metrics.records import is_number
 from ddpm.report.findings import Comparison, Finding
-from ddpm.report.jobs import PAPER_ROWS, SETTINGS, Figure, Job, fmt_number, is_number
+from ddpm.report.jobs import PAPER_ROWS, SETTINGS, Figure, Job, fmt_number
 
 PAPER_NOTE = (
     "Paper: CIFAR-10, 800k steps (lr 2e-4, batch 128), 50k samples, 1000-step ancestral sampling; FID against the "
