@@ -8,7 +8,9 @@
 * :mod:`~ddpm.metrics.fid`: the float64 FID/IS math and the FID/IS of an image set;
 * on top: :mod:`~ddpm.metrics.streaming` (the training callback's DDP metric), :mod:`~ddpm.metrics.fidelity`
   (the torch-fidelity path), :mod:`~ddpm.metrics.digits_score` (the digits quality score) and
-  :mod:`~ddpm.metrics.samples` (the FID/IS of a sample set as the applications report it).
+  :mod:`~ddpm.metrics.samples` (the FID/IS of a sample set as the applications report it);
+* beside them: :mod:`~ddpm.metrics.pooled` (seed sets scored together, paired comparisons) and
+  :mod:`~ddpm.metrics.records` (what a run directory's metric files say, for the report and the model card).
 
 ``python -m ddpm.metrics.build_refstats`` pre-computes reference statistics. Nothing here downloads at
 import; the Inception network is only built when asked for. The digits split and the quantisation of
