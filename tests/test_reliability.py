@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import re
 import signal
@@ -100,13 +101,16 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path, tiny, accumulate, b
               f"callbacks.model_checkpoint.every_n_train_steps={every}"]
     straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
 
-    _, straight = train(tiny(*common, output_dir=straight_dir, steps=total))
+    straight_metrics, straight = train(tiny(*common, output_dir=straight_dir, steps=total))
     _, first = train(tiny(*common, output_dir=resumed_dir, steps=half))
     run_id = (resumed_dir / "wandb_run_id.txt").read_text().strip()
     assert first["trainer"].global_step == half
     ckpts_before = {p.name: sha(p) for p in (resumed_dir / "checkpoints").glob("step_*.ckpt")}
     rows_before = csv_rows(resumed_dir)
-    _, resumed = train(tiny(*common, "ckpt_path=last", output_dir=resumed_dir, steps=total))
+    resumed_metrics, resumed = train(tiny(*common, "ckpt_path=last", output_dir=resumed_dir, steps=total))
+    # fit_seconds covers this process's steps only; the summary says where it started
+    assert resumed_metrics["resumed_from_step"] == half and "resumed_from_step" not in straight_metrics
+    assert json.loads((resumed_dir / "metrics.json").read_text())["resumed_from_step"] == half
 
     a, b = load(straight_dir / "checkpoints" / "last.ckpt"), load(resumed_dir / "checkpoints" / "last.ckpt")
     assert a["global_step"] == b["global_step"] == total

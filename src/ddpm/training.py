@@ -64,7 +64,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     with finishing(loggers):
         start = time.time()
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume.ckpt_path)
-        metrics = finalise(cfg, trainer, module, datamodule, output_dir, time.time() - start)
+        metrics = finalise(cfg, trainer, module, datamodule, output_dir, time.time() - start, resume.step)
     return metrics, objects
 
 
@@ -90,9 +90,11 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, int, int]) -> Diffusio
 
 
 def finalise(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, datamodule, output_dir: Path,
-             fit_seconds: float) -> dict:
+             fit_seconds: float, resumed_from_step: int = 0) -> dict:
     """After ``fit``: ``last.ckpt`` if no callback wrote this step's, the final samples (not after a
-    preemption: the job has seconds left, the resume makes them) and ``metrics.json``."""
+    preemption: the job has seconds left, the resume makes them) and ``metrics.json``. ``fit_seconds`` is this
+    process's training time; a resumed run says from which step (``resumed_from_step``), so that it is not read
+    as the time of all its steps."""
     preempted = any(getattr(c, "received", None) for c in trainer.callbacks)
     saved = {getattr(c, "saved_step", None) for c in trainer.callbacks}
     if trainer.global_step > 0 and not trainer.interrupted and trainer.global_step not in saved:
@@ -100,6 +102,8 @@ def finalise(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, datam
         trainer.save_checkpoint(last_checkpoint(output_dir), weights_only=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     metrics.update(global_step=trainer.global_step, fit_seconds=round(fit_seconds, 2))
+    if resumed_from_step:
+        metrics["resumed_from_step"] = int(resumed_from_step)
     if preempted:
         metrics["preempted"] = True
     if trainer.is_global_zero:
