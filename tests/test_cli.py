@@ -106,6 +106,21 @@ def test_help_lists_only_what_the_script_takes(script, groups, absent):
         assert a not in head, a
 
 
+def test_help_shows_each_settings_comment_from_its_yaml(tmp_path):
+    """``--help`` explains the top-level settings with their comments in conf/NAME.yaml, trailing or above."""
+    text = cli.help_text("train", [])
+    assert "\n# Resume: a checkpoint path, \"last\"" in text
+    assert "carries its full resolved config.\nckpt_path: null\n" in text
+    sample = cli.help_text("sample", [])
+    assert "\nuse_ema: true  # EMA weights (the paper's); false = the raw trained weights\n" in sample
+    conf = tmp_path / "x.yaml"
+    conf.write_text("# header\ndefaults:\n  - a: b  # not a key\n\n# one\n# two\nk: 1\nj: '#1'  # why\nn: 2\n")
+    comments = cli.yaml_comments(conf)
+    assert comments == {"k": (["# one", "# two"], ""), "j": ([], "why"), "n": ([], "")}
+    assert cli.with_comments("k: 1\nj: '#1'\nn: 2\nm:\n  k: 3\n", comments) == (
+        "# one\n# two\nk: 1\nj: '#1'  # why\nn: 2\nm:\n  k: 3\n")
+
+
 # ------------------------------------------------------------------------------------ real processes
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory):

@@ -313,7 +313,10 @@ def test_help_documents_the_seed_sets():
 
     text = help_text("report", [])
     assert text.startswith("python -m ddpm.report [KEY=VALUE ...]")
-    assert "seed_sets: 3" in text and "fid_samples: 512" in text and "num_boot: 200" in text
+    assert "\nseed_sets: 3  # seed sets per row (sample.py seed=0..K-1): FID/IS pooled over them" in text
+    assert "\nfid_samples: 512  # images per seed set\n" in text and "\nnum_boot: 200  # paired bootstrap" in text
+    assert "seed_sets=3" not in text  # an override changes the value shown, the comment stays:
+    assert "\nseed_sets: 5  # seed sets per row" in help_text("report", ["seed_sets=5"])
     assert "multirun_dir: ???" in text and "\nsampler: ancestral, " in text  # the sampler group's options
 
 

@@ -16,6 +16,7 @@ import argparse
 import difflib
 import logging
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -160,8 +161,42 @@ def help_text(script: str, overrides: list[str]) -> str:
     cfg = compose(script, overrides)
     cfg = OmegaConf.to_container(cfg, resolve=False)
     cfg.pop("hydra", None)
-    lines += ["", "== Config (override any key: key.sub=value) ==", OmegaConf.to_yaml(cfg)]
+    lines += ["", "== Config (override any key: key.sub=value) ==",
+              with_comments(OmegaConf.to_yaml(cfg), yaml_comments(CONF_DIR / f"{script}.yaml"))]
     return "\n".join(lines)
+
+
+_TOP_KEY = re.compile(r"([A-Za-z_]\w*):(.*)")
+
+
+def yaml_comments(path: Path) -> dict[str, tuple[list[str], str]]:
+    """``{key: (comment lines above it, trailing comment)}`` for the top-level keys of a config file, written
+    ``key: value  # comment`` or under a block of ``# ...`` lines: the one place a setting is explained, shown
+    by ``--help``."""
+    if not path.is_file():
+        return {}
+    out: dict[str, tuple[list[str], str]] = {}
+    above: list[str] = []
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            above.append(line)
+            continue
+        m = _TOP_KEY.fullmatch(line.rstrip())
+        if m and m.group(1) != "defaults":
+            value, hash_, comment = m.group(2).partition(" #")
+            out[m.group(1)] = (above, comment.strip() if hash_ else "")
+        above = []
+    return out
+
+
+def with_comments(text: str, comments: dict[str, tuple[list[str], str]]) -> str:
+    """``text`` (a config as YAML) with each top-level key's comments from :func:`yaml_comments`."""
+    out = []
+    for line in text.splitlines():
+        m = _TOP_KEY.fullmatch(line)
+        above, trailing = comments.get(m.group(1), ([], "")) if m else ([], "")
+        out += [*above, f"{line}  # {trailing}" if trailing else line]
+    return "\n".join(out) + "\n"
 
 
 def maybe_print_help(script: str, argv: list[str] | None = None) -> None:
