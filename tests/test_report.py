@@ -307,6 +307,47 @@ def test_evaluate_samples_each_seed_set_in_its_own_resumable_run(tmp_path, monke
     assert len(calls) == 1 and "seed=1" in calls[0]
 
 
+def test_rows_evaluates_and_reports_only_the_chosen_rows(tmp_path, monkeypatch):
+    """``rows=[...]``: one report process per row evaluates rows in parallel; the others are left alone, a
+    mistyped row names the valid ones, and a row with no job names the rows there are."""
+    import ddpm.report as report
+    from ddpm.config import compose
+
+    jobs = {}
+    for name, obj in (("simple", SIMPLE), ("mu_vlb_fixed", MU_L)):
+        jobs[name] = write_job(tmp_path, name, obj, train={"global_step": 6000})
+        (jobs[name] / "checkpoints").mkdir()
+        (jobs[name] / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    calls = []
+
+    def fake_run(cmd, **kw):  # sample.py writes its output
+        calls.append(" ".join(cmd))
+        out = Path(dict(a.split("=", 1) for a in cmd[2:] if "=" in a)["out_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ("nll.json" if "nll=true" in cmd else "metrics.json")).write_text("{}")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(report.subprocess, "run", fake_run)
+
+    def evaluate(rows: str) -> list[str]:
+        calls.clear()
+        report.evaluate_jobs(report.options(compose("report", [f"multirun_dir={tmp_path}", "evaluate=true",
+                                                               f"rows={rows}"])))
+        return list(calls)
+
+    ran = evaluate("[mu_vlb_fixed]")  # 3 seed sets + the NLL, of that row only
+    assert len(ran) == 4 and all(f"ckpt_path={jobs['mu_vlb_fixed']} " in c for c in ran)
+    ran = evaluate("[simple,mu_vlb_fixed]")  # the other row's are done: only simple's run
+    assert len(ran) == 4 and all(f"ckpt_path={jobs['simple']} " in c for c in ran)
+    assert evaluate("[simple]") == []
+    table = main([f"multirun_dir={tmp_path}", "rows=[simple]"])
+    assert "| simple (eps/fixed_large/mse) |" in table and "| mu_vlb_fixed (" not in table
+    with pytest.raises(ValueError, match=r"rows: 'mu_vlb_fixd' is not a Table 2 row; valid: .*mu_vlb_fixed"):
+        report.options(compose("report", [f"multirun_dir={tmp_path}", "rows=[mu_vlb_fixd]"]))
+    with pytest.raises(FileNotFoundError, match=r"no such job under .*; its rows: mu_vlb_fixed, simple"):
+        main([f"multirun_dir={tmp_path}", "rows=[mu_mse]"])
+
+
 def test_help_documents_the_seed_sets():
     """``python -m ddpm.report --help``: every option with its default and comment (conf/report.yaml)."""
     from ddpm.cli import help_text

@@ -337,6 +337,7 @@ class ReportConfig:
     batch_size: int = MISSING
     sample_args: list[str] = MISSING
     num_boot: int = MISSING
+    rows: list[str] | None = MISSING
     paths: Any = None
 
 

@@ -52,7 +52,7 @@ from omegaconf import DictConfig, OmegaConf
 from ddpm.cli import hydra_app
 from ddpm.config import CONF_DIR, SamplerConfig
 from ddpm.report.findings import compare, pool_jobs
-from ddpm.report.jobs import find_jobs
+from ddpm.report.jobs import find_jobs, objective_fields
 from ddpm.report.render import render
 from ddpm.rundir import last_checkpoint
 
@@ -73,6 +73,7 @@ class Options:
     batch_size: int
     sample_args: list[str]
     num_boot: int
+    rows: tuple[str, ...] | None
 
 
 def options(cfg: DictConfig) -> Options:
@@ -87,8 +88,13 @@ def options(cfg: DictConfig) -> Options:
     for key, low in (("seed_sets", 1), ("fid_samples", 2), ("nll_images", 1), ("batch_size", 1), ("num_boot", 1)):
         if int(cfg[key]) < low:
             raise ValueError(f"{key}={cfg[key]} is not valid: expected an integer >= {low}")
+    rows = None if cfg.rows is None else tuple(str(r) for r in cfg.rows)
+    valid = sorted(objective_fields())
+    for r in rows or ():
+        if r not in valid:
+            raise ValueError(f"rows: {r!r} is not a Table 2 row; valid: {', '.join(valid)} (e.g. rows=[{valid[0]}])")
     return Options(
-        multirun_dir=root, out=Path(str(cfg.out)) if cfg.out else None, evaluate=bool(cfg.evaluate),
+        rows=rows, multirun_dir=root, out=Path(str(cfg.out)) if cfg.out else None, evaluate=bool(cfg.evaluate),
         seed_sets=int(cfg.seed_sets), fid_samples=int(cfg.fid_samples), nll_images=int(cfg.nll_images),
         sampler=SamplerConfig.from_node(cfg.sampler), batch_size=int(cfg.batch_size),
         sample_args=[str(a) for a in cfg.sample_args], num_boot=int(cfg.num_boot),
@@ -123,7 +129,7 @@ def evaluate_jobs(opts: Options) -> list[list[str]]:
     """Run the missing evaluations of every finished job under ``opts.multirun_dir``; returns the commands it
     ran."""
     ran = []
-    for job in find_jobs(opts.multirun_dir):
+    for job in find_jobs(opts.multirun_dir, opts.rows):
         ckpt = last_checkpoint(job.path)
         if not ckpt.is_file() or job.steps is None:
             print(f"[report] {job.path.name}: not finished training (no metrics.json / last.ckpt), skipped",
@@ -154,7 +160,7 @@ def report(opts: Options) -> str:
     """The report of ``opts.multirun_dir`` (after running the evaluations with ``opts.evaluate``)."""
     if opts.evaluate:
         evaluate_jobs(opts)
-    jobs = find_jobs(opts.multirun_dir)
+    jobs = find_jobs(opts.multirun_dir, opts.rows)
     pool_jobs(jobs)
     findings = compare(jobs, num_boot=opts.num_boot) if any(j.pooled or j.nll_dir for j in jobs) else None
     text = render(jobs, findings)

@@ -168,11 +168,18 @@ def _figure(r: Record, more: str = "") -> Figure:
 METRIC_PREFIX = {"fid": "FID", "is": "IS", "nll": "NLL"}
 
 
-def find_jobs(root: Path) -> list[Job]:
+def find_jobs(root: Path, rows: tuple[str, ...] | None = None) -> list[Job]:
+    """The jobs of a multirun directory (the directory itself and each subdirectory with a ``.hydra/config.yaml``);
+    with ``rows``, only the jobs of those objectives."""
     dirs = [root] + sorted(p for p in root.iterdir() if p.is_dir())
     jobs = [j for j in (read_job(d) for d in dirs) if j is not None]
     if not jobs:
         raise FileNotFoundError(
             f"no job directories under {root} (expected <job>/.hydra/config.yaml from python train.py -m ...)"
         )
+    if rows is not None:
+        found = sorted({j.objective for j in jobs})
+        jobs = [j for j in jobs if j.objective in rows]
+        if not jobs:
+            raise FileNotFoundError(f"rows={list(rows)}: no such job under {root}; its rows: {', '.join(found)}")
     return jobs
