@@ -183,7 +183,7 @@ def yaml_comments(path: Path) -> dict[str, tuple[list[str], str]]:
             continue
         m = _TOP_KEY.fullmatch(line.rstrip())
         if m and m.group(1) != "defaults":
-            value, hash_, comment = m.group(2).partition(" #")
+            _, hash_, comment = m.group(2).partition(" #")
             out[m.group(1)] = (above, comment.strip() if hash_ else "")
         above = []
     return out

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-TRAIN_SUMMARY = "metrics.json"  # train.py's summary, in the run directory itself
+from ddpm.rundir import METRICS as TRAIN_SUMMARY  # train.py's summary, in the run directory itself
 
 
 def is_number(v: object) -> bool:
@@ -88,6 +88,11 @@ class Evaluation:
         return (f"sample.py, {m.get('num_samples', '?')} samples, {sampler_text(m.get('sampler', '?'))}, "
                 f"{_weights(m)}; {m.get('fid_extractor', '?')} features")
 
+    @property
+    def fid_protocol(self) -> str:
+        """:attr:`protocol` and the FID's reference split (what seed sets pooled together share)."""
+        return f"{self.protocol}, against the {self.metrics.get('ref_split', 'train')} split"
+
     def records(self, run_dir: Path) -> list[Record]:
         """Its figures: the NLL bound, or every FID and IS key (with the IS's std)."""
         m, where = self.metrics, self.path.relative_to(run_dir).as_posix()
@@ -101,8 +106,7 @@ class Evaluation:
             if not is_number(value) or key.endswith(("_std", "_torch_fidelity")) or key == "is_splits":
                 continue
             if key.startswith("fid_"):
-                out.append(Record("fid", float(value), f"{self.protocol}, against the {m.get('ref_split', 'train')} "
-                                  "split", f"{where} {key}"))
+                out.append(Record("fid", float(value), self.fid_protocol, f"{where} {key}"))
             elif key.startswith("is_"):
                 std = m.get(key + "_std")
                 out.append(Record("is", float(value), f"{self.protocol}, {m.get('is_splits', '?')} splits",

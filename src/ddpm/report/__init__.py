@@ -39,7 +39,6 @@ paired bootstrap interval excludes 0 (:func:`ddpm.metrics.pooled.verdict`), *the
 that way, and *not resolved at this budget* otherwise; each line shows the numbers it rests on.
 """
 
-
 from __future__ import annotations
 
 import subprocess
@@ -172,4 +171,3 @@ def report(opts: Options) -> str:
 def main() -> None:
     """``python -m ddpm.report``: the report of conf/report.yaml with the command line's overrides, printed."""
     hydra_app("report", lambda cfg: print(report(options(cfg))))
-

@@ -141,8 +141,8 @@ def read_job(path: Path) -> Job | None:
     nlls: list[tuple[int, Path, Figure]] = []
     for ev in evaluations(path):
         if ev.is_seed_set:  # pooled with the others of its protocol
-            key = f"{ev.protocol}, against the {ev.metrics.get('ref_split', 'train')} split"
-            job.seed_sets.setdefault(key, []).append(SetRun(ev.path.parent, int(ev.metrics["seed"]), ev.metrics))
+            run = SetRun(ev.path.parent, int(ev.metrics["seed"]), ev.metrics)
+            job.seed_sets.setdefault(ev.fid_protocol, []).append(run)
             continue
         for r in ev.records(path):
             if r.metric == "nll":
@@ -161,11 +161,11 @@ def read_job(path: Path) -> Job | None:
     return job
 
 
+METRIC_PREFIX = {"fid": "FID", "is": "IS", "nll": "NLL"}
+
+
 def _figure(r: Record, more: str = "") -> Figure:
     return Figure(r.value, f"{METRIC_PREFIX[r.metric]}: {r.protocol}{more}", r.std)
-
-
-METRIC_PREFIX = {"fid": "FID", "is": "IS", "nll": "NLL"}
 
 
 def find_jobs(root: Path, rows: tuple[str, ...] | None = None) -> list[Job]:
