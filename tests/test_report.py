@@ -430,3 +430,28 @@ def test_an_unresolved_comparison_says_what_budget_would_resolve_it():
     r = {"verdict": UNRESOLVED, "ci": (-1.0, 0.5), "pooled": -0.25, "units": (3, "seed sets of 512")}
     assert "about 27 seed sets of 512 would make the interval exclude 0: an extrapolation" in _budget(r)
     assert _budget({**r, "verdict": REPRODUCED}) == ""
+
+
+def test_subset_fid_scores_the_first_images_of_each_seed_set(tmp_path, capsys, monkeypatch):
+    """``bench/subset_fid.py``: the FID/IS of the first N images of each seed set, as the report scores them (the
+    check that a model is the one an earlier single-set report measured)."""
+    import runpy
+
+    from ddpm.data.digits import digits_split
+    from ddpm.metrics.digits_classifier import DigitsExtractor
+    from ddpm.metrics.digits_score import digits_train_ref_stats
+    from ddpm.metrics.pooled import featurise, pooled_scores
+
+    real = digits_split("train")[0].numpy()
+    sets = [_noisy(real[np.random.default_rng(k).choice(len(real), 64, replace=False)], 30, k) for k in range(2)]
+    job = write_job(tmp_path, "simple", SIMPLE, train={"global_step": 8000})
+    for k, images in enumerate(sets):
+        write_seed_set(job, k, images)
+    monkeypatch.setattr(sys, "argv", ["subset_fid.py", str(job), "--n", "40"])
+    runpy.run_path(str(ROOT / "bench" / "subset_fid.py"), run_name="__main__")
+    lines = capsys.readouterr().out.splitlines()
+    ext = DigitsExtractor()
+    for k, line in enumerate(lines):
+        s = pooled_scores([featurise(sets[k][:40], ext)], digits_train_ref_stats(ext), ext.name)
+        assert f"seed set {k}: first 40 images FID {s['fid']:.2f}, IS {s['is']:.2f}" in line
+    assert len(lines) == 2
