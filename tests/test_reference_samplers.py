@@ -1,7 +1,7 @@
 """Our samplers step by step against an independent implementation: diffusers' DDPMScheduler (the paper's
 ancestral sampler, Algorithm 2), DDIMScheduler and DPMSolverMultistepScheduler (DPM-Solver++(2M) and its SDE
-form, sde-dpmsolver++), on a toy
-eps-model over the full T=1000 linear schedule; and DPM-Solver++ by convergence to the ODE solution.
+form, sde-dpmsolver++; and Restart built from it with the forward jump in closed form), on a toy eps-model over
+the full T=1000 linear schedule; and DPM-Solver++ by convergence to the ODE solution.
 
 Both sides get the same x_T and the same per-step noise (one generator, drawn in the same order), so the
 chains must agree to float rounding. The toy model is nonlinear in x and t and predicts large enough
@@ -267,3 +267,94 @@ def test_dpm_solver_convergence_test_catches_a_first_order_solver(monkeypatch) -
     monkeypatch.setattr(S, "_dpm_pp_update", _first_order_only)
     errs, _ = _convergence_errors()
     assert not (errs[1] < errs[0] / 3 and errs[2] < errs[1] / 3), errs
+
+
+# ----------------------------------------------------------------------------- Restart
+RESTART = {"restart_t_min": 60, "restart_t_max": 300, "restart_k": 2, "restart_share": 0.4}
+
+
+def _restart_vs_diffusers(steps: int, clip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ours and a Restart built from diffusers' DPM-Solver++(2M) with the forward jump written out here, from the
+    same seeds (x_T, then one jump draw per restart, per image). The evaluation indices come from the sampler's own
+    plan (test_solvers.py checks that plan against its definition). Each ODE pass is one diffusers scheduler over
+    that pass's indices followed by the rest of the main pass (so a pass ends at t_min, not at the clean image):
+    the main pass stops at t_min; every restart pass starts afresh (first order) after its jump; the last one
+    continues, multistep history and all, to the clean image, as ours does."""
+    diffusion = GaussianDiffusion.from_config("linear", T, "eps", "fixed_large", "mse")
+    seeds = list(range(500 + steps, 500 + steps + SHAPE[0]))
+    ours = SAMPLERS["restart"].sample(diffusion, toy_eps, SHAPE, steps=steps, noise=SeededNoise(seeds),
+                                      clip_denoised=clip, **RESTART)
+    main, at, restart_ts = S.restart_plan(diffusion, steps, 60, 300, 2, 0.4)
+    abar = diffusion.alphas_cumprod_np
+    noise = SeededNoise(seeds)
+
+    def ode(x: torch.Tensor, ts: list[int], n: int) -> torch.Tensor:
+        sched = dpm_scheduler("epsilon", clip)
+        sched.set_timesteps(timesteps=ts)
+        for t in sched.timesteps[:n]:
+            x = sched.step(toy_eps(x, torch.full((SHAPE[0],), int(t), dtype=torch.long)), int(t), x).prev_sample
+        return x
+
+    x = ode(noise.randn(*SHAPE[1:]), main, at)  # at main[at] = t_min
+    ratio = float(abar[300] / abar[main[at]])
+    for k in range(2):
+        x = ratio**0.5 * x + (1 - ratio) ** 0.5 * noise.randn(*SHAPE[1:])  # q(x_{t_max} | x_{t_min})
+        x = ode(x, restart_ts + main[at:], len(restart_ts) + (len(main) - at if k == 1 else 0))
+    return ours, x
+
+
+@pytest.mark.parametrize("steps", [10, 20, 50])
+@pytest.mark.parametrize("clip", [True, False])
+def test_restart_equals_diffusers_dpm_solver_with_forward_jumps(steps: int, clip: bool) -> None:
+    """Restart = DPM-Solver++(2M) down to t_min, k times (forward jump to t_max, the ODE back to t_min), then the
+    rest of the ODE: step for step against diffusers' solver with the jump in closed form."""
+    ours, ref = _restart_vs_diffusers(steps, clip)
+    assert torch.isfinite(ours).all() and ours.abs().max() > 0.5
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0 if clip else 1e-5)
+
+
+def _jump_with_the_marginal_variance(d, x, t_from, t_to, z):  # sqrt(1 - abar_to): q(x_to | x_0)'s, not the jump's
+    ratio = float(d.alphas_cumprod_np[t_to] / d.alphas_cumprod_np[t_from])
+    return ratio**0.5 * x + (1.0 - float(d.alphas_cumprod_np[t_to])) ** 0.5 * z
+
+
+def _plan_restarting_one_step_late(d, steps, t_min, t_max, k, share, _plan=S.restart_plan):
+    main, at, restart_ts = _plan(d, steps, t_min, t_max, k, share)
+    return main, at + 1, restart_ts
+
+
+def _jump_short_of_t_max(d, x, t_from, t_to, z, _jump=S.forward_jump):
+    return _jump(d, x, t_from, (t_from + t_to) // 2, z)
+
+
+def _history_kept_across_jumps(chain_run=S._Chain.run):  # the multistep history must restart after a jump
+    def run(self, ts, end, sde):
+        if self.history is None and ts and ts[0] == 300:
+            self.history = getattr(self, "_last", None)
+        for step in chain_run(self, ts, end, sde):
+            self._last = self.history
+            yield step
+
+    return run
+
+
+RESTART_MUTATIONS = {
+    "jump_variance": (S, "forward_jump", _jump_with_the_marginal_variance),
+    "restart_interval_low": (S, "restart_plan", _plan_restarting_one_step_late),
+    "restart_interval_jump": (S, "forward_jump", _jump_short_of_t_max),
+    "history_across_jump": (S._Chain, "run", _history_kept_across_jumps()),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(RESTART_MUTATIONS))
+def test_restart_reference_test_catches_mutations(mutation: str, monkeypatch) -> None:
+    """The step-for-step comparison above fails for a jump with the wrong variance, for a wrong restart interval
+    (restarting one main step below t_min; jumping to below t_max) and for a multistep history carried across a
+    jump. (The reference is computed after the patch is undone.)"""
+    owner, name, fn = RESTART_MUTATIONS[mutation]
+    monkeypatch.setattr(owner, name, fn)
+    ours = SAMPLERS["restart"].sample(GaussianDiffusion.from_config("linear", T), toy_eps, SHAPE, steps=20,
+                                      noise=SeededNoise(list(range(520, 520 + SHAPE[0]))), **RESTART)
+    monkeypatch.undo()
+    _, ref = _restart_vs_diffusers(20, clip=True)
+    assert (ours - ref).abs().max() > 5e-3, float((ours - ref).abs().max())  # 50x the tolerance above

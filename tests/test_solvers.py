@@ -1,5 +1,6 @@
 """The registry's few-step samplers beyond DPM-Solver++: SDE-DPM-Solver++(2M) and Restart (their step-for-step
-check against diffusers is in test_reference_samplers.py), the forward jump in closed form, the sampler
+check against diffusers is in test_reference_samplers.py), the forward jump in closed form, Restart's evaluation
+plan from its definition and its output on Gaussian data against the exact Restart process, the sampler
 registry as the config sees it, and seed addressing for every registered sampler."""
 
 from __future__ import annotations
@@ -62,15 +63,35 @@ def test_lambda_timesteps_are_distinct_in_range_and_end_at_both_ends(n, hi, lo):
     assert lambda_timesteps(d, 10, 999, 0) == dpm_solver_timesteps(d, 10)
 
 
+def lambda_uniform_by_hand(d: GaussianDiffusion, n: int, hi: int, lo: int) -> list[int]:
+    """``n`` code indices from ``hi`` to ``lo`` uniform in lambda = 0.5 log(abar / (1 - abar)): for each target the
+    index of the nearest lambda, by brute force over every index (a second code path to ``lambda_timesteps``'
+    interpolation and rounding; used only where the targets are far enough apart not to collide)."""
+    lam = 0.5 * np.log(d.alphas_cumprod_np / (1 - d.alphas_cumprod_np))
+    idx = np.arange(lo, hi + 1)
+    return [int(idx[np.argmin(np.abs(lam[lo : hi + 1] - g))]) for g in np.linspace(lam[hi], lam[lo], n)]
+
+
+def restart_calls_by_hand(d: GaussianDiffusion, steps: int, t_min: int, t_max: int, k: int, share: float):
+    """Restart's evaluation order from its definition (Xu et al. 2023, Alg. 1, with the docstring's budget):
+    ``round(share * steps) // k`` evaluations per restart pass, the rest lambda-uniform from T-1 to 0; the restarts
+    happen at the first main index <= t_min and each pass runs lambda-uniform from t_max down to it (excluded)."""
+    per_pass = round(share * steps) // k
+    main = lambda_uniform_by_hand(d, steps - k * per_pass, d.num_timesteps - 1, 0)
+    at = next(i for i, t in enumerate(main) if t <= t_min)
+    restart = lambda_uniform_by_hand(d, per_pass + 1, t_max, main[at])[:-1]
+    return main, at, restart
+
+
 @pytest.mark.parametrize("steps", [10, 20, 50])
-def test_restart_plan_spends_exactly_steps_evaluations(steps):
+def test_restart_spends_exactly_steps_evaluations_at_the_planned_indices(steps):
+    """The network is called exactly ``steps`` times, in the order main pass down to t_min, k restart passes from
+    t_max, the rest of the main pass: the indices recomputed from the definition, not from ``restart_plan``."""
     d = GaussianDiffusion.from_config("linear", T)
-    main, at, restart_ts = restart_plan(d, steps, **{k.removeprefix("restart_"): v for k, v in RESTART.items()
-                                                     if k not in ("restart_k", "restart_share")},
-                                        k=2, share=0.4)
+    main, at, restart_ts = restart_calls_by_hand(d, steps, 60, 300, 2, 0.4)
     assert len(main) + 2 * len(restart_ts) == steps
     assert main[at] <= 60 < main[at - 1] and restart_ts[0] == 300 and restart_ts[-1] > main[at]
-    # the network is called exactly `steps` times, at the planned indices
+    assert restart_plan(d, steps, 60, 300, 2, 0.4) == (main, at, restart_ts)
     calls: list[int] = []
 
     def model(x, t):
@@ -79,6 +100,96 @@ def test_restart_plan_spends_exactly_steps_evaluations(steps):
 
     SAMPLERS["restart"].sample(d, model, (2, *SHAPE), steps=steps, noise=SeededNoise([1, 2]), **RESTART)
     assert calls == main[:at] + restart_ts * 2 + main[at:]
+
+
+# ----------------------------------------------------------------------------- Restart on Gaussian data
+M, S = 0.3, 0.2  # data N(M, S^2): the exact eps-model is affine in x_t, the probability-flow ODE has a closed form
+
+
+def gaussian_eps_model(d: GaussianDiffusion):
+    abar = torch.tensor(d.alphas_cumprod_np)
+
+    def model(x, t):
+        ab = abar[t].view(-1, *([1] * (x.ndim - 1)))
+        return (torch.sqrt(1 - ab) / (ab * S**2 + 1 - ab) * (x - torch.sqrt(ab) * M)).to(x.dtype)
+
+    return model
+
+
+def exact_restart_gaussian(d: GaussianDiffusion, seeds: list[int], t_min: int, t_max: int, k: int) -> torch.Tensor:
+    """Restart with an exact ODE solver on N(M, S^2) data, float64: the probability-flow ODE keeps
+    z = (x_t - sqrt(abar_t) M) / sqrt(abar_t S^2 + 1 - abar_t) fixed, so x_T -> x_{t_min} is closed form; each
+    restart is the forward jump q(x_{t_max} | x_{t_min}) with the next draw w of the image's generator, then the
+    ODE back; the end is the data prediction at t = 0 (as every solver here returns). The draws in the order the
+    sampler makes them: x_T, then one w per restart."""
+    abar = d.alphas_cumprod_np
+
+    def sd(t):
+        return math.sqrt(abar[t] * S**2 + 1 - abar[t])
+
+    noise = SeededNoise(seeds)
+    x_T = noise.randn(1).double()
+    z = (x_T - math.sqrt(abar[-1]) * M) / sd(T - 1)
+    ratio = abar[t_max] / abar[t_min]
+    for _ in range(k):
+        x_min = math.sqrt(abar[t_min]) * M + sd(t_min) * z
+        x_max = math.sqrt(ratio) * x_min + math.sqrt(1 - ratio) * noise.randn(1).double()
+        z = (x_max - math.sqrt(abar[t_max]) * M) / sd(t_max)
+    return M + math.sqrt(abar[0]) * S**2 / sd(0) * z
+
+
+def restart_error_on_gaussian_data(steps: int) -> tuple[float, torch.Tensor]:
+    """Max |Restart - exact Restart| over 2000 images (t_min snapped to the main grid as Restart does), and the
+    samples."""
+    d = GaussianDiffusion.from_config("linear", T)
+    seeds = list(range(2000))
+    x = SAMPLERS["restart"].sample(d, gaussian_eps_model(d), (len(seeds), 1), steps=steps, noise=SeededNoise(seeds),
+                                   clip_denoised=False, **RESTART)
+    main, at, _ = restart_calls_by_hand(d, steps, 60, 300, 2, 0.4)
+    exact = exact_restart_gaussian(d, seeds, main[at], 300, 2)
+    return float((x.double() - exact).abs().max()), x
+
+
+def test_restart_follows_the_exact_restart_process_on_gaussian_data():
+    """Restart on Gaussian data with its exact eps-model lands, image by image, on the exact Restart map (the
+    closed-form ODE plus the forward jumps with the same noise), the error falling with the steps; its samples
+    have the data's distribution N(M, S^2) (the ODE and the jumps both keep the marginals)."""
+    (e40, _), (e80, x) = (restart_error_on_gaussian_data(n) for n in (40, 80))
+    assert e40 < 0.015 and e80 < 0.004 and e80 < e40 / 3, (e40, e80)  # 0.0103, 0.0023: second order
+    assert float(x.mean()) == pytest.approx(M, abs=0.015) and float(x.std()) == pytest.approx(S, rel=0.05)
+
+
+def _jump_to_the_marginal_variance(d, x, t_from, t_to, z):  # sqrt(1 - abar_to) z: q(x_to | x_0)'s, not the jump's
+    ratio = float(d.alphas_cumprod_np[t_to] / d.alphas_cumprod_np[t_from])
+    return math.sqrt(ratio) * x + math.sqrt(1.0 - float(d.alphas_cumprod_np[t_to])) * z
+
+
+def _restart_one_step_late(d, steps, t_min, t_max, k, share, _plan=restart_plan):  # restarts below t_min
+    main, at, restart_ts = _plan(d, steps, t_min, t_max, k, share)
+    return main, at + 1, restart_ts
+
+
+def _jump_short_of_t_max(d, x, t_from, t_to, z, _jump=forward_jump):  # the pass starts at t_max, the jump lower
+    return _jump(d, x, t_from, (t_from + t_to) // 2, z)
+
+
+RESTART_MUTATIONS = {
+    "jump_variance": ("forward_jump", _jump_to_the_marginal_variance),
+    "restart_interval_low": ("restart_plan", _restart_one_step_late),
+    "restart_interval_jump": ("forward_jump", _jump_short_of_t_max),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(RESTART_MUTATIONS))
+def test_restart_gaussian_check_catches_mutations(mutation, monkeypatch):
+    """The Gaussian-data check above fails for a wrong jump variance (0.0089 at 80 steps, against 0.0023) and for a
+    wrong restart interval (restarting one main step below t_min: 0.011; jumping short of t_max: 0.23)."""
+    from ddpm.diffusion import solvers
+
+    name, fn = RESTART_MUTATIONS[mutation]
+    monkeypatch.setattr(solvers, name, fn)
+    err, _ = restart_error_on_gaussian_data(80)
+    assert err > 0.006, err
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
