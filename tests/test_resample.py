@@ -88,23 +88,101 @@ def test_unknown_t_sampler_lists_the_valid_names():
         make_t_sampler("importance", 10)
 
 
-def test_module_hook_is_off_by_default_and_importance_samples_when_asked(tiny):
+def _module(cfg):
     from omegaconf import OmegaConf
 
     from ddpm.module import DiffusionModule
 
-    def module(cfg):
-        c = {k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True)
-             for k in ("model", "diffusion", "objective", "optim")}
-        return DiffusionModule(**c, image_shape=(1, 8, 8), seed=0, nan_policy="stop", nan_max_consecutive=1)
+    c = {k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True)
+         for k in ("model", "diffusion", "objective", "optim")}  # fmt: skip
+    return DiffusionModule(**c, image_shape=(1, 8, 8), seed=0, nan_policy="stop", nan_max_consecutive=1)
 
-    assert module(tiny("objective=eps_vlb_fixed")).t_sampler is None
-    m = module(tiny("objective=eps_vlb_fixed", "optim.t_sampler=loss_second_moment"))
+
+def test_module_hook_is_off_by_default_and_its_history_survives_a_checkpoint(tiny):
+    assert _module(tiny("objective=eps_vlb_fixed")).t_sampler is None
+    m = _module(tiny("objective=eps_vlb_fixed", "optim.t_sampler=loss_second_moment"))
     assert isinstance(m.t_sampler, LossSecondMomentTSampler) and m.t_sampler.num_timesteps == 10
     fill(m.t_sampler, lambda t: 1.0 + t)
     ckpt: dict = {"state_dict": m.state_dict()}
     m.on_save_checkpoint(ckpt)
-    fresh = module(tiny("objective=eps_vlb_fixed", "optim.t_sampler=loss_second_moment"))
+    fresh = _module(tiny("objective=eps_vlb_fixed", "optim.t_sampler=loss_second_moment"))
     fresh.on_load_checkpoint(ckpt)
     assert torch.allclose(fresh.t_sampler.probs(), m.t_sampler.probs())
-    assert set(ckpt["state_dict"]) == set(module(tiny("objective=eps_vlb_fixed")).state_dict())  # no new weights
+    assert set(ckpt["state_dict"]) == set(_module(tiny("objective=eps_vlb_fixed")).state_dict())  # no new weights
+
+
+def _loss_of_t(t: int) -> float:
+    return 1.0 + 10.0 * t * t  # p_t grows ~t^2: the weights 1/(T p_t) span ~1000x
+
+
+def importance_sampled_step(tiny, batch_size: int = 256):
+    """One real training step (a Lightning Trainer, one optimizer step) of the tiny model with
+    ``optim.t_sampler=loss_second_moment`` and a full history of ``_loss_of_t``: returns the step's loss, the t it
+    drew and the per-example terms the diffusion returned for them (recorded by wrapping ``training_losses``), and
+    the sampler's history after the step."""
+    import lightning as L
+
+    m = _module(tiny("objective=eps_vlb_fixed", "optim.t_sampler=loss_second_moment"))
+    fill(m.t_sampler, _loss_of_t)
+    seen: dict = {}
+    training_losses = m.diffusion.training_losses
+
+    def recording(model_fn, x_start, t, **kw):
+        terms = training_losses(model_fn, x_start, t, **kw)
+        seen["t"], seen["terms"] = t.clone(), terms["loss"].detach().clone()
+        return terms
+
+    m.diffusion.training_losses = recording
+
+    class Loss(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen["loss"] = float(outputs["loss"])
+
+    data = torch.rand(batch_size, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Loss()])  # fmt: skip
+    trainer.fit(m, torch.utils.data.DataLoader(data, batch_size=batch_size))
+    return seen["loss"], seen["t"], seen["terms"], m.t_sampler.losses.clone()
+
+
+def check_importance_sampled_step(loss, t, terms, history) -> None:
+    """What the step must do, from the definition (Improved DDPM sec. 3.3), computed here by hand: p_t =
+    0.999 L_t / sum(L) + 0.001 / T for a constant history L_t; the loss is the mean of the drawn t's terms times
+    1 / (T p_t); the t are drawn from p; each drawn t's history shifts in the unweighted term, in batch order."""
+    T, hist = 10, 10
+    L_t = torch.tensor([_loss_of_t(i) for i in range(T)], dtype=torch.float64)
+    p = 0.999 * L_t / L_t.sum() + 0.001 / T
+    weights = 1.0 / (T * p[t])
+    assert loss == pytest.approx(float((terms.double() * weights).mean()), rel=1e-5)
+    assert abs(loss / float(terms.mean()) - 1) > 0.1  # the weights matter for this batch
+    mean_t = float((p * torch.arange(T)).sum())  # ~7.3 (uniform: 4.5); std ~1.8, so 0.5 is ~4.5 standard errors
+    assert float(t.double().mean()) == pytest.approx(mean_t, abs=0.5)
+    expected = L_t.view(T, 1).repeat(1, hist)
+    for ti, li in zip(t.tolist(), terms.double().tolist()):
+        expected[ti] = torch.cat([expected[ti, 1:], torch.tensor([li], dtype=torch.float64)])
+    torch.testing.assert_close(history, expected, rtol=1e-6, atol=0)
+    assert not torch.equal(history, L_t.view(T, 1).repeat(1, hist))
+
+
+def test_importance_sampled_training_step_weights_the_loss_and_updates_the_history(tiny):
+    check_importance_sampled_step(*importance_sampled_step(tiny))
+
+
+@pytest.mark.parametrize("mutation", ["weights_one", "weights_p", "no_history_update", "weighted_history"])
+def test_importance_sampled_step_check_catches_mutations(tiny, monkeypatch, mutation):
+    """The check above fails when the step drops the weights, uses T p_t instead of 1 / (T p_t), never updates
+    the history or records the weighted losses in it."""
+    sample, update = LossSecondMomentTSampler.sample, LossSecondMomentTSampler.update
+
+    def wrong_sample(self, batch_size, device="cpu"):
+        t, w = sample(self, batch_size, device)
+        return t, torch.ones_like(w) if mutation == "weights_one" else 1.0 / w
+
+    def wrong_update(self, t, losses):
+        if mutation == "weighted_history":
+            update(self, t, losses / (self.num_timesteps * self.probs()[t]).float())
+
+    name, fn = ("sample", wrong_sample) if mutation.startswith("weights_") else ("update", wrong_update)
+    monkeypatch.setattr(LossSecondMomentTSampler, name, fn)
+    with pytest.raises(AssertionError):
+        check_importance_sampled_step(*importance_sampled_step(tiny))
