@@ -60,14 +60,61 @@ def test_interpolation_endpoints_and_size(model, tmp_path):
     assert Image.open(png).size == _size(2, 7)
 
 
+def _shared_xt_recording(m, **kw):
+    """``figures.shared_xt`` with a network that records every call's input: the figure and the calls."""
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    fn = m.model_fn()
+
+    def recording(x, t):
+        calls.append((x.clone(), t.clone()))
+        return fn(x, t)
+
+    return figures.shared_xt(recording, m.diffusion, m.image_shape, **kw), calls
+
+
+def check_shared_xt(x: torch.Tensor, calls, T: int, codes: list[int], k: int) -> None:
+    """Figure 7 by its definition, read off the network's inputs: the main chain is the one batch-1 pass from
+    t = T-1 down (an ancestral step at code t takes x_t as input); row r's column 0 is that chain's x_t at the
+    split (clamped, as uint8) and every one of its k continuations starts from exactly that x_t."""
+    main = {int(t): xin for xin, t in calls if xin.shape[0] == 1}
+    assert sorted(main) == list(range(T))  # one full chain
+    passes: list[list[tuple[torch.Tensor, int]]] = []  # the batch-k passes, split where t stops decreasing
+    for xin, t in ((xin, int(t[0])) for xin, t in calls if xin.shape[0] == k):
+        if not passes or t >= passes[-1][-1][1]:
+            passes.append([])
+        passes[-1].append((xin, t))
+    assert [[t for _, t in p] for p in passes] == [list(range(c, -1, -1)) for c in codes]  # each down to 0
+    for r, c in enumerate(codes):
+        torch.testing.assert_close(x[r, 0], to_uint8(main[c].clamp(-1, 1))[0], rtol=0, atol=0)
+        first = passes[r][0][0]
+        assert torch.equal(first, main[c].expand_as(first))  # all k start from the chain's x_t
+        assert len({tuple(img.flatten().tolist()) for img in x[r, 1:]}) == k  # and then part ways
+
+
 def test_shared_xt(model, tmp_path):
     ckpt, m = model
-    x = figures.shared_xt(m.model_fn(), m.diffusion, m.image_shape, splits=(1000, 500), continuations=3)
+    x, calls = _shared_xt_recording(m, splits=(1000, 500), continuations=3)
     assert x.shape == (2, 4, 1, 8, 8)
-    # continuations from x_T with other noise differ from each other
-    assert not torch.equal(x[0, 1], x[0, 2])
+    check_shared_xt(x, calls, 10, [9, 4], 3)  # paper t=1000, 500 at T=10: code indices 9 and 4
     png = figures.grid_png(x.flatten(0, 1), tmp_path / "s.png", x.shape[1], None)
     assert Image.open(png).size == _size(2, 4)
+
+
+def test_shared_xt_check_catches_continuations_that_do_not_share_x_t(model, monkeypatch):
+    """A broken figure whose continuations start from x_t plus a little fresh noise fails the check above."""
+    ckpt, m = model
+    chain = figures._chain
+
+    def unshared(model_fn, diffusion, shape, sampler, *, noise, device, x_start_t=None, t_start=None):
+        if x_start_t is not None and shape[0] > 1:
+            x_start_t = x_start_t + 0.05 * torch.randn(x_start_t.shape, generator=torch.Generator().manual_seed(0))
+        return chain(model_fn, diffusion, shape, sampler, noise=noise, device=device, x_start_t=x_start_t,
+                     t_start=t_start)  # fmt: skip
+
+    monkeypatch.setattr(figures, "_chain", unshared)
+    x, calls = _shared_xt_recording(m, splits=(1000, 500), continuations=3)
+    with pytest.raises(AssertionError):
+        check_shared_xt(x, calls, 10, [9, 4], 3)
 
 
 @pytest.mark.slow
@@ -174,13 +221,32 @@ def test_a_time_outside_the_papers_scale_is_a_clean_error(model):
         figures.shared_xt(m.model_fn(), m.diffusion, m.image_shape, splits=(1000, -5), continuations=2)
 
 
-def test_labelled_grid_warns_nothing(tmp_path):
+def test_labelled_grid_warns_nothing_and_draws_each_label_over_its_own_cell(tmp_path):
+    """Labels go in a white band above each column and left of each row; the cells are the images, unchanged;
+    and no warning (torch's "non-writable NumPy array" UserWarning was printed by every figure)."""
     import warnings
 
-    images = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    images = torch.full((8, 1, 8, 8), 255, dtype=torch.uint8)  # white cells: any dark pixel in a band is text
+    images[5] = 0  # one black cell: row 1, column 1
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # torch's "non-writable NumPy array" UserWarning was printed by every figure
-        figures.grid_png(images, tmp_path / "g.png", 4, None, col_labels=["a", "b", "c", "d"], row_labels=["r"])
+        warnings.simplefilter("error")
+        png = figures.grid_png(images, tmp_path / "g.png", 4, 8, col_labels=["a", "", "c", ""], row_labels=["r", ""])
+    img = np.asarray(Image.open(png).convert("L")).astype(int)
+    w, h = _size(2, 4)
+    left = img.shape[1] - w
+    assert img.shape[0] == h + 16 and left > 0
+    cells = img[16:, left:]
+    assert (cells[2 + 66 : 2 + 66 + 64, 2 + 66 : 2 + 66 + 64] == 0).all()  # the black cell, in place, unlabelled
+    assert (cells[2:66, 2:66] == 255).all()
+    col_text = [(img[:14, left + 2 + j * 66 : left + 2 + j * 66 + 64] < 128).any() for j in range(4)]
+    row_text = [(img[16 + 2 + i * 66 : 16 + 2 + i * 66 + 64, :left] < 128).any() for i in range(2)]
+    assert col_text == [True, False, True, False] and row_text == [True, False]
+    # the warning filter above does turn that warning into a failure
+    frozen = np.zeros(3)
+    frozen.flags.writeable = False
+    with warnings.catch_warnings(), pytest.raises(UserWarning, match="not writable"):
+        warnings.simplefilter("error")
+        torch.from_numpy(frozen)
 
 
 def test_interpolation_command_with_a_bad_t_is_one_clean_error(model, tmp_path, capsys, monkeypatch):
