@@ -389,7 +389,7 @@ def test_image_folder_mixed_files(tmp_path: Path) -> None:
     assert all_imgs.shape == (7, 3, 12, 12) and all_imgs.dtype == torch.uint8
     batch = next(iter(dm.train_dataloader()))
     assert batch.shape == (2, 3, 12, 12) and batch.dtype == torch.float32
-    # grayscale -> 3 equal channels; RGBA composited on white; exact-size image unchanged
+    # grayscale -> 3 equal channels; exact-size image unchanged (RGBA on white: the test below, per pixel)
     from ddpm.data.folder import load_image
 
     gray = load_image(tmp_path / "imgs" / "sub" / "deeper" / "c.jpeg", 12)
@@ -401,13 +401,77 @@ def test_image_folder_mixed_files(tmp_path: Path) -> None:
     assert dm_again.splits()["val"].files == dm.splits()["val"].files  # type: ignore[union-attr]
 
 
-def test_image_folder_resize_short_side_then_center_crop(tmp_path: Path) -> None:
+def check_resize_short_side_then_center_crop(tmp_path: Path) -> None:
+    """40x20 -> resolution 10: the short side is resized 2x down (to 20x10), then the center 10 columns are kept.
+    Linear ramps make it a closed form: bicubic resampling reproduces a linear function, so resized pixel j (center
+    at source coordinate 2 j + 0.5) holds the ramp's value there; crop column i is resized column i + 5. (A crop
+    without the resize gives 6 (i + 15) in blue and 12 (i + 5) in red, an off-center crop other offsets.)"""
     from ddpm.data.folder import load_image
 
-    arr = np.zeros((20, 40, 3), dtype=np.uint8)  # 40 wide, 20 high; the middle half is white
-    arr[:, 10:30] = 255
-    x = load_image(save(Image.fromarray(arr), tmp_path / "wide.png"), 10)
-    assert x.shape == (3, 10, 10) and x.float().mean() > 250  # resized to 20x10, center 10 columns kept
+    arr = np.zeros((20, 40, 3), dtype=np.uint8)  # 40 wide, 20 high
+    arr[..., 2] = 6 * np.arange(40)[None, :]  # blue: 6 x column
+    arr[..., 0] = 12 * np.arange(20)[:, None]  # red: 12 x row
+    x = load_image(save(Image.fromarray(arr), tmp_path / "wide.png"), 10).double()
+    assert x.shape == (3, 10, 10)
+    i = torch.arange(1, 9, dtype=torch.float64)  # away from the image border (bicubic's edge handling)
+    torch.testing.assert_close(x[2, 5, 1:9], 6 * (2 * (i + 5) + 0.5), atol=1.5, rtol=0)  # 12 i + 63
+    torch.testing.assert_close(x[0, 1:9, 5], 12 * (2 * i + 0.5), atol=1.5, rtol=0)  # every row kept: 24 i + 6
+
+
+def check_composites_transparency_on_white(tmp_path: Path) -> None:
+    """RGBA pixels come out as alpha c + (1 - alpha) 255 (alpha in [0, 1]), rounded: checked per pixel on an
+    image of the exact size (no resize), from fully transparent (white) to opaque (the colour)."""
+    from ddpm.data.folder import load_image
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, size=(12, 12, 4), dtype=np.uint8)
+    arr[..., 3] = np.array([0, 64, 128, 255])[rng.integers(0, 4, size=(12, 12))]
+    x = load_image(save(Image.fromarray(arr, "RGBA"), tmp_path / "t.png"), 12).permute(1, 2, 0).double()
+    a = arr[..., 3:].astype(np.float64) / 255
+    expected = torch.from_numpy(a * arr[..., :3] + (1 - a) * 255)
+    torch.testing.assert_close(x, expected, atol=1.0, rtol=0)
+    assert (x[torch.from_numpy(arr[..., 3] == 0)] == 255).all()
+
+
+def test_image_folder_resize_short_side_then_center_crop(tmp_path: Path) -> None:
+    check_resize_short_side_then_center_crop(tmp_path)
+
+
+def test_image_folder_composites_transparency_on_white(tmp_path: Path) -> None:
+    check_composites_transparency_on_white(tmp_path)
+
+
+def _crop_without_resize(img, resolution):
+    left, top = (img.width - resolution) // 2, (img.height - resolution) // 2
+    return img.crop((left, top, left + resolution, top + resolution))
+
+
+def _resize_then_crop_top_left(img, resolution):
+    w, h = img.size
+    s = resolution / min(w, h)
+    return img.resize((round(w * s), round(h * s)), Image.Resampling.BICUBIC).crop((0, 0, resolution, resolution))
+
+
+IMAGE_MUTATIONS = {
+    "crop_without_resize": ("resize_center_crop", _crop_without_resize, check_resize_short_side_then_center_crop),
+    "crop_top_left": ("resize_center_crop", _resize_then_crop_top_left, check_resize_short_side_then_center_crop),
+    "alpha_dropped": ("to_rgb", lambda img: img.convert("RGB"), check_composites_transparency_on_white),
+    "composited_on_black": ("to_rgb", lambda img: Image.alpha_composite(Image.new("RGBA", img.size, (0, 0, 0, 255)),
+                                                                        img.convert("RGBA")).convert("RGB"),
+                            check_composites_transparency_on_white),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(IMAGE_MUTATIONS))
+def test_image_checks_catch_mutations(tmp_path: Path, monkeypatch, mutation: str) -> None:
+    """The two checks above fail for a crop without the resize, a corner crop, a dropped alpha channel and
+    compositing on black."""
+    from ddpm.data import folder
+
+    name, fn, check = IMAGE_MUTATIONS[mutation]
+    monkeypatch.setattr(folder, name, fn)
+    with pytest.raises(AssertionError):
+        check(tmp_path)
 
 
 def test_image_folder_train_test_subfolders(tmp_path: Path) -> None:
