@@ -49,7 +49,7 @@ def test_frontier_on_a_tiny_model(tmp_path_factory, tmp_path):
 
     # each set of the full chain is what sample.py draws and scores for that seed, and the pooled FID is the FID
     # of both sets' images together
-    images = []
+    images, pooled = [], []
     for k in range(2):
         m = sample(sample_cfg(ckpt, tmp_path / f"s{k}", "num_samples=12", "compute_fid=true", f"seed={k}",
                               "fid.feature_extractor=digits"))
@@ -58,6 +58,19 @@ def test_frontier_on_a_tiny_model(tmp_path_factory, tmp_path):
             images.append(z["arr_0"])
         with np.load(out / "entries" / "full_chain" / f"set{k}.npz") as z:
             np.testing.assert_array_equal(z["images"].transpose(0, 2, 3, 1), images[-1][..., :1])
+            pooled.append(z["images"])
+    # the pooled FID is sample.py's scorer (ddpm.metrics.samples, not the frontier's pooling) on the 24 images of
+    # both sets together; the mean of the per-set FIDs (what a frontier that did not pool would report) is not it
+    from ddpm.loading import load_model, model_datamodule
+    from ddpm.metrics.samples import load_extractor, score_samples
+
+    cfg = compose("frontier", args)
+    datamodule = model_datamodule(load_model(ckpt, None, True), None, "test")
+    extractor = load_extractor(cfg.fid, datamodule.name, "cpu")
+    union = score_samples(np.concatenate(pooled), fid_cfg=cfg.fid, extractor=extractor, datamodule=datamodule,
+                          cache_dir=cfg.paths.cache_dir)  # fmt: skip
+    assert saved[0]["fid"] == pytest.approx(union["fid_24"], rel=1e-9)
+    assert abs(saved[0]["fid"] - np.mean(saved[0]["fid_sets"])) > 1e-3 * saved[0]["fid"]
 
     # resumable: a finished set is not sampled again, a missing one is
     (out / "entries" / "ddim5" / "set1.json").unlink()
