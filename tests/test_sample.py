@@ -163,8 +163,45 @@ def test_samplers_and_raw_weights(reference_run, ckpt, tmp_path):
     assert not np.array_equal(_arr(tmp_path / "ddim" / "samples.npz"), ref[:3])
     m = sample(sample_cfg(ckpt, tmp_path / "resp", "num_samples=3", "sampler=respaced", "sampler.steps=5"))
     assert m["sampler"]["steps"] == 5 and m["sampler"]["name"] == "respaced"
-    m = sample(sample_cfg(ckpt, tmp_path / "raw", "num_samples=3", "use_ema=false", "sampler.clip_denoised=false"))
+    # use_ema=false on a copy of the checkpoint whose EMA weights are far from the raw ones (after 6 steps they
+    # are within 6e-4 of each other: the same uint8 images either way)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    gen = torch.Generator().manual_seed(0)
+    for key, value in state["state_dict"].items():
+        if key.startswith("ema.") and value.is_floating_point():
+            state["state_dict"][key] = value + 0.3 * torch.randn(value.shape, generator=gen)
+    far = tmp_path / "far_ema.ckpt"
+    torch.save(state, far)
+    m = sample(sample_cfg(far, tmp_path / "raw", "num_samples=3", "use_ema=false", "sampler.clip_denoised=false"))
     assert m["use_ema"] is False and m["sampler"]["clip_denoised"] is False
+
+    # the images themselves, drawn again straight from the math layer (no sample.py, no generate): the run's
+    # per-image seeds, the respaced / DDIM chains built by hand, the raw (non-EMA) network, no clipping
+    from ddpm.diffusion import SeededNoise, ancestral_sample, ddim_sample, image_seeds, respace, space_timesteps
+    from ddpm.loading import load_model
+
+    def by_hand(path, use_ema: bool, draw) -> np.ndarray:
+        loaded = load_model(str(path), None, use_ema)
+        noise = SeededNoise(image_seeds(0, 0, 3))
+        with torch.no_grad():
+            x = draw(loaded.model_fn(), loaded.diffusion, (3, *loaded.image_shape), noise)
+        return model_to_uint8(x).numpy()[:, 0]
+
+    def unclipped(f, d, shape, noise):
+        return ancestral_sample(d, f, shape, noise=noise, clip_denoised=False)
+
+    expected = {
+        "ddim": by_hand(ckpt, True, lambda f, d, shape, noise: ddim_sample(
+            respace(d, space_timesteps(10, "ddim5")), f, shape, eta=0.0, noise=noise)),
+        "resp": by_hand(ckpt, True, lambda f, d, shape, noise: ancestral_sample(
+            respace(d, space_timesteps(10, 5)), f, shape, noise=noise)),
+        "raw": by_hand(far, False, unclipped),
+    }  # fmt: skip
+    for name, images in expected.items():
+        np.testing.assert_array_equal(_arr(tmp_path / name / "samples.npz")[..., 0], images, err_msg=name)
+    assert not np.array_equal(expected["resp"], ref[:3, ..., 0])  # each option changes the images
+    assert not np.array_equal(expected["raw"], by_hand(far, True, unclipped))  # the EMA copy would
+    assert not np.array_equal(by_hand(ckpt, False, unclipped), ref[:3, ..., 0])  # and so would clipping
     with pytest.raises(ValueError, match="sampler=respaced"):
         sample(sample_cfg(ckpt, tmp_path / "bad", "num_samples=3", "sampler.steps=5"))
 
@@ -286,7 +323,21 @@ def test_pretrained_converted_weights(tmp_path):
                              "progress=false", "trainer.accelerator=cpu"])
     m = sample(cfg)
     assert m["source"] == "pretrained" and m["num_timesteps"] == 10 and m["image_shape"] == [3, 8, 8]
-    assert _arr(tmp_path / "o" / "samples.npz").shape == (3, 8, 8, 3)
+    images = _arr(tmp_path / "o" / "samples.npz")
+    assert images.shape == (3, 8, 8, 3)
+    # the images are those of the network that was saved, in memory, with the schedule and variance the file
+    # names, drawn straight from the math layer with the run's per-image seeds (wrong weights, a wrong schedule
+    # or variance, or random init would change them)
+    from ddpm.diffusion import GaussianDiffusion, SeededNoise, ancestral_sample, image_seeds
+
+    diffusion = GaussianDiffusion.from_config("linear", 10, "eps", "fixed_small", "mse")
+    with torch.no_grad():
+        x = ancestral_sample(diffusion, unet.eval(), (3, 3, 8, 8), noise=SeededNoise(image_seeds(0, 0, 3)))
+    np.testing.assert_array_equal(images, model_to_uint8(x).permute(0, 2, 3, 1).numpy())
+    large = GaussianDiffusion.from_config("linear", 10, "eps", "fixed_large", "mse")
+    with torch.no_grad():
+        y = ancestral_sample(large, unet.eval(), (3, 3, 8, 8), noise=SeededNoise(image_seeds(0, 0, 3)))
+    assert not np.array_equal(images, model_to_uint8(y).permute(0, 2, 3, 1).numpy())  # the check can tell
     with pytest.raises(ValueError, match="exactly one"):
         sample(compose("sample", [f"out_dir={tmp_path / 'x'}", "num_samples=1"]))
 
