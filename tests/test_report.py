@@ -440,7 +440,8 @@ def test_subset_fid_scores_the_first_images_of_each_seed_set(tmp_path, capsys, m
     from ddpm.data.digits import digits_split
     from ddpm.metrics.digits_classifier import DigitsExtractor
     from ddpm.metrics.digits_score import digits_train_ref_stats
-    from ddpm.metrics.pooled import featurise, pooled_scores
+    from ddpm.metrics.fid import compute_fid_is
+    from ddpm.metrics.pooled import featurise
 
     real = digits_split("train")[0].numpy()
     sets = [_noisy(real[np.random.default_rng(k).choice(len(real), 64, replace=False)], 30, k) for k in range(2)]
@@ -451,7 +452,19 @@ def test_subset_fid_scores_the_first_images_of_each_seed_set(tmp_path, capsys, m
     runpy.run_path(str(ROOT / "bench" / "subset_fid.py"), run_name="__main__")
     lines = capsys.readouterr().out.splitlines()
     ext = DigitsExtractor()
+    ref = digits_train_ref_stats(ext)
+
+    def fid_by_hand(images: np.ndarray) -> float:
+        """Frechet distance in float64 from the features' mean and covariance; tr sqrt(S1 S2) from the
+        eigenvalues of S1 S2 (not scipy's sqrtm, which the scorer uses)."""
+        f = featurise(images, ext).features
+        mu, cov = f.mean(axis=0), np.cov(f, rowvar=False)
+        tr_sqrt = np.sqrt(np.linalg.eigvals(cov @ ref.sigma).astype(np.complex128)).real.sum()
+        return float(((mu - ref.mu) ** 2).sum() + np.trace(cov) + np.trace(ref.sigma) - 2 * tr_sqrt)
+
     for k, line in enumerate(lines):
-        s = pooled_scores([featurise(sets[k][:40], ext)], digits_train_ref_stats(ext), ext.name)
-        assert f"seed set {k}: first 40 images FID {s['fid']:.2f}, IS {s['is']:.2f}" in line
+        fid = fid_by_hand(sets[k][:40])
+        is_ = compute_fid_is(sets[k][:40], ref, ext)["is_40"]  # sample.py's scorer, not the pooled one
+        assert f"seed set {k}: first 40 images FID {fid:.2f}, IS {is_:.2f}" in line, (line, fid, is_)
+        assert f"FID {fid_by_hand(sets[k][24:64]):.2f}," not in line  # another 40 images would not pass
     assert len(lines) == 2
