@@ -20,6 +20,7 @@ from ddpm.diffusion import (
     mean_flat,
     normal_kl,
 )
+from ddpm.diffusion.schedules import schedule_name
 
 LN2 = math.log(2.0)
 
@@ -500,3 +501,167 @@ def test_calc_bpd_loop_one_forward_per_t_and_t_batch():
 
 def res_shape(x: torch.Tensor) -> tuple[int, ...]:
     return tuple(x.shape)
+
+
+# ----------------------------------------------------------------------------- contracts and edges
+# Written from the mutation run (bench/results/mutation_diffusion.md): each test names the behaviour a surviving
+# mutant changed, and checks it against a closed form, the documented contract or a second call path.
+@pytest.mark.parametrize("betas,match", [
+    (np.full((2, 5), 0.1), r"betas must be a non-empty 1-D array, got shape \(2, 5\)"),
+    (np.array([]), r"betas must be a non-empty 1-D array, got shape \(0,\)"),
+    (np.array([0.1, 0.0, 0.2]), r"^betas must lie in \(0, 1\) \(beta = 1 makes abar 0"),
+    (np.array([0.1, 1.0]), r"^betas must lie in \(0, 1\)"),
+    (np.array([0.1, 1.5]), r"^betas must lie in \(0, 1\)"),
+])
+def test_bad_betas_are_refused_with_the_reason(betas, match):
+    with pytest.raises(ValueError, match=match):
+        GaussianDiffusion(betas)
+
+
+def test_bad_timestep_map_and_schedule_length_name_the_shape():
+    with pytest.raises(ValueError, match=r"^timestep_map must have shape \(4,\), got \(3,\)"):
+        GaussianDiffusion(np.full(4, 0.1), timestep_map=[0, 1, 2])
+    for T in (0, 2.5, -3):
+        with pytest.raises(ValueError, match=rf"^num_timesteps must be a positive integer, got {T!r}"):
+            get_beta_schedule("linear", T)
+
+
+def test_float32_betas_give_float64_schedules_and_no_checkpoint_state():
+    """The schedule is computed in float64 whatever the input dtype (float32 betas would lose the ~1e-9 terms
+    of the bound), its buffers are not saved in checkpoints (a model loads with any T), and alphas_cumprod_prev
+    is [1, abar_0 .. abar_{T-2}]."""
+    b32 = get_beta_schedule("linear", 50).astype(np.float32)
+    d = GaussianDiffusion(b32)
+    s = _schedule64(b32.astype(np.float64))
+    assert d.betas_np.dtype == np.float64 and d.alphas_cumprod_np.dtype == np.float64
+    np.testing.assert_array_equal(d.alphas_cumprod_np, s["abar"])
+    np.testing.assert_array_equal(d.alphas_cumprod_prev_np, s["abar_prev"])
+    assert d.state_dict() == {}
+    assert d.timestep_map.dtype == torch.long and torch.equal(d.timestep_map, torch.arange(50))
+
+
+def test_two_step_chain_uses_its_own_posterior_variance_at_t0():
+    """fixed_small's log variance at t = 0 is log beta-tilde_1 (improved-diffusion's clipping), also for T = 2."""
+    betas = np.array([0.1, 0.3])
+    s = _schedule64(betas)
+    tilde1 = betas[1] * (1 - s["abar"][0]) / (1 - s["abar"][1])
+    d = GaussianDiffusion(betas, var_type="fixed_small")
+    x = torch.zeros(1, 1, 2, 2)
+    lv = d.p_mean_variance(lambda x, t: torch.zeros_like(x), x, torch.tensor([0]))["log_variance"]
+    assert float(lv.flatten()[0]) == pytest.approx(math.log(tilde1), rel=1e-6)
+
+
+def test_from_config_defaults_are_the_papers():
+    d = GaussianDiffusion.from_config()
+    assert d.num_timesteps == 1000 and np.array_equal(d.betas_np, get_beta_schedule("linear", 1000))
+
+
+def test_an_int_or_0_dim_t_means_that_t_for_every_example():
+    d = GaussianDiffusion.from_config("linear", 100)
+    x0 = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn_like(x0)
+    ref = d.q_sample(x0, torch.full((3,), 40), noise)
+    assert torch.equal(d.q_sample(x0, 40, noise), ref) and torch.equal(d.q_sample(x0, torch.tensor(40), noise), ref)
+    ab = float(d.alphas_cumprod_np[40])
+    torch.testing.assert_close(ref, math.sqrt(ab) * x0 + math.sqrt(1 - ab) * noise)
+
+
+def test_p_mean_variance_and_vb_terms_return_their_documented_parts():
+    """p_mean_variance returns the raw network output beside the mean / variance; vb_terms_bpd returns the mean and
+    log variance of the same p(x_{t-1} | x_t), clips x0 by default (the official default), and its errors name
+    what is missing or the expected channels."""
+    d = GaussianDiffusion.from_config("linear", 20, "x0", "fixed_large", "kl")
+    x0 = torch.rand(2, 1, 4, 4) * 2 - 1
+    xt = d.q_sample(x0, torch.tensor([5, 5]), torch.randn_like(x0))
+
+    def far(x, t):  # predicts x0 far outside [-1, 1]: clipping changes the mean
+        return 3 * torch.ones_like(x)
+
+    out = d.p_mean_variance(far, xt, torch.tensor([5, 5]))
+    assert torch.equal(out["model_output"], 3 * torch.ones_like(xt))
+    vb = d.vb_terms_bpd(far, x0, xt, torch.tensor([5, 5]))
+    torch.testing.assert_close(vb["mean"], out["mean"])
+    torch.testing.assert_close(vb["log_variance"], out["log_variance"])
+    unclipped = d.vb_terms_bpd(far, x0, xt, torch.tensor([5, 5]), clip_denoised=False)
+    assert (vb["output"] - unclipped["output"]).abs().max() > 1e-3
+    assert (vb["mean"] - unclipped["mean"]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"^p_mean_variance needs model_fn or model_output$"):
+        d.p_mean_variance(None, xt, torch.tensor([5, 5]))
+    learned = GaussianDiffusion.from_config("linear", 20, "eps", "learned_range", "hybrid")
+    with pytest.raises(ValueError, match=r"\[N=2, 2, \.\.\.\] for var_type=learned_range"):
+        learned.p_mean_variance(lambda x, t: x, xt, torch.tensor([5, 5]))
+    with pytest.raises(ValueError, match=r"^model output has 1 channels, expected 2 for var_type=learned_range"):
+        learned.training_losses(lambda x, t: x, x0, torch.tensor([5, 5]))
+
+
+def test_training_losses_draw_their_noise_from_the_global_rng_and_report_the_mse_term():
+    """Without ``noise`` the loss uses torch.randn_like(x_0) from the global RNG (the training step seeds it per
+    batch); hybrid reports its MSE part as ``mse`` (loss = mse + vb)."""
+    d = GaussianDiffusion.from_config("linear", 20, "eps", "learned_range", "hybrid")
+    x0 = torch.rand(3, 1, 4, 4) * 2 - 1
+    t = torch.tensor([0, 7, 19])
+
+    def model(x, tt):
+        return torch.cat([0.5 * x, torch.zeros_like(x)], dim=1)
+
+    torch.manual_seed(11)
+    terms = d.training_losses(model, x0, t)
+    torch.manual_seed(11)
+    noise = torch.randn_like(x0)
+    again = d.training_losses(model, x0, t, noise=noise)
+    assert torch.equal(terms["loss"], again["loss"])
+    xt = d.q_sample(x0, t, noise)
+    torch.testing.assert_close(terms["mse"], mean_flat((noise - 0.5 * xt) ** 2))
+    torch.testing.assert_close(terms["loss"], terms["mse"] + terms["vb"])
+
+
+def test_prior_bpd_keeps_the_input_dtype():
+    d = GaussianDiffusion.from_config("linear", 1000)
+    x = torch.rand(2, 3, 4, 4) * 2 - 1
+    assert d.prior_bpd(x).dtype == torch.float32 and d.prior_bpd(x.double()).dtype == torch.float64
+
+
+def test_mean_flat_reduces_every_dim_but_the_batch():
+    x = torch.arange(24.0).view(2, 3, 4)
+    torch.testing.assert_close(mean_flat(x), torch.tensor([5.5, 17.5]))
+    torch.testing.assert_close(mean_flat(x.view(2, 12)), torch.tensor([5.5, 17.5]))
+    v = torch.tensor([1.0, 2.0])
+    assert torch.equal(mean_flat(v), v)  # already one value per example
+
+
+def test_normal_kl_takes_python_scalars_exactly_and_needs_one_tensor():
+    """Scalars are taken in the tensor's dtype: float64 KL with scalar 0.1 / 0.3 matches the closed form to 1e-12
+    (a float32 scalar would be off by ~1e-9)."""
+    m1 = torch.tensor([0.25, -0.5], dtype=torch.float64)
+    lv1 = torch.tensor([0.2, -0.1], dtype=torch.float64)
+    kl = normal_kl(m1, lv1, 0.1, 0.3)
+    expected = [0.5 * (-1 + 0.3 - a + math.exp(a - 0.3) + (m - 0.1) ** 2 * math.exp(-0.3))
+                for m, a in ((0.25, 0.2), (-0.5, -0.1))]  # fmt: skip
+    assert kl.dtype == torch.float64
+    np.testing.assert_allclose(kl.numpy(), expected, rtol=1e-13, atol=0)
+    with pytest.raises(TypeError, match=r"^normal_kl needs at least one tensor argument$"):
+        normal_kl(0.0, 0.0, 1.0, 1.0)
+
+
+def test_schedule_name_recognises_exactly_the_named_schedules():
+    for name in ("linear", "cosine", "quad"):
+        assert schedule_name(get_beta_schedule(name, 37)) == name
+        assert schedule_name(list(get_beta_schedule(name, 1))) in ("linear", "cosine", "quad")
+    nudged = get_beta_schedule("linear", 37).copy()
+    nudged[3] *= 1 + 1e-12
+    assert schedule_name(nudged) is None
+    assert schedule_name(np.full((2, 3), 0.1)) is None and schedule_name([]) is None
+    assert schedule_name(get_beta_schedule("cosine", 1)) == schedule_name(get_beta_schedule("cosine", 1).tolist())
+
+
+@pytest.mark.parametrize("objective,match", [
+    (("eps", "learned_range", "mse"), r"loss_type=mse cannot train var_type=learned_range .* Valid: loss_type=mse "
+                                      r"with var_type in \['fixed_large', 'fixed_small'\], or loss_type in "
+                                      r"\['kl', 'hybrid'\] with var_type in \['learned', 'learned_range'\]\."),
+    (("eps", "fixed_small", "hybrid"), r"^objective: loss_type=hybrid needs a learned variance, got "
+                                       r"var_type=fixed_small\. Valid var_type for hybrid: \['learned', "
+                                       r"'learned_range'\]"),
+])
+def test_invalid_objectives_list_the_valid_combinations(objective, match):
+    with pytest.raises(ValueError, match=match):
+        GaussianDiffusion.from_config("linear", 10, *objective)

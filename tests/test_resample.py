@@ -187,3 +187,49 @@ def test_importance_sampled_step_check_catches_mutations(tiny, monkeypatch, muta
     monkeypatch.setattr(LossSecondMomentTSampler, name, fn)
     with pytest.raises(AssertionError):
         check_importance_sampled_step(*importance_sampled_step(tiny))
+
+
+# ----------------------------------------------------------------------------- contracts and edges
+# Written from the mutation run (bench/results/mutation_diffusion.md).
+def test_sampler_defaults_bounds_and_errors():
+    """improved-diffusion's defaults (history_per_term=10, uniform_prob=0.001); T = 1, history = 1 and
+    uniform_prob = 1 are valid; outside that, and for mismatched shapes, an error naming the setting."""
+    s = LossSecondMomentTSampler(5)
+    assert s.history == 10 and s.uniform_prob == 0.001
+    t, w = make_t_sampler("uniform", 1).sample(4)
+    assert torch.equal(t, torch.zeros(4, dtype=torch.long)) and torch.equal(w, torch.ones(4))
+    one = LossSecondMomentTSampler(3, history=1, uniform_prob=1.0)
+    fill(one, lambda t: 1.0 + 10 * t)
+    assert torch.allclose(one.probs(), torch.full((3,), 1 / 3, dtype=torch.float64))  # all uniform
+    for kw, match in (({"num_timesteps": 0}, r"^num_timesteps must be >= 1, got 0$"),
+                      ({"num_timesteps": 3, "history": 0}, r"^history must be >= 1, got 0$"),
+                      ({"num_timesteps": 3, "uniform_prob": 1.5}, r"^uniform_prob must lie in \[0, 1\], got 1.5$")):
+        with pytest.raises(ValueError, match=match):
+            LossSecondMomentTSampler(**kw)
+    with pytest.raises(ValueError, match=r"^t and losses must be 1-D of one shape, got \(2,\), \(3,\)$"):
+        s.update(torch.tensor([0, 1]), torch.tensor([1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match=r"^t and losses must be 1-D of one shape, got \(1, 2\), \(1, 2\)$"):
+        s.update(torch.tensor([[0, 1]]), torch.tensor([[1.0, 2.0]]))
+
+
+def test_probabilities_for_small_and_all_zero_histories():
+    """Losses well below 1 still weigh t (the normalisation is by their sum, whatever its size); an all-zero
+    history has nothing to prefer: uniform, never NaN."""
+    s = LossSecondMomentTSampler(4, history=2, uniform_prob=0.0)
+    fill(s, lambda t: 0.01 * (t + 1))
+    assert torch.allclose(s.probs(), torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64) / 10)
+    z = LossSecondMomentTSampler(4, history=2)
+    fill(z, lambda t: 0.0)
+    assert torch.allclose(z.probs(), torch.full((4,), 0.25, dtype=torch.float64))
+
+
+def test_state_dict_dtypes_and_a_mismatched_counts_shape():
+    """The saved state is float64 losses and long counts (what the resumed run reads), also when it was written
+    with other dtypes; a counts vector of the wrong length is refused like a wrong loss table."""
+    s = LossSecondMomentTSampler(3, history=2)
+    state = s.state_dict()
+    assert state["losses"].dtype == torch.float64 and state["counts"].dtype == torch.long
+    s.load_state_dict({"losses": torch.ones(3, 2, dtype=torch.float32), "counts": torch.full((3,), 2.0)})
+    assert s.losses.dtype == torch.float64 and s.counts.dtype == torch.long and s.warmed_up()
+    with pytest.raises(ValueError, match=r"\(num_timesteps x history\)$"):
+        s.load_state_dict({"losses": torch.ones(3, 2), "counts": torch.zeros(4, dtype=torch.long)})

@@ -376,3 +376,60 @@ def test_samples_independent_of_batch(sampler):
     assert not torch.allclose(run([seeds[1]])[0], batch[0], atol=1e-3)
     with pytest.raises(ValueError, match="seeds"):
         ancestral_sample(d, model, (3, 2, 3, 3), noise=SeededNoise(seeds))
+
+
+# ----------------------------------------------------------------------------- contracts and edges
+# Written from the mutation run (bench/results/mutation_diffusion.md): boundaries, messages and dtypes a surviving
+# mutant changed, each checked against the documented contract or a second call path.
+def test_ancestral_from_t_start_0_and_a_float64_x_t():
+    """t_start = 0 is one (noise-free) step; a float64 x_t is sampled in float32, as the float32 chain would."""
+    d = GaussianDiffusion.from_config("linear", 20, "x0", "fixed_large", "mse")
+    xt = torch.randn(4, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = ancestral_sample(d, lambda x, t: torch.full_like(x, 0.25), (4, 1), x_start_t=xt, t_start=0)
+    assert x.dtype == torch.float32 and torch.allclose(x, torch.full_like(x, 0.25))
+    model = gaussian_eps_model(d)
+    a = ancestral_sample(d, model, (4, 1), x_start_t=xt, t_start=9, noise=SeededNoise(range(4)), device="cpu")
+    b = ancestral_sample(d, model, (4, 1), x_start_t=xt.float(), t_start=9, noise=SeededNoise(range(4)))
+    assert a.dtype == torch.float32 and torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"^t_start must be in \[0, 19\], got 20$"):
+        ancestral_sample(d, model, (4, 1), t_start=20)
+    with pytest.raises(ValueError, match=r"^x_start_t has shape \(4, 1\), expected \(3, 1\)$"):
+        ancestral_sample(d, model, (3, 1), x_start_t=xt, t_start=5)
+    with pytest.raises(ValueError, match=r"^SeededNoise has 4 seeds but the batch has 3 images$"):
+        ancestral_sample(d, model, (3, 1), noise=SeededNoise(range(4)))
+
+
+@pytest.mark.parametrize("T,sections,expected", [
+    (10, [2, 2, 2], [0, 3, 4, 6, 7, 9]),  # sizes 4, 3, 3 (the remainder goes to the first); strides 3, 2, 2
+    (10, [1, 1], [0, 5]),  # one step per section: its start
+    (10, [5, 5], list(range(10))),  # a section may keep every step
+    (1, "ddim1", [0]),
+])
+def test_space_timesteps_sections_by_hand(T, sections, expected):
+    """improved-diffusion's space_timesteps: T split into equal sections (the first ones one longer when T does
+    not divide), each strided evenly from its start to its end (both kept)."""
+    assert space_timesteps(T, sections) == expected
+
+
+def test_space_timesteps_and_respace_errors_name_the_problem():
+    with pytest.raises(ValueError, match=r"^cannot create exactly 6 steps with an integer stride from T=10$"):
+        space_timesteps(10, "ddim6")
+    with pytest.raises(ValueError, match=r"^cannot divide section of 5 steps into 6$"):
+        space_timesteps(10, [6, 1])
+    d = GaussianDiffusion.from_config("linear", 10)
+    with pytest.raises(ValueError, match=r"^use_timesteps is empty$"):
+        respace(d, [])
+    for bad in ([-1, 5], [0, 5, 10]):
+        with pytest.raises(ValueError, match=r"^use_timesteps must lie in \[0, 9\]$"):
+            respace(d, bad)
+
+
+def test_seeded_noise_dtype_repr_and_errors():
+    noise = SeededNoise([5, 6, 7, 8])
+    x = noise.randn(3, dtype=torch.float64)
+    assert x.dtype == torch.float64
+    torch.testing.assert_close(x[1], torch.randn(3, generator=torch.Generator().manual_seed(6), dtype=torch.float64))
+    assert repr(SeededNoise([5, 6, 7, 8])) == "SeededNoise(n=4, seeds=[5, 6, 7]..., device=cpu)"
+    assert repr(SeededNoise([5, 6, 7])) == "SeededNoise(n=3, seeds=[5, 6, 7], device=cpu)"
+    with pytest.raises(ValueError, match=r"^SeededNoise needs at least one seed$"):
+        SeededNoise([])

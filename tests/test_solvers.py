@@ -13,7 +13,7 @@ import torch
 
 from ddpm.config import CONF_DIR, SamplerConfig, sampler_defaults
 from ddpm.diffusion import SAMPLERS, GaussianDiffusion, SeededNoise, forward_jump, lambda_timesteps
-from ddpm.diffusion.solvers import dpm_solver_timesteps, restart_plan
+from ddpm.diffusion.solvers import check_restart, dpm_solver_timesteps, restart_plan
 from ddpm.generate import check_sampler, generate
 
 T = 1000
@@ -272,3 +272,113 @@ def test_restart_defaults_come_from_its_yaml():
     assert s.params == sampler_defaults("restart") and set(s.params) == set(RESTART)
     assert s.describe(T) == {"name": "restart", "steps": 10, "clip_denoised": True, "var_type": None, **s.params}
     assert SamplerConfig(name="ddim", steps=10).params == {"eta": 0.0}
+
+
+# ----------------------------------------------------------------------------- contracts and edges
+# Written from the mutation run (bench/results/mutation_diffusion.md): boundaries, messages and the generator path
+# a surviving mutant changed, each checked against the documented contract or a second call path.
+def test_lambda_timesteps_edges():
+    d = GaussianDiffusion.from_config("linear", T)
+    assert lambda_timesteps(d, 3, 40) == lambda_timesteps(d, 3, 40, 0) and lambda_timesteps(d, 3, 40)[-1] == 0
+    assert lambda_timesteps(d, 11, 300, 290) == list(range(300, 289, -1))  # exactly one per index
+    assert lambda_timesteps(d, 12, 300, 290) == list(range(300, 289, -1))  # more than there are: every index
+    with pytest.raises(ValueError, match=r"^need 0 <= t_lo <= t_hi < T=1000, got t_lo=0, t_hi=1000$"):
+        lambda_timesteps(d, 3, 1000)
+    with pytest.raises(ValueError, match=r"^steps must be >= 1, got 0$"):
+        lambda_timesteps(d, 0, 10)
+    assert dpm_solver_timesteps(d, 5, t_start=0) == [0]
+    with pytest.raises(ValueError, match=r"^t_start must be in \[0, 999\], got 1000$"):
+        dpm_solver_timesteps(d, 5, t_start=1000)
+
+
+def test_explicit_timesteps_and_t_start_agree_or_fail():
+    from ddpm.diffusion import dpm_solver_sample
+
+    d = GaussianDiffusion.from_config("linear", 100)
+    x_T = torch.randn(3, 1, generator=torch.Generator().manual_seed(0))
+    a = dpm_solver_sample(d, toy_eps_1d, (3, 1), timesteps=[60, 30, 0], t_start=60, x_start_t=x_T)
+    b = dpm_solver_sample(d, toy_eps_1d, (3, 1), timesteps=[60, 30, 0], x_start_t=x_T)
+    assert torch.equal(a, b)
+    one = dpm_solver_sample(d, toy_eps_1d, (3, 1), timesteps=[7], x_start_t=x_T)  # one step: the x0 prediction
+    torch.testing.assert_close(one, d.predict_xstart_from_eps(x_T, torch.full((3,), 7), toy_eps_1d(x_T, 7)).clamp(
+        -1, 1))  # fmt: skip
+    with pytest.raises(ValueError, match=r"^give either timesteps or steps / t_start \(timesteps\[0\] is the start\)"):
+        dpm_solver_sample(d, toy_eps_1d, (3, 1), timesteps=[60, 30, 0], t_start=50)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        dpm_solver_sample(d, toy_eps_1d, (3, 1), timesteps=[60, 60, 0])
+    with pytest.raises(ValueError, match=r"^t_start must be in \[0, 99\], got 100$"):
+        dpm_solver_sample(d, toy_eps_1d, (3, 1), timesteps=[100, 50, 0])
+    # the seeds reach every draw when the timesteps are given: the SDE solver equals its steps= twin
+    from ddpm.diffusion.solvers import dpm_solver_sample_progressive
+
+    ts = dpm_solver_timesteps(d, 6)
+    runs = [list(dpm_solver_sample_progressive(d, toy_eps_1d, (3, 1), sde=True, noise=SeededNoise([4, 5, 6]), **kw))
+            for kw in ({"timesteps": ts}, {"steps": 6})]  # fmt: skip
+    assert torch.equal(runs[0][-1]["sample"], runs[1][-1]["sample"])
+
+
+def toy_eps_1d(x, t):
+    s = (torch.as_tensor(t).float() / 100).reshape(-1, *([1] * (x.ndim - 1)))
+    return 0.8 * torch.tanh(x) * (1 + s)
+
+
+@pytest.mark.parametrize("name,kw", [("dpm_solver_sde", {"steps": 8}), ("restart", {"steps": 10, **RESTART})])
+def test_a_generator_alone_drives_every_draw(name, kw):
+    """Without SeededNoise, x_T and every later draw (SDE noise, restart jumps) come from the given generator: the
+    same generator seed gives the same images whatever the global RNG does, another seed other images."""
+    d = GaussianDiffusion.from_config("linear", T)
+
+    def run(seed: int, global_seed: int):
+        torch.manual_seed(global_seed)
+        return SAMPLERS[name].sample(d, toy_eps, (2, *SHAPE), generator=torch.Generator().manual_seed(seed), **kw)
+
+    assert torch.equal(run(1, 0), run(1, 99))
+    assert not torch.allclose(run(1, 0), run(2, 0))
+
+
+def test_forward_jump_bounds():
+    d = GaussianDiffusion.from_config("linear", T)
+    x, z = torch.full((3,), 0.5), torch.tensor([-1.0, 0.0, 1.0])
+    r = d.alphas_cumprod_np[5] / d.alphas_cumprod_np[0]
+    torch.testing.assert_close(forward_jump(d, x, 0, 5, z), math.sqrt(r) * x + math.sqrt(1 - r) * z)
+    for a, b in ((5, 5), (5, 1000), (-1, 5)):
+        with pytest.raises(ValueError, match=rf"^a forward jump needs 0 <= t_from < t_to < T, got {a} -> {b}$"):
+            forward_jump(d, x, a, b, z)
+
+
+def test_restart_plan_edges():
+    """The boundaries of the plan: a main pass of exactly 2 evaluations is allowed, a restart at the second main
+    index, t_min equal to a main index restarts there (t <= t_min), one restart pass, t_min = 1; and a restart
+    interval too narrow for its passes is refused with the numbers."""
+    d = GaussianDiffusion.from_config("linear", T)
+    main, at, rts = restart_plan(d, 4, 60, 300, 1, 0.5)
+    assert len(main) == 2 and len(rts) == 2 and main[at] == 0
+    main, at, rts = restart_plan(d, 10, 900, 950, 1, 0.2)  # 8 main steps: 999, 851, ...: restarts after one
+    assert at == 1 and main[at] == dpm_solver_timesteps(d, 8)[1] < 900 and rts[0] == 950
+    main10 = dpm_solver_timesteps(d, 10)  # [999, 886, 757, 603, 410, 202, 73, 22, 5, 0]
+    main, at, _ = restart_plan(d, 12, 73, 300, 1, 0.2)  # 10 in the main pass: index 73 is on its grid
+    assert main == main10 and main[at] == 73
+    check_restart({**RESTART, "restart_t_min": 1, "restart_k": 1}, 10, d)
+    check_sampler(d, SamplerConfig(name="restart", steps=10, params=RESTART))  # valid settings pass with T
+    with pytest.raises(ValueError, match=r"^sampler=restart: 4 evaluations per restart pass do not fit between "
+                                         r"restart_t_max=42 and 39; widen the interval or lower "
+                                         r"sampler.restart_share$"):
+        restart_plan(d, 20, 40, 42, 2, 0.4)
+
+
+@pytest.mark.parametrize("params,match", [
+    ({"restart_t_min": 300}, r"0 < restart_t_min < restart_t_max"),  # t_min == t_max
+    ({"restart_share": 0.0}, r"^sampler.restart_share=0.0 must be in \(0, 1\): the fraction of sampler.steps "
+                             r"spent in restart passes$"),
+])
+def test_more_bad_restart_parameters(params, match):
+    with pytest.raises(ValueError, match=match):
+        check_restart({**RESTART, **params}, None, None)
+
+
+def test_evaluations_per_image():
+    """The cost the frontier reports: a full-chain sampler T evaluations whatever steps says; a few-step sampler
+    its steps, at most T; no steps: T."""
+    assert SAMPLERS["ancestral"].evaluations(5, 1000) == 1000
+    assert SAMPLERS["ddim"].evaluations(50, 1000) == 50 and SAMPLERS["ddim"].evaluations(2000, 1000) == 1000
+    assert SAMPLERS["dpm_solver"].evaluations(None, 100) == 100 and SAMPLERS["restart"].evaluations(7, 10) == 7
