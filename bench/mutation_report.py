@@ -1,0 +1,169 @@
+"""The mutation report of the math layer: reads mutmut's results (after ``bench/mutation.sh``) and writes
+bench/results/mutation_diffusion.md: mutants, killed, survived, equivalent (each with its one-line reason).
+
+    python bench/mutation_report.py --seconds 1655 --out bench/results/mutation_diffusion.md
+
+A surviving mutant is either killed by a new test (then it no longer survives) or listed below as equivalent:
+``EQUIVALENT`` (no input changes the result), ``CPU_ONLY`` (only a device argument changes: every tensor of this
+run is on the CPU, so the two agree here; a GPU run would tell them apart) or ``IMPORT_TIME`` (code that runs
+when ``ddpm.diffusion`` is imported, before mutmut's trampoline selects the mutant, so no test can see it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+P = "ddpm.diffusion."
+S, G, SM, SC, L, R, N = (P + m for m in ("solvers.", "gaussian.", "samplers.", "schedules.", "losses.",
+                                         "resample.", "noise."))
+GD = G + "xǁGaussianDiffusionǁ"
+
+EQUIVALENT = {
+    S + "x_lambda_timesteps__mutmut_41": "idx's dtype: np.interp computes in float64 from int indices alike",
+    S + "x_lambda_timesteps__mutmut_45": "idx's dtype (omitted): as _41",
+    S + "x_lambda_timesteps__mutmut_76": "lower clip: the running max from the end starts at ts[-1] = t_lo "
+                                         "(the last target is lambda(t_lo) exactly), so g >= t_lo already",
+    S + "x_dpm_solver_timesteps__mutmut_36": "t_lo omitted: its default is 0",
+    S + "xǁ_Chainǁlevel__mutmut_2": "alpha at the clean end: both updates return x0 at lambda = inf before "
+                                    "reading it",
+    S + "xǁ_Chainǁlevel__mutmut_3": "sigma at the clean end: as _2",
+    S + "xǁ_Chainǁrun__mutmut_13": "dtype of torch.full with a Python int: int64 either way",
+    S + "xǁ_Chainǁrun__mutmut_17": "dtype omitted: as _13",
+    S + "x__timesteps_and_start__mutmut_31": "zip(strict=None): strict defaults to False",
+    S + "x__timesteps_and_start__mutmut_34": "zip without strict: as _31",
+    S + "x_restart_plan__mutmut_23": "next()'s default: unreachable, the main pass ends at 0 < t_min",
+    S + "x_restart_plan__mutmut_25": "next()'s default omitted: as _23",
+    S + "x_restart_plan__mutmut_28": "next()'s default: as _23",
+    S + "x_restart_plan__mutmut_29": "next()'s default: as _23",
+    S + "x_restart_plan__mutmut_30": "unreachable check: ts[at] <= t_min < t_max, and at = 0 needs ts[0] = T-1 "
+                                     "<= t_min < t_max < T (see the report's findings)",
+    S + "x_restart_plan__mutmut_33": "unreachable check: as _30",
+    S + "x_restart_plan__mutmut_34": "the message of the unreachable check: as _30",
+    S + "x_check_restart__mutmut_21": "the bound without T (t_max + 1 or + 2) is always met",
+    GD + "__init____mutmut_42": "np.arange(T) is int64 already (64-bit platforms)",
+    GD + "__init____mutmut_44": "as _42",
+    GD + "__init____mutmut_47": "np.asarray of Python ints / int64 arrays is int64 already",
+    GD + "__init____mutmut_49": "as _47",
+    GD + "__init____mutmut_161": "an internal invariant (assert) made weaker: it never fires for valid input",
+    GD + "__init____mutmut_166": "register_buffer(persistent=None): falsy, the buffer stays non-persistent",
+    GD + "__init____mutmut_174": "as _166",
+    GD + "training_losses__mutmut_53": "clip_denoised=None is falsy: the same as False",
+    GD + "training_losses__mutmut_87": "as _53",
+    SM + "x_respace__mutmut_39": "np.asarray of Python floats is float64 already",
+    SM + "x_respace__mutmut_41": "as _39",
+    SM + "x_space_timesteps__mutmut_55": "the stride of a one-step section is never used (it keeps its start)",
+    SC + "x__linear__mutmut_6": "np.linspace's default dtype is float64",
+    SC + "x__linear__mutmut_10": "as _6",
+    SC + "x__quad__mutmut_7": "as _linear _6",
+    SC + "x__quad__mutmut_11": "as _linear _6",
+    SC + "x_betas_for_alpha_bar__mutmut_17": "np.asarray of Python floats is float64 already",
+    SC + "x_betas_for_alpha_bar__mutmut_19": "as _17",
+    SC + "x_get_beta_schedule__mutmut_18": "an internal invariant (assert) made weaker: never fires for the "
+                                           "named schedules",
+    SC + "x_get_beta_schedule__mutmut_21": "as _18",
+    SC + "x_get_beta_schedule__mutmut_23": "as _18",
+    SC + "x_get_beta_schedule__mutmut_26": "as _18",
+    SC + "x_get_beta_schedule__mutmut_27": "as _18",
+    SC + "x_schedule_name__mutmut_3": "np.asarray of float64 arrays / Python floats is float64 already",
+    SC + "x_schedule_name__mutmut_5": "as _3",
+    L + "x_normal_kl__mutmut_10": "torch.tensor(t, dtype=ref.dtype) of a tensor argument has its values; only "
+                                  "mixed-dtype tensor arguments would differ, and no caller mixes them",
+    L + "x_discretized_gaussian_log_likelihood__mutmut_33": "x <= -0.999 vs x < -0.999: no pixel value "
+                                                            "(k / 127.5 - 1) lies at the edge",
+    L + "x_discretized_gaussian_log_likelihood__mutmut_41": "as _33, at +0.999",
+    R + "xǁUniformTSamplerǁsample__mutmut_8": "torch.randint(high, size) is torch.randint(0, high, size)",
+}
+
+CPU_ONLY = {
+    S + "xǁ_Chainǁrandn__mutmut_4", S + "xǁ_Chainǁrun__mutmut_14", S + "xǁ_Chainǁrun__mutmut_18",
+    S + "x__timesteps_and_start__mutmut_7", S + "x__timesteps_and_start__mutmut_53",
+    G + "x_extract__mutmut_2", GD + "_as_t__mutmut_6", GD + "_as_t__mutmut_10", GD + "_as_t__mutmut_18",
+    GD + "model_timesteps__mutmut_1", GD + "prior_bpd__mutmut_2", GD + "prior_bpd__mutmut_5",
+    GD + "prior_bpd__mutmut_6", SM + "x__device__mutmut_1",
+    SM + "x__randn__mutmut_8", SM + "x__randn__mutmut_11", SM + "x__randn__mutmut_14", SM + "x__randn__mutmut_17",
+    SM + "x__randn__mutmut_19", SM + "x__randn__mutmut_21", SM + "x__init__mutmut_21", SM + "x__init__mutmut_33",
+    SM + "x__init__mutmut_35", SM + "x_respace__mutmut_42", N + "xǁSeededNoiseǁ__init____mutmut_14",
+    N + "xǁSeededNoiseǁrandn__mutmut_14", N + "xǁSeededNoiseǁrandn__mutmut_18",
+    L + "x_normal_kl__mutmut_14", L + "x_normal_kl__mutmut_17",
+    R + "xǁTSamplerǁsample__mutmut_16", R + "xǁTSamplerǁsample__mutmut_17",
+    R + "xǁUniformTSamplerǁsample__mutmut_7", R + "xǁUniformTSamplerǁsample__mutmut_11",
+    R + "xǁUniformTSamplerǁsample__mutmut_14", R + "xǁUniformTSamplerǁsample__mutmut_16",
+}
+CPU_REASON = "only a device argument (or the mps branch) changes; every tensor of this run is on the CPU"
+
+IMPORT_TIME = re.compile(re.escape(P + "registry.x_register__mutmut_"))
+IMPORT_REASON = ("@register runs when ddpm.diffusion is imported, before the mutant is selected; the registry's "
+                 "contents are checked by test_solvers.py::test_every_registered_sampler_has_its_config_and_the_"
+                 "other_way_round")
+
+
+def results() -> dict[str, str]:
+    out = subprocess.run(["mutmut", "results", "--all", "true"], capture_output=True, text=True, check=True).stdout
+    return {name.strip(): status.strip() for name, status in (ln.rsplit(": ", 1) for ln in out.splitlines() if
+                                                             ": " in ln)}
+
+
+def classify(name: str) -> tuple[str, str] | None:
+    if name in EQUIVALENT:
+        return "equivalent", EQUIVALENT[name]
+    if name in CPU_ONLY:
+        return "equivalent on CPU", CPU_REASON
+    if IMPORT_TIME.match(name):
+        return "import time", IMPORT_REASON
+    return None
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=str, default="?", help="wall time of the run(s), for the report")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    res = results()
+    counts = Counter(res.values())
+    survivors = {n: s for n, s in res.items() if s in ("survived", "no tests", "timeout", "suspicious")}
+    listed = {n: classify(n) for n in survivors}
+    equivalent = {n: c for n, c in listed.items() if c is not None}
+    open_ = sorted(n for n, c in listed.items() if c is None)
+    total = len(res)
+    killed = counts.get("killed", 0)
+    non_eq = total - len(equivalent)
+    kinds = Counter(c[0] for c in equivalent.values())
+    lines = [
+        "# Mutation score of the math layer (`src/ddpm/diffusion/*`)",
+        "",
+        "Command: `bench/mutation.sh` (mutmut 3, `[tool.mutmut]` in pyproject.toml: the core tests "
+        "test_diffusion, test_samplers, test_solvers, test_reference_samplers, test_resample with "
+        "`-m \"not slow\"`), then `python bench/mutation_report.py`. CPU, 2 workers on a shared 2-core machine; "
+        f"wall time: {args.seconds}.",
+        "",
+        "| mutants | killed | survived, listed equivalent | survived, not equivalent | killed / non-equivalent |",
+        "|---|---|---|---|---|",
+        f"| {total} | {killed} | {len(equivalent)} ({', '.join(f'{k}: {v}' for k, v in sorted(kinds.items()))}) "
+        f"| {len(open_)} | **{killed / non_eq:.1%}** ({killed} / {non_eq}) |",
+        "",
+        f"Strict score (the CPU-only and import-time mutants counted as not killed): "
+        f"{killed / (total - kinds.get('equivalent', 0)):.1%}.",
+        "",
+        "mutmut's own counts: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".",
+    ]
+    if open_:
+        lines += ["", "## Surviving, not equivalent", ""] + [f"* `{n}`" for n in open_]
+    lines += ["", "## Equivalent mutants (one line each)", "", "| mutant | kind | why it cannot be told apart |",
+              "|---|---|---|"]
+    for n in sorted(equivalent):
+        kind, reason = equivalent[n]
+        lines.append(f"| `{n.removeprefix(P)}` | {kind} | {reason} |")
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
