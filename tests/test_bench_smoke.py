@@ -55,8 +55,25 @@ def test_bench_cpu_profile(capsys):
     assert "aten::" in text
 
 
-def test_bench_cpu_memory_child():
+def test_bench_cpu_memory_child(monkeypatch):
+    """The memory figure is the peak over the steps above the RSS before them: an implementation whose step
+    allocates (and touches) 64 MiB and frees it again reads ~64 MiB, although the RSS after the step is back where
+    it was (a figure from the RSS after, or from a peak that was not reset, would not); the real one runs."""
     bench = _load("bench_cpu")
+
+    class Allocates:
+        def step(self):
+            block = torch.ones(64 * 2**20 // 4, dtype=torch.float32)  # 64 MiB, every page written
+            del block
+
+    monkeypatch.setattr(bench, "make_impl", lambda *a, **k: Allocates())
+    big = torch.ones(96 * 2**20 // 4)  # an earlier, higher peak in this process: it must not count
+    del big
+    res = bench.child_memory("train:ours", quick=True, batch=2, steps=1, threads=1)
+    if res["method"] == "VmHWM after clear_refs":
+        assert 60 <= res["delta_mb"] <= 80, res
+    assert bench._rss_kb() / 1024 < res["rss_before_mb"] + 32  # freed again: the RSS alone would miss it
+    monkeypatch.undo()
     res = bench.child_memory("train:ours", quick=True, batch=2, steps=1, threads=1)
     assert res["delta_mb"] >= 0 and res["peak_mb"] >= res["rss_before_mb"] > 0
 
@@ -119,24 +136,21 @@ def test_nets_and_diffusion_import_no_app_dependencies():
 
 
 @pytest.mark.slow  # a real `python train.py` (20 steps) and a 3-second diffusers run
-def test_bench_quickstart_quick_prints_both_arms_and_references(tmp_path):
+def test_bench_quickstart_quick_prints_our_arm_the_diffusers_arm_and_references(tmp_path):
+    """Our arm and the diffusers arm (diffusers is in [test]) with their parameter counts, and the reference rows.
+    lucidrains' arms need the optional bench extra, which the tests do not install: they are left out here
+    (--skip-lucidrains) and nothing about them is claimed."""
     import diffusers  # noqa: F401  (a test extra)
     from conftest import run_cli
 
     out = tmp_path / "qs.md"
-    run_cli([str(ROOT / "bench" / "bench_quickstart.py"), "--quick", "--out", str(out)], cwd=tmp_path,
-            OMP_NUM_THREADS="1")
+    run_cli([str(ROOT / "bench" / "bench_quickstart.py"), "--quick", "--skip-lucidrains", "--out", str(out)],
+            cwd=tmp_path, OMP_NUM_THREADS="1")  # fmt: skip
     text = out.read_text()
     for row in ("| ours: `python train.py` | 701,345 | 20 (256)", "| diffusers recipe, quickstart UNet | 701,345 |",
                 "| real held-out digits (n=16)", "| uniform noise (n=16)"):
         assert row in text, row
-    try:  # an optional bench extra (pip install -e .[bench]): its arms, or a line saying they were left out
-        import denoising_diffusion_pytorch  # noqa: F401
-    except ImportError:
-        assert "denoising-diffusion-pytorch is not installed" in text
-    else:
-        assert "| lucidrains recipe, quickstart UNet | 701,345 |" in text
-        assert "| lucidrains recipe + its Unet | 721,185 |" in text
+    assert "lucidrains" not in text.split("Command:")[1].split("\n", 1)[1]  # no arm, no line about one
 
 
 def test_frontier_digits_study_quick_writes_the_timesteps_and_gaussian_tables(tmp_path):

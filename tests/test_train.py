@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import run_cli
 from PIL import Image
 from test_data import write_fake_cifar  # the torchvision layout, written by the data tests' helper
@@ -363,11 +364,24 @@ def test_multirun_two_objectives_and_report(tmp_path):
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / "metrics.json").exists())
     assert len(jobs) == 2 and jobs[0] != jobs[1]
     report = run_cli(["-m", "ddpm.report", f"multirun_dir={sweep_dir}"], cwd=tmp_path).stdout
-    assert "(L_simple)" in report
-    assert "3.17" in report and "13.51" in report  # the paper's numbers beside ours
-    lines = [ln for ln in report.splitlines() if ln.startswith("|")]
-    ours = [ln for ln in lines if "simple" in ln or "eps_vlb_fixed" in ln]
-    assert len(ours) >= 2
+    # each job's own row: its objective's fields as the job's config has them, the steps its metrics.json
+    # recorded, and that Table 2 row's paper numbers beside them; the rows not run say so
+    rows = {}
+    for line in report.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 9 and cells[0] != "Table 2 row" and cells[1] != "not run" and " (" in cells[1]:
+            rows[cells[1].split(" (")[0]] = cells
+    assert set(rows) == {"simple", "eps_vlb_fixed"}, report
+    paper_fid = {"simple": "3.17", "eps_vlb_fixed": "13.51"}
+    for job in jobs:
+        cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+        obj = cfg["objective"]
+        name = "simple" if obj["loss_type"] == "mse" else "eps_vlb_fixed"
+        row = rows[name]
+        assert row[1].startswith(f"{name} ({obj['mean_type']}/{obj['var_type']}/{obj['loss_type']}")
+        assert row[2] == str(json.loads((job / "metrics.json").read_text())["global_step"]) == "4"
+        assert row[7] == paper_fid[name]
+    assert sum("| not run |" in line for line in report.splitlines()) == 4  # the other Table 2 rows
 
 
 @pytest.mark.slow
@@ -378,7 +392,16 @@ def test_submitit_local_launcher_runs_a_tiny_job(tmp_path):
     sweep_dir = tmp_path / "sweep"
     run_cli([str(ROOT / "train.py"), "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
              *overrides, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
-    assert len(list(sweep_dir.rglob("metrics.json"))) == 1
+    (metrics,) = sweep_dir.rglob("metrics.json")
+    assert list(sweep_dir.rglob(".submitit/*/*_log.out"))  # submitit ran it (the basic launcher writes no log)
+    # the job is the run itself: the same weights as the same overrides trained here in-process
+    direct = tmp_path / "direct"
+    train(compose("train", [*overrides, f"paths.output_dir={direct}"]))
+    ours = torch.load(metrics.parent / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ref = torch.load(direct / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ours["global_step"] == ref["global_step"] == 2
+    for key, value in ref["state_dict"].items():
+        torch.testing.assert_close(ours["state_dict"][key], value, rtol=0, atol=0, msg=key)
 
 
 def test_slurm_launcher_composes():
