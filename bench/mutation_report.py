@@ -29,6 +29,11 @@ EQUIVALENT = {
     S + "x_lambda_timesteps__mutmut_76": "lower clip: the running max from the end starts at ts[-1] = t_lo "
                                          "(the last target is lambda(t_lo) exactly), so g >= t_lo already",
     S + "x_dpm_solver_timesteps__mutmut_36": "t_lo omitted: its default is 0",
+    S + "x_lambda_timesteps__mutmut_12": "n == number of indices through the general path: the distinct-index "
+                                         "repair then keeps every index, as the shortcut does",
+    S + "x_lambda_timesteps__mutmut_15": "as _12 (the shortcut moved to n > number of indices)",
+    GD + "_as_t__mutmut_5": "dtype of torch.full with a Python int: int64 either way",
+    GD + "_as_t__mutmut_9": "as _5",
     S + "xǁ_Chainǁlevel__mutmut_2": "alpha at the clean end: both updates return x0 at lambda = inf before "
                                     "reading it",
     S + "xǁ_Chainǁlevel__mutmut_3": "sigma at the clean end: as _2",

@@ -613,6 +613,11 @@ def test_training_losses_draw_their_noise_from_the_global_rng_and_report_the_mse
     xt = d.q_sample(x0, t, noise)
     torch.testing.assert_close(terms["mse"], mean_flat((noise - 0.5 * xt) ** 2))
     torch.testing.assert_close(terms["loss"], terms["mse"] + terms["vb"])
+    # the true bound (kl) reports the same eps MSE beside it, as a diagnostic (train/mse)
+    kl = GaussianDiffusion.from_config("linear", 20, "eps", "fixed_large", "kl")
+    kl_terms = kl.training_losses(lambda x, tt: 0.5 * x, x0, t, noise=noise)
+    torch.testing.assert_close(kl_terms["mse"], mean_flat((noise - 0.5 * xt) ** 2))
+    assert torch.equal(kl_terms["loss"], kl_terms["vb"])
 
 
 def test_prior_bpd_keeps_the_input_dtype():

@@ -414,6 +414,8 @@ def test_space_timesteps_sections_by_hand(T, sections, expected):
 def test_space_timesteps_and_respace_errors_name_the_problem():
     with pytest.raises(ValueError, match=r"^cannot create exactly 6 steps with an integer stride from T=10$"):
         space_timesteps(10, "ddim6")
+    with pytest.raises(ValueError, match=r"^cannot create exactly 1 steps"):  # improved-diffusion's rule: only T=1
+        space_timesteps(10, "ddim1")
     with pytest.raises(ValueError, match=r"^cannot divide section of 5 steps into 6$"):
         space_timesteps(10, [6, 1])
     d = GaussianDiffusion.from_config("linear", 10)

@@ -334,6 +334,11 @@ def test_a_generator_alone_drives_every_draw(name, kw):
 
     assert torch.equal(run(1, 0), run(1, 99))
     assert not torch.allclose(run(1, 0), run(2, 0))
+    if name == "dpm_solver_sde":  # also with explicit timesteps
+        torch.manual_seed(5)
+        ts = dpm_solver_timesteps(d, 8)
+        x = SAMPLERS[name].sample(d, toy_eps, (2, *SHAPE), generator=torch.Generator().manual_seed(1), timesteps=ts)
+        assert torch.equal(x, run(1, 0))
 
 
 def test_forward_jump_bounds():
