@@ -87,7 +87,7 @@ def disk_full(e: BaseException, path: str | os.PathLike | None = None, needed: i
             cause = cause.__cause__ or cause.__context__
         path = cause.filename if cause is not None else None
     shown = destination(path) if path is not None else None
-    folder = Path(shown or ".").parent if shown is not None else Path(".")
+    folder = shown.parent if shown is not None else Path(".")
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     try:
