@@ -122,9 +122,9 @@ def resume_command(output_dir: Path) -> str:
         from hydra.core.hydra_config import HydraConfig
 
         if HydraConfig.initialized():
-            drop = ("ckpt_path", "hydra.run.dir", "paths.output_dir")
+            # not the run directory's (given below) nor Hydra's own (Lightning adds some to the other ranks')
             overrides = [shlex.quote(o) for o in HydraConfig.get().overrides.task
-                         if o.split("=", 1)[0].lstrip("+~") not in drop]
+                         if not o.split("=", 1)[0].lstrip("+~").startswith(("ckpt_path", "paths.output_dir", "hydra"))]
     except ImportError:
         pass
     return " ".join([command("train"), *overrides, shlex.quote(f"hydra.run.dir={output_dir}"), "ckpt_path=last"])
