@@ -229,7 +229,9 @@ def ddp_args(run: Path, steps: int, *extra: str) -> list[str]:
 
 
 def ddp_env() -> dict[str, str]:
-    return cli_env(PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}", OMP_NUM_THREADS="1")
+    """tests/ importable (fault_callbacks), one thread per rank, and the user's view of errors (no traceback)."""
+    return cli_env(PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}", OMP_NUM_THREADS="1",
+                   HYDRA_FULL_ERROR="0")
 
 
 def run_ddp(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -376,15 +378,13 @@ def test_sigterm_to_both_ranks_then_resume_is_bit_identical_and_the_console_is_c
 
 
 @pytest.mark.slow
-def test_ddp_grad_layout_bench_shows_the_warning_and_the_copies_gone(capsys):
+def test_ddp_grad_layout_bench_shows_the_warning_and_the_copies_gone():
     """bench/ddp_grad_layout.py --quick: under 2-process gloo DDP, plain 1x1 convs make torch warn about grad
     strides (5 parameters mismatched); the network's own convs do not, with bitwise the same outputs."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ddp_grad_layout", ROOT / "bench" / "ddp_grad_layout.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    text = bench.main(["--quick"])
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "ddp_grad_layout.py"), "--quick"], cwd=ROOT,
+                          env=ddp_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    text = done.stdout
     assert re.search(r"\| after \(Conv1x1\) \| [\d.]+ \| no \| 0 \|", text), text
     assert re.search(r"\| before \(nn.Conv2d\) \| [\d.]+ \| yes \| 5 \|", text), text
     assert "outputs bitwise equal: True" in text
