@@ -271,7 +271,8 @@ def test_a_killed_rank_ends_the_run_with_one_line_and_the_resume_command_works(t
     """kill -9 of rank 1 mid-run: rank 0 exits within 30 s with one line naming the dead rank, the last good
     checkpoint and the resume command; only whole checkpoints; no process left; the resume command runs."""
     run = tmp_path / "run"
-    args = ddp_args(run, 100_000, "callbacks.model_checkpoint.every_n_train_steps=2", "trainer.val_check_interval=100000")
+    args = ddp_args(run, 100_000, "callbacks.model_checkpoint.every_n_train_steps=2",
+                    "trainer.val_check_interval=100000")
     proc = subprocess.Popen(args, cwd=tmp_path, env=ddp_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
@@ -373,8 +374,9 @@ def test_sigterm_to_both_ranks_then_resume_is_bit_identical_and_the_console_is_c
     for i, state in a["optimizer_states"][0]["state"].items():
         for name, value in state.items():
             assert torch.equal(value, b["optimizer_states"][0]["state"][i][name]), (i, name)
+    straight_sha = (tmp_path / "straight" / "weights_sha_rank0.txt").read_text()
     for r in (0, 1):  # and every rank of the resumed run holds those weights
-        assert (run / f"weights_sha_rank{r}.txt").read_text() == (tmp_path / "straight" / "weights_sha_rank0.txt").read_text()
+        assert (run / f"weights_sha_rank{r}.txt").read_text() == straight_sha
 
 
 @pytest.mark.slow

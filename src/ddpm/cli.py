@@ -3,8 +3,9 @@ user: one clean block for a user error, a console without duplicated or misleadi
 that lists only what the script takes.
 
 * **User errors** (a bad value, a missing file or dataset, a checkpoint that is not one, a run that diverged, a
-  full disk or quota wherever a file is written, a dead process of a DDP run) are printed as ``Error: <message>`` on stderr, exit status 1, no traceback. ``HYDRA_FULL_ERROR=1`` (or
-  ``DDPM_DEBUG=1``) shows the full traceback instead. Anything else is a bug and keeps its traceback.
+  full disk or quota wherever a file is written, a dead process of a DDP run) are printed as
+  ``Error: <message>`` on stderr, exit status 1, no traceback. ``HYDRA_FULL_ERROR=1`` (or ``DDPM_DEBUG=1``)
+  shows the full traceback instead. Anything else is a bug and keeps its traceback.
 * **Console**: Lightning's own console handler is removed (its lines went out twice: once plain, once through
   Hydra's handler), library notices that the project's defaults would trigger are filtered, and Hydra's
   console lines are short (``[INFO] message``); the run directory's log file keeps the full format.

@@ -66,7 +66,8 @@ class DiffusionModule(L.LightningModule):
         ``(seed, step, micro-batch, rank)``.
     :param nan_policy: a non-finite loss or gradient: ``stop`` the run, or ``skip`` the optimizer step (and stop
         after ``nan_max_consecutive`` in a row). Under DDP all ranks decide together, on every rank's loss and
-        the all-reduced gradients: they skip the same steps or all stop with the same message. These three are ``conf/train.yaml``'s top-level keys.
+        the all-reduced gradients: they skip the same steps or all stop with the same message. These three are
+        ``conf/train.yaml``'s top-level keys.
     :param channels_last: run the network in channels_last memory format (a GPU speed option).
     :param compile: ``None`` (eager) or ``torch.compile`` keyword arguments (``{"backend", "mode"}``) for the
         training network, compiled in place with ``nn.Module.compile``: parameters, state-dict keys and
