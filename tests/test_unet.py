@@ -229,3 +229,33 @@ def test_bad_inputs_are_rejected():
         net(torch.randn(1, 1, 7, 7), torch.tensor([0]))
     with pytest.raises(ValueError, match="t must have shape"):
         net(torch.randn(2, 1, 8, 8), torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize("batch", [4, 64])
+def test_1x1_conv_weight_gradients_keep_the_weight_strides_and_the_values(batch):
+    """DDP compares a gradient's strides with its parameter's literally (else it warns and makes a strided copy
+    per step). A plain 1x1 nn.Conv2d returns ``(I, 1, I, I)`` weight gradients at batch 64 (``(I, 1, 1, 1)`` at
+    batch 4); the network's 1x1 convs always return the weight's strides, with bitwise the same outputs and
+    gradients as nn.Conv2d (so trained weights and the quickstart's FID do not move)."""
+    import copy
+
+    from ddpm.nets.layers import Conv1x1
+
+    net = randomise_near_zero(small())
+    plain = copy.deepcopy(net)
+    for m in plain.modules():
+        if type(m) is Conv1x1:
+            m.__class__ = nn.Conv2d
+    assert len([m for m in net.modules() if type(m) is Conv1x1]) == 21  # q, k, v, proj_out and nin_shortcuts
+    torch.manual_seed(1)
+    x, t = torch.randn(batch, 1, 8, 8), torch.randint(0, 1000, (batch,))
+    out, ref = net(x, t), plain(x, t)
+    assert torch.equal(out, ref)
+    out.square().mean().backward()
+    ref.square().mean().backward()
+    for (name, p), q in zip(net.named_parameters(), plain.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad), name
+        assert p.grad.stride() == p.stride(), (name, p.stride(), p.grad.stride())
+    plain_mismatch = [n for n, p in plain.named_parameters() if p.grad.stride() != p.stride()]
+    # what the fix is for: 4 attention proj_out and 1 nin_shortcut (q, k, v run as one matmul of their weights)
+    assert len(plain_mismatch) == (5 if batch == 64 else 0), plain_mismatch

@@ -2,9 +2,10 @@
 user: one clean block for a user error, a console without duplicated or misleading lines, and ``--help``
 that lists only what the script takes.
 
-* **User errors** (a bad value, a missing file or dataset, a checkpoint that is not one, a run that diverged)
-  are printed as ``Error: <message>`` on stderr, exit status 1, no traceback. ``HYDRA_FULL_ERROR=1`` (or
-  ``DDPM_DEBUG=1``) shows the full traceback instead. Anything else is a bug and keeps its traceback.
+* **User errors** (a bad value, a missing file or dataset, a checkpoint that is not one, a run that diverged, a
+  full disk or quota wherever a file is written, a dead process of a DDP run) are printed as
+  ``Error: <message>`` on stderr, exit status 1, no traceback. ``HYDRA_FULL_ERROR=1`` (or ``DDPM_DEBUG=1``)
+  shows the full traceback instead. Anything else is a bug and keeps its traceback.
 * **Console**: Lightning's own console handler is removed (its lines went out twice: once plain, once through
   Hydra's handler), library notices that the project's defaults would trigger are filtered, and Hydra's
   console lines are short (``[INFO] message``); the run directory's log file keeps the full format.
@@ -24,11 +25,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ddpm.io import DownloadError, MissingDependencyError
+from ddpm.io import DiskFullError, DownloadError, MissingDependencyError, RankFailedError, disk_full
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, FloatingPointError,
                                                 NotADirectoryError, IsADirectoryError, DownloadError,
-                                                MissingDependencyError)
+                                                MissingDependencyError, DiskFullError, RankFailedError)
 
 # Library messages that the project's own defaults trigger and that say nothing to the user.
 # Lightning notices that the project's own defaults cause (tip, its save path, the recipe's limit_val_batches)
@@ -53,6 +54,8 @@ def user_message(e: BaseException) -> str | None:
 
     if isinstance(e, InstantiationException) and isinstance(e.__cause__, USER_ERRORS):
         e = e.__cause__
+    if not isinstance(e, USER_ERRORS) and (full := disk_full(e)) is not None:  # a write outside ddpm.io's writer
+        e = full
     if isinstance(e, USER_ERRORS) or type(e).__name__ in ("ImageDecodeError", "DatasetNotFoundError"):
         text = str(e.args[0]) if len(e.args) == 1 else str(e)
         if "Original Traceback" in text:  # raised in a DataLoader worker: its last line is the message

@@ -8,9 +8,12 @@ An interrupted process therefore never leaves a half-written file, and a crash n
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pickle
+import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,107 @@ class DownloadError(ConnectionError):
 
 class MissingDependencyError(ImportError):
     """An optional package that a feature needs is not installed; the message says what to install."""
+
+
+class DiskFullError(OSError):
+    """A write that ran out of space (ENOSPC) or quota (EDQUOT). One line names the file, the space it needed
+    and the space free; a command may add how to go on (:meth:`with_hint`). Build it with :func:`disk_full`."""
+
+    def __init__(self, message: str, code: int, filename: str) -> None:
+        super().__init__(message)
+        self.errno, self.filename = code, filename
+
+    def with_hint(self, hint: str) -> DiskFullError:
+        return DiskFullError(f"{self.args[0]} {hint}", self.errno, self.filename)
+
+
+class RankFailedError(RuntimeError):
+    """Another process of a multi-process (DDP) run died; the message says which, if known, and how to resume."""
+
+
+_DISK_FULL = {errno.ENOSPC: "No space left on device (ENOSPC)", errno.EDQUOT: "Disk quota exceeded (EDQUOT)"}
+
+
+def disk_full_code(e: BaseException) -> int | None:
+    """``errno.ENOSPC`` / ``errno.EDQUOT`` when ``e`` or an exception it was raised from is a full disk or quota
+    (torch reports an ``OSError`` raised in its writer as a ``RuntimeError`` *from* it; libraries written in
+    other languages only in their message), else ``None``."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+            return e.errno
+        text = str(e)
+        for code in _DISK_FULL:
+            if os.strerror(code) in text or f"os error {code})" in text:
+                return code
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def disk_full(e: BaseException, path: str | os.PathLike | None = None, needed: int | None = None,
+              written: int = 0) -> DiskFullError | None:
+    """``e`` as a :class:`DiskFullError` (``None`` if it is not a full disk or quota): the file being written
+    (``path``, else the one the error names; a temporary name of :func:`atomic_write` is shown as the file it
+    stands for), the space it needs (``needed`` bytes, an estimate, else more than the ``written`` bytes that
+    fitted) and the space free on that file system."""
+    if isinstance(e, DiskFullError):
+        return e
+    code = disk_full_code(e)
+    if code is None:
+        return None
+    if path is None:
+        cause = e
+        while cause is not None and not (isinstance(cause, OSError) and cause.filename):
+            cause = cause.__cause__ or cause.__context__
+        path = cause.filename if cause is not None else None
+    shown = destination(path) if path is not None else None
+    folder = shown.parent if shown is not None else Path(".")
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = _human(shutil.disk_usage(folder).free)
+    except OSError:
+        free = "an unknown amount"
+    if needed:
+        need = f"about {_human(needed)}"
+    elif written:
+        need = f"more than the {_human(written)} written when it ran out"
+    else:
+        need = "more than was free"
+    where = f"{free} is free on that file system" + (
+        " (the quota, not the disk, ran out: `quota -s` shows yours)" if code == errno.EDQUOT else "")
+    message = (f"{_DISK_FULL[code]} writing {shown or 'a file'}: it needs {need}, and {where}. Nothing was "
+               "replaced and no temporary file is left. Free some space (or write somewhere else) and run again.")
+    return DiskFullError(message, code, str(shown or ""))
+
+
+def destination(path: str | os.PathLike) -> Path:
+    """``path`` with each temporary name of :func:`atomic_write` (``.NAME.<random>.tmp[.ext]``, also a staging
+    folder made the same way) replaced by the ``NAME`` it stands for: the file the user asked for."""
+    parts = [_TMP_NAME.sub(r"\1", part) for part in Path(path).parts]
+    return Path(*parts) if parts else Path(path)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _nbytes(obj: Any) -> int:
+    """The bytes of the tensors and arrays in ``obj`` (nested dicts, lists, tuples): a checkpoint's size."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_nbytes(v) for v in obj)
+    return 0
 
 
 def check_writable(
@@ -52,16 +156,26 @@ def check_writable(
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+def atomic_write(path: str | os.PathLike, suffix: str = "", size: int | None = None) -> Iterator[Path]:
     """``with atomic_write(path) as tmp:`` write ``tmp``; on success it replaces ``path`` in one step (after
     an fsync), on an exception it is removed and ``path`` is untouched. ``suffix`` keeps an extension that a
-    writer insists on (``np.savez`` appends ``.npz``, PIL and matplotlib pick the format from it)."""
+    writer insists on (``np.savez`` appends ``.npz``, PIL and matplotlib pick the format from it).
+
+    A full disk or quota (ENOSPC / EDQUOT, at any point: the temporary file, a write, the fsync) raises
+    :class:`DiskFullError` naming ``path``, ``size`` (the bytes it needs, an estimate; else what was written
+    when the space ran out) and the space free."""
     import tempfile
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a unique name in the destination folder (ranks on different nodes may share a pid and a file system)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{_TMP}{suffix}", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # a unique name in the destination folder (ranks on different nodes may share a pid and a file system)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{_TMP}{suffix}", dir=path.parent)
+    except OSError as e:
+        full = disk_full(e, path, size)
+        if full is None:
+            raise
+        raise full from e
     os.close(fd)
     tmp = Path(name)
     umask = os.umask(0)
@@ -69,36 +183,43 @@ def atomic_write(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the result gets the usual permissions
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
+    except Exception as e:
+        full = disk_full(e, path, size, written=tmp.stat().st_size if tmp.is_file() else 0)
+        if full is None or full is e:
+            raise
+        raise full from e
     finally:
         tmp.unlink(missing_ok=True)
 
 
 _TMP = ".tmp"  # atomic_write's temporary files: .<name>.<random>.tmp[<suffix>]
+_TMP_NAME = re.compile(rf"^\.(.+)\.[^.]+{re.escape(_TMP)}(\.\w+)?$")
 
 
 def temp_files(folder: str | os.PathLike) -> list[Path]:
     """The temporary files of :func:`atomic_write` in ``folder`` (left there only by a killed process)."""
-    import re
-
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    pattern = re.compile(rf"^\..+\.[^.]+{re.escape(_TMP)}(\.\w+)?$")
-    return sorted(p for p in folder.iterdir() if pattern.match(p.name) and p.is_file())
+    return sorted(p for p in folder.iterdir() if _TMP_NAME.match(p.name) and p.is_file())
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:
     """Write ``data`` as indented, key-sorted JSON, atomically."""
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    text = json.dumps(data, indent=2, sort_keys=True, default=str)
+    with atomic_write(path, size=len(text.encode())) as tmp:
+        tmp.write_text(text)
 
 
 def atomic_savez(path: str | os.PathLike, **arrays) -> None:
     """``np.savez`` to ``path``, atomically."""
-    with atomic_write(path, suffix=".npz") as tmp:
+    with atomic_write(path, suffix=".npz", size=_nbytes(list(arrays.values()))) as tmp:
         np.savez(tmp, **arrays)
 
 
@@ -133,7 +254,7 @@ def make_grid_uint8(images: torch.Tensor, nrow: int | None = None, pad: int = 2,
 # ------------------------------------------------------------------------------------------- checkpoints
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to ``path``, atomically: a kill -9 at any moment leaves the previous file intact."""
-    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+    with atomic_write(path, size=_nbytes(obj)) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
 
 
@@ -193,8 +314,6 @@ def _is_forbidden_object(e: Exception) -> bool:
 
 def _weights_only_detail(e: Exception) -> str:
     """The part of torch's weights_only message that names the problem (not its advice to load unsafely)."""
-    import re
-
     found = re.search(r"Unsupported (?:global|class|operand)[^\n]*?(?= Please use|\.\s|$)", str(e), re.M)
     if found:
         return found.group(0)

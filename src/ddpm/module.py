@@ -65,7 +65,9 @@ class DiffusionModule(L.LightningModule):
     :param seed: the run's seed; each training batch's randomness (t, noise, dropout) is drawn from
         ``(seed, step, micro-batch, rank)``.
     :param nan_policy: a non-finite loss or gradient: ``stop`` the run, or ``skip`` the optimizer step (and stop
-        after ``nan_max_consecutive`` in a row). These three are ``conf/train.yaml``'s top-level keys.
+        after ``nan_max_consecutive`` in a row). Under DDP all ranks decide together, on every rank's loss and
+        the all-reduced gradients: they skip the same steps or all stop with the same message. These three are
+        ``conf/train.yaml``'s top-level keys.
     :param channels_last: run the network in channels_last memory format (a GPU speed option).
     :param compile: ``None`` (eager) or ``torch.compile`` keyword arguments (``{"backend", "mode"}``) for the
         training network, compiled in place with ``nn.Module.compile``: parameters, state-dict keys and
@@ -114,7 +116,8 @@ class DiffusionModule(L.LightningModule):
         self.config = config
         self._nan_streak = 0
         self._skip_ema = False  # set when nan_policy=skip drops the current optimizer step
-        self._last_loss: float = 0.0
+        self._last_loss: float = 0.0  # the backpropagated loss (a non-finite one wins within a step's window)
+        self._window_start = True
 
     # ------------------------------------------------------------------ inference
     def model_fn(self, use_ema: bool = True):
@@ -145,7 +148,6 @@ class DiffusionModule(L.LightningModule):
         else:  # importance weights 1/(T p_t): the same expected loss; the history sees the unweighted losses
             self.t_sampler.update(t, terms["loss"].detach())
             loss = (terms["loss"] * weights).mean()
-        self._last_loss = float(loss.detach())
         batch_size = x_start.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)  # every step: the progress bar shows it
         if not self._logs_this_step():
@@ -190,7 +192,16 @@ class DiffusionModule(L.LightningModule):
         except RuntimeError:
             return None
 
+    def on_before_backward(self, loss: Tensor) -> None:
+        # The loss that is backpropagated (what training_step returned, over accumulate_grad_batches); a
+        # non-finite one anywhere in the accumulation window is kept for the check before the optimizer step.
+        value = float(loss.detach())
+        if math.isfinite(self._last_loss) or not math.isfinite(value) or self._window_start:
+            self._last_loss = value
+        self._window_start = False
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self._window_start = True
         grads = [p.grad for p in self.net.parameters() if p.grad is not None]
         if not grads:
             return
@@ -199,15 +210,23 @@ class DiffusionModule(L.LightningModule):
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([g.float() for g in grads])))
         if self._logs_this_step():
             self.log("train/grad_norm", norm, batch_size=1)
-        if not torch.isfinite(norm) or not math.isfinite(self._last_loss):
-            self._handle_nonfinite(norm)
+        # Under DDP the gradients (so their norm) are all-reduced, the same on every rank, but each rank has its
+        # own loss: every rank gets all the losses, so all decide alike (skip the same step, or all stop).
+        losses = [self._last_loss]
+        trainer = self.attached_trainer()
+        if trainer is not None and trainer.world_size > 1:
+            losses = self.all_gather(torch.tensor(self._last_loss, device=self.device)).flatten().tolist()
+        if not torch.isfinite(norm) or not all(math.isfinite(v) for v in losses):
+            self._handle_nonfinite(norm, losses)
         else:
             self._nan_streak = 0
 
-    def _handle_nonfinite(self, norm: Tensor) -> None:
+    def _handle_nonfinite(self, norm: Tensor, losses: list[float]) -> None:
         policy = self.nan_policy
         step = self.global_step
-        what = f"loss={self._last_loss!r}, gradient norm={float(norm)!r}"
+        what = f"loss={losses[0]!r}" if len(losses) == 1 else (
+            "loss " + ", ".join(f"{v!r} on rank {r}" for r, v in enumerate(losses)))
+        what += f", gradient norm={float(norm)!r}"
         hint = (
             "Likely causes: a learning rate too high for this model/batch, a learned variance diverging "
             "(objective *_learned, 'unstable' in the paper's Table 2), fp16 overflow (use bf16-mixed), or "

@@ -84,3 +84,47 @@ def _plain(x: Any) -> Any:
     if isinstance(x, list | tuple) or OmegaConf.is_list(x):
         return [_plain(v) for v in x]
     return getattr(x, "value", x)
+
+
+# ------------------------------------------------------------------------------------- how to go on after a fault
+def how_to_resume(output_dir: Path) -> str:
+    """One sentence for a run that stopped on a fault: the last good checkpoint, its step and the command that
+    resumes from it (:func:`resume_command`)."""
+    last = last_checkpoint(output_dir)
+    step = checkpoint_step(last)
+    if step is None:
+        return f"No checkpoint was written yet; start again with: {resume_command(output_dir)}"
+    return f"The last good checkpoint is {last} (step {step}); resume from it with: {resume_command(output_dir)}"
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The global step of the checkpoint at ``path`` (memory-mapped: nothing but the step is read), ``None`` if
+    there is none or it cannot be read."""
+    import torch
+
+    if not Path(path).is_file():
+        return None
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except Exception:  # noqa: BLE001 - a message is being built: no checkpoint step to show
+        return None
+
+
+def resume_command(output_dir: Path) -> str:
+    """``python train.py <this run's overrides> hydra.run.dir=<output_dir> ckpt_path=last``: the command line of
+    the running Hydra job (a multirun job: its own overrides), in the same run directory."""
+    import shlex
+
+    from ddpm.cli import command
+
+    overrides = ["<this run's settings>"]
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            # not the run directory's (given below) nor Hydra's own (Lightning adds some to the other ranks')
+            overrides = [shlex.quote(o) for o in HydraConfig.get().overrides.task
+                         if not o.split("=", 1)[0].lstrip("+~").startswith(("ckpt_path", "paths.output_dir", "hydra"))]
+    except ImportError:
+        pass
+    return " ".join([command("train"), *overrides, shlex.quote(f"hydra.run.dir={output_dir}"), "ckpt_path=last"])

@@ -41,6 +41,51 @@ def launch(trainer_cfg: Any):
     return fabric
 
 
+# What torch.distributed raises in a surviving process when a peer process died (gloo: the socket closed; NCCL:
+# the communicator aborted or the watchdog saw the peer go).
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited",
+              "NCCL communicator was aborted", "Connection refused")
+
+
+def peer_lost(e: BaseException) -> bool:
+    """Whether ``e`` (or an exception it came from) says that another process of a distributed job died."""
+    import torch.distributed as dist
+
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, getattr(dist, "DistNetworkError", ())) or any(p in str(e) for p in _PEER_LOST):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def dead_ranks(trainer: Any, wait_s: float = 3.0) -> str:
+    """Which other process of ``trainer``'s run died, as far as this one can know: the processes this one started
+    (Lightning starts ranks 1.. from rank 0) with how each ended; for the others, the one other rank of a
+    2-process run; else "rank unknown"."""
+    import signal
+    import time
+
+    procs = list(getattr(trainer.strategy.launcher, "procs", None) or [])
+    if procs:
+        deadline = time.time() + wait_s
+        while time.time() < deadline and all(p.poll() is None for p in procs):
+            time.sleep(0.05)
+        first = trainer.node_rank * trainer.num_devices
+        dead = []
+        for local, p in enumerate(procs, start=1):
+            code = p.poll()
+            if code is not None and code != 0:
+                how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+                dead.append(f"rank {first + local}, {how}")
+        if dead:
+            return "; ".join(dead)
+    if trainer.world_size == 2:
+        return f"rank {1 - trainer.global_rank}"
+    return "rank unknown: see the other processes' output"
+
+
 def compile_for_sampling(net: torch.nn.Module, backend: str = "inductor", mode: str | None = None,
                          freeze: bool = True) -> torch.nn.Module:
     """``torch.compile`` a network that only runs without autograd (sampling).

@@ -4,6 +4,7 @@ final samples, ``metrics.json``)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -22,11 +23,11 @@ from ddpm.callbacks.sample_grid import log_image
 from ddpm.config import SamplerConfig, group_norm_warning, to_container, validate_config
 from ddpm.data import model_to_uint8
 from ddpm.generate import generate, seeds_for
-from ddpm.io import check_writable, make_grid_uint8, save_png, write_json
+from ddpm.io import RankFailedError, check_writable, disk_full, make_grid_uint8, save_png, write_json
 from ddpm.module import DiffusionModule
-from ddpm.resume import plan_resume
+from ddpm.resume import how_to_resume, plan_resume
 from ddpm.rundir import METRICS, SAMPLES, checkpoints_dir, last_checkpoint, remove_stale_temp_files
-from ddpm.runtime import Progress
+from ddpm.runtime import Progress, dead_ranks, peer_lost
 
 log = logging.getLogger("ddpm")
 
@@ -61,11 +62,28 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     trainer = objects["trainer"] = build_trainer(cfg, callbacks, loggers)
     for lg in loggers:
         lg.log_hyperparams(module.config)
-    with finishing(loggers):
+    with finishing(loggers), explained_faults(trainer, output_dir):
         start = time.time()
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume.ckpt_path)
         metrics = finalise(cfg, trainer, module, datamodule, output_dir, time.time() - start, resume.step)
     return metrics, objects
+
+
+@contextlib.contextmanager
+def explained_faults(trainer: L.Trainer, output_dir: Path):
+    """A full disk (or quota) and a dead peer process of a DDP run end in one message that says what happened,
+    the last good checkpoint, its step and the command that resumes from it."""
+    try:
+        yield
+    except Exception as e:
+        if (full := disk_full(e)) is not None:
+            raise full.with_hint(how_to_resume(output_dir)) from e
+        if trainer.world_size > 1 and peer_lost(e):
+            raise RankFailedError(
+                f"another process of this {trainer.world_size}-process run died ({dead_ranks(trainer)}); this one "
+                f"(rank {trainer.global_rank}) stopped at step {trainer.global_step}. {how_to_resume(output_dir)}"
+            ) from e
+        raise
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:

@@ -82,8 +82,27 @@ def conv3x3(in_ch: int, out_ch: int, stride: int = 1, padding: int = 1, init_sca
     return default_init_(nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=padding), init_scale)
 
 
+class Conv1x1(nn.Conv2d):
+    """A 1x1 ``nn.Conv2d`` (the same parameters, state-dict keys and outputs) whose weight gradient always has
+    the weight's own strides.
+
+    The convolution's backward returns a ``[O, I, 1, 1]`` weight gradient with strides ``(I, 1, I, I)`` for
+    some batch sizes, ``(I, 1, 1, 1)`` for others: the same memory, but DistributedDataParallel compares
+    strides literally, warns "Grad strides do not match bucket view strides" and copies such gradients into
+    and out of its buckets with a strided copy at every step. Passing the weight through ``view(O, I)`` and
+    back gives the convolution the very same tensor geometry (so bitwise the same forward and backward
+    values) and makes autograd return the gradient reshaped to the weight's strides.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if w.stride()[2:] == (1, 1):  # the default layout (channels_last weights keep theirs)
+            w = w.view(w.shape[0], w.shape[1]).view(w.shape)
+        return self._conv_forward(x, w, self.bias)
+
+
 def conv1x1(in_ch: int, out_ch: int, init_scale: float = 1.0) -> nn.Conv2d:
-    return default_init_(nn.Conv2d(in_ch, out_ch, 1), init_scale)
+    return default_init_(Conv1x1(in_ch, out_ch, 1), init_scale)
 
 
 def linear(in_f: int, out_f: int, init_scale: float = 1.0) -> nn.Linear:

@@ -50,6 +50,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm.cli import hydra_app
 from ddpm.config import CONF_DIR, SamplerConfig
+from ddpm.io import atomic_write
 from ddpm.report.findings import compare, pool_jobs
 from ddpm.report.jobs import find_jobs, objective_fields
 from ddpm.report.render import render
@@ -164,7 +165,8 @@ def report(opts: Options) -> str:
     findings = compare(jobs, num_boot=opts.num_boot) if any(j.pooled or j.nll_dir for j in jobs) else None
     text = render(jobs, findings)
     if opts.out:
-        opts.out.write_text(text + "\n")
+        with atomic_write(opts.out) as tmp:  # a full disk or a kill never leaves half a report
+            tmp.write_text(text + "\n")
     return text
 
 
