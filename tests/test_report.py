@@ -235,11 +235,14 @@ def test_seed_sets_are_pooled_and_findings_are_paired(tmp_path):
     assert "95% paired bootstrap interval [" in fid1
     confidence = finding("digits confidence simple − eps_vlb_fixed, predicted > 0 (beyond the paper: the digits")
     assert confidence.endswith("**reproduced**")
-    assert finding("IS simple − eps_vlb_fixed").endswith("**")
-    # identical images: every per-set difference is 0, a tie: not resolved
+    # both extractors' numbers, named, and the interval that covers the seed sets' spread
+    assert "(ddpm-digits) | pooled -" in fid1 and fid1.count("with the seed sets' spread [-") == 2
+    is_line = finding("IS simple − eps_vlb_fixed")
+    assert re.search(r"\*\*(reproduced|not established)\*\*", is_line)
+    # identical images: every per-set difference is 0, a tie: not established
     same = finding("FID mu_vlb_fixed − mu_mse, predicted < 0")
     assert "per set +0.000, +0.000, +0.000" in same
-    assert same.endswith("**not resolved at this budget** (no difference to resolve at 3 seed sets of 64)")
+    assert same.endswith("**not established** (no difference to resolve at 3 seed sets of 64)")
     # the NLL: paired per test image where both rows have per-image values, else from the two standard errors
     nll2 = finding("NLL (bits/dim) eps_vlb_fixed − simple, predicted < 0")
     assert "paired per test image (64 images, the same noise seed)" in nll2 and nll2.endswith("**reproduced**")
@@ -254,15 +257,16 @@ def test_opposite_sign_on_every_set_is_the_opposite(tmp_path):
     from ddpm.data.digits import digits_split
 
     real = digits_split("train")[0].numpy()
-    base = [real[np.random.default_rng(k).choice(len(real), 48, replace=False)] for k in range(2)]
-    for name, objective, sets in (("simple", SIMPLE, [_noisy(b, 60, k) for k, b in enumerate(base)]),
+    # three sets: the interval must cover the spread between them (a t-interval; two sets' is 12.7 sd wide)
+    base = [real[np.random.default_rng(k).choice(len(real), 48, replace=False)] for k in range(3)]
+    for name, objective, sets in (("simple", SIMPLE, [_noisy(b, 90, k) for k, b in enumerate(base)]),
                                   ("eps_vlb_fixed", EPS_L, base)):
         job = write_job(tmp_path, name, objective, train={"global_step": 8000})
         for k, images in enumerate(sets):
             write_seed_set(job, k, images)
     table = main([f"multirun_dir={tmp_path}", "num_boot=20"])
     line = next(ln for ln in table.splitlines() if ln.startswith("- FID simple − eps_vlb_fixed"))
-    assert "(2 seed sets of 48)" in line and line.endswith("**the opposite**")
+    assert "(3 seed sets of 48)" in line and line.endswith("**the opposite**")
 
 
 def test_evaluate_samples_each_seed_set_in_its_own_resumable_run(tmp_path, monkeypatch):
@@ -427,9 +431,13 @@ def test_an_unresolved_comparison_says_what_budget_would_resolve_it():
     from ddpm.metrics.pooled import REPRODUCED, UNRESOLVED
     from ddpm.report.render import _budget
 
-    r = {"verdict": UNRESOLVED, "ci": (-1.0, 0.5), "pooled": -0.25, "units": (3, "seed sets of 512")}
+    r = {"verdict": UNRESOLVED, "interval": (-1.0, 0.5), "pooled": -0.25, "units": (3, "seed sets of 512")}
     assert "about 27 seed sets of 512 would make the interval exclude 0: an extrapolation" in _budget(r)
     assert _budget({**r, "verdict": REPRODUCED}) == ""
+    # two extractors: the one furthest from excluding 0 sets the budget
+    two = {**r, "extractors": {"A": {"interval": (-1.0, 0.5), "pooled": -0.25},
+                               "B": {"interval": (-2.0, 1.0), "pooled": -0.25}}}
+    assert "about 108 seed sets of 512" in _budget(two)
 
 
 def test_subset_fid_scores_the_first_images_of_each_seed_set(tmp_path, capsys, monkeypatch):
@@ -438,7 +446,7 @@ def test_subset_fid_scores_the_first_images_of_each_seed_set(tmp_path, capsys, m
     import runpy
 
     from ddpm.data.digits import digits_split
-    from ddpm.metrics.digits_classifier import DigitsExtractor
+    from ddpm.metrics.digits_classifier import DigitsExtractor, DigitsExtractorB
     from ddpm.metrics.digits_score import digits_train_ref_stats
     from ddpm.metrics.pooled import featurise, pooled_scores
 
@@ -450,8 +458,10 @@ def test_subset_fid_scores_the_first_images_of_each_seed_set(tmp_path, capsys, m
     monkeypatch.setattr(sys, "argv", ["subset_fid.py", str(job), "--n", "40"])
     runpy.run_path(str(ROOT / "bench" / "subset_fid.py"), run_name="__main__")
     lines = capsys.readouterr().out.splitlines()
-    ext = DigitsExtractor()
-    for k, line in enumerate(lines):
-        s = pooled_scores([featurise(sets[k][:40], ext)], digits_train_ref_stats(ext), ext.name)
-        assert f"seed set {k}: first 40 images FID {s['fid']:.2f}, IS {s['is']:.2f}" in line
-    assert len(lines) == 2
+    assert len(lines) == 4  # two sets, each under digits extractors A and B, named
+    for ext in (DigitsExtractor(), DigitsExtractorB()):
+        mine = [ln for ln in lines if f"({ext.name};" in ln]
+        assert len(mine) == 2
+        for k, line in enumerate(mine):
+            s = pooled_scores([featurise(sets[k][:40], ext)], digits_train_ref_stats(ext), ext.name)
+            assert f"seed set {k}: first 40 images FID {s['fid']:.2f}, IS {s['is']:.2f}" in line

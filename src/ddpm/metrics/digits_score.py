@@ -1,7 +1,12 @@
 """The digits quality score: how much a model's 8x8 digit samples look like digits, with a scale.
 
-* :func:`digits_quality`: feature-space FID vs the train split, mean confidence and class entropy of a batch of
-  samples under the digits classifier (:class:`ddpm.metrics.digits_classifier.DigitsExtractor`);
+* :func:`digits_quality`: feature-space FID and KID vs the train split, the class mix (KL of the predicted
+  classes from the train split's, FID and KID against the train split reweighted to the sample's classes), mean
+  confidence and class entropy of a batch of samples under one digits classifier (default extractor A,
+  :class:`ddpm.metrics.digits_classifier.DigitsExtractor`);
+* :func:`digits_scores`: :func:`digits_quality` under both extractors, ``{"digits": A, "digits_b": B}``
+  (:data:`DIGITS_SCORERS`), and :func:`flat_digits_scores`, the same as ``digits/fid``, ``digits_b/fid``...
+  keys (train.py's ``metrics.json``, sample.py's);
 * :func:`digits_reference_scores`: the same scores for real held-out digits and for noise, to give a
   model's number a scale.
 
@@ -16,13 +21,18 @@ import torch
 import torch.nn.functional as F
 
 from ddpm.data.digits import digits_split
-from ddpm.metrics.digits_classifier import DIGITS_EXTRACTOR_NAME, DigitsExtractor
+from ddpm.metrics.classmix import kid_and_class_mix
+from ddpm.metrics.digits_classifier import DIGITS_EXTRACTOR_NAME, DigitsExtractor, DigitsExtractorB
 from ddpm.metrics.features import extract_all, to_nchw_uint8
 from ddpm.metrics.fid import frechet_distance
 from ddpm.metrics.refstats import RefStats, build_ref_stats, stats_from_features
 
-__all__ = ["digits_quality", "digits_reference_scores", "digits_train_ref_stats", "image_confidences",
-           "scores_from_logits"]
+__all__ = ["DIGITS_SCORERS", "digits_quality", "digits_reference_features", "digits_reference_scores",
+           "digits_scores", "digits_train_ref_stats", "flat_digits_scores", "image_confidences", "scores_from_logits"]
+
+# the key prefix of each digits extractor's scores -> its class: "digits" is extractor A (the project's original,
+# ddpm-digits), "digits_b" the independently trained extractor B (ddpm-digits-b)
+DIGITS_SCORERS: dict[str, type[DigitsExtractor]] = {"digits": DigitsExtractor, "digits_b": DigitsExtractorB}
 
 
 def digits_train_ref_stats(extractor: DigitsExtractor | None = None) -> RefStats:
@@ -34,11 +44,23 @@ def digits_train_ref_stats(extractor: DigitsExtractor | None = None) -> RefStats
     )
 
 
+def digits_reference_features(extractor: DigitsExtractor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(features, logits)`` float64 of the 1437 train digits under ``extractor`` (default A)."""
+    x, _ = digits_split("train")
+    feats, logits = extract_all(x, extractor or DigitsExtractor(), device="cpu")
+    return np.asarray(feats, np.float64), np.asarray(logits, np.float64)
+
+
 def digits_quality(samples, *, extractor: DigitsExtractor | None = None, ref: RefStats | None = None) -> dict:
     """Scores of digit samples (uint8 ``[N,1,8,8]`` / ``[N,8,8]``; quantise sampler output with
-    :func:`ddpm.data.model_to_uint8`):
+    :func:`ddpm.data.model_to_uint8`) under ``extractor`` (default A, ``DigitsExtractorB()`` for B):
 
-    * ``fid``: FID in the classifier's 64-d feature space against the digits TRAIN split (lower is better);
+    * ``fid``: FID in the classifier's feature space against the digits TRAIN split (lower is better);
+    * ``kid``, ``kid_std``: unbiased KID against the train split and its std over subsets
+      (:func:`ddpm.metrics.kid.kid`; about 0 for real digits at any n, where FID is not);
+    * ``class_kl``: KL (nats) of the predicted-class histogram from the train split's;
+    * ``fid_classmix``, ``kid_classmix``: FID and KID against the train split reweighted to the sample's
+      predicted-class mix (:mod:`ddpm.metrics.classmix`): within-class quality alone;
     * ``confidence``: mean max softmax probability (real digits ~0.99);
     * ``class_entropy``: entropy in bits of the histogram of predicted classes (max ``log2(10)`` = 3.32
       when all ten digits are equally frequent; low means mode collapse);
@@ -55,7 +77,20 @@ def digits_quality(samples, *, extractor: DigitsExtractor | None = None, ref: Re
         raise ValueError(f"digits_quality needs at least 2 samples, got {n}")
     feats, logits = extract_all(x, extractor, device="cpu")
     mu, sigma = stats_from_features(feats)
-    return {"fid": frechet_distance(mu, sigma, ref.mu, ref.sigma), **scores_from_logits(logits), "n": int(n)}
+    ref_feats, ref_logits = digits_reference_features(extractor)
+    mix = kid_and_class_mix(np.asarray(feats, np.float64), np.asarray(logits, np.float64), ref_feats, ref_logits)
+    return {"fid": frechet_distance(mu, sigma, ref.mu, ref.sigma), **scores_from_logits(logits), "n": int(n), **mix}
+
+
+def digits_scores(samples) -> dict[str, dict]:
+    """:func:`digits_quality` under each extractor of :data:`DIGITS_SCORERS`: ``{"digits": {...}, "digits_b":
+    {...}}`` (extractor A's dict is exactly ``digits_quality(samples)``)."""
+    return {prefix: digits_quality(samples, extractor=cls()) for prefix, cls in DIGITS_SCORERS.items()}
+
+
+def flat_digits_scores(samples) -> dict[str, float]:
+    """:func:`digits_scores` as flat float keys: ``digits/fid``, ``digits/kid``..., ``digits_b/fid``..."""
+    return {f"{prefix}/{k}": float(v) for prefix, q in digits_scores(samples).items() for k, v in q.items()}
 
 
 def image_confidences(logits) -> np.ndarray:
