@@ -58,16 +58,19 @@ def kid(x: np.ndarray, y: np.ndarray, *, weights_y: np.ndarray | None = None, nu
         subset_size: int = 1000, seed: int = 0) -> dict:
     """Unbiased KID of features ``x`` (samples) against ``y`` (reference): :func:`mmd2_unbiased` on
     ``num_subsets`` random subsets of ``min(subset_size, len(x), len(y))`` points of each side (without
-    replacement; the same subsets for a given ``seed``), as torch-fidelity's ``kid``.
+    replacement; the same subsets for a given ``seed``), as torch-fidelity's ``kid``. With ``weights_y`` the y
+    subsets are drawn from the points of positive weight.
 
     Returns ``{"kid": mean, "kid_std": std of the subset estimates, "kid_subsets", "kid_subset_size"}``. With
     ``weights_y`` each y subset is weighted by its points' weights (renormalised within the subset).
     """
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    w = None if weights_y is None else np.asarray(weights_y, np.float64)
+    if w is not None:  # subsets from the points that carry weight (a subset of zero weights says nothing)
+        y, w = y[w > 0], w[w > 0]
     m = int(min(subset_size, x.shape[0], y.shape[0]))
     if m < 2:
         raise ValueError(f"KID needs at least 2 points on each side, got {x.shape[0]} and {y.shape[0]}")
-    w = None if weights_y is None else np.asarray(weights_y, np.float64)
     kxx, kyy, kxy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
     rng = np.random.default_rng(seed)
     vals = []

@@ -63,7 +63,9 @@ def score_samples(images_nchw: np.ndarray, *, fid_cfg: Any, extractor, datamodul
     """FID and IS of uint8 ``[N, C, H, W]`` samples; keys like ``fid_50k`` / ``fid_5k_ddim100``.
 
     ``backend``: ``ddpm`` (float64 statistics against the cached reference statistics), ``torch-fidelity``,
-    or ``both`` (torch-fidelity's keys then end in ``_torch_fidelity``).
+    or ``both`` (torch-fidelity's keys then end in ``_torch_fidelity``). With the digits extractor the digits score
+    of both extractors is added (``digits/fid``, ``digits/kid``, ``digits/class_kl``... for A, ``digits_b/...``
+    for B: :func:`ddpm.metrics.digits_score.flat_digits_scores`, against the train split).
     """
     from ddpm.metrics.fid import compute_fid_is
     from ddpm.metrics.fidelity import compute_with_torch_fidelity
@@ -95,4 +97,10 @@ def score_samples(images_nchw: np.ndarray, *, fid_cfg: Any, extractor, datamodul
         out[fid_key("is", n, label) + sfx] = tf["is"]
         out[fid_key("is", n, label) + "_std" + sfx] = tf["is_std"]
     out["fid_library"] = "ddpm.metrics (float64)" if backend == "ddpm" else backend
+    from ddpm.metrics.digits_classifier import DIGITS_EXTRACTOR_NAME
+
+    if extractor.name == DIGITS_EXTRACTOR_NAME:  # every digits score: both extractors, KID and the class mix
+        from ddpm.metrics.digits_score import flat_digits_scores
+
+        out.update(flat_digits_scores(images_nchw))
     return out
