@@ -39,6 +39,25 @@ def load_extractor(fid_cfg: Any, data_name: str | None, device):
     return get_extractor(name, weights_path=fid_cfg.inception_weights, device=device)
 
 
+def all_extractors(fid_cfg: Any, extractor, ref, datamodule, cache_dir: str | Path | None, device) -> list[tuple]:
+    """Every extractor a sample set of this data is scored with: ``[(extractor, ref, ref_features)]``, the
+    configured one first; when that is digits extractor A and the reference comes from the data, digits extractor
+    B follows (the same reference split). ``ref_features``: the reference images' features and logits
+    (:class:`ddpm.metrics.pooled.SetFeatures`, for KID and the class mix), ``None`` without a datamodule (an
+    explicit ``fid.ref_stats`` file)."""
+    from ddpm.metrics.digits_classifier import DIGITS_EXTRACTOR_NAME, DigitsExtractorB
+    from ddpm.metrics.pooled import featurise
+
+    out = [(extractor, ref)]
+    if extractor.name == DIGITS_EXTRACTOR_NAME and datamodule is not None:
+        b = DigitsExtractorB().to(device)
+        out.append((b, reference_for(fid_cfg, b, datamodule, cache_dir, device)))
+    if datamodule is None:
+        return [(e, r, None) for e, r in out]
+    images = torch.cat(list(datamodule.iter_uint8(fid_cfg.ref_split)))
+    return [(e, r, featurise(images, e, device=device)) for e, r in out]
+
+
 def fid_key(name: str, n: int, label: str) -> str:
     """``fid_50k``, ``is_5k_ddim100``: the metric, the sample count and (unless the full chain) the sampler."""
     from ddpm.metrics.fid import metric_key

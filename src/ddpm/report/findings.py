@@ -95,19 +95,10 @@ class Scorers:
         extractor, ref, _ = self(job, run)
         key = self._key(job, run)
         if key not in self.more:
-            import torch
-
-            from ddpm.metrics.digits_classifier import DIGITS_EXTRACTOR_NAME, DigitsExtractorB
-            from ddpm.metrics.pooled import featurise
-            from ddpm.metrics.samples import reference_for
+            from ddpm.metrics.samples import all_extractors
 
             datamodule, fid_cfg, cache_dir = self.settings[key]
-            out = [(extractor, ref)]
-            if extractor.name == DIGITS_EXTRACTOR_NAME and datamodule is not None:
-                b = DigitsExtractorB()
-                out.append((b, reference_for(fid_cfg, b, datamodule, cache_dir, "cpu")))
-            images = torch.cat(list(datamodule.iter_uint8(fid_cfg.ref_split))) if datamodule is not None else None
-            self.more[key] = [(e, r, None if images is None else featurise(images, e)) for e, r in out]
+            self.more[key] = all_extractors(fid_cfg, extractor, ref, datamodule, cache_dir, "cpu")
         return self.more[key]
 
     def _key(self, job: Job, run: SetRun) -> str:
