@@ -234,7 +234,7 @@ def _extractor_table(entries: list[dict]) -> list[str]:
              "FID(row) - FID(full chain) over images and seed sets. Verdicts: a claim holds only when every "
              "extractor's interval excludes 0 on its side.", "",
              "| sampler | network evaluations | extractor | FID | FID∞ | KID | class KL | FID, class mix | ratio | "
-             "FID diff interval | against the chain | within tolerance |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "FID diff interval | against the chain | within tolerance |", "|" + "---|" * 12]
     for e in entries:
         for name, v in e["extractors"].items():
             iv = v.get("fid_diff_interval")
@@ -321,7 +321,8 @@ def frontier(cfg: DictConfig) -> dict:
               f"{entry['seconds_per_image']:.4f} s/image)", flush=True)
     summary = summarise(entries, cfg.tolerance)
     result = {**summary, "entries": entries, "num_samples": cfg.num_samples, "seed_sets": cfg.seed_sets,
-              "seed": cfg.seed, "extractor": extractor.name, "extractors": [e.name for e, _, _ in scorers], "num_timesteps": T, **loaded.provenance, **provenance()}
+              "seed": cfg.seed, "extractor": extractor.name, "extractors": [e.name for e, _, _ in scorers],
+              "num_timesteps": T, **loaded.provenance, **provenance()}
     write_json(out_dir / "frontier.json", result)
     with atomic_write(out_dir / "frontier.md") as tmp:
         tmp.write_text(_markdown(entries, summary, cfg, extractor.name))
