@@ -211,3 +211,45 @@ def test_digits_scores_name_both_extractors_and_keep_a_unchanged():
                 "class_entropy", "n"} <= {k.split("/")[1] for k in flat if k.startswith(prefix + "/")}
     assert flat["digits/fid"] != flat["digits_b/fid"]
     assert 0 <= flat["digits_b/class_kl"] < 0.2  # real digits: near the reference's class mix
+
+
+# --- the quickstart table's claim, restated from stored seed sets ---------------------------------------------
+def test_quickstart_vs_real_restates_from_stored_sets_with_both_extractors(tmp_path, capsys):
+    """bench/quickstart_vs_real.py on sample.py-style output directories: both extractors' numbers per draw, the
+    real digits at the same n, and the verdict rule's outcome; noisy digits are established as worse."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    from ddpm.data.digits import digits_split
+    from ddpm.metrics.digits_classifier import DigitsExtractorB
+    from ddpm.metrics.digits_score import against_real, digits_quality
+
+    real = digits_split("train")[0].numpy()  # [N, 1, 8, 8]
+    dirs, sets = [], []
+    for k in range(3):
+        rng = np.random.default_rng(k)
+        x = real[rng.choice(len(real), 60, replace=False)].astype(float) + rng.normal(0, 70, (60, 1, 8, 8))
+        x = np.clip(x, 0, 255).round().astype(np.uint8)
+        d = tmp_path / f"n60_seed{k}"
+        d.mkdir()
+        np.savez(d / "samples.npz", np.repeat(x.transpose(0, 2, 3, 1), 3, axis=-1))  # sample.py's layout
+        dirs.append(d)
+        sets.append(x)
+    out = tmp_path / "table.md"
+    root = Path(__file__).resolve().parents[1]
+    argv = sys.argv
+    sys.argv = ["quickstart_vs_real.py", *map(str, dirs), "--out", str(out)]
+    try:
+        runpy.run_path(str(root / "bench" / "quickstart_vs_real.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    text = out.read_text()
+    q_a, q_b = digits_quality(sets[1]), digits_quality(sets[1], extractor=DigitsExtractorB())
+    assert f"| n60_seed1 | {q_a['fid']:.2f} | {q_b['fid']:.2f} | {q_a['kid']:.3g} | {q_b['kid']:.3g} |" in text
+    assert "| real held-out digits (n=60) |" in text
+    assert 'Verdict on "the samples score worse than real digits": **reproduced**' in text
+    res = against_real(sets)
+    assert res["verdict"] == "reproduced" and all(d["interval"][0] > 0 for d in res["diff"].values())
+    with pytest.raises(ValueError, match="one size"):
+        against_real([sets[0], sets[1][:30]])

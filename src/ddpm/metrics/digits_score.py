@@ -8,7 +8,9 @@
   (:data:`DIGITS_SCORERS`), and :func:`flat_digits_scores`, the same as ``digits/fid``, ``digits_b/fid``...
   keys (train.py's ``metrics.json``, sample.py's);
 * :func:`digits_reference_scores`: the same scores for real held-out digits and for noise, to give a
-  model's number a scale.
+  model's number a scale;
+* :func:`against_real`: seed sets of samples against the real held-out digits at the same n, under both
+  extractors, with the verdict rule (the README's quickstart table).
 
 Digit images are uint8 ``round(v * 255 / 16)`` of the 0..16 sklearn values, one channel
 (:func:`ddpm.data.digits.load_digits_uint8`).
@@ -27,7 +29,7 @@ from ddpm.metrics.features import extract_all, to_nchw_uint8
 from ddpm.metrics.fid import frechet_distance
 from ddpm.metrics.refstats import RefStats, build_ref_stats, stats_from_features
 
-__all__ = ["DIGITS_SCORERS", "digits_quality", "digits_reference_features", "digits_reference_scores",
+__all__ = ["DIGITS_SCORERS", "against_real", "digits_quality", "digits_reference_features", "digits_reference_scores",
            "digits_scores", "digits_train_ref_stats", "flat_digits_scores", "image_confidences", "scores_from_logits"]
 
 # the key prefix of each digits extractor's scores -> its class: "digits" is extractor A (the project's original,
@@ -145,3 +147,39 @@ def digits_reference_scores(
         "uniform_noise": digits_quality(uniform, extractor=extractor, ref=ref),
         "blurred_noise": digits_quality(blurred, extractor=extractor, ref=ref),
     }
+
+
+def against_real(sets, *, level: float = 0.95) -> dict:
+    """Seed sets of digit samples (uint8, each ``[n, 1, 8, 8]`` or ``[n, 8, 8]``, one set per independent draw)
+    against the real held-out TEST digits at the same n (the first n of a fixed shuffle, as
+    :func:`digits_reference_scores`), under both extractors (:data:`DIGITS_SCORERS`).
+
+    Returns ``{"n", "real": {prefix: scores}, "sets": [{prefix: scores}], "diff": {prefix: {"per_set",
+    "mean", "interval"}}, "verdict"}``: ``per_set`` is FID(set k) - FID(real) under that extractor, ``interval``
+    the ``level`` t-interval of their mean (the spread between draws: :func:`ddpm.metrics.pooled.draws_interval`),
+    and ``verdict`` :func:`ddpm.metrics.pooled.verdict` of the claim "the samples score worse than real digits"
+    (sign +1): ``reproduced`` only when both extractors' intervals lie above 0.
+    """
+    from ddpm.metrics.pooled import draws_interval, verdict
+
+    sets = [to_nchw_uint8(s) for s in sets]
+    sizes = {s.shape[0] for s in sets}
+    if not sets or len(sizes) != 1:
+        raise ValueError(f"against_real needs seed sets of one size, got sizes {sorted(sizes)}")
+    n = sizes.pop()
+    xt, _ = digits_split("test")
+    if n > xt.shape[0]:
+        raise ValueError(f"against_real compares at the real test set's size or below: n={n} > {xt.shape[0]}")
+    real = xt[torch.randperm(xt.shape[0], generator=torch.Generator().manual_seed(0))[:n]]
+    out: dict = {"n": int(n), "real": {}, "sets": [{} for _ in sets], "diff": {}}
+    for prefix, cls in DIGITS_SCORERS.items():
+        ext = cls()
+        ref = digits_train_ref_stats(ext)
+        out["real"][prefix] = digits_quality(real, extractor=ext, ref=ref)
+        for k, s in enumerate(sets):
+            out["sets"][k][prefix] = digits_quality(s, extractor=ext, ref=ref)
+        per_set = [q[prefix]["fid"] - out["real"][prefix]["fid"] for q in out["sets"]]
+        out["diff"][prefix] = {"per_set": per_set, "mean": float(np.mean(per_set)),
+                               "interval": draws_interval(per_set, level)}
+    out["verdict"] = verdict({k: (d["mean"], d["interval"]) for k, d in out["diff"].items()}, +1)
+    return out
