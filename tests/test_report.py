@@ -224,6 +224,22 @@ def test_seed_sets_are_pooled_and_findings_are_paired(tmp_path):
     assert c[7].startswith(f"{pooled_digits['confidence']:.3f} (") and c[8].startswith(
         f"{pooled_digits['class_entropy']:.2f} (")
 
+    # every extractor's view of the pooled sets: extractor B's figures, KID and the class mix, named
+    import torch
+
+    from ddpm.data import DigitsDataModule
+    from ddpm.metrics.digits_classifier import DigitsExtractorB
+
+    ext_b = DigitsExtractorB()
+    rf = featurise(torch.cat(list(DigitsDataModule().iter_uint8("train"))), ext_b)  # the reference, as the data has it
+    exp_b = pooled_scores([featurise(x, ext_b) for x in rows["simple"][1]], digits_train_ref_stats(ext_b), ext_b.name,
+                          ref_features=rf)
+    line_b = next(ln for ln in table.splitlines() if ln.startswith("| simple | ddpm-digits-b |"))
+    cb = [x.strip() for x in line_b.strip("|").split("|")]
+    assert cb[2] == f"{exp_b['fid']:.2f}" and cb[3] == f"{exp_b['fid_inf']:.2f}"
+    assert cb[4] == f"{exp_b['kid']:.3g} ± {exp_b['kid_std']:.2g}" and cb[6] == f"{exp_b['fid_classmix']:.2f}"
+    assert cb[5].startswith(f"{exp_b['class_kl']:.3f} (")
+
     def finding(prefix: str) -> str:
         hits = [ln for ln in table.splitlines() if ln.startswith(f"- {prefix}")]
         assert len(hits) == 1, (prefix, table)
@@ -415,7 +431,12 @@ def test_the_whole_table_in_two_commands_and_a_rerun_does_nothing(tmp_path):
     assert sum("| not run |" in line for line in table.splitlines()) == 4
     # the findings between the two rows: mu_vlb_learned - simple is a paired comparison on both seed sets
     line = next(ln for ln in table.splitlines() if ln.startswith("- FID simple − mu_vlb_learned"))
-    assert "(2 seed sets of 8)" in line and line.endswith("**")
+    assert "(2 seed sets of 8)" in line and re.search(r": \*\*(reproduced|the opposite|extractor-dependent|not "
+                                                      r"established)\*\*", line)
+    # both digits extractors, named, in the findings and in the per-extractor table (KID, FID∞, the class mix)
+    assert "(ddpm-digits) | pooled" in line and "(ddpm-digits-b): **" in line
+    assert {r[1] for r in (ln.strip("|").split(" | ") for ln in table.splitlines()
+                           if ln.startswith("| simple | ddpm-digits"))} == {"ddpm-digits", "ddpm-digits-b"}
 
     outputs = sorted(p for p in sweep.rglob("*") if p.is_file() and p.suffix in (".json", ".ckpt", ".npz"))
     before = {p: p.stat().st_mtime_ns for p in outputs}
