@@ -27,6 +27,7 @@ from ddpm.metrics.classmix import kid_and_class_mix
 from ddpm.metrics.digits_classifier import DIGITS_EXTRACTOR_NAME, DigitsExtractor, DigitsExtractorB
 from ddpm.metrics.features import extract_all, to_nchw_uint8
 from ddpm.metrics.fid import frechet_distance
+from ddpm.metrics.kid import fid_infinity
 from ddpm.metrics.refstats import RefStats, build_ref_stats, stats_from_features
 
 __all__ = ["DIGITS_SCORERS", "against_real", "digits_quality", "digits_reference_features", "digits_reference_scores",
@@ -60,6 +61,8 @@ def digits_quality(samples, *, extractor: DigitsExtractor | None = None, ref: Re
     * ``fid``: FID in the classifier's feature space against the digits TRAIN split (lower is better);
     * ``kid``, ``kid_std``: unbiased KID against the train split and its std over subsets
       (:func:`ddpm.metrics.kid.kid`; about 0 for real digits at any n, where FID is not);
+    * ``fid_inf``: FID extrapolated to infinite n (:func:`ddpm.metrics.kid.fid_infinity`; only when n exceeds
+      twice the feature dimension);
     * ``class_kl``: KL (nats) of the predicted-class histogram from the train split's;
     * ``fid_classmix``, ``kid_classmix``: FID and KID against the train split reweighted to the sample's
       predicted-class mix (:mod:`ddpm.metrics.classmix`): within-class quality alone;
@@ -80,7 +83,10 @@ def digits_quality(samples, *, extractor: DigitsExtractor | None = None, ref: Re
     feats, logits = extract_all(x, extractor, device="cpu")
     mu, sigma = stats_from_features(feats)
     ref_feats, ref_logits = digits_reference_features(extractor)
-    mix = kid_and_class_mix(np.asarray(feats, np.float64), np.asarray(logits, np.float64), ref_feats, ref_logits)
+    feats = np.asarray(feats, np.float64)
+    mix = kid_and_class_mix(feats, np.asarray(logits, np.float64), ref_feats, ref_logits)
+    if n > 2 * feats.shape[1] + 2:  # enough images for subsets of full-rank covariance
+        mix["fid_inf"] = fid_infinity(feats, ref.mu, ref.sigma)["fid_inf"]
     return {"fid": frechet_distance(mu, sigma, ref.mu, ref.sigma), **scores_from_logits(logits), "n": int(n), **mix}
 
 
