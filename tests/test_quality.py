@@ -53,6 +53,23 @@ def test_kid_matches_a_pairwise_float64_computation():
     assert mmd2_unbiased(x, y, weights_y=keep.astype(float)) == pytest.approx(mmd2_unbiased(x, y[keep]), rel=1e-10)
 
 
+def test_kid_averages_the_estimate_over_random_subsets():
+    """Subsets smaller than the sets: the mean (and std) of the unbiased estimate on each subset pair, the pairs
+    drawn in turn from ``default_rng(seed)`` (x then y), with the weights renormalised within a y subset."""
+    rng = np.random.default_rng(7)
+    x, y, w = rng.normal(size=(20, 3)), rng.normal(0.3, 1.0, size=(25, 3)), rng.uniform(0.2, 1.0, size=25)
+    for weights in (None, w):
+        draw = np.random.default_rng(3)
+        vals = []
+        for _ in range(6):
+            ix, iy = draw.choice(20, 8, replace=False), draw.choice(25, 8, replace=False)
+            vals.append(_mmd2_loops(x[ix], y[iy], None if weights is None else weights[iy]))
+        out = kid(x, y, weights_y=weights, num_subsets=6, subset_size=8, seed=3)
+        assert out["kid"] == pytest.approx(np.mean(vals), rel=1e-9)
+        assert out["kid_std"] == pytest.approx(np.std(vals), rel=1e-9)
+        assert out["kid_subset_size"] == 8 and out["kid_subsets"] == 6
+
+
 def test_kid_is_unbiased_where_fid_is_not():
     rng = np.random.default_rng(1)
     d, n = 8, 100
