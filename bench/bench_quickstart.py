@@ -27,9 +27,10 @@
 
 Every arm is scored the same way: ``--n`` samples from its EMA weights, drawn with the example's sampler (1000
 DDPM steps, ``DDPMScheduler.step``) for diffusers and with the quickstart's own final sampler for ours, then
-:func:`ddpm.metrics.digits_score.digits_quality` (FID in the digits classifier's feature space against the train split,
-lower is better; confidence; class entropy). Reference scores at the same n (real held-out digits, noise) give the
-scale. Prints a Markdown table; ``--out FILE`` also writes it.
+:func:`ddpm.metrics.digits_score.digits_scores`: under both digits extractors (A ``ddpm-digits``, B ``ddpm-digits-b``,
+trained apart) FID and unbiased KID in the classifier's feature space against the train split (lower is better), the
+class mix (KL of the predicted classes from the train split's), confidence and class entropy (A). Reference scores at
+the same n (real held-out digits, noise) give the scale. Prints a Markdown table; ``--out FILE`` also writes it.
 """
 
 from __future__ import annotations
@@ -135,9 +136,10 @@ def train_diffusers(unet_cfg: dict, seconds: float, n: int, quick: bool, seed: i
 
 def arm_result(images, net: torch.nn.Module, steps: int, fit_seconds: float, sample_seconds: float, **extra) -> dict:
     """One arm's row: the digits score of its uint8 samples, its steps, times and parameter count."""
-    from ddpm.metrics.digits_score import digits_quality
+    from ddpm.metrics.digits_score import digits_scores
 
-    return {**digits_quality(images), "steps": steps, "fit_seconds": round(fit_seconds, 1),
+    q = digits_scores(images)
+    return {**q["digits"], "b": q["digits_b"], "steps": steps, "fit_seconds": round(fit_seconds, 1),
             "sample_seconds": round(sample_seconds, 1), "params": sum(p.numel() for p in net.parameters()),
             **extra}
 
@@ -207,6 +209,15 @@ def train_lucidrains(own_unet: bool, seconds: float, n: int, quick: bool, seed: 
                       batch=f"{bs}x{acc}", sampler=f"DDIM {sampling_steps} steps")
 
 
+def _cells(a: dict, b: dict, bold: bool = False) -> str:
+    """FID A, FID B, KID A, KID B, class KL A / B, confidence A, class entropy A of two digits scores."""
+    nan = float("nan")
+    fid = f"**{a.get('fid', nan):.2f}**" if bold else f"{a.get('fid', nan):.2f}"
+    return (f"{fid} | {b.get('fid', nan):.2f} | {a.get('kid', nan):.3g} | {b.get('kid', nan):.3g} | "
+            f"{a.get('class_kl', nan):.3f} / {b.get('class_kl', nan):.3f} | {a.get('confidence', nan):.3f} | "
+            f"{a.get('class_entropy', nan):.2f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="20 steps / 16 samples: a smoke test")
@@ -219,6 +230,7 @@ def main() -> None:
 
     from bench_cpu import SMALL_DIFFUSERS, emit
 
+    from ddpm.metrics.digits_classifier import DigitsExtractorB
     from ddpm.metrics.digits_score import digits_reference_scores
 
     ours, budget = run_ours(args.quick)
@@ -243,6 +255,7 @@ def main() -> None:
                 results[name] = train_lucidrains(own, budget, n, args.quick)
                 print(f"[bench] {name}: {results[name]}", file=sys.stderr, flush=True)
     ref = digits_reference_scores(n)
+    ref_b = digits_reference_scores(n, extractor=DigitsExtractorB())
 
     lines = [
         f"## Digits quickstart side by side ({time.strftime('%Y-%m-%d %H:%M')})",
@@ -252,22 +265,24 @@ def main() -> None:
         f"Machine: {os.cpu_count()} logical cores, torch {torch.__version__}, {torch.get_num_threads()} threads. "
         f"Training budget: ours' training wall time, {budget:.0f} s, for every arm.",
         "",
-        f"| arm | params | steps (batch) | sampler | FID (n={n}) | confidence | class entropy (bits) |",
-        "|---|---|---|---|---|---|---|",
+        "Extractor A: ddpm-digits (the project's digits CNN); B: ddpm-digits-b (trained apart). KID: unbiased, "
+        "cubic kernel; class KL: of the predicted classes from the train split's (nats).",
+        "",
+        f"| arm | params | steps (batch) | sampler | FID A (n={n}) | FID B | KID A | KID B | class KL A / B "
+        "| confidence A | class entropy A (bits) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         f"| ours: `python train.py` | {ours['params']:,} | {ours.get('global_step')} ({ours['batch']}) "
-        f"| {ours['sampler_label']} "
-        f"| **{ours.get('digits/fid', float('nan')):.2f}** | {ours.get('digits/confidence', float('nan')):.3f} "
-        f"| {ours.get('digits/class_entropy', float('nan')):.2f} |",
+        f"| {ours['sampler_label']} | " + _cells({k[len("digits/"):]: v for k, v in ours.items()
+                                                   if k.startswith("digits/")},
+                                                  {k[len("digits_b/"):]: v for k, v in ours.items()
+                                                   if k.startswith("digits_b/")}, bold=True),
     ]
     for name, r in results.items():
-        lines.append(
-            f"| {name} | {r['params']:,} | {r['steps']} ({r['batch']}) | {r['sampler']} | **{r['fid']:.2f}** "
-            f"| {r['confidence']:.3f} | {r['class_entropy']:.2f} |"
-        )
+        lines.append(f"| {name} | {r['params']:,} | {r['steps']} ({r['batch']}) | {r['sampler']} | "
+                     + _cells(r, r["b"], bold=True))
     for key, label in (("real_test", "real held-out digits"), ("uniform_noise", "uniform noise")):
         r = ref[key]
-        lines.append(f"| {label} (n={r['n']}) | - | - | - | {r['fid']:.2f} | {r['confidence']:.3f} "
-                     f"| {r['class_entropy']:.2f} |")
+        lines.append(f"| {label} (n={r['n']}) | - | - | - | " + _cells(r, ref_b[key]))
     lines += ["", f"ours, whole run: {ours['wall_seconds']} s wall (training, then {ours.get('final_samples')} "
               f"samples in {ours.get('sample_seconds')} s and the score)."]
     lines += [""] + [f"Sampling time per arm: {name}: {r['sample_seconds']} s." for name, r in results.items()]

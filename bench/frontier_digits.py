@@ -82,11 +82,13 @@ def gaussian_std(name: str, steps: int, m: float = 0.3, s: float = 0.2, n: int =
     return float(x.std() / (s * x_T.std()))
 
 
-def score(x: torch.Tensor) -> float:
-    """Digits FID of float samples in [-1, 1]."""
-    from ddpm.metrics.digits_score import digits_quality
+def score(x: torch.Tensor) -> tuple[float, float]:
+    """Digits FID of float samples in [-1, 1] under digits extractor A (``ddpm-digits``) and B
+    (``ddpm-digits-b``)."""
+    from ddpm.metrics.digits_score import digits_scores
 
-    return float(digits_quality(to_uint8(x))["fid"])
+    q = digits_scores(to_uint8(x))
+    return float(q["digits"]["fid"]), float(q["digits_b"]["fid"])
 
 
 def load(args):
@@ -105,8 +107,9 @@ def load(args):
 
 
 def run_study(args, fn, diffusion, shape, score) -> str:
-    lines = ["| timesteps | clip x_0 | steps | " + " | ".join(f"FID seeds {s}" for s in args.seed_sets)
-             + " | mean FID |", "|---|---|---:|" + "---:|" * len(args.seed_sets) + "---:|"]  # fmt: skip
+    lines = ["FID under digits extractor A / B (ddpm-digits / ddpm-digits-b), against the train split.", "",
+             "| timesteps | clip x_0 | steps | " + " | ".join(f"FID A / B seeds {s}" for s in args.seed_sets)
+             + " | mean FID A / B |", "|---|---|---:|" + "---:|" * len(args.seed_sets) + "---:|"]  # fmt: skip
     for name in SPACINGS:
         for clip in (True, False):
             for steps in args.study_steps:
@@ -118,8 +121,9 @@ def run_study(args, fn, diffusion, shape, score) -> str:
                     x = dpm_solver_sample(diffusion, fn, (args.n, *shape), timesteps=ts, noise=SeededNoise(seeds),
                                           clip_denoised=clip)  # fmt: skip
                     fids.append(score(x))
-                line = (f"| {name} | {clip} | {steps} | " + " | ".join(f"{f:.3f}" for f in fids)
-                        + f" | {np.mean(fids):.3f} |")  # fmt: skip
+                mean_a, mean_b = np.mean(fids, axis=0)
+                line = (f"| {name} | {clip} | {steps} | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in fids)
+                        + f" | {mean_a:.3f} / {mean_b:.3f} |")  # fmt: skip
                 print(line, flush=True)
                 lines.append(line)
     gsteps = [5, 10, 15, 20, 50, 100, 250]

@@ -1,6 +1,6 @@
-"""FID and IS of the first N images of a job's seed set, scored as the report scores it: the check that a model is
-the one an earlier single-set report measured (image i depends only on (seed, i), so the first N of a larger set
-are that report's N images).
+"""FID and IS of the first N images of a job's seed set, scored as the report scores it (every extractor: on the
+digits A = ddpm-digits, then B = ddpm-digits-b): the check that a model is the one an earlier single-set report
+measured (image i depends only on (seed, i), so the first N of a larger set are that report's N images).
 
     python bench/subset_fid.py multirun/table2_digits/mu_vlb_fixed --n 500     # 2026-11-30: FID 84.32, IS 3.52
 
@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from ddpm.metrics.pooled import featurise, pooled_scores
-from ddpm.report.findings import _Scorers, _set_images
+from ddpm.report.findings import Scorers, set_images
 from ddpm.report.jobs import read_job
 
 
@@ -23,18 +23,19 @@ def main() -> None:
     p.add_argument("jobs", nargs="+", type=Path, help="job directories (one row of a multirun each)")
     p.add_argument("--n", type=int, default=500, help="images from the start of each seed set")
     args = p.parse_args()
-    scorers = _Scorers()
+    scorers = Scorers()
     for path in args.jobs:
         job = read_job(path)
         if job is None or not job.seed_sets:
             raise SystemExit(f"Error: {path}: no job with seed sets (run the report with evaluate=true first)")
         for protocol, runs in job.seed_sets.items():
             for run in runs:
-                extractor, ref, splits = scorers(job, run)
-                images = _set_images(run)[: args.n]
-                s = pooled_scores([featurise(images, extractor)], ref, extractor.name, splits=splits)
-                print(f"{path} seed set {run.seed}: first {len(images)} images FID {s['fid']:.2f}, IS {s['is']:.2f}"
-                      f" ({protocol})")
+                _, _, splits = scorers(job, run)
+                images = set_images(run)[: args.n]
+                for extractor, ref, _ in scorers.all_extractors(job, run):
+                    s = pooled_scores([featurise(images, extractor)], ref, extractor.name, splits=splits)
+                    print(f"{path} seed set {run.seed}: first {len(images)} images FID {s['fid']:.2f}, "
+                          f"IS {s['is']:.2f} ({extractor.name}; {protocol})")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ several budgets come from one run: ``EMASnapshots`` copies the EMA weights at ea
 also keeps EMAs with the other decays of ``--ema`` (updated after every optimizer step exactly as
 ``DiffusionModule.update_ema``; the EMA never feeds back into training). Every (step, decay, sampler) is then
 scored like the quickstart's final samples: ``final_samples`` (256) images from the run's seeds, then
-:func:`ddpm.metrics.digits_score.digits_quality`.
+:func:`ddpm.metrics.digits_score.digits_scores` (FID under digits extractor A, ``ddpm-digits``, and B,
+``ddpm-digits-b``).
 
 Scores depend on the thread count only through the weights (1 and 2 intra-op threads train slightly different
 models, see bench/README.md), so tuning runs one thread each (``cpujob``) and the chosen recipe is then
@@ -84,7 +85,7 @@ def tune(name: str, overrides: list[str], eval_steps: list[int], decays: list[fl
     from ddpm.config import SamplerConfig, compose
     from ddpm.data import model_to_uint8 as to_uint8
     from ddpm.generate import generate, seeds_for
-    from ddpm.metrics.digits_score import digits_quality
+    from ddpm.metrics.digits_score import digits_scores
     from ddpm.training import train
 
     rows = []
@@ -114,7 +115,8 @@ def tune(name: str, overrides: list[str], eval_steps: list[int], decays: list[fl
                 t0 = time.time()
                 images = generate(module.model_fn(use_ema=True), module.diffusion, seeds, module.image_shape, sampler)
                 sample_seconds = (time.time() - t0) / sample_sets
-                qs = [digits_quality(to_uint8(chunk).cpu()) for chunk in images.split(n)]
+                both = [digits_scores(to_uint8(chunk).cpu()) for chunk in images.split(n)]
+                qs = [q["digits"] for q in both]  # extractor A (ddpm-digits); B (ddpm-digits-b) in fid_b
                 fids = [q["fid"] for q in qs]
                 row = {
                     "name": name, "overrides": overrides, "step": step, "ema_decay": decay,
@@ -122,6 +124,8 @@ def tune(name: str, overrides: list[str], eval_steps: list[int], decays: list[fl
                     "fid": round(fids[0], 3), "confidence": round(qs[0]["confidence"], 4),
                     "class_entropy": round(qs[0]["class_entropy"], 3), "n": qs[0]["n"],
                     "fid_sets": [round(f, 3) for f in fids],
+                    "fid_b": round(both[0]["digits_b"]["fid"], 3),
+                    "fid_b_sets": [round(q["digits_b"]["fid"], 3) for q in both],
                     "entropy_sets": [round(q["class_entropy"], 3) for q in qs],
                     "sample_seconds": round(sample_seconds, 1), "fit_seconds": round(fit_seconds, 1),
                     "final_step": int(metrics["global_step"]), "threads": torch.get_num_threads(),
@@ -138,17 +142,19 @@ def tune(name: str, overrides: list[str], eval_steps: list[int], decays: list[fl
 def table(jsonl: Path) -> str:
     rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
     lines = [
-        "| run | overrides | step | EMA | sampler | FID (n=256), seeds 0-255 | FID mean +- sd over sets (sets) "
-        "| entropy | s/step (1 thread) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | overrides | step | EMA | sampler | FID A (n=256), seeds 0-255 | FID A mean +- sd over sets (sets) "
+        "| FID B, seeds 0-255 | entropy | s/step (1 thread) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         fids = r.get("fid_sets", [r["fid"]])
         spread = (f"{statistics.mean(fids):.2f} +- {statistics.stdev(fids):.2f} ({len(fids)})" if len(fids) > 1
                   else "-")
+        fid_b = f"{r['fid_b']:.2f}" if "fid_b" in r else "-"  # lines written before extractor B: none
         lines.append(
             f"| {r['name']} | `{' '.join(r['overrides']) or '-'}` | {r['step']} | {r['ema_decay']} | {r['sampler']} "
-            f"| {r['fid']:.2f} | {spread} | {r['class_entropy']:.2f} | {r['fit_seconds'] / r['final_step']:.3f} |"
+            f"| {r['fid']:.2f} | {spread} | {fid_b} | {r['class_entropy']:.2f} "
+            f"| {r['fit_seconds'] / r['final_step']:.3f} |"
         )
     return "\n".join(lines) + "\n"
 

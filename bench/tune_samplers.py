@@ -5,8 +5,9 @@ evaluations, on tuning seeds disjoint from the frontier's.
     python bench/tune_samplers.py --run outputs/qs --steps 10 20 --grid restart --seed-sets 100 101 102
 
 Every configuration samples the same ``--seed-sets`` x ``--n`` seeds (set ``s`` is what ``sample.py seed=s``
-draws) and is scored like the frontier (:mod:`ddpm.metrics.pooled`, the dataset's FID extractor): the FID of
-all sets pooled and the per-set FIDs. The default tuning seeds (100-102) are not the frontier's (0-2), so the
+draws) and is scored like the frontier (:mod:`ddpm.metrics.pooled`, the dataset's FID extractor and, on the
+digits, extractor B beside it: :func:`ddpm.metrics.samples.all_extractors`): the FID of all sets pooled and the
+per-set FIDs, per extractor. The default tuning seeds (100-102) are not the frontier's (0-2), so the
 frontier measures the chosen settings on fresh seeds. The grid ``restart`` varies the restart interval
 (``restart_t_min``, ``restart_t_max``, code indices), the passes ``restart_k`` and ``restart_share`` (the
 fraction of the evaluations spent in restart passes); ``sde`` runs SDE-DPM-Solver++ and DPM-Solver++ for
@@ -34,7 +35,7 @@ from ddpm.data import model_to_uint8  # noqa: E402
 from ddpm.generate import check_sampler, generate, seeds_for  # noqa: E402
 from ddpm.loading import load_model, model_datamodule  # noqa: E402
 from ddpm.metrics.pooled import featurise, pooled_scores  # noqa: E402
-from ddpm.metrics.samples import load_extractor, reference_for  # noqa: E402
+from ddpm.metrics.samples import all_extractors, load_extractor, reference_for  # noqa: E402
 
 RESTART_GRID = {
     "restart_t_min": [20, 60],
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     datamodule = model_datamodule(loaded, cfg.data, "the tuning")
     extractor = load_extractor(cfg.fid, datamodule.name, "cpu")
     ref = reference_for(cfg.fid, extractor, datamodule, cfg.paths.cache_dir, "cpu")
+    scorers = all_extractors(cfg.fid, extractor, ref, datamodule, cfg.paths.cache_dir, "cpu")
     restart_grid = {k: getattr(args, k) for k in RESTART_GRID}
     samplers = ([SamplerConfig(name="ancestral")] if args.full_chain else []) + grid(args.grid, args.steps,
                                                                                        restart_grid, args.ddim_eta)
@@ -96,31 +98,36 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as e:  # a split that does not fit this step count
             print(f"skip {sampler.describe(T)}: {e}", flush=True)
             continue
-        sets, start = [], time.time()
+        images, start = [], time.time()
         for s in args.seed_sets:
             parts = []
             for i in range(0, args.n, args.batch_size):
                 j = min(i + args.batch_size, args.n)
                 x = generate(loaded.model_fn(), diffusion, seeds_for(s, i, j), loaded.image_shape, sampler)
                 parts.append(model_to_uint8(x.float()).cpu().numpy())
-            sets.append(featurise(np.concatenate(parts), extractor))
+            images.append(np.concatenate(parts))
         seconds = (time.time() - start) / (args.n * len(args.seed_sets))
-        pooled = pooled_scores(sets, ref, extractor.name)
+        views = {e.name: pooled_scores([featurise(x, e) for x in images], r, e.name) for e, r, _ in scorers}
+        pooled = views[extractor.name]
         row = {"sampler": sampler.describe(T), "fid": pooled["fid"], "fid_sets": pooled["fid_sets"],
-               "is": pooled["is"], "seconds_per_image": seconds}
+               "is": pooled["is"], "seconds_per_image": seconds,
+               "extractors": {k: {"fid": v["fid"], "fid_sets": v["fid_sets"]} for k, v in views.items()}}
         rows.append(row)
         print(json.dumps(row), flush=True)
 
     rows.sort(key=lambda r: (r["sampler"]["steps"], r["fid"]))
-    lines = [f"Pooled FID ({extractor.name} features) over seed sets {args.seed_sets} x {args.n} images, "
+    names = [e.name for e, _, _ in scorers]
+    lines = [f"Pooled FID ({', '.join(names)} features) over seed sets {args.seed_sets} x {args.n} images, "
              f"model {args.run}; `python bench/tune_samplers.py {' '.join(argv or sys.argv[1:])}` "
              f"({datetime.date.today()}, torch threads {torch.get_num_threads()}).", "",
-             "| steps | sampler | settings | FID (pooled) | FID per set | IS |", "|---|---|---|---|---|---|"]
+             "| steps | sampler | settings | " + " | ".join(f"FID {n} (pooled) | FID {n} per set" for n in names)
+             + " | IS |", "|---|---|---|" + "---|---|" * len(names) + "---|"]
     for r in rows:
         d = r["sampler"]
         settings = ", ".join(f"{k}={v}" for k, v in d.items() if k.startswith(("restart_", "eta", "var_type")) and v)
-        lines.append(f"| {d['steps']} | {d['name']} | {settings or '-'} | {r['fid']:.3f} | "
-                     f"{', '.join(f'{f:.2f}' for f in r['fid_sets'])} | {r['is']:.2f} |")
+        cells = " | ".join(f"{v['fid']:.3f} | {', '.join(f'{f:.2f}' for f in v['fid_sets'])}"
+                           for v in r["extractors"].values())
+        lines.append(f"| {d['steps']} | {d['name']} | {settings or '-'} | {cells} | {r['is']:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -376,3 +376,60 @@ def test_no_command_parses_sys_argv_itself():
     assert argv_parsing(_sources()) == []
     assert argv_parsing({"ddpm/x.py": "import sys\nfor a in sys.argv[1:]:\n    k, _, v = a.partition('=')\n"}) == [
         "ddpm/x.py:2: sys.argv"]
+
+
+# ------------------------------------------------------------------------------- bench/ uses only public names
+BENCH = SRC.parent / "bench"
+
+
+def bench_private_uses(files: dict[str, str]) -> list[str]:
+    """``file:line`` of every private ``ddpm`` name a script reaches: ``from ddpm.x import _name``, a private
+    module (``ddpm.x._y``), or ``alias._name`` on an imported ``ddpm`` module. bench/ measures what users get, so
+    it goes through the same public names (a private helper a benchmark needs is made public where it lives)."""
+    bad = []
+
+    def private(dotted: str) -> bool:
+        return any(p.startswith("_") and not (p.startswith("__") and p.endswith("__")) for p in dotted.split("."))
+
+    for path, text in files.items():
+        aliases: set[str] = set()
+        for node in ast.walk(ast.parse(text, path)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "ddpm":
+                for a in node.names:
+                    if private(f"{node.module}.{a.name}"):
+                        bad.append(f"{path}:{node.lineno}: from {node.module} import {a.name}")
+                    else:
+                        aliases.add(a.asname or a.name)  # may be a module (from ddpm.metrics import fid)
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.split(".")[0] == "ddpm":
+                        if private(a.name):
+                            bad.append(f"{path}:{node.lineno}: import {a.name}")
+                        aliases.add(a.asname or a.name.split(".")[0])
+        for node in ast.walk(ast.parse(text, path)):
+            if (isinstance(node, ast.Attribute) and private(node.attr)
+                    and ast.unparse(node.value).split(".")[0] in aliases):
+                bad.append(f"{path}:{node.lineno}: {ast.unparse(node)}")
+    return sorted(set(bad))
+
+
+def test_bench_uses_only_public_ddpm_names():
+    files = {f"bench/{p.name}": p.read_text() for p in sorted(BENCH.glob("*.py"))}
+    assert files and bench_private_uses(files) == []
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("from ddpm.report.findings import _Scorers, set_images\n", "from ddpm.report.findings import _Scorers"),
+    ("import ddpm.metrics._private as p\n", "import ddpm.metrics._private"),
+    ("from ddpm import frontier\nx = frontier._fmt_spread({})\n", "frontier._fmt_spread"),
+    ("import ddpm.frontier\nx = ddpm.frontier._plot\n", "ddpm.frontier._plot"),
+])
+def test_the_bench_checker_fails_on_one(source, expected):
+    found = bench_private_uses({"bench/x.py": source})
+    assert len(found) == 1 and expected in found[0], found
+
+
+def test_the_bench_checker_leaves_public_names_and_other_packages_alone():
+    source = ("import torch\nfrom ddpm.metrics import pooled\nfrom ddpm.report.findings import Scorers\n"
+              "x = torch._foreach_norm\ny = pooled.verdict\nclass A:\n    def f(self):\n        return self._z\n")
+    assert bench_private_uses({"bench/x.py": source}) == []

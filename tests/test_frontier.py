@@ -27,9 +27,17 @@ def test_summary_finds_the_smallest_steps_within_tolerance():
     assert s["smallest_steps_within_tolerance"] == {"ddim": 20, "respaced": None}
     assert s["best_within_evaluations"]["10"] == {"label": "ddim10", "fid": 30.0, "ratio": 3.0}
     assert s["best_within_evaluations"]["20"]["label"] == "ddim20"
+    # the established count follows the verdict rule's outcome, not the point estimate
+    entries[2]["within_tolerance"] = "not established"   # ddim20: 10.9 <= 11.0, but not established
+    entries[3]["within_tolerance"] = "within tolerance"  # ddim50
+    entries[2]["vs_chain"] = "extractor-dependent"
+    s = summarise(entries, 0.10)
+    assert s["smallest_steps_within_tolerance"] == {"ddim": 20, "respaced": None}
+    assert s["smallest_steps_established_within_tolerance"] == {"ddim": 50, "respaced": None}
+    assert s["best_within_evaluations"]["20"]["vs_chain"] == "extractor-dependent"
 
 
-def test_frontier_on_a_tiny_model(tmp_path_factory, tmp_path):
+def test_frontier_on_a_tiny_model(tmp_path_factory, tmp_path, monkeypatch):
     ckpt = tiny_checkpoint(tmp_path_factory)  # T=10
     run_dir = ckpt.parent.parent
     args = [f"ckpt_path={ckpt}", "samplers=[respaced,ddim]", "steps=[3,5,20]", "num_samples=12", "batch_size=5",
@@ -46,6 +54,18 @@ def test_frontier_on_a_tiny_model(tmp_path_factory, tmp_path):
     assert saved[1]["fid_diff_ci"][0] <= saved[1]["fid_diff_ci"][1]
     md = (out / "frontier.md").read_text()
     assert "| ddim | 5 |" in md and "smallest steps within tolerance" in md and "pooled over 2 seed sets" in md
+    # both digits extractors, named, with KID, FID at infinite n and the class mix; verdicts from the one rule
+    verdicts = {"below the chain", "above the chain", "extractor-dependent", "not established"}
+    for e in saved:
+        assert list(e["extractors"]) == ["ddpm-digits", "ddpm-digits-b"]
+        assert e["extractors"]["ddpm-digits"]["fid"] == e["fid"]
+        for v in e["extractors"].values():
+            assert {"kid", "class_kl", "fid_classmix", "kid_classmix"} <= set(v) and v["fid_inf"] is None  # n=24
+        if e["label"] != "full_chain":
+            assert e["vs_chain"] in verdicts
+            assert e["within_tolerance"] in {"within tolerance", "outside tolerance"} | verdicts - {
+                "below the chain", "above the chain"}
+    assert "| ddim | 5 | ddpm-digits-b |" in md
 
     # each set of the full chain is what sample.py draws and scores for that seed, and the pooled FID is the FID
     # of both sets' images together
@@ -79,6 +99,18 @@ def test_frontier_on_a_tiny_model(tmp_path_factory, tmp_path):
     rewritten = {p.relative_to(out).as_posix() for p, t in before.items() if p.stat().st_mtime_ns != t}
     assert rewritten == {"entries/ddim5/set1.npz"} and (out / "entries" / "ddim5" / "set1.json").is_file()
     assert [e["fid"] for e in again["entries"]] == pytest.approx([e["fid"] for e in result["entries"]])
+
+    # the restating command: the same command on a finished directory rescores the stored samples and samples
+    # nothing (every extractor's figures and every verdict come back the same)
+    import ddpm.frontier as frontier_module
+
+    def no_sampling(*a, **k):
+        raise AssertionError("the restating run sampled")
+
+    monkeypatch.setattr(frontier_module, "sample_set", no_sampling)
+    restated = frontier(compose("frontier", args))
+    for e, r in zip(again["entries"], restated["entries"]):
+        assert r["extractors"] == e["extractors"] and r.get("vs_chain") == e.get("vs_chain")
 
 
 def test_frontier_includes_every_registered_sampler_by_default():

@@ -15,6 +15,7 @@ from ddpm.metrics.pooled import (
     paired_bootstrap,
     pooled_scores,
     verdict,
+    verdict_interval,
 )
 from ddpm.metrics.refstats import RefStats, stats_from_features
 
@@ -61,31 +62,14 @@ def test_paired_bootstrap_separates_a_real_difference_and_not_a_null_one():
     near = [SetFeatures(s.features + rng.normal(0, 0.01, s.features.shape), None) for s in base]
     d = paired_bootstrap(base, far, _ref(), num_boot=100)
     assert all(x < 0 for x in d["per_set"]) and d["ci"][1] < 0 and d["pooled"] < 0
-    assert verdict(d["per_set"], -1, d["ci"]) == REPRODUCED
-    assert verdict(d["per_set"], +1, d["ci"]) == OPPOSITE
+    reading = {"one extractor": (d["pooled"], verdict_interval(d["per_set"], d["ci"]))}
+    assert verdict(reading, -1) == REPRODUCED
+    assert verdict(reading, +1) == OPPOSITE
     n = paired_bootstrap(base, near, _ref(), num_boot=100)
     assert n["ci"][0] < 0.05 and n["ci"][1] > -0.05 and abs(n["pooled"]) < 0.05
+    assert verdict({"one extractor": (n["pooled"], verdict_interval(n["per_set"], n["ci"]))}, -1) == UNRESOLVED
     with pytest.raises(ValueError, match="same seed sets"):
         paired_bootstrap(base, base[:2], _ref())
-
-
-@pytest.mark.parametrize(("per_set", "sign", "ci", "expected"), [
-    ([-1.0, -2.0, -0.5], -1, None, REPRODUCED),        # consistent sign, as claimed
-    ([1.0, 2.0, 0.5], -1, None, OPPOSITE),             # consistent sign, reversed
-    ([-1.0, 2.0, -0.5], -1, None, UNRESOLVED),         # mixed signs
-    ([-1.0, 2.0, -0.5], -1, (-3.0, -0.1), REPRODUCED),  # mixed, but the paired interval excludes 0
-    ([-1.0, 2.0, -0.5], -1, (0.2, 3.0), OPPOSITE),
-    ([-1.0, 2.0, -0.5], -1, (-1.0, 1.0), UNRESOLVED),
-    ([0.0, -1.0, -1.0], -1, None, UNRESOLVED),          # a tie supports neither side
-    ([2.0, 3.0], 1, None, REPRODUCED),
-])
-def test_verdict_rule(per_set, sign, ci, expected):
-    assert verdict(per_set, sign, ci) == expected
-
-
-def test_verdict_needs_a_sign():
-    with pytest.raises(ValueError, match="expected_sign"):
-        verdict([1.0], 0)
 
 
 def test_paired_bootstrap_of_another_statistic():
@@ -100,6 +84,24 @@ def test_paired_bootstrap_of_another_statistic():
     d = paired_bootstrap(a, b, statistic=mean0, num_boot=30)
     assert d["per_set"] == pytest.approx([0.3, 0.3]) and d["pooled"] == pytest.approx(0.3)
     assert d["ci"] == pytest.approx((0.3, 0.3))  # a paired shift has no resampling noise at all
-    assert verdict(d["per_set"], +1, d["ci"]) == REPRODUCED
+    assert verdict({"x": (d["pooled"], verdict_interval(d["per_set"], d["ci"]))}, +1) == REPRODUCED
+    scaled = paired_bootstrap(a, b, statistic=mean0, num_boot=5, scale_b=1.1)  # "a within 10% of b"
+    assert scaled["per_set"] == pytest.approx([mean0(x) - 1.1 * mean0(y) for x, y in zip(a, b)])
     with pytest.raises(ValueError, match="needs ref"):
         paired_bootstrap(a, b)
+
+
+def test_pooled_scores_with_the_reference_features_add_kid_fid_inf_and_the_class_mix():
+    from ddpm.metrics.classmix import kid_and_class_mix
+
+    rng = np.random.default_rng(5)
+    sets = _sets(rng, 0.2, k=2, n=150)
+    ref_f = SetFeatures(rng.normal(0, 1.0, (300, 4)), rng.normal(0, 2.0, (300, 5)))
+    out = pooled_scores(sets, _ref(), "test", splits=2, ref_features=ref_f)
+    whole = kid_and_class_mix(np.concatenate([s.features for s in sets]), np.concatenate([s.logits for s in sets]),
+                              ref_f.features, ref_f.logits)
+    assert out["kid"] == whole["kid"] and out["class_kl"] == whole["class_kl"]
+    assert len(out["kid_sets"]) == 2 and len(out["class_kl_sets"]) == 2
+    # the shift of 0.2 in 4 dims: FID between the distributions 0.16; the pooled FID of 300 images lies above it
+    assert abs(out["fid_inf"] - 0.16) < abs(out["fid"] - 0.16) + 0.05
+    assert "kid" not in pooled_scores(sets, _ref(), "test", splits=2)

@@ -224,6 +224,22 @@ def test_seed_sets_are_pooled_and_findings_are_paired(tmp_path):
     assert c[7].startswith(f"{pooled_digits['confidence']:.3f} (") and c[8].startswith(
         f"{pooled_digits['class_entropy']:.2f} (")
 
+    # every extractor's view of the pooled sets: extractor B's figures, KID and the class mix, named
+    import torch
+
+    from ddpm.data import DigitsDataModule
+    from ddpm.metrics.digits_classifier import DigitsExtractorB
+
+    ext_b = DigitsExtractorB()
+    rf = featurise(torch.cat(list(DigitsDataModule().iter_uint8("train"))), ext_b)  # the reference, as the data has it
+    exp_b = pooled_scores([featurise(x, ext_b) for x in rows["simple"][1]], digits_train_ref_stats(ext_b), ext_b.name,
+                          ref_features=rf)
+    line_b = next(ln for ln in table.splitlines() if ln.startswith("| simple | ddpm-digits-b |"))
+    cb = [x.strip() for x in line_b.strip("|").split("|")]
+    assert cb[2] == f"{exp_b['fid']:.2f}" and cb[3] == f"{exp_b['fid_inf']:.2f}"
+    assert cb[4] == f"{exp_b['kid']:.3g} ± {exp_b['kid_std']:.2g}" and cb[6] == f"{exp_b['fid_classmix']:.2f}"
+    assert cb[5].startswith(f"{exp_b['class_kl']:.3f} (")
+
     def finding(prefix: str) -> str:
         hits = [ln for ln in table.splitlines() if ln.startswith(f"- {prefix}")]
         assert len(hits) == 1, (prefix, table)
@@ -235,11 +251,14 @@ def test_seed_sets_are_pooled_and_findings_are_paired(tmp_path):
     assert "95% paired bootstrap interval [" in fid1
     confidence = finding("digits confidence simple − eps_vlb_fixed, predicted > 0 (beyond the paper: the digits")
     assert confidence.endswith("**reproduced**")
-    assert finding("IS simple − eps_vlb_fixed").endswith("**")
-    # identical images: every per-set difference is 0, a tie: not resolved
+    # both extractors' numbers, named, and the interval that covers the seed sets' spread
+    assert "(ddpm-digits) | pooled -" in fid1 and fid1.count("with the seed sets' spread [-") == 2
+    is_line = finding("IS simple − eps_vlb_fixed")
+    assert re.search(r"\*\*(reproduced|not established)\*\*", is_line)
+    # identical images: every per-set difference is 0, a tie: not established
     same = finding("FID mu_vlb_fixed − mu_mse, predicted < 0")
     assert "per set +0.000, +0.000, +0.000" in same
-    assert same.endswith("**not resolved at this budget** (no difference to resolve at 3 seed sets of 64)")
+    assert same.endswith("**not established** (no difference to resolve at 3 seed sets of 64)")
     # the NLL: paired per test image where both rows have per-image values, else from the two standard errors
     nll2 = finding("NLL (bits/dim) eps_vlb_fixed − simple, predicted < 0")
     assert "paired per test image (64 images, the same noise seed)" in nll2 and nll2.endswith("**reproduced**")
@@ -254,15 +273,16 @@ def test_opposite_sign_on_every_set_is_the_opposite(tmp_path):
     from ddpm.data.digits import digits_split
 
     real = digits_split("train")[0].numpy()
-    base = [real[np.random.default_rng(k).choice(len(real), 48, replace=False)] for k in range(2)]
-    for name, objective, sets in (("simple", SIMPLE, [_noisy(b, 60, k) for k, b in enumerate(base)]),
+    # three sets: the interval must cover the spread between them (a t-interval; two sets' is 12.7 sd wide)
+    base = [real[np.random.default_rng(k).choice(len(real), 48, replace=False)] for k in range(3)]
+    for name, objective, sets in (("simple", SIMPLE, [_noisy(b, 90, k) for k, b in enumerate(base)]),
                                   ("eps_vlb_fixed", EPS_L, base)):
         job = write_job(tmp_path, name, objective, train={"global_step": 8000})
         for k, images in enumerate(sets):
             write_seed_set(job, k, images)
     table = main([f"multirun_dir={tmp_path}", "num_boot=20"])
     line = next(ln for ln in table.splitlines() if ln.startswith("- FID simple − eps_vlb_fixed"))
-    assert "(2 seed sets of 48)" in line and line.endswith("**the opposite**")
+    assert "(3 seed sets of 48)" in line and line.endswith("**the opposite**")
 
 
 def test_evaluate_samples_each_seed_set_in_its_own_resumable_run(tmp_path, monkeypatch):
@@ -411,7 +431,12 @@ def test_the_whole_table_in_two_commands_and_a_rerun_does_nothing(tmp_path):
     assert sum("| not run |" in line for line in table.splitlines()) == 4
     # the findings between the two rows: mu_vlb_learned - simple is a paired comparison on both seed sets
     line = next(ln for ln in table.splitlines() if ln.startswith("- FID simple − mu_vlb_learned"))
-    assert "(2 seed sets of 8)" in line and line.endswith("**")
+    assert "(2 seed sets of 8)" in line and re.search(r": \*\*(reproduced|the opposite|extractor-dependent|not "
+                                                      r"established)\*\*", line)
+    # both digits extractors, named, in the findings and in the per-extractor table (KID, FID∞, the class mix)
+    assert "(ddpm-digits) | pooled" in line and "(ddpm-digits-b): **" in line
+    assert {r[1] for r in (ln.strip("|").split(" | ") for ln in table.splitlines()
+                           if ln.startswith("| simple | ddpm-digits"))} == {"ddpm-digits", "ddpm-digits-b"}
 
     outputs = sorted(p for p in sweep.rglob("*") if p.is_file() and p.suffix in (".json", ".ckpt", ".npz"))
     before = {p: p.stat().st_mtime_ns for p in outputs}
@@ -427,9 +452,13 @@ def test_an_unresolved_comparison_says_what_budget_would_resolve_it():
     from ddpm.metrics.pooled import REPRODUCED, UNRESOLVED
     from ddpm.report.render import _budget
 
-    r = {"verdict": UNRESOLVED, "ci": (-1.0, 0.5), "pooled": -0.25, "units": (3, "seed sets of 512")}
+    r = {"verdict": UNRESOLVED, "interval": (-1.0, 0.5), "pooled": -0.25, "units": (3, "seed sets of 512")}
     assert "about 27 seed sets of 512 would make the interval exclude 0: an extrapolation" in _budget(r)
     assert _budget({**r, "verdict": REPRODUCED}) == ""
+    # two extractors: the one furthest from excluding 0 sets the budget
+    two = {**r, "extractors": {"A": {"interval": (-1.0, 0.5), "pooled": -0.25},
+                               "B": {"interval": (-2.0, 1.0), "pooled": -0.25}}}
+    assert "about 108 seed sets of 512" in _budget(two)
 
 
 def test_subset_fid_scores_the_first_images_of_each_seed_set(tmp_path, capsys, monkeypatch):
@@ -438,7 +467,7 @@ def test_subset_fid_scores_the_first_images_of_each_seed_set(tmp_path, capsys, m
     import runpy
 
     from ddpm.data.digits import digits_split
-    from ddpm.metrics.digits_classifier import DigitsExtractor
+    from ddpm.metrics.digits_classifier import DigitsExtractor, DigitsExtractorB
     from ddpm.metrics.digits_score import digits_train_ref_stats
     from ddpm.metrics.fid import compute_fid_is
     from ddpm.metrics.pooled import featurise
@@ -451,10 +480,7 @@ def test_subset_fid_scores_the_first_images_of_each_seed_set(tmp_path, capsys, m
     monkeypatch.setattr(sys, "argv", ["subset_fid.py", str(job), "--n", "40"])
     runpy.run_path(str(ROOT / "bench" / "subset_fid.py"), run_name="__main__")
     lines = capsys.readouterr().out.splitlines()
-    ext = DigitsExtractor()
-    ref = digits_train_ref_stats(ext)
-
-    def fid_by_hand(images: np.ndarray) -> float:
+    def fid_by_hand(images: np.ndarray, ext, ref) -> float:
         """Frechet distance in float64 from the features' mean and covariance; tr sqrt(S1 S2) from the
         eigenvalues of S1 S2 (not scipy's sqrtm, which the scorer uses)."""
         f = featurise(images, ext).features
@@ -462,9 +488,13 @@ def test_subset_fid_scores_the_first_images_of_each_seed_set(tmp_path, capsys, m
         tr_sqrt = np.sqrt(np.linalg.eigvals(cov @ ref.sigma).astype(np.complex128)).real.sum()
         return float(((mu - ref.mu) ** 2).sum() + np.trace(cov) + np.trace(ref.sigma) - 2 * tr_sqrt)
 
-    for k, line in enumerate(lines):
-        fid = fid_by_hand(sets[k][:40])
-        is_ = compute_fid_is(sets[k][:40], ref, ext)["is_40"]  # sample.py's scorer, not the pooled one
-        assert f"seed set {k}: first 40 images FID {fid:.2f}, IS {is_:.2f}" in line, (line, fid, is_)
-        assert f"FID {fid_by_hand(sets[k][24:64]):.2f}," not in line  # another 40 images would not pass
-    assert len(lines) == 2
+    assert len(lines) == 4  # two sets, each under digits extractors A and B, named
+    for ext in (DigitsExtractor(), DigitsExtractorB()):
+        ref = digits_train_ref_stats(ext)
+        mine = [ln for ln in lines if f"({ext.name};" in ln]
+        assert len(mine) == 2
+        for k, line in enumerate(mine):
+            fid = fid_by_hand(sets[k][:40], ext, ref)
+            is_ = compute_fid_is(sets[k][:40], ref, ext)["is_40"]  # sample.py's scorer, not the pooled one
+            assert f"seed set {k}: first 40 images FID {fid:.2f}, IS {is_:.2f}" in line, (line, fid, is_)
+            assert f"FID {fid_by_hand(sets[k][24:64], ext, ref):.2f}," not in line  # other images would not pass

@@ -267,6 +267,14 @@ def test_fid_through_sample_py(reference_run, ckpt, tmp_path):
     assert m["fid_24"] == pytest.approx(0.0, abs=1e-6) and m["is_24"] > 1.0
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["fid_24"] == m["fid_24"] and saved["fid_extractor"] == "ddpm-digits"
+    # every digits score names both extractors (A: digits/..., B: digits_b/...), against the train split
+    from ddpm.metrics.digits_classifier import DigitsExtractorB
+    from ddpm.metrics.digits_score import digits_quality
+
+    q_b = digits_quality(imgs[..., 0], extractor=DigitsExtractorB())
+    for key in ("fid", "kid", "class_kl", "fid_classmix", "kid_classmix"):
+        assert saved[f"digits_b/{key}"] == pytest.approx(q_b[key], rel=1e-9) and f"digits/{key}" in saved
+    assert saved["digits/fid"] == pytest.approx(digits_quality(imgs[..., 0])["fid"], rel=1e-9)
     g = torch.Generator().manual_seed(0)
     x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float()
     fids = []

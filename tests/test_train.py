@@ -169,6 +169,7 @@ def test_run_leaves_checkpoint_grid_metrics_and_config(tmp_path, tiny):
     assert (out / "samples.png").is_file() and (out / "csv" / "metrics.csv").is_file()
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["global_step"] == 6 and np.isfinite(saved["val/bpd"]) and "digits/fid" in saved
+    assert np.isfinite(saved["digits_b/fid"]) and np.isfinite(saved["digits/kid"])  # both extractors, and KID
     for q in range(4):
         assert f"train/loss_q{q}" in (out / "csv" / "metrics.csv").read_text()
 

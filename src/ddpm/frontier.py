@@ -4,17 +4,22 @@ The same seeds are sampled with the full ancestral chain (the paper's Algorithm 
 with every sampler of ``samplers`` (default: every registered one, :data:`ddpm.diffusion.SAMPLERS`) at every
 count of ``steps``, on ``seed_sets`` seed sets of ``num_samples`` images each (set ``k`` is what ``sample.py
 seed=<seed + k>`` draws). Each set is scored with the dataset's FID extractor (the digits CNN for the digits,
-TF-Inception otherwise) and the sets are pooled (:mod:`ddpm.metrics.pooled`): the FID of all sets together, the
-per-set FIDs and their spread, and the paired comparison with the full chain (the same seeds: the per-set
-ratios, and a bootstrap interval of the FID difference that resamples the same images in both). Written to
-``out_dir`` (default ``<run dir>/frontier``):
+TF-Inception otherwise) and, on the digits, also with the independently trained digits extractor B
+(:func:`ddpm.metrics.samples.all_extractors`). Per extractor the sets are pooled (:mod:`ddpm.metrics.pooled`): the
+FID of all sets together, FID extrapolated to infinite n, KID, the class mix, the per-set FIDs and their spread,
+and the paired comparison with the full chain (the same seeds: the per-set ratios, and an interval of the FID
+difference that resamples the same images in both and covers the spread between seed sets). "Below the chain"
+and "within tolerance" are verdicts of :func:`ddpm.metrics.pooled.verdict`: stated only when every extractor's
+interval agrees. Written to ``out_dir`` (default ``<run dir>/frontier``):
 
 * ``entries/<label>/set<k>.npz`` + ``.json`` (the uint8 samples, the timing): one per sampler, steps and seed
   set, written when it is done; a re-run with the same settings skips it, so a killed run continues where it
-  stopped;
+  stopped, and a re-run on a finished directory rescores the stored samples without sampling (the restating
+  command: a new extractor or statistic applies to the same images);
 * ``frontier.json``: every entry (pooled FID and IS, per-set FIDs, the ratio to the full chain with its
-  spread and interval, network evaluations, seconds per image) and, per sampler, the smallest step count whose
-  pooled FID is within ``tolerance`` of the full chain's;
+  spread and interval, ``extractors``: every extractor's figures, ``vs_chain`` and ``within_tolerance``: the
+  verdicts, network evaluations, seconds per image) and, per sampler, the smallest step count whose pooled FID is
+  within ``tolerance`` of the full chain's, as a point estimate and as established by the verdict rule;
 * ``frontier.md``: the same as a Markdown table; ``frontier.png``: FID against network evaluations (log x),
   the bars spanning the per-set FIDs.
 """
@@ -34,14 +39,33 @@ from ddpm.diffusion import SAMPLERS
 from ddpm.generate import check_sampler, generate, seeds_for
 from ddpm.io import atomic_savez, atomic_write, check_writable, write_json
 from ddpm.loading import LoadedModel, load_model, model_datamodule
-from ddpm.metrics.pooled import SetFeatures, featurise, paired_bootstrap, pooled_scores
-from ddpm.metrics.samples import load_extractor, reference_for
+from ddpm.metrics.pooled import (
+    EXTRACTOR_DEPENDENT,
+    OPPOSITE,
+    REPRODUCED,
+    UNRESOLVED,
+    SetFeatures,
+    featurise,
+    paired_bootstrap,
+    pooled_scores,
+    verdict,
+    verdict_interval,
+)
+from ddpm.metrics.samples import all_extractors, load_extractor, reference_for
 from ddpm.rundir import tool_dir
 from ddpm.runtime import Progress, device_of, provenance
 
 __all__ = ["frontier", "entries_for", "summarise", "default_out_dir"]
 
 FULL_CHAIN = "full_chain"
+# the verdict rule's outcomes (ddpm.metrics.pooled.verdict) for "FID(row) - FID(full chain) < 0" and for
+# "FID(row) - (1 + tolerance) FID(full chain) < 0"
+VS_CHAIN = {REPRODUCED: "below the chain", OPPOSITE: "above the chain", EXTRACTOR_DEPENDENT: EXTRACTOR_DEPENDENT,
+            UNRESOLVED: UNRESOLVED}
+WITHIN = {REPRODUCED: "within tolerance", OPPOSITE: "outside tolerance", EXTRACTOR_DEPENDENT: EXTRACTOR_DEPENDENT,
+          UNRESOLVED: UNRESOLVED}
+VIEW_KEYS = ("fid", "fid_inf", "kid", "kid_std", "class_kl", "fid_classmix", "kid_classmix", "fid_sets", "kid_sets",
+             "class_kl_sets")
 
 
 def entries_for(cfg: DictConfig, num_timesteps: int) -> list[SamplerConfig]:
@@ -83,48 +107,78 @@ def sample_set(cfg: DictConfig, loaded: LoadedModel, sampler: SamplerConfig, set
     return np.concatenate(parts), (time.time() - start) / n
 
 
-def score_entry(sampler: SamplerConfig, T: int, sets: list[SetFeatures], seconds: list[float], ref, extractor: str,
-                full: tuple[list[SetFeatures], dict] | None, splits: int, num_boot: int) -> dict:
-    """An entry: pooled FID/IS over the seed sets, their spread, and the paired comparison with the full chain
-    (``full``: its sets' features and its entry)."""
-    pooled = pooled_scores(sets, ref, extractor, splits=splits)
+def score_entry(sampler: SamplerConfig, T: int, sets: dict[str, list[SetFeatures]], seconds: list[float],
+                scorers: list[tuple], full: tuple[dict[str, list[SetFeatures]], dict] | None, splits: int,
+                num_boot: int, tolerance: float = 0.10) -> dict:
+    """An entry: per extractor (``scorers``: ``[(extractor, ref, ref_features)]``, the dataset's first; ``sets``:
+    extractor name -> the seed sets' features) pooled FID, FID at infinite n, KID and the class mix, and the
+    paired comparisons with the full chain (``full``: its sets' features and its entry): the difference and the
+    "within tolerance" difference, each with the interval that covers the seed sets' spread, and their verdicts
+    over all extractors (:func:`ddpm.metrics.pooled.verdict`). The first extractor's figures are also at the top
+    level."""
+    views, first = {}, None
+    for ext, ref, ref_features in scorers:
+        pooled = pooled_scores(sets[ext.name], ref, ext.name, splits=splits, ref_features=ref_features)
+        first = first or pooled
+        view = {k: pooled[k] for k in VIEW_KEYS if k in pooled}
+        if full is not None:
+            full_sets, full_entry = full[0][ext.name], full[1]["extractors"][ext.name]
+            diff = paired_bootstrap(sets[ext.name], full_sets, ref, num_boot=num_boot)
+            within = paired_bootstrap(sets[ext.name], full_sets, ref, num_boot=num_boot, scale_b=1 + tolerance)
+            view.update(ratio=pooled["fid"] / full_entry["fid"], fid_diff=diff["pooled"], fid_diff_ci=list(diff["ci"]),
+                        ratio_sets=[a / b for a, b in zip(pooled["fid_sets"], full_entry["fid_sets"])],
+                        fid_diff_interval=list(verdict_interval(diff["per_set"], diff["ci"])),
+                        within_diff=within["pooled"],
+                        within_interval=list(verdict_interval(within["per_set"], within["ci"])))
+        views[ext.name] = view
     spec = sampler.spec
     evaluations = spec.evaluations(sampler.steps, T)
     entry = {
         "sampler": sampler.name, "steps": evaluations, "network_evaluations": evaluations,
         "label": sampler.label(T) or FULL_CHAIN, "settings": sampler.describe(T),
-        "stochastic": spec.is_stochastic(sampler.params), "fid": pooled["fid"], "is": pooled["is"],
-        "fid_sets": pooled["fid_sets"], "fid_spread": pooled["fid_spread"], "is_sets": pooled["is_sets"],
-        "n": pooled["n"], "seconds_per_image": float(np.mean(seconds)), "seconds_per_image_sets": seconds,
+        "stochastic": spec.is_stochastic(sampler.params), "fid": first["fid"], "is": first["is"],
+        "fid_sets": first["fid_sets"], "fid_spread": first["fid_spread"], "is_sets": first["is_sets"],
+        "n": first["n"], "seconds_per_image": float(np.mean(seconds)), "seconds_per_image_sets": seconds,
+        "extractors": views,
     }
     if full is not None:
-        full_sets, full_entry = full
-        ratios = [a / b for a, b in zip(pooled["fid_sets"], full_entry["fid_sets"])]
-        diff = paired_bootstrap(sets, full_sets, ref, num_boot=num_boot)
-        entry.update(ratio=pooled["fid"] / full_entry["fid"], ratio_sets=ratios, fid_diff=diff["pooled"],
-                     fid_diff_ci=list(diff["ci"]))
+        a = next(iter(views.values()))
+        entry.update({k: a[k] for k in ("ratio", "ratio_sets", "fid_diff", "fid_diff_ci")})
+        entry["vs_chain"] = VS_CHAIN[verdict({k: (v["fid_diff"], v["fid_diff_interval"]) for k, v in views.items()},
+                                             -1)]
+        entry["within_tolerance"] = WITHIN[verdict(
+            {k: (v["within_diff"], v["within_interval"]) for k, v in views.items()}, -1)]
     return entry
 
 
 def summarise(entries: list[dict], tolerance: float) -> dict:
-    """Per sampler, the smallest step count whose FID is within ``tolerance`` of the full chain's, and the best
-    ratio to the full chain at <= 10 and <= 20 network evaluations."""
+    """Per sampler, the smallest step count whose pooled FID is within ``tolerance`` of the full chain's (the point
+    estimate, ``smallest_steps_within_tolerance``) and the smallest where the verdict rule establishes it
+    (``smallest_steps_established_within_tolerance``: every extractor's interval below 0), and the best ratio to
+    the full chain at <= 10 and <= 20 network evaluations with its verdict against the chain."""
     full = next(e for e in entries if e["label"] == FULL_CHAIN)
     bound = full["fid"] * (1 + tolerance)
     within: dict[str, int | None] = {}
+    established: dict[str, int | None] = {}
     rest = sorted((e for e in entries if e is not full), key=lambda e: e["steps"])
     for e in rest:
         within.setdefault(e["sampler"], None)
+        established.setdefault(e["sampler"], None)
         if within[e["sampler"]] is None and e["fid"] <= bound:
             within[e["sampler"]] = e["steps"]
+        if established[e["sampler"]] is None and e.get("within_tolerance") == WITHIN[REPRODUCED]:
+            established[e["sampler"]] = e["steps"]
     best = {}
     for budget in (10, 20):
         cands = [e for e in rest if e["network_evaluations"] <= budget]
         if cands:
             b = min(cands, key=lambda e: e["fid"])
             best[str(budget)] = {"label": b["label"], "fid": b["fid"], "ratio": b["fid"] / full["fid"]}
+            if "vs_chain" in b:
+                best[str(budget)]["vs_chain"] = b["vs_chain"]
     return {"full_chain_fid": full["fid"], "tolerance": tolerance, "fid_bound": bound,
-            "smallest_steps_within_tolerance": within, "best_within_evaluations": best}
+            "smallest_steps_within_tolerance": within, "smallest_steps_established_within_tolerance": established,
+            "best_within_evaluations": best}
 
 
 def _fmt_spread(e: dict) -> str:
@@ -148,14 +202,48 @@ def _markdown(entries: list[dict], summary: dict, cfg: DictConfig, extractor: st
         ci = f"[{e['fid_diff_ci'][0]:+.2f}, {e['fid_diff_ci'][1]:+.2f}]" if "fid_diff_ci" in e else "-"
         lines.append(f"| {e['sampler']} | {e['network_evaluations']} | {e['fid']:.2f} | {_fmt_spread(e)} | {ratio} "
                      f"| {per_set} | {ci} | {is_} | {e['seconds_per_image']:.4f} |")
-    lines += ["", f"Full chain: FID {summary['full_chain_fid']:.2f}; within {summary['tolerance']:.0%} means FID <= "
-              f"{summary['fid_bound']:.2f}.", "", "| sampler | smallest steps within tolerance |", "|---|---|"]
+    lines += _extractor_table(entries)
+    lines += ["", f"Full chain: FID {summary['full_chain_fid']:.2f} ({extractor}); within {summary['tolerance']:.0%} "
+              f"means FID <= {summary['fid_bound']:.2f}. Established: the verdict rule says so (every extractor's "
+              "interval of FID(row) - (1 + tolerance) FID(full chain), over images and seed sets, below 0).", "",
+              "| sampler | smallest steps within tolerance, established | point estimate (this extractor, this draw) |",
+              "|---|---|---|"]
     for name, steps in summary["smallest_steps_within_tolerance"].items():
-        lines.append(f"| {name} | {steps if steps is not None else 'none of those tried'} |")
+        est = summary.get("smallest_steps_established_within_tolerance", {}).get(name)
+        lines.append(f"| {name} | {est if est is not None else 'none established'} | "
+                     f"{steps if steps is not None else 'none of those tried'} |")
     for budget, b in summary["best_within_evaluations"].items():
-        lines.append(f"\nBest at <= {budget} evaluations: {b['label']}, FID {b['fid']:.2f} ({b['ratio']:.2f}x the "
-                     "full chain).")
+        verdict_text = f"; against the chain: **{b['vs_chain']}**" if "vs_chain" in b else ""
+        lines.append(f"\nLowest pooled FID at <= {budget} evaluations: {b['label']}, FID {b['fid']:.2f} "
+                     f"({b['ratio']:.2f}x the full chain){verdict_text}.")
     return "\n".join(lines) + "\n"
+
+
+def _opt(v, fmt: str = ".2f") -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def _extractor_table(entries: list[dict]) -> list[str]:
+    """Every extractor's figures of every entry, and the verdicts (:func:`ddpm.metrics.pooled.verdict`)."""
+    names = list(entries[0].get("extractors", {}))
+    if not names:
+        return []
+    lines = ["", "Every extractor (" + ", ".join(names) + "): FID pooled and extrapolated to infinite n (FID∞), "
+             "unbiased KID, the class mix (KL of the predicted classes from the reference's, nats; FID against the "
+             "reference reweighted to the row's classes), the ratio to the full chain and the interval of "
+             "FID(row) - FID(full chain) over images and seed sets. Verdicts: a claim holds only when every "
+             "extractor's interval excludes 0 on its side.", "",
+             "| sampler | network evaluations | extractor | FID | FID∞ | KID | class KL | FID, class mix | ratio | "
+             "FID diff interval | against the chain | within tolerance |", "|" + "---|" * 12]
+    for e in entries:
+        for name, v in e["extractors"].items():
+            iv = v.get("fid_diff_interval")
+            lines.append(
+                f"| {e['sampler']} | {e['network_evaluations']} | {name} | {v['fid']:.2f} | {_opt(v.get('fid_inf'))} | "
+                f"{_opt(v.get('kid'), '.3g')} | {_opt(v.get('class_kl'), '.3f')} | {_opt(v.get('fid_classmix'))} | "
+                f"{_opt(v.get('ratio'))} | {f'[{iv[0]:+.2f}, {iv[1]:+.2f}]' if iv else '-'} | "
+                f"{e.get('vs_chain', '-')} | {e.get('within_tolerance', '-')} |")
+    return lines
 
 
 def _plot(entries: list[dict], path: Path, title: str) -> None:
@@ -202,11 +290,13 @@ def frontier(cfg: DictConfig) -> dict:
     datamodule = model_datamodule(loaded, cfg.data, "the frontier") if not cfg.fid.ref_stats else None
     extractor = load_extractor(cfg.fid, getattr(datamodule, "name", None), device)  # before any sampling
     ref = reference_for(cfg.fid, extractor, datamodule, cfg.paths.cache_dir, device)
+    scorers = all_extractors(cfg.fid, extractor, ref, datamodule, cfg.paths.cache_dir, device)
 
     entries, full = [], None
     for sampler in entries_cfg:
         label = sampler.label(T) or FULL_CHAIN
-        sets, seconds = [], []
+        sets: dict[str, list[SetFeatures]] = {ext.name: [] for ext, _, _ in scorers}
+        seconds = []
         for k in range(int(cfg.seed_sets)):
             set_seed = int(cfg.seed) + k
             path = out_dir / "entries" / label / f"set{k}.json"
@@ -219,27 +309,29 @@ def frontier(cfg: DictConfig) -> dict:
                 images, sec = sample_set(cfg, loaded, sampler, set_seed, device, label)
                 atomic_savez(path.with_suffix(".npz"), images=images)
                 write_json(path, {"signature": signature, "seconds_per_image": sec})
-            sets.append(featurise(images, extractor, device=device))
+            for ext, _, _ in scorers:
+                sets[ext.name].append(featurise(images, ext, device=device))
             seconds.append(sec)
-        entry = score_entry(sampler, T, sets, seconds, ref, extractor.name, full, int(cfg.fid.is_splits),
-                            int(cfg.num_boot))
+        entry = score_entry(sampler, T, sets, seconds, scorers, full, int(cfg.fid.is_splits), int(cfg.num_boot),
+                            float(cfg.tolerance))
         full = full or (sets, entry)  # the first entry is the full chain
         entries.append(entry)
-        ratio = f", {entry['ratio']:.2f}x the full chain" if "ratio" in entry else ""
+        ratio = f", {entry['ratio']:.2f}x the full chain, {entry['vs_chain']}" if "ratio" in entry else ""
         print(f"[ddpm] frontier: {label}: FID {entry['fid']:.2f} (sets {_fmt_spread(entry)}{ratio}; "
               f"{entry['seconds_per_image']:.4f} s/image)", flush=True)
     summary = summarise(entries, cfg.tolerance)
     result = {**summary, "entries": entries, "num_samples": cfg.num_samples, "seed_sets": cfg.seed_sets,
-              "seed": cfg.seed, "extractor": extractor.name, "num_timesteps": T, **loaded.provenance, **provenance()}
+              "seed": cfg.seed, "extractor": extractor.name, "extractors": [e.name for e, _, _ in scorers],
+              "num_timesteps": T, **loaded.provenance, **provenance()}
     write_json(out_dir / "frontier.json", result)
     with atomic_write(out_dir / "frontier.md") as tmp:
         tmp.write_text(_markdown(entries, summary, cfg, extractor.name))
     _plot(entries, out_dir / "frontier.png",
           f"{cfg.seed_sets} x {cfg.num_samples} samples pooled, {extractor.name} FID")
     print(f"[ddpm] frontier written to {out_dir} (frontier.md, frontier.json, frontier.png)")
-    print("[ddpm] smallest steps within "
-          f"{cfg.tolerance:.0%} of the full chain's FID {summary['full_chain_fid']:.2f}: "
-          + ", ".join(f"{k} {v}" for k, v in summary["smallest_steps_within_tolerance"].items()))
+    print("[ddpm] smallest steps established within "
+          f"{cfg.tolerance:.0%} of the full chain's FID {summary['full_chain_fid']:.2f} (every extractor): "
+          + ", ".join(f"{k} {v}" for k, v in summary["smallest_steps_established_within_tolerance"].items()))
     return result
 
 

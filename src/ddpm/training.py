@@ -135,7 +135,8 @@ def finalise(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, datam
 def final_samples(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, datamodule,
                   output_dir: Path) -> dict:
     """Sample ``cfg.final_samples`` images with EMA weights and the run's ``sampler``: ``samples.png`` and, on
-    digits, a quality score."""
+    digits, the quality score under both digits extractors (``digits/fid``... A, ``digits_b/fid``... B:
+    :func:`ddpm.metrics.digits_score.flat_digits_scores`)."""
     n = cfg.final_samples
     if n <= 0:
         return {}
@@ -159,10 +160,9 @@ def final_samples(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, 
     grid = make_grid_uint8(images, upscale=upscale)
     save_png(grid, output_dir / SAMPLES)
     if getattr(datamodule, "name", "") == "digits":
-        from ddpm.metrics.digits_score import digits_quality
+        from ddpm.metrics.digits_score import flat_digits_scores
 
-        q = digits_quality(images)
-        out.update({f"digits/{k}": float(v) for k, v in q.items()})
+        out.update(flat_digits_scores(images))  # digits/... (extractor A), digits_b/... (extractor B)
     log_image(trainer, "samples/final", grid, trainer.global_step)
     for lg in trainer.loggers:
         lg.log_metrics({k: v for k, v in out.items() if isinstance(v, float) and "/" in k}, step=trainer.global_step)

@@ -1,4 +1,4 @@
-"""The feature extractors by name: ``get_extractor("inception" | "digits")``."""
+"""The feature extractors by name: ``get_extractor("inception" | "digits" | "digits-b")``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from ddpm.metrics.digits_classifier import DigitsExtractor
+from ddpm.metrics.digits_classifier import DigitsExtractor, DigitsExtractorB
 from ddpm.metrics.features import Extractor
 from ddpm.metrics.inception import InceptionExtractor
 
@@ -20,7 +20,8 @@ def get_extractor(
     cache_dir: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
 ) -> Extractor:
-    """``"inception"``/``"inception-v3-compat"`` or ``"digits"``/``"ddpm-digits"``.
+    """``"inception"``/``"inception-v3-compat"``, ``"digits"``/``"ddpm-digits"`` (digits extractor A) or
+    ``"digits-b"``/``"ddpm-digits-b"`` (digits extractor B, :class:`DigitsExtractorB`).
 
     ``weights_path``: local Inception weights (config ``inception_weights``). It only applies to Inception,
     so a globally configured ``inception_weights`` is harmless with the digits extractor; the one exception
@@ -30,11 +31,12 @@ def get_extractor(
     key = name.lower()
     if key in ("inception", "inception-v3-compat", "inception_v3"):
         ext: Extractor = InceptionExtractor(weights_path)
-    elif key in ("digits", "ddpm-digits"):
+    elif key in ("digits", "ddpm-digits", "digits-b", "ddpm-digits-b"):
         digits_weights = weights_path if str(weights_path or "").endswith(".safetensors") else None
-        ext = DigitsExtractor(cache_dir=cache_dir, weights_path=digits_weights)
+        cls = DigitsExtractorB if key.endswith("-b") else DigitsExtractor
+        ext = cls(cache_dir=cache_dir, weights_path=digits_weights)
     else:
-        raise ValueError(f"unknown feature extractor {name!r} (choose 'inception' or 'digits')")
+        raise ValueError(f"unknown feature extractor {name!r} (choose 'inception', 'digits' or 'digits-b')")
     if device is not None:
         ext = ext.to(device)
     return ext.eval()

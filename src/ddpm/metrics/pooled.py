@@ -9,13 +9,16 @@ the spread.
 
 Paired comparisons: image ``i`` of set ``k`` comes from the same seed in both sources, so their difference per
 set is paired, and a bootstrap that resamples the same image indices in both sources (:func:`paired_bootstrap`)
-gives an interval for the pooled difference. :func:`verdict` turns those into "reproduced" / "the opposite" /
-"not resolved at this budget".
+gives an interval for the pooled difference within this draw. :func:`verdict_interval` widens it to cover the
+spread between independent draws (the seed sets: a t-interval of the per-set differences), and :func:`verdict`
+is the one rule every claim goes through (the frontier, the Table 2 report, the quickstart table): a claim holds
+only when every extractor's interval excludes 0 on its side; "extractor-dependent" when the extractors point
+opposite ways; "not established" otherwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,10 +27,12 @@ from ddpm.metrics.features import Extractor, extract_all
 from ddpm.metrics.fid import check_ref, frechet_distance, inception_score
 from ddpm.metrics.refstats import RefStats, stats_from_features
 
-__all__ = ["SetFeatures", "featurise", "pooled_scores", "paired_bootstrap", "verdict", "VERDICTS"]
+__all__ = ["SetFeatures", "featurise", "pooled_scores", "paired_bootstrap", "draws_interval", "verdict_interval",
+           "verdict", "VERDICTS"]
 
-REPRODUCED, OPPOSITE, UNRESOLVED = "reproduced", "the opposite", "not resolved at this budget"
-VERDICTS = (REPRODUCED, OPPOSITE, UNRESOLVED)
+REPRODUCED, OPPOSITE = "reproduced", "the opposite"
+UNRESOLVED, EXTRACTOR_DEPENDENT = "not established", "extractor-dependent"
+VERDICTS = (REPRODUCED, OPPOSITE, EXTRACTOR_DEPENDENT, UNRESOLVED)
 
 
 @dataclass
@@ -59,13 +64,19 @@ def _spread(values: list[float]) -> dict:
             "min": float(v.min()), "max": float(v.max())}
 
 
-def pooled_scores(sets: Sequence[SetFeatures], ref: RefStats, extractor_name: str, *, splits: int = 10) -> dict:
+def pooled_scores(sets: Sequence[SetFeatures], ref: RefStats, extractor_name: str, *, splits: int = 10,
+                  ref_features: SetFeatures | None = None) -> dict:
     """FID (against ``ref``) and IS pooled over all ``sets``, and per set.
 
     Returns ``{"n", "num_sets", "set_sizes", "fid", "is", "is_std", "fid_sets", "is_sets", "fid_spread",
     "is_spread"}``; ``fid`` is the FID of the union of the sets (not the mean of the per-set FIDs, which is
     biased upwards by the small-sample covariance), ``fid_spread`` the mean / std (ddof=1) / min / max of the
     per-set FIDs. IS keys are ``None`` when the extractor has no logits.
+
+    ``ref_features``: the reference images' own features (and logits) add, pooled, ``fid_inf`` (FID extrapolated
+    to infinite n, :func:`ddpm.metrics.kid.fid_infinity`), ``kid``/``kid_std`` and, with logits, the class mix
+    ``class_kl``/``fid_classmix``/``kid_classmix`` (:func:`ddpm.metrics.classmix.kid_and_class_mix`), and per
+    set ``kid_sets`` and ``class_kl_sets``.
     """
     if not sets:
         raise ValueError("pooled_scores needs at least one seed set")
@@ -83,6 +94,23 @@ def pooled_scores(sets: Sequence[SetFeatures], ref: RefStats, extractor_name: st
         out["is_spread"] = _spread(out["is_sets"])
     else:
         out.update({"is": None, "is_std": None, "is_sets": None, "is_spread": None})
+    if ref_features is not None:
+        out.update(_unbiased(sets, ref, ref_features))
+    return out
+
+
+def _unbiased(sets: Sequence[SetFeatures], ref: RefStats, ref_features: SetFeatures) -> dict:
+    from ddpm.metrics.classmix import kid_and_class_mix
+    from ddpm.metrics.kid import fid_infinity
+
+    whole = _concat(sets)
+    out = kid_and_class_mix(whole.features, whole.logits, ref_features.features, ref_features.logits)
+    per = [kid_and_class_mix(s.features, s.logits, ref_features.features, ref_features.logits) for s in sets]
+    out["kid_sets"] = [p["kid"] for p in per]
+    if "class_kl" in out:
+        out["class_kl_sets"] = [p["class_kl"] for p in per]
+    n, d = whole.features.shape
+    out["fid_inf"] = fid_infinity(whole.features, ref.mu, ref.sigma)["fid_inf"] if n > 2 * d + 2 else None
     return out
 
 
@@ -98,8 +126,9 @@ def _take(s: SetFeatures, idx: np.ndarray) -> SetFeatures:
 
 def paired_bootstrap(a: Sequence[SetFeatures], b: Sequence[SetFeatures], ref: RefStats | None = None, *,
                      num_boot: int = 200, level: float = 0.95, seed: int = 0,
-                     statistic: Callable[[SetFeatures], float] | None = None) -> dict:
-    """The paired difference ``FID(a) - FID(b)`` of two sources sampled on the same seeds.
+                     statistic: Callable[[SetFeatures], float] | None = None, scale_b: float = 1.0) -> dict:
+    """The paired difference ``FID(a) - FID(b)`` of two sources sampled on the same seeds (``scale_b``: of
+    ``FID(a) - scale_b * FID(b)``, e.g. ``1.1`` for "a within 10% of b").
 
     ``a[k]`` and ``b[k]`` must hold the same number of images, image ``i`` of both from the same seed.
     Returns ``{"per_set": [FID(a_k) - FID(b_k)], "pooled": FID(a) - FID(b) on the pooled sets, "ci": (lo, hi)}``:
@@ -116,40 +145,61 @@ def paired_bootstrap(a: Sequence[SetFeatures], b: Sequence[SetFeatures], ref: Re
     if len(a) != len(b) or any(len(x) != len(y) for x, y in zip(a, b)):
         raise ValueError("a paired comparison needs the same seed sets in both sources: "
                          f"sizes {[len(x) for x in a]} against {[len(y) for y in b]}")
-    per_set = [float(statistic(x) - statistic(y)) for x, y in zip(a, b)]
+    per_set = [float(statistic(x) - scale_b * statistic(y)) for x, y in zip(a, b)]
     fa, fb = _concat(a), _concat(b)
-    pooled = statistic(fa) - statistic(fb)
+    pooled = statistic(fa) - scale_b * statistic(fb)
     rng = np.random.default_rng(seed)
     offsets = np.cumsum([0] + [len(x) for x in a])
     diffs = []
     for _ in range(int(num_boot)):
         idx = np.concatenate([lo + rng.integers(0, hi - lo, hi - lo) for lo, hi in zip(offsets, offsets[1:])])
-        diffs.append(statistic(_take(fa, idx)) - statistic(_take(fb, idx)))
+        diffs.append(statistic(_take(fa, idx)) - scale_b * statistic(_take(fb, idx)))
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(diffs, [tail, 100 - tail]) if diffs else (float("nan"), float("nan"))
     return {"per_set": per_set, "pooled": float(pooled), "ci": (float(lo), float(hi)), "level": level,
             "num_boot": int(num_boot)}
 
 
-def verdict(per_set: Sequence[float], expected_sign: int, ci: tuple[float, float] | None = None) -> str:
-    """Whether a claimed ordering holds on paired per-set differences.
+def draws_interval(per_set: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """The ``level`` t-interval of the mean of per-set differences: each seed set is an independent draw, so this
+    is the spread between draws. Fewer than 2 sets: ``(-inf, inf)`` (one draw says nothing about the next)."""
+    from scipy.stats import t
 
-    ``expected_sign``: the sign the claim predicts for the differences (``-1``: "a lower than b"). The claim is
-    ``reproduced`` when every per-set difference has that sign, or the bootstrap interval ``ci`` excludes 0 on
-    that side; ``the opposite`` when every difference (or the interval) lies on the other side; otherwise
-    ``not resolved at this budget``. A zero difference supports neither side.
+    d = np.asarray(per_set, dtype=np.float64)
+    if d.size < 2:
+        return (float("-inf"), float("inf"))
+    half = float(t.ppf(0.5 + level / 2, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
+    return (float(d.mean() - half), float(d.mean() + half))
+
+
+def verdict_interval(per_set: Sequence[float], ci: Sequence[float] | None, level: float = 0.95
+                     ) -> tuple[float, float]:
+    """The interval a verdict rests on: the hull of the within-draw bootstrap interval ``ci`` (resampling images,
+    :func:`paired_bootstrap`) and :func:`draws_interval` (between seed sets), so it covers both."""
+    lo, hi = draws_interval(per_set, level)
+    if ci is not None and np.all(np.isfinite(ci)):
+        lo, hi = min(lo, float(ci[0])), max(hi, float(ci[1]))
+    return (lo, hi)
+
+
+def verdict(readings: Mapping[str, tuple[float, Sequence[float]]], expected_sign: int) -> str:
+    """The one verdict rule: ``readings`` maps each extractor to ``(estimate, (lo, hi))`` of a difference whose
+    claimed sign is ``expected_sign`` (``-1``: "a lower than b"); the interval should be :func:`verdict_interval`.
+
+    * ``reproduced`` / ``the opposite``: every extractor's interval excludes 0, all on the claimed side / all on
+      the other side;
+    * ``extractor-dependent``: one extractor's interval excludes 0 and another's estimate lies on the other side
+      of 0 (they disagree on the direction);
+    * ``not established``: otherwise (an interval straddles 0, a tie, no readings).
     """
     if expected_sign not in (-1, 1):
         raise ValueError(f"expected_sign must be -1 or 1, got {expected_sign}")
-    signs = {int(np.sign(d)) for d in per_set}
-    if per_set and signs == {expected_sign}:
-        return REPRODUCED
-    if per_set and signs == {-expected_sign}:
-        return OPPOSITE
-    if ci is not None and np.all(np.isfinite(ci)):
-        lo, hi = ci
-        if (expected_sign < 0 and hi < 0) or (expected_sign > 0 and lo > 0):
-            return REPRODUCED
-        if (expected_sign < 0 and lo > 0) or (expected_sign > 0 and hi < 0):
-            return OPPOSITE
+    sides, signs = [], []
+    for est, (lo, hi) in readings.values():
+        sides.append(1 if lo > 0 else -1 if hi < 0 else 0)
+        signs.append(int(np.sign(est)) if np.isfinite(est) else 0)
+    if sides and all(x == sides[0] != 0 for x in sides):
+        return REPRODUCED if sides[0] == expected_sign else OPPOSITE
+    if any(side != 0 and -side in signs for side in sides):
+        return EXTRACTOR_DEPENDENT
     return UNRESOLVED

@@ -39,6 +39,25 @@ def load_extractor(fid_cfg: Any, data_name: str | None, device):
     return get_extractor(name, weights_path=fid_cfg.inception_weights, device=device)
 
 
+def all_extractors(fid_cfg: Any, extractor, ref, datamodule, cache_dir: str | Path | None, device) -> list[tuple]:
+    """Every extractor a sample set of this data is scored with: ``[(extractor, ref, ref_features)]``, the
+    configured one first; when that is digits extractor A and the reference comes from the data, digits extractor
+    B follows (the same reference split). ``ref_features``: the reference images' features and logits
+    (:class:`ddpm.metrics.pooled.SetFeatures`, for KID and the class mix), ``None`` without a datamodule (an
+    explicit ``fid.ref_stats`` file)."""
+    from ddpm.metrics.digits_classifier import DIGITS_EXTRACTOR_NAME, DigitsExtractorB
+    from ddpm.metrics.pooled import featurise
+
+    out = [(extractor, ref)]
+    if extractor.name == DIGITS_EXTRACTOR_NAME and datamodule is not None:
+        b = DigitsExtractorB().to(device)
+        out.append((b, reference_for(fid_cfg, b, datamodule, cache_dir, device)))
+    if datamodule is None:
+        return [(e, r, None) for e, r in out]
+    images = torch.cat(list(datamodule.iter_uint8(fid_cfg.ref_split)))
+    return [(e, r, featurise(images, e, device=device)) for e, r in out]
+
+
 def fid_key(name: str, n: int, label: str) -> str:
     """``fid_50k``, ``is_5k_ddim100``: the metric, the sample count and (unless the full chain) the sampler."""
     from ddpm.metrics.fid import metric_key
@@ -63,7 +82,9 @@ def score_samples(images_nchw: np.ndarray, *, fid_cfg: Any, extractor, datamodul
     """FID and IS of uint8 ``[N, C, H, W]`` samples; keys like ``fid_50k`` / ``fid_5k_ddim100``.
 
     ``backend``: ``ddpm`` (float64 statistics against the cached reference statistics), ``torch-fidelity``,
-    or ``both`` (torch-fidelity's keys then end in ``_torch_fidelity``).
+    or ``both`` (torch-fidelity's keys then end in ``_torch_fidelity``). With the digits extractor the digits score
+    of both extractors is added (``digits/fid``, ``digits/kid``, ``digits/class_kl``... for A, ``digits_b/...``
+    for B: :func:`ddpm.metrics.digits_score.flat_digits_scores`, against the train split).
     """
     from ddpm.metrics.fid import compute_fid_is
     from ddpm.metrics.fidelity import compute_with_torch_fidelity
@@ -95,4 +116,10 @@ def score_samples(images_nchw: np.ndarray, *, fid_cfg: Any, extractor, datamodul
         out[fid_key("is", n, label) + sfx] = tf["is"]
         out[fid_key("is", n, label) + "_std" + sfx] = tf["is_std"]
     out["fid_library"] = "ddpm.metrics (float64)" if backend == "ddpm" else backend
+    from ddpm.metrics.digits_classifier import DIGITS_EXTRACTOR_NAME
+
+    if extractor.name == DIGITS_EXTRACTOR_NAME:  # every digits score: both extractors, KID and the class mix
+        from ddpm.metrics.digits_score import flat_digits_scores
+
+        out.update(flat_digits_scores(images_nchw))
     return out

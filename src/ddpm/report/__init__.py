@@ -34,9 +34,15 @@ separate rows where FID on 8x8 digits is near the real-data level.
 
 Paper findings: each is one or more paired comparisons (:data:`FINDINGS`): rows share seeds, so image ``i`` of
 seed set ``k`` has the same noise in both rows, and the NLL is a bound per test image on the same images and
-noise. A comparison says *reproduced* only when the paired difference has the paper's sign on every set or its
-paired bootstrap interval excludes 0 (:func:`ddpm.metrics.pooled.verdict`), *the opposite* when it is reversed
-that way, and *not resolved at this budget* otherwise; each line shows the numbers it rests on.
+noise. On the digits every comparison is made under both digits extractors (A ``ddpm-digits``, B
+``ddpm-digits-b``), each with an interval that covers resampling the images and the spread between seed sets,
+and one rule gives the verdict (:func:`ddpm.metrics.pooled.verdict`): *reproduced* only when every extractor's
+interval excludes 0 on the paper's side, *the opposite* when all exclude it on the other side,
+*extractor-dependent* when the extractors point opposite ways, and *not established* otherwise; each line shows
+the numbers it rests on. A table beside the seed sets gives, per extractor, FID pooled and extrapolated to
+infinite n, unbiased KID and the class mix (KL of the predicted classes, FID and KID against the reweighted
+reference). The report rescores the stored ``samples.npz`` of every seed set: restating it with both extractors
+resamples nothing.
 """
 
 from __future__ import annotations

@@ -1,5 +1,12 @@
 """The paper's findings as paired comparisons: every seed set scored and pooled (:func:`pool_jobs`), then each
-comparison of :data:`FINDINGS` with its paired differences, interval and verdict (:func:`compare`)."""
+comparison of :data:`FINDINGS` with its paired differences, interval and verdict (:func:`compare`).
+
+On the digits every seed set is scored by both digits extractors (A, ``ddpm-digits``, the one sample.py scored
+with; B, ``ddpm-digits-b``, trained apart), and a comparison's verdict is :func:`ddpm.metrics.pooled.verdict`
+over both: stated only when both agree and each one's interval (images resampled and the spread between seed
+sets, :func:`ddpm.metrics.pooled.verdict_interval`) excludes 0.
+
+:class:`Scorers` and :func:`set_images` are public: ``bench/subset_fid.py`` scores seed sets the same way."""
 
 from __future__ import annotations
 
@@ -12,6 +19,8 @@ import numpy as np
 
 from ddpm.metrics.records import is_number
 from ddpm.report.jobs import Figure, Job, Pooled, SetRun, fmt_number
+
+__all__ = ["FINDINGS", "Comparison", "Finding", "Scorers", "compare", "pool_jobs", "set_images"]
 
 
 @dataclass(frozen=True)
@@ -67,12 +76,33 @@ def _range(values: list[float]) -> str:
     return f"{fmt_number(min(values))}–{fmt_number(max(values))} over {len(values)} sets"
 
 
-class _Scorers:
+class Scorers:
     """The extractor and reference statistics a seed set was scored with by sample.py (its saved config's
-    ``fid`` node, the job's data), loaded once per distinct setting."""
+    ``fid`` node, the job's data), loaded once per distinct setting; :meth:`all_extractors` adds digits extractor
+    B and the reference images' features."""
 
     def __init__(self) -> None:
-        self.cache: dict[str, tuple] = {}
+        self.cache: dict[str, tuple] = {}  # setting -> (extractor, ref, splits)
+        self.settings: dict[str, tuple] = {}  # setting -> (datamodule, fid config, cache dir)
+        self.more: dict[str, list] = {}  # setting -> all_extractors
+        self.keys: dict[tuple[str, str], str] = {}  # (job, seed set) -> setting
+
+    def all_extractors(self, job: Job, run: SetRun) -> list[tuple]:
+        """``[(extractor, ref, ref_features)]``: sample.py's extractor first, then (when it is digits extractor A
+        and the reference comes from the data) digits extractor B with the same reference split;
+        ``ref_features``: :class:`ddpm.metrics.pooled.SetFeatures` of the reference images, ``None`` when the
+        reference is a statistics file."""
+        extractor, ref, _ = self(job, run)
+        key = self._key(job, run)
+        if key not in self.more:
+            from ddpm.metrics.samples import all_extractors
+
+            datamodule, fid_cfg, cache_dir = self.settings[key]
+            self.more[key] = all_extractors(fid_cfg, extractor, ref, datamodule, cache_dir, "cpu")
+        return self.more[key]
+
+    def _key(self, job: Job, run: SetRun) -> str:
+        return self.keys[(str(job.path), str(run.path))]
 
     def __call__(self, job: Job, run: SetRun) -> tuple:
         from omegaconf import OmegaConf
@@ -90,6 +120,7 @@ class _Scorers:
         job_cfg = OmegaConf.load(job.path / ".hydra" / "config.yaml")
         data_cfg = OmegaConf.to_container(job_cfg.data, resolve=True) if "data" in job_cfg else None
         key = json.dumps([OmegaConf.to_container(fid_cfg, resolve=True), data_cfg], sort_keys=True, default=str)
+        self.keys[(str(job.path), str(run.path))] = key
         if key not in self.cache:
             datamodule = None
             if not fid_cfg.ref_stats:
@@ -101,6 +132,7 @@ class _Scorers:
             extractor = load_extractor(fid_cfg, getattr(datamodule, "name", None), "cpu")
             ref = reference_for(fid_cfg, extractor, datamodule, cfg.paths.cache_dir, "cpu")
             self.cache[key] = (extractor, ref, int(fid_cfg.is_splits))
+            self.settings[key] = (datamodule, fid_cfg, cfg.paths.cache_dir)
         extractor, ref, splits = self.cache[key]
         m = run.metrics
         if m.get("fid_extractor") not in (None, extractor.name) or m.get("ref_sha") not in (None, ref.sha):
@@ -112,7 +144,7 @@ class _Scorers:
         return extractor, ref, splits
 
 
-def _set_images(run: SetRun) -> np.ndarray:
+def set_images(run: SetRun) -> np.ndarray:
     """uint8 ``[N, C, H, W]`` of a seed set's ``samples.npz`` (``arr_0`` is ``[N, H, W, 3]``)."""
     with np.load(run.path / "samples.npz", allow_pickle=False) as z:
         arr = z["arr_0"]
@@ -127,15 +159,20 @@ def pool_jobs(jobs: list[Job]) -> None:
     from ddpm.metrics.digits_score import scores_from_logits
     from ddpm.metrics.pooled import featurise, pooled_scores
 
-    scorers = _Scorers()
+    scorers = Scorers()
     for job in jobs:
         for protocol, runs in job.seed_sets.items():
             extractor, ref, splits = scorers(job, runs[0])
-            sets = [featurise(_set_images(r), extractor) for r in runs]
-            sizes = {len(x) for x in sets}
+            images = [set_images(r) for r in runs]
+            sizes = {len(x) for x in images}
             if len(sizes) != 1:
                 raise ValueError(f"{job.path}: the seed sets of one protocol differ in size: {sorted(sizes)}")
-            scores = pooled_scores(sets, ref, extractor.name, splits=splits)
+            by_extractor = {}
+            for ext, ext_ref, ref_features in scorers.all_extractors(job, runs[0]):
+                ext_sets = [featurise(x, ext) for x in images]
+                by_extractor[ext.name] = {"sets": ext_sets, "ref": ext_ref, "scores": pooled_scores(
+                    ext_sets, ext_ref, ext.name, splits=splits, ref_features=ref_features)}
+            sets, scores = by_extractor[extractor.name]["sets"], by_extractor[extractor.name]["scores"]
             digits = None
             if extractor.name == DIGITS_EXTRACTOR_NAME:
                 per = [scores_from_logits(x.logits) for x in sets]
@@ -143,7 +180,7 @@ def pool_jobs(jobs: list[Job]) -> None:
                           "confidence_sets": [d["confidence"] for d in per],
                           "class_entropy_sets": [d["class_entropy"] for d in per]}
             seeds = [r.seed for r in runs]
-            job.pooled.append(Pooled(protocol, seeds, sizes.pop(), sets, scores, digits, ref, splits))
+            job.pooled.append(Pooled(protocol, seeds, sizes.pop(), sets, scores, digits, ref, splits, by_extractor))
             what = f"pooled over {len(runs)} seed set(s) (seeds {', '.join(map(str, seeds))}) of {protocol}"
             job.fid.append(Figure(scores["fid"], f"FID: {what}; in brackets the range of the per-set FIDs",
                                   note=_range(scores["fid_sets"])))
@@ -189,11 +226,12 @@ def _compare_nll(a: Job, b: Job, level: float) -> dict:
 
 
 def compare(jobs: list[Job], *, num_boot: int = 200, level: float = 0.95) -> list[tuple[Finding, list[dict]]]:
-    """Every comparison of :data:`FINDINGS` on ``jobs`` (after :func:`pool_jobs`): its paired differences, the
-    interval and :func:`ddpm.metrics.pooled.verdict`."""
+    """Every comparison of :data:`FINDINGS` on ``jobs`` (after :func:`pool_jobs`): its paired differences and
+    intervals under each extractor (``extractors``: name -> figures; the first extractor's also at the top level)
+    and :func:`ddpm.metrics.pooled.verdict` over them."""
     from ddpm.metrics.digits_score import image_confidences
     from ddpm.metrics.fid import inception_score
-    from ddpm.metrics.pooled import paired_bootstrap, verdict
+    from ddpm.metrics.pooled import paired_bootstrap, verdict, verdict_interval
 
     by_obj: dict[str, Job] = {}
     for j in jobs:
@@ -220,16 +258,23 @@ def compare(jobs: list[Job], *, num_boot: int = 200, level: float = 0.95) -> lis
                 elif not (seeds := [k for k in pa.seeds if k in pb.seeds]):
                     res["missing"] = f"no seed set in common (seeds {pa.seeds} / {pb.seeds})"
                 else:
-                    sa = [pa.sets[pa.seeds.index(k)] for k in seeds]
-                    sb = [pb.sets[pb.seeds.index(k)] for k in seeds]
                     stat = {"fid": None,
                             "is": lambda x, k=pa.splits: inception_score(x.logits, splits=k)[0],
                             "confidence": lambda x: float(image_confidences(x.logits).mean())}[c.metric]
-                    boot = paired_bootstrap(sa, sb, pa.ref, num_boot=num_boot, level=level, statistic=stat)
-                    res.update(boot, seeds=seeds, how=f"{len(seeds)} seed sets of {pa.n}",
-                               units=(len(seeds), f"seed sets of {pa.n}"))
-            if "ci" in res:  # one set's sign is no rule: then only the interval decides
-                res["verdict"] = verdict(res["per_set"] if len(res["per_set"]) > 1 else [], c.sign, res["ci"])
+                    per_ext = {}
+                    for name, ea in pa.by_extractor.items():
+                        if name not in pb.by_extractor:
+                            continue
+                        sa = [ea["sets"][pa.seeds.index(k)] for k in seeds]
+                        sb = [pb.by_extractor[name]["sets"][pb.seeds.index(k)] for k in seeds]
+                        boot = paired_bootstrap(sa, sb, ea["ref"], num_boot=num_boot, level=level, statistic=stat)
+                        per_ext[name] = {**boot, "interval": verdict_interval(boot["per_set"], boot["ci"], level)}
+                    res.update(next(iter(per_ext.values())), extractors=per_ext, seeds=seeds,
+                               how=f"{len(seeds)} seed sets of {pa.n}", units=(len(seeds), f"seed sets of {pa.n}"))
+            if "ci" in res:
+                res.setdefault("interval", res["ci"])  # the NLL: its interval is over test images already
+                readings = {k: (e["pooled"], e["interval"]) for k, e in res.get("extractors", {}).items()}
+                res["verdict"] = verdict(readings or {c.metric: (res["pooled"], res["interval"])}, c.sign)
             results.append(res)
         out.append((finding, results))
     return out

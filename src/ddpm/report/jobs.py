@@ -72,6 +72,8 @@ class Pooled:
     digits: dict | None = None  # confidence / class entropy, pooled and per set (digits extractor only)
     ref: object = None  # the FID's reference statistics (ddpm.metrics.refstats.RefStats)
     splits: int = 10  # IS splits
+    # every extractor's view, sample.py's first (on digits: A, then B): name -> {"sets", "scores", "ref"}
+    by_extractor: dict = field(default_factory=dict)
 
 
 @dataclass
