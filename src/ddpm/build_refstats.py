@@ -1,11 +1,11 @@
 """Reference statistics for FID from any ``conf/data`` option, in one command (settings: conf/build_refstats.yaml;
-``--help`` lists them)::
+``--help`` lists them; console script ``ddpm-build-refstats``)::
 
-    python -m ddpm.metrics.build_refstats data=cifar10                     # TF-Inception, the train split
-    python -m ddpm.metrics.build_refstats data=cifar10 inception_weights=/path/weights.pth
-    python -m ddpm.metrics.build_refstats data=digits feature_extractor=digits
-    python -m ddpm.metrics.build_refstats data=image_folder data.root=/data/faces data.resolution=64
-    python -m ddpm.metrics.build_refstats data=celebahq256 out_dir=stats/
+    python -m ddpm.build_refstats data=cifar10                     # TF-Inception, the train split
+    python -m ddpm.build_refstats data=cifar10 inception_weights=/path/weights.pth
+    python -m ddpm.build_refstats data=digits feature_extractor=digits
+    python -m ddpm.build_refstats data=image_folder data.root=/data/faces data.resolution=64
+    python -m ddpm.build_refstats data=celebahq256 out_dir=stats/
 
 Folders of images are read by the data layer (:mod:`ddpm.data.folder`: the same files, RGB conversion,
 resize and splits as training). To take every image of a folder as the reference, add
@@ -51,6 +51,7 @@ def build_refstats(cfg: DictConfig) -> Path:
 
 
 def main() -> None:
+    """``python -m ddpm.build_refstats`` / ``ddpm-build-refstats``: the Hydra app of conf/build_refstats.yaml."""
     hydra_app("build_refstats", build_refstats)
 
 
