@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT
 
 from ddpm import cli
+from ddpm.checks import CHECKS
 from ddpm.config import CONF_DIR, SCHEMAS
 
 SCRIPTS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
@@ -29,6 +30,7 @@ def target(name: str):
 def test_every_command_has_a_console_script():
     assert sorted(SCRIPTS) == sorted(cli.console_script(c) for c in (*HYDRA_COMMANDS, *PATHS_COMMANDS))
     assert {p.stem for p in CONF_DIR.glob("*.yaml")} == set(HYDRA_COMMANDS)  # no command without its schema
+    assert set(CHECKS) == set(HYDRA_COMMANDS)  # ... nor without its value checks
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))

@@ -19,7 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from ddpm.diffusion import SAMPLERS
 from ddpm.diffusion.resample import T_SAMPLERS
 
-__all__ = ["CHECKS", "COMBINATIONS", "check_command", "check_values", "is_int", "is_num"]
+__all__ = ["CHECKS", "COMBINATIONS", "check_command", "check_values", "group_norm_warning", "is_int", "is_num"]
 
 
 def is_int(v: Any) -> bool:
@@ -210,3 +210,16 @@ def check_values(cfg: DictConfig, checks: list[Check]) -> None:
             good = False
         if not good:
             raise ValueError(f"{key}={value!r} is not valid: expected {valid}.")
+
+
+def group_norm_warning(model: Any) -> str | None:
+    """A warning when ``model`` has widths that the paper's 32-group GroupNorm does not divide (the UNet then
+    uses fewer, smaller groups there: ddpm.nets.layers.group_norm), else ``None``."""
+    ch, mult = int(model.ch), [int(m) for m in model.ch_mult]
+    widths = sorted({ch * m for m in mult} | {ch * a + ch * b for a in [1, *mult] for b in mult})
+    odd = [w for w in widths if w % 32]
+    if not odd:
+        return None
+    return (f"model.ch={ch} with ch_mult={mult}: GroupNorm cannot use the paper's 32 groups at widths {odd} "
+            "(it uses gcd(32, width) groups there). Use a multiple of 32 for the paper's architecture, e.g. "
+            "model.ch=32.")

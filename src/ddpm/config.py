@@ -3,8 +3,8 @@
 Every YAML in ``conf/`` that has a schema names it first in its defaults list (``- /schema/objective@_here_``),
 so a misspelt key or a value of the wrong type fails when the config is composed, before anything is built.
 The YAML files hold the defaults (with their comments); the schemas hold only types, so no default is
-written twice. :func:`validate_config` checks combinations of fields; the entry points call it right after
-composition.
+written twice. :func:`validate_config`, run on every composed config, adds each command's value checks
+(:mod:`ddpm.checks`).
 
 * :class:`ObjectiveConfig`: one row of the paper's Table 2 (group ``objective``).
 * :class:`SamplerConfig`: how to run the reverse process (group ``sampler``, free-form in the YAML because each
@@ -12,8 +12,8 @@ composition.
   The same description is used by ``sample.py``, the final samples and the sample grids of ``train.py``, the FID
   callback, the figures and the frontier.
 * :class:`FIDConfig`: how FID/IS are measured (group ``fid``), for ``sample.py`` and the FID callback.
-* :class:`SampleConfig`: the whole of ``conf/sample.yaml``; :class:`TrainConfig`: the top level of
-  ``conf/train.yaml`` (its groups are free-form: each is instantiated by its ``_target_``).
+* One schema per command (:data:`SCHEMAS`: schema -> its conf/<name>.yaml and ddpm.checks.CHECKS), e.g.
+  :class:`SampleConfig` (all of ``conf/sample.yaml``), :class:`TrainConfig` (the top level of train.yaml).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from ddpm.diffusion import SAMPLERS, SamplerSpec
 from ddpm.diffusion.types import LossType, MeanType, VarType, validate_objective
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
 
 @dataclass
 class ObjectiveConfig:
@@ -382,7 +383,6 @@ class TrainConfig:
     sampler: Any = MISSING  # free-form: each sampler has its own keys (SamplerConfig.from_node checks them)
 
 
-# each command's schema -> its name (conf/<name>.yaml, the key of ddpm.checks.CHECKS)
 SCHEMAS: dict[type, str] = {TrainConfig: "train", SampleConfig: "sample", NLLConfig: "nll", FiguresConfig: "figures",
                             FrontierConfig: "frontier", ReportConfig: "report", BuildRefstatsConfig: "build_refstats"}
 
@@ -425,22 +425,8 @@ def validate_config(cfg: DictConfig) -> None:
             raise ValueError(f"diffusion.num_timesteps must be >= 1, got {cfg.diffusion.num_timesteps}")
     if "sampler" in cfg:
         SamplerConfig.from_node(cfg.sampler)
-    name = SCHEMAS.get(OmegaConf.get_type(cfg))
-    if name is not None:  # a command's whole config: its values (ddpm.checks)
+    if (name := SCHEMAS.get(OmegaConf.get_type(cfg))) is not None:  # a command's config: its values (ddpm.checks)
         check_command(name, cfg)
-
-
-def group_norm_warning(model: Any) -> str | None:
-    """A warning when ``model`` has widths that the paper's 32-group GroupNorm does not divide (the UNet then
-    uses fewer, smaller groups there: ddpm.nets.layers.group_norm), else ``None``."""
-    ch, mult = int(model.ch), [int(m) for m in model.ch_mult]
-    widths = sorted({ch * m for m in mult} | {ch * a + ch * b for a in [1, *mult] for b in mult})
-    odd = [w for w in widths if w % 32]
-    if not odd:
-        return None
-    return (f"model.ch={ch} with ch_mult={mult}: GroupNorm cannot use the paper's 32 groups at widths {odd} "
-            "(it uses gcd(32, width) groups there). Use a multiple of 32 for the paper's architecture, e.g. "
-            "model.ch=32.")
 
 
 def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
