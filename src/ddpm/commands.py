@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ddpm.cli import hydra_app
+from ddpm.cli import hydra_app, setup_console
 
 __all__ = ["sample", "train"]
 
@@ -16,6 +16,7 @@ __all__ = ["sample", "train"]
 def _train(cfg: Any) -> float | None:
     from ddpm.training import train as run_training
 
+    setup_console()  # again: importing Lightning (only now) gave it its own console handler, each line twice
     metrics, _ = run_training(cfg)
     return metrics.get("val/bpd")  # what a Hydra sweeper (e.g. Optuna) minimises
 
@@ -23,6 +24,7 @@ def _train(cfg: Any) -> float | None:
 def _sample(cfg: Any) -> dict:
     from ddpm.sampling import sample as run_sampling
 
+    setup_console()  # as in _train
     return run_sampling(cfg)
 
 
