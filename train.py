@@ -1,20 +1,9 @@
-"""Train a DDPM. ``python train.py`` runs the offline digits quickstart; see README.md for the paper's runs."""
+"""Train a DDPM. ``python train.py`` runs the offline digits quickstart; see README.md for the paper's runs.
 
-import hydra
-from omegaconf import DictConfig
+The Hydra app of conf/train.yaml (``--help`` lists its settings); the same command is the console script
+``ddpm-train`` (:func:`ddpm.commands.train`)."""
 
-import ddpm.config  # noqa: F401  (registers the structured-config schemas)
-from ddpm.cli import preflight, run
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    from ddpm.training import train
-
-    metrics, _ = run(lambda: train(cfg))
-    return metrics.get("val/bpd")
-
+from ddpm.commands import train
 
 if __name__ == "__main__":
-    preflight("train")
-    main()
+    train()

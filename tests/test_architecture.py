@@ -1,10 +1,11 @@
 """The layering of ``src/ddpm`` (README "Layout"), read from the source with ``ast`` (nothing is
 imported): every ``import`` counts, also the ones inside functions.
 
-    entry points   train.py, sample.py, python -m ddpm.<tool>
-    applications   training, sampling, nll, figures, report, frontier, export
+    entry points   train.py, sample.py (through commands), python -m ddpm.<tool>, the console scripts
+    commands       commands (the Hydra apps of train.py and sample.py)
+    applications   training, sampling, nll, figures, report, frontier, export, build_refstats
     services       loading, generate, runtime, metrics, callbacks, convert
-    core           module, data, diffusion, nets, io, config, seeds
+    core           module, data, diffusion, nets, io, config, checks, cli, seeds
 
 A module imports from its own layer or the layers below; no application imports another; no import cycles;
 ``ddpm.diffusion`` and ``ddpm.nets`` import only torch, numpy, the standard library and ``ddpm.seeds`` (the
@@ -24,14 +25,15 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS: dict[str, tuple[str, ...]] = {
-    "core": ("ddpm", "ddpm.io", "ddpm.config", "ddpm.cli", "ddpm.module", "ddpm.data", "ddpm.diffusion", "ddpm.nets",
-             "ddpm.seeds", "ddpm.rundir"),
+    "core": ("ddpm", "ddpm.io", "ddpm.config", "ddpm.checks", "ddpm.cli", "ddpm.module", "ddpm.data", "ddpm.diffusion",
+             "ddpm.nets", "ddpm.seeds", "ddpm.rundir"),
     "services": ("ddpm.loading", "ddpm.generate", "ddpm.runtime", "ddpm.metrics", "ddpm.callbacks", "ddpm.convert",
                  "ddpm.builders", "ddpm.resume"),
     "applications": ("ddpm.training", "ddpm.sampling", "ddpm.nll", "ddpm.figures", "ddpm.report", "ddpm.frontier",
-                     "ddpm.export"),
+                     "ddpm.export", "ddpm.build_refstats"),
+    "commands": ("ddpm.commands",),
 }
-RANK = {"core": 0, "services": 1, "applications": 2}
+RANK = {"core": 0, "services": 1, "applications": 2, "commands": 3}
 PURE = ("ddpm.diffusion", "ddpm.nets", "ddpm.seeds")  # torch, numpy and the standard library only
 BASE = ("ddpm.seeds",)  # pure leaves that the other pure packages may import (numpy and the standard library)
 FORBIDDEN = {  # importer prefix -> imported prefixes it must never reach directly
@@ -182,6 +184,7 @@ def test_src_ddpm_keeps_its_layers():
         ({"ddpm.diffusion.gaussian": {"lightning"}}, "imports only torch, numpy"),
         ({"ddpm.nets.unet": {"ddpm.diffusion"}, "ddpm.diffusion": set()}, "imports only torch, numpy"),
         ({"ddpm.newthing": set()}, "in no layer"),
+        ({"ddpm.training": {"ddpm.commands"}, "ddpm.commands": set()}, "applications imports from commands"),
         ({"ddpm.data.base": {"ddpm.diffusion.noise"}, "ddpm.diffusion.noise": set()},
          "ddpm.data must not import ddpm.diffusion"),
         ({"ddpm.seeds": {"torch"}}, "imports only torch, numpy"),

@@ -58,10 +58,14 @@ def run(args: list[str], cwd: Path, **env: str):
                                          "Did you mean 'figure.frames'", "Valid keys under figure: figure.name"]),
         ("figures", ["sampler=ddm"], ["sampler=ddm", "Did you mean 'ddim'"]),
         ("figures", ["figure=interpolation", "figure.t=abc"], ["figure.t=abc", "Float"]),
-        ("build_refstats", ["splt=test"], ["splt: no such option of python -m ddpm.metrics.build_refstats",
+        ("build_refstats", ["splt=test"], ["splt: no such option of python -m ddpm.build_refstats",
                                            "Did you mean 'split'", "Valid keys at the top level: task_name, split"]),
         ("build_refstats", ["data=cifar100"], ["data=cifar100", "cifar10"]),
         ("frontier", ["num_sample=5"], ["Did you mean 'num_samples'", "Valid keys at the top level"]),
+        # the NLL bound is its own command (issue 27): sample.py points there
+        ("sample", ["nll=true"], ["nll=... is not an option of python sample.py", "python -m ddpm.nll ckpt_path=RUN"]),
+        ("sample", ["nll_max_images=5"], ["nll_max_images=...", "python -m ddpm.nll max_images=..."]),
+        ("nll", ["nll_split=train"], ["nll_split=...", "python -m ddpm.nll split=..."]),
     ],
 )
 def test_preflight_refuses_with_one_clean_message(script, argv, needles, capsys, monkeypatch):
@@ -158,8 +162,8 @@ def cases(tmp_path_factory):
                                  f"out_dir={tmp / 's5'}", f"hydra.run.dir={tmp / 's5'}"],
         "fixed_var_on_learned": [*sample, f"ckpt_path={learned}", "num_samples=2", "sampler.var_type=fixed_small",
                                  f"out_dir={tmp / 's6'}", f"hydra.run.dir={tmp / 's6'}"],
-        "nll_with_data": [*sample, f"ckpt_path={ckpt}", "nll=true", "data=digits", "nll_max_images=2",
-                          f"out_dir={tmp / 's7'}", f"hydra.run.dir={tmp / 's7'}"],
+        "nll_with_data": ["-m", "ddpm.nll", "trainer.accelerator=cpu", "progress=false", f"ckpt_path={ckpt}",
+                          "data=digits", "max_images=2", f"out_dir={tmp / 's7'}", f"hydra.run.dir={tmp / 's7'}"],
         "moved_steps": [*sample, f"ckpt_path={ckpt}", "steps=5", f"hydra.run.dir={tmp / 's8'}"],
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -224,7 +228,7 @@ def test_narrow_model_trains_with_a_loud_warning(cases):
 
 
 @pytest.mark.slow
-def test_sample_py_takes_data_name(cases):
+def test_the_nll_takes_data_name(cases):
     proc = cases["nll_with_data"]
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "bits/dim" in proc.stdout and json.loads((cases["_tmp"] / "s7" / "nll.json").read_text())["num_images"] == 2

@@ -25,6 +25,7 @@ PRIMARIES = {"train": ("data", "model", "objective", "diffusion", "optim", "trai
              "sample": ("sampler", "fid", "data"),
              "frontier": ("fid", "data"),
              "figures": ("figure", "sampler", "data"),
+             "nll": ("data",),
              "build_refstats": ("data",),
              "report": ("sampler",)}
 # sample.py's "the checkpoint's own data": not a dataset for training or reference statistics
@@ -134,7 +135,7 @@ def _plain(x: Any) -> Any:
 
 
 PAPER = [("train", ["data=cifar10"]), ("train", ["data=cifar10", "callbacks=fid"]), ("sample", []),
-         ("frontier", []), ("figures", []), ("build_refstats", ["data=cifar10"])]
+         ("frontier", []), ("figures", []), ("nll", []), ("build_refstats", ["data=cifar10"])]
 
 
 @pytest.mark.parametrize(("primary", "overrides"), compositions(), ids=lambda v: v if isinstance(v, str) else

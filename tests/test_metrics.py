@@ -310,8 +310,8 @@ def test_load_or_build_builds_once(tmp_path, ext):
 
 
 def test_refstats_command_digits(tmp_path, cache_dir, monkeypatch, ext):
+    from ddpm.build_refstats import build_refstats
     from ddpm.config import compose
-    from ddpm.metrics.build_refstats import build_refstats
 
     monkeypatch.setenv("DDPM_CACHE", str(cache_dir))
     path = build_refstats(compose("build_refstats", ["data=digits", "split=train", "feature_extractor=digits",
@@ -349,8 +349,8 @@ def test_refstats_command_folder_and_batch_iterables(tmp_path, cache_dir, monkey
     fractions."""
     from PIL import Image
 
+    from ddpm.build_refstats import build_refstats
     from ddpm.config import compose
-    from ddpm.metrics.build_refstats import build_refstats
 
     monkeypatch.setenv("DDPM_CACHE", str(cache_dir))
     x = digits_split("val")[0][:12]

@@ -1,4 +1,5 @@
-"""NLL (bits/dim) through the command vs diffusion.calc_bpd_loop, output files, and a trained tiny run."""
+"""NLL (bits/dim) through its command (``python -m ddpm.nll``, conf/nll.yaml) vs diffusion.calc_bpd_loop, output
+files, and a trained tiny run."""
 
 from __future__ import annotations
 
@@ -8,9 +9,17 @@ import json
 import numpy as np
 import pytest
 import torch
-from sampling_helpers import sample_cfg, tiny_checkpoint
+from sampling_helpers import tiny_checkpoint
 
 from ddpm.nll import evaluate_nll
+
+
+def nll_cfg(ckpt, out_dir, *extra: str):
+    """conf/nll.yaml composed for ``ckpt`` on the CPU, as ``python -m ddpm.nll`` composes it."""
+    from ddpm.config import compose
+
+    return compose("nll", [f"ckpt_path={ckpt}", f"out_dir={out_dir}", "progress=false", "trainer.accelerator=cpu",
+                           *extra])
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +33,7 @@ def test_nll_command_equals_calc_bpd_loop(ckpt, tmp_path):
     from ddpm.generate import seeds_for
     from ddpm.loading import load_model, model_datamodule
 
-    summary = evaluate_nll(sample_cfg(ckpt, tmp_path, "nll=true", "nll_max_images=5", "nll_batch_size=2",
-                                "nll_seed=3"))
+    summary = evaluate_nll(nll_cfg(ckpt, tmp_path, "max_images=5", "batch_size=2", "seed=3"))
     # the same images, the same noise, one batch of 5 (the command used batches of 2)
     m = load_model(ckpt, None, True)
     dm = model_datamodule(m, None, "test")
@@ -58,16 +66,15 @@ def test_nll_command_equals_calc_bpd_loop(ckpt, tmp_path):
 
 @pytest.mark.slow
 def test_nll_two_processes_equal_one(ckpt, tmp_path):
-    """python sample.py nll=true trainer.devices=2 (two CPU processes, gloo): the images are split over the
+    """python -m ddpm.nll trainer.devices=2 (two CPU processes, gloo): the images are split over the
     ranks and gathered on rank 0; every per-image and per-t number equals the one-process run."""
     from conftest import ROOT as root
     from conftest import run_cli
 
-    one = evaluate_nll(sample_cfg(ckpt, tmp_path / "one", "nll=true", "nll_max_images=5", "nll_batch_size=2",
-                            "nll_seed=3"))
+    one = evaluate_nll(nll_cfg(ckpt, tmp_path / "one", "max_images=5", "batch_size=2", "seed=3"))
     two = tmp_path / "two"
-    cmd = [str(root / "sample.py"), f"ckpt_path={ckpt}", "nll=true", "nll_max_images=5",
-           "nll_batch_size=2", "nll_seed=3", "trainer.devices=2", "trainer.accelerator=cpu", "progress=false",
+    cmd = ["-m", "ddpm.nll", f"ckpt_path={ckpt}", "max_images=5", "batch_size=2", "seed=3", "trainer.devices=2",
+           "trainer.accelerator=cpu", "progress=false",
            f"out_dir={two}", f"hydra.run.dir={two}"]
     run_cli(cmd, cwd=root, OMP_NUM_THREADS="1")
     saved = json.loads((two / "nll.json").read_text())
@@ -87,8 +94,7 @@ def test_trained_tiny_run_bits_per_dim(tmp_path_factory, tmp_path):
     (8 = a uniform distribution over the 256 levels)."""
     extra = ("optim.ema_decay=0.9", "optim.warmup_steps=10", "model.ch=16", "data.batch_size=32")
     ckpt = tiny_checkpoint(tmp_path_factory, steps=200, timesteps=20, extra=extra)
-    s = evaluate_nll(sample_cfg(ckpt, tmp_path, "nll=true", "nll_max_images=16", "nll_batch_size=16",
-                          "nll_t_batch=10"))
+    s = evaluate_nll(nll_cfg(ckpt, tmp_path, "max_images=16", "batch_size=16", "t_batch=10"))
     # measured 5.42 after 200 steps (an untrained net at T=20 gives ~6.6; uniform over 256 levels is 8)
     assert np.isfinite(s["bpd"]) and s["bpd"] < 6.0, s["bpd"]
     assert s["prior_bpd"] < 0.05 and 0 < s["decoder_bpd"] < s["bpd"]

@@ -76,8 +76,8 @@ def test_default_train_py_makes_digits(tmp_path):
     # 8 bits/dim of a uniform code.
     nll_dir = tmp_path / "nll"
     run_cli(
-        [str(ROOT / "sample.py"), f"ckpt_path={run_dir}", "nll=true", "nll_max_images=32", "nll_t_batch=100",
-         "nll_batch_size=32", f"out_dir={nll_dir}", f"hydra.run.dir={nll_dir}", "progress=false"],
+        ["-m", "ddpm.nll", f"ckpt_path={run_dir}", "max_images=32", "t_batch=100", "batch_size=32",
+         f"out_dir={nll_dir}", f"hydra.run.dir={nll_dir}", "progress=false"],
         cwd=tmp_path, timeout=1200,
     )
     nll = json.loads((nll_dir / "nll.json").read_text())

@@ -493,11 +493,10 @@ def test_global_batch_not_divisible_by_devices_is_a_clear_error():
 def test_sample_num_samples_must_be_positive(tmp_path):
     from ddpm.sampling import sample
 
-    for n in (0, -5):
-        cfg = compose("sample", [f"num_samples={n}", f"out_dir={tmp_path / 'samples'}",
-                                 f"ckpt_path={tmp_path / 'none.ckpt'}"])
-        with pytest.raises(ValueError, match="num_samples must be a positive integer"):
-            sample(cfg)
+    for n in (0, -5):  # refused when the config is composed (python sample.py: before Hydra starts the job)
+        with pytest.raises(ValueError, match=f"num_samples={n} is not valid: expected an integer >= 1"):
+            sample(compose("sample", [f"num_samples={n}", f"out_dir={tmp_path / 'samples'}",
+                                      f"ckpt_path={tmp_path / 'none.ckpt'}"]))
     assert not (tmp_path / "samples").exists() or not any((tmp_path / "samples").iterdir())
 
 

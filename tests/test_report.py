@@ -304,7 +304,7 @@ def test_evaluate_samples_each_seed_set_in_its_own_resumable_run(tmp_path, monke
         args = dict(a.split("=", 1) for a in cmd[2:] if "=" in a)
         out = Path(args["out_dir"])
         out.mkdir(parents=True, exist_ok=True)
-        (out / ("nll.json" if args.get("nll") == "true" else "metrics.json")).write_text("{}")
+        (out / ("nll.json" if "ddpm.nll" in cmd else "metrics.json")).write_text("{}")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(report.subprocess, "run", fake_run)
@@ -318,7 +318,7 @@ def test_evaluate_samples_each_seed_set_in_its_own_resumable_run(tmp_path, monke
     for k, cmd in enumerate(calls[:3]):
         assert f"seed={k}" in cmd and "num_samples=512" in cmd and "compute_fid=true" in cmd
         assert f"out_dir={job / 'eval' / f'fid512_ancestral_seed{k}'}" in cmd
-    assert "nll=true" in calls[3] and "nll_max_images=64" in calls[3]
+    assert calls[3][1:3] == ["-m", "ddpm.nll"] and "max_images=64" in calls[3] and "split=test" in calls[3]
     calls.clear()
     report.evaluate_jobs(opts)
     assert calls == []
@@ -344,7 +344,7 @@ def test_rows_evaluates_and_reports_only_the_chosen_rows(tmp_path, monkeypatch):
         calls.append(" ".join(cmd))
         out = Path(dict(a.split("=", 1) for a in cmd[2:] if "=" in a)["out_dir"])
         out.mkdir(parents=True, exist_ok=True)
-        (out / ("nll.json" if "nll=true" in cmd else "metrics.json")).write_text("{}")
+        (out / ("nll.json" if "ddpm.nll" in cmd else "metrics.json")).write_text("{}")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(report.subprocess, "run", fake_run)

@@ -67,16 +67,21 @@ def user_message(e: BaseException) -> str | None:
     return None
 
 
+HYDRA_HINT = "(set HYDRA_FULL_ERROR=1 for the full traceback)"  # where Hydra ran (it honours the variable too)
+DEBUG_HINT = "(set DDPM_DEBUG=1 for the full traceback)"  # the commands that take only paths (no Hydra)
+
+
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn a user error raised inside into ``Error: ...`` on stderr and exit status 1 (no traceback)."""
+def user_errors(hint: str = DEBUG_HINT) -> Iterator[None]:
+    """Turn a user error raised inside into ``Error: ...`` on stderr and exit status 1 (no traceback), with
+    ``hint``: how to see the traceback (the Hydra apps pass :data:`HYDRA_HINT`)."""
     try:
         yield
     except BaseException as e:  # noqa: BLE001 - classified below; everything else is re-raised
         message = None if debug() or isinstance(e, SystemExit | KeyboardInterrupt) else user_message(e)
         if message is None:
             raise
-        sys.stderr.write(f"Error: {message}\n(set HYDRA_FULL_ERROR=1 for the full traceback)\n")
+        sys.stderr.write(f"Error: {message}\n{hint}\n")
         sys.stderr.flush()
         raise SystemExit(1) from None
 
@@ -104,7 +109,7 @@ def setup_console() -> None:
 def run(task: Callable[[], Any]) -> Any:
     """Run an application inside a Hydra task: the console set up, user errors as one clean block."""
     setup_console()
-    with user_errors():
+    with user_errors(HYDRA_HINT):
         return task()
 
 
@@ -116,12 +121,12 @@ SCRIPT_GROUPS = {
     "sample": ("sampler", "fid", "data"),
     "frontier": ("fid", "data"),
     "figures": ("figure", "sampler", "data"),
+    "nll": ("data",),
     "build_refstats": ("data",),
     "report": ("sampler",),
 }
 HIDDEN_OPTIONS = {"train": {"data": {"checkpoint"}}, "build_refstats": {"data": {"checkpoint"}}}
-COMMANDS = {"train": "python train.py", "sample": "python sample.py",
-            "build_refstats": "python -m ddpm.metrics.build_refstats"}
+COMMANDS = {"train": "python train.py", "sample": "python sample.py"}
 
 
 def command(script: str) -> str:
@@ -129,16 +134,25 @@ def command(script: str) -> str:
     return COMMANDS.get(script, f"python -m ddpm.{script}")
 
 
+def console_script(script: str) -> str:
+    """The console script of ``script`` (pyproject.toml's ``[project.scripts]``): ``ddpm-build-refstats``."""
+    return f"ddpm-{script.replace('_', '-')}"
+
+
 def hydra_app(script: str, task: Callable[[Any], Any]) -> None:
     """Run ``task(cfg)`` as the Hydra app of ``conf/<script>.yaml``: ``--help`` and the command line checked
     first (:func:`preflight`), then Hydra (overrides, ``--cfg job``, ``-m``), user errors as one ``Error:`` line."""
     import hydra
 
-    from ddpm.config import CONF_DIR
+    from ddpm.config import CONF_DIR, validate_config
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=script)
     def _main(cfg: Any) -> Any:
-        return run(lambda: task(cfg))
+        def checked() -> Any:
+            validate_config(cfg)  # again in the job: each job of a multirun (-m) is checked only here
+            return task(cfg)
+
+        return run(checked)
 
     preflight(script)
     _main()
@@ -157,6 +171,7 @@ def help_text(script: str, overrides: list[str]) -> str:
     from ddpm.config import CONF_DIR, compose
 
     lines = [f"{command(script)} [KEY=VALUE ...]   (Hydra; -m for a multirun; --hydra-help for Hydra's options)",
+             f"  or: {console_script(script)} [KEY=VALUE ...]   (the same, as an installed console script)",
              "", "== Groups (group=option) =="]
     for g in SCRIPT_GROUPS[script]:
         opts = [o for o in group_options(CONF_DIR, g) if o not in HIDDEN_OPTIONS.get(script, {}).get(g, set())]
@@ -208,7 +223,7 @@ def maybe_print_help(script: str, argv: list[str] | None = None) -> None:
     if "--help" not in argv and "-h" not in argv:
         return
     overrides = [a for a in argv if not a.startswith("-")]
-    with user_errors():
+    with user_errors(HYDRA_HINT):
         text = help_text(script, overrides)
     try:
         print(text, flush=True)
@@ -234,10 +249,22 @@ class PathsArgumentParser(argparse.ArgumentParser):
         raise SystemExit(1)
 
 
+def _paths_excepthook(kind: type[BaseException], e: BaseException, tb: Any) -> None:
+    """A user error that ends a command taking only paths: one ``Error:`` line, as :func:`user_errors` writes it
+    (Python exits with status 1 after the hook); anything else, or ``DDPM_DEBUG=1``: the traceback."""
+    message = None if debug() else user_message(e)
+    if message is None:
+        sys.__excepthook__(kind, e, tb)
+    else:
+        sys.stderr.write(f"Error: {message}\n{DEBUG_HINT}\n")
+
+
 def parse_paths(prog: str, description: str, paths: dict[str, str], switches: dict[str, str],
                 argv: list[str] | None = None) -> argparse.Namespace:
     """The command line of a command that takes only ``paths`` (positional, ``{name: help}``) and boolean
     ``switches`` (``{"--name": help}``), through :class:`PathsArgumentParser`."""
+    if argv is None:  # the real command line: also the console script (ddpm-export), which calls main() directly
+        sys.excepthook = _paths_excepthook
     parser = PathsArgumentParser(prog=prog, description=description)
     for name, text in paths.items():
         parser.add_argument(name, help=text)
@@ -253,6 +280,10 @@ MOVED = {
     "final_sampler.steps": "sampler.steps", "feature_extractor": "fid.feature_extractor",
     "inception_weights": "fid.inception_weights", "ref_split": "fid.ref_split", "ref_stats": "fid.ref_stats",
     "is_splits": "fid.is_splits", "data_overrides": "data=NAME data.root=PATH",
+    # the NLL bound became its own command (conf/nll.yaml)
+    "nll": "python -m ddpm.nll ckpt_path=RUN (the NLL bound is its own command; conf/nll.yaml, ddpm-nll)",
+    **{f"nll_{k}": f"python -m ddpm.nll {k}=... (the NLL bound is its own command; conf/nll.yaml)"
+       for k in ("split", "max_images", "batch_size", "t_batch", "seed")},
 }
 
 
@@ -283,7 +314,7 @@ def preflight(script: str, argv: list[str] | None = None) -> None:
 
     overrides = [a for a in argv if "=" in a]
     try:
-        with user_errors():
+        with user_errors(HYDRA_HINT):
             cfg = compose(script, overrides)
             _check_run_dir(cfg)
     except HydraException as e:

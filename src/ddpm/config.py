@@ -3,8 +3,8 @@
 Every YAML in ``conf/`` that has a schema names it first in its defaults list (``- /schema/objective@_here_``),
 so a misspelt key or a value of the wrong type fails when the config is composed, before anything is built.
 The YAML files hold the defaults (with their comments); the schemas hold only types, so no default is
-written twice. :func:`validate_config` checks combinations of fields; the entry points call it right after
-composition.
+written twice. :func:`validate_config`, run on every composed config, adds each command's value checks
+(:mod:`ddpm.checks`).
 
 * :class:`ObjectiveConfig`: one row of the paper's Table 2 (group ``objective``).
 * :class:`SamplerConfig`: how to run the reverse process (group ``sampler``, free-form in the YAML because each
@@ -12,8 +12,8 @@ composition.
   The same description is used by ``sample.py``, the final samples and the sample grids of ``train.py``, the FID
   callback, the figures and the frontier.
 * :class:`FIDConfig`: how FID/IS are measured (group ``fid``), for ``sample.py`` and the FID callback.
-* :class:`SampleConfig`: the whole of ``conf/sample.yaml``; :class:`TrainConfig`: the top level of
-  ``conf/train.yaml`` (its groups are free-form: each is instantiated by its ``_target_``).
+* One schema per command (:data:`SCHEMAS`: schema -> its conf/<name>.yaml and ddpm.checks.CHECKS), e.g.
+  :class:`SampleConfig` (all of ``conf/sample.yaml``), :class:`TrainConfig` (the top level of train.yaml).
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from ddpm.checks import check_command, is_int, is_num
 from ddpm.diffusion import SAMPLERS, SamplerSpec
-from ddpm.diffusion.resample import T_SAMPLERS
 from ddpm.diffusion.types import LossType, MeanType, VarType, validate_objective
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
 
 @dataclass
 class ObjectiveConfig:
@@ -75,7 +76,7 @@ class SamplerConfig:
         if self.name not in SAMPLERS:
             raise ValueError(f"sampler.name={self.name!r} is not a sampler; valid: {sampler_names()}")
         spec = SAMPLERS[self.name]
-        if self.steps is not None and not _is_int(self.steps):
+        if self.steps is not None and not is_int(self.steps):
             raise ValueError(f"sampler.steps={self.steps!r} must be an integer >= 1 (network evaluations per image)")
         if not spec.full_chain and (self.steps is None or int(self.steps) < 1):
             raise ValueError(
@@ -94,7 +95,7 @@ class SamplerConfig:
         self.params = {**sampler_defaults(self.name), **self.params}
         for key, kind in spec.params.items():
             value = self.params.get(key)
-            ok = _is_num(value) if kind is float else _is_int(value) if kind is int else isinstance(value, kind)
+            ok = is_num(value) if kind is float else is_int(value) if kind is int else isinstance(value, kind)
             if not ok:
                 raise ValueError(f"sampler.{key}={value!r} must be {'a number' if kind is float else 'an integer'} "
                                  f"(sampler={self.name}; see conf/sampler/{self.name}.yaml)")
@@ -186,7 +187,7 @@ class NanPolicy(str, Enum):
 
 @dataclass
 class SampleTrainerConfig:
-    """``sample.py``'s devices (Lightning Fabric arguments)."""
+    """The devices of ``sample.py`` and the NLL (Lightning Fabric arguments)."""
 
     accelerator: str = MISSING
     devices: Any = MISSING  # an int, "auto", or a list of device indices
@@ -220,15 +221,29 @@ class SampleConfig:
     compute_fid: bool = MISSING
     fid_backend: str = MISSING
     min_fid_samples: int = MISSING
-    nll: bool = MISSING
-    nll_split: str = MISSING
-    nll_max_images: int | None = MISSING
-    nll_batch_size: int = MISSING
-    nll_t_batch: int = MISSING
-    nll_seed: int = MISSING
     trainer: SampleTrainerConfig = MISSING
     sampler: Any = MISSING  # free-form: each sampler has its own keys (SamplerConfig.from_node checks them)
     fid: FIDConfig = MISSING
+    data: Any = None
+    paths: Any = None
+
+
+@dataclass
+class NLLConfig:
+    """``conf/nll.yaml``: ``python -m ddpm.nll`` (the NLL bound in bits/dim, the paper's Tables 1, 2 and 4)."""
+
+    task_name: str = MISSING
+    ckpt_path: str | None = MISSING
+    pretrained: str | None = MISSING
+    use_ema: bool = MISSING
+    split: str = MISSING
+    max_images: int | None = MISSING
+    batch_size: int = MISSING
+    t_batch: int = MISSING
+    seed: int = MISSING
+    out_dir: str = MISSING
+    progress: bool = MISSING
+    trainer: SampleTrainerConfig = MISSING
     data: Any = None
     paths: Any = None
 
@@ -308,7 +323,7 @@ class FiguresConfig:
 
 @dataclass
 class BuildRefstatsConfig:
-    """``conf/build_refstats.yaml``: ``python -m ddpm.metrics.build_refstats`` (FID reference statistics)."""
+    """``conf/build_refstats.yaml``: ``python -m ddpm.build_refstats`` (FID reference statistics)."""
 
     task_name: str = MISSING
     split: str = MISSING
@@ -368,15 +383,15 @@ class TrainConfig:
     sampler: Any = MISSING  # free-form: each sampler has its own keys (SamplerConfig.from_node checks them)
 
 
+SCHEMAS: dict[type, str] = {TrainConfig: "train", SampleConfig: "sample", NLLConfig: "nll", FiguresConfig: "figures",
+                            FrontierConfig: "frontier", ReportConfig: "report", BuildRefstatsConfig: "build_refstats"}
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     for name, node in (("objective", ObjectiveConfig), ("diffusion", DiffusionConfig), ("fid", FIDConfig),
-                       ("sample", SampleConfig), ("train", TrainConfig),
-                       ("frontier", FrontierConfig)):
-        cs.store(group="schema", name=name, node=node)
-    for name, node in (("figures", FiguresConfig), ("figure_progressive", ProgressiveFigure),
-                       ("figure_interpolation", InterpolationFigure), ("figure_shared_xt", SharedXtFigure),
-                       ("build_refstats", BuildRefstatsConfig), ("report", ReportConfig)):
+                       ("figure_progressive", ProgressiveFigure), ("figure_interpolation", InterpolationFigure),
+                       ("figure_shared_xt", SharedXtFigure), *((n, c) for c, n in SCHEMAS.items())):
         cs.store(group="schema", name=name, node=node)
 
 
@@ -394,7 +409,8 @@ def objective_kwargs(objective: Any) -> dict[str, str]:
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Fail early, with a message naming the valid values, on a config that cannot work."""
+    """Fail early, with a message naming the key and the valid values, on a config that cannot work: the one
+    validation pass over the composed config of every command (its values: :data:`ddpm.checks.CHECKS`)."""
     if "objective" in cfg:
         validate_objective(**objective_kwargs(cfg.objective))
     if "diffusion" in cfg:
@@ -409,88 +425,8 @@ def validate_config(cfg: DictConfig) -> None:
             raise ValueError(f"diffusion.num_timesteps must be >= 1, got {cfg.diffusion.num_timesteps}")
     if "sampler" in cfg:
         SamplerConfig.from_node(cfg.sampler)
-    if "optim" in cfg:  # the training config (sample.yaml's values are typed by its schema)
-        validate_train_values(cfg)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-# (key, test, what is valid): the values of train.yaml's free-form groups that a typo can make wrong; the
-# first failing one is reported, naming the key and the value, before anything is built.
-TRAIN_CHECKS: list[tuple[str, Any, str]] = [
-    ("seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32 - 1]"),
-    ("optim.lr", lambda v: _is_num(v) and v > 0, "a positive number (the paper: 2e-4 for CIFAR-10)"),
-    ("optim.betas", lambda v: len(v) == 2 and all(_is_num(b) and 0 <= b < 1 for b in v),
-     "two numbers in [0, 1), e.g. [0.9, 0.999]"),
-    ("optim.eps", lambda v: _is_num(v) and v > 0, "a positive number (the paper: 1e-8)"),
-    ("optim.weight_decay", lambda v: _is_num(v) and v >= 0, "a number >= 0"),
-    ("optim.warmup_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (optimizer steps)"),
-    ("optim.ema_decay", lambda v: _is_num(v) and 0 <= v <= 1, "a number in [0, 1] (the paper: 0.9999)"),
-    ("optim.t_sampler", lambda v: v in T_SAMPLERS,
-     f"one of {sorted(T_SAMPLERS)} (uniform: the paper's; loss_second_moment: importance-sampled t)"),
-    ("trainer.max_steps", lambda v: _is_int(v) and (v >= 1 or v == -1), "an integer >= 1 (or -1: no limit)"),
-    ("trainer.max_epochs", lambda v: v is None or (_is_int(v) and (v >= 1 or v == -1)),
-     "an integer >= 1, -1 or null"),
-    ("trainer.max_time", lambda v: v is None or (isinstance(v, str) and len(v.split(":")) == 4),
-     'null or "DD:HH:MM:SS", e.g. "00:04:00:00"'),
-    ("trainer.accumulate_grad_batches", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    ("trainer.gradient_clip_val", lambda v: v is None or (_is_num(v) and v >= 0), "null or a number >= 0"),
-    ("trainer.val_check_interval", lambda v: (_is_int(v) and v >= 1) or (isinstance(v, float) and 0 < v <= 1),
-     "an integer >= 1 (training batches) or a fraction of an epoch in (0, 1]"),
-    ("trainer.limit_val_batches", lambda v: (_is_int(v) and v >= 0) or (isinstance(v, float) and 0 <= v <= 1),
-     "an integer >= 0 (batches) or a fraction in [0, 1]"),
-    ("trainer.log_every_n_steps", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    ("data.batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1 (the GLOBAL batch)"),
-    ("data.num_workers", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    ("model.ch", lambda v: _is_int(v) and v >= 1, "an integer >= 1 (the paper: 128)"),
-    ("model.ch_mult", lambda v: len(v) >= 1 and all(_is_int(m) and m >= 1 for m in v),
-     "a list of integers >= 1, e.g. [1, 2, 2, 2]"),
-    ("model.num_res_blocks", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    ("model.dropout", lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
-    ("final_samples", lambda v: v >= 0, "an integer >= 0 (0: none)"),
-    ("nan_max_consecutive", lambda v: v >= 1, "an integer >= 1"),
-]
-
-
-def validate_train_values(cfg: DictConfig) -> None:
-    """Each value of :data:`TRAIN_CHECKS` present in ``cfg``; a ``ValueError`` naming the key, the value and
-    what is valid for the first one that is wrong."""
-    for key, ok, valid in TRAIN_CHECKS:
-        value = OmegaConf.select(cfg, key, default=MISSING)
-        if value is MISSING:
-            continue
-        if OmegaConf.is_config(value):
-            value = OmegaConf.to_container(value, resolve=True)
-        try:
-            good = bool(ok(value))
-        except TypeError:
-            good = False
-        if not good:
-            raise ValueError(f"{key}={value!r} is not valid: expected {valid}.")
-    for name, cb in (cfg.get("callbacks") or {}).items():
-        every = cb.get("every_n_steps") if cb is not None and hasattr(cb, "get") else None
-        if every is not None and not (_is_int(every) and every >= 0):
-            raise ValueError(f"callbacks.{name}.every_n_steps={every!r} is not valid: expected an integer >= 0 "
-                             "(0: never).")
-
-
-def group_norm_warning(model: Any) -> str | None:
-    """A warning when ``model`` has widths that the paper's 32-group GroupNorm does not divide (the UNet then
-    uses fewer, smaller groups there: ddpm.nets.layers.group_norm), else ``None``."""
-    ch, mult = int(model.ch), [int(m) for m in model.ch_mult]
-    widths = sorted({ch * m for m in mult} | {ch * a + ch * b for a in [1, *mult] for b in mult})
-    odd = [w for w in widths if w % 32]
-    if not odd:
-        return None
-    return (f"model.ch={ch} with ch_mult={mult}: GroupNorm cannot use the paper's 32 groups at widths {odd} "
-            "(it uses gcd(32, width) groups there). Use a multiple of 32 for the paper's architecture, e.g. "
-            "model.ch=32.")
+    if (name := SCHEMAS.get(OmegaConf.get_type(cfg))) is not None:  # a command's config: its values (ddpm.checks)
+        check_command(name, cfg)
 
 
 def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:

@@ -1,14 +1,13 @@
-"""Negative log-likelihood in bits/dim (the paper's Table 1/2 NLL and Table 4 rate/distortion).
+"""Negative log-likelihood in bits/dim (the paper's Table 1/2 NLL and Table 4 rate/distortion), its own command
+(settings: conf/nll.yaml; ``--help`` lists them; console script ``ddpm-nll``)::
 
-::
-
-    python sample.py ckpt_path=RUN/checkpoints/last.ckpt nll=true          # test split, EMA weights
-    python sample.py ckpt_path=... nll=true nll_split=train nll_max_images=10000 trainer.devices=4
+    python -m ddpm.nll ckpt_path=RUN                        # test split, EMA weights
+    python -m ddpm.nll ckpt_path=RUN split=train max_images=10000 trainer.devices=4
 
 The bound is the official ``calc_bpd_loop`` (diffusion_utils_2.py of the authors' code): for every code index
 t = T-1 .. 0 a fresh ``x_t ~ q(x_t | x_0)`` and its term (posterior KL for t > 0, discretised-Gaussian decoder
 for t = 0), plus the prior term, with ``clip_denoised=True`` and the EMA weights. Image ``i`` of the split
-draws its noise from ``seeds_for(nll_seed, i, i+1)`` only, so the result does not depend on the batch size or
+draws its noise from ``seeds_for(seed, i, i+1)`` only, so the result does not depend on the batch size or
 on how the images are split over devices (each of ``trainer.devices x num_nodes`` processes takes images
 ``rank::world``).
 
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from ddpm.config import validate_config
 from ddpm.data import uint8_to_model
 from ddpm.diffusion import SeededNoise
 from ddpm.generate import seeds_for
@@ -44,7 +44,7 @@ from ddpm.io import atomic_savez, atomic_write, check_writable, write_json
 from ddpm.loading import load_model, model_datamodule
 from ddpm.runtime import Progress, launch, provenance
 
-__all__ = ["evaluate_nll", "nll_of_images", "summarise"]
+__all__ = ["evaluate_nll", "main", "nll_of_images", "summarise"]
 
 
 @torch.no_grad()
@@ -125,24 +125,25 @@ def _plot(table: dict[str, np.ndarray], path: Path, title: str) -> None:
 
 
 def evaluate_nll(cfg: DictConfig) -> dict:
-    """Run the NLL evaluation of ``cfg`` (the sample.yaml keys ``ckpt_path``/``pretrained``, ``use_ema``,
-    ``nll_*``, ``data``, ``out_dir``, ``trainer``); returns the summary on rank 0, ``{}`` elsewhere."""
+    """Run the NLL evaluation of ``cfg`` (conf/nll.yaml); returns the summary on rank 0, ``{}`` elsewhere.
+    ``nll.json`` records the seed as ``nll_seed`` (the report pairs two rows' bounds by it)."""
+    validate_config(cfg)
     out_dir = check_writable(cfg.out_dir)
     fabric = launch(cfg.trainer)
     rank, world = fabric.global_rank, fabric.world_size
     loaded = load_model(cfg.ckpt_path, cfg.pretrained, cfg.use_ema).to(fabric.device)
-    split = cfg.nll_split
-    dm = model_datamodule(loaded, cfg.data, "nll=true")
+    split = cfg.split
+    dm = model_datamodule(loaded, cfg.data, "the NLL")
     images = dm.splits()[split]
     n = len(images)
-    if cfg.nll_max_images is not None:
-        n = min(n, int(cfg.nll_max_images))
+    if cfg.max_images is not None:
+        n = min(n, int(cfg.max_images))
     if n < 1:
         raise ValueError(f"{dm.name} split {split!r} has no images")
     if tuple(dm.image_shape) != tuple(loaded.image_shape):
         raise ValueError(f"data images are {tuple(dm.image_shape)}, the model's {tuple(loaded.image_shape)}")
     mine = list(range(rank, n, world))
-    bs, seed, t_batch = cfg.nll_batch_size, cfg.nll_seed, cfg.nll_t_batch
+    bs, seed, t_batch = cfg.batch_size, cfg.seed, cfg.t_batch
     model_fn = loaded.model_fn()
     T = loaded.diffusion.num_timesteps
     start = time.time()
@@ -208,3 +209,14 @@ def evaluate_nll(cfg: DictConfig) -> dict:
 
 def _fmt(v: Any) -> Any:
     return int(v) if isinstance(v, (np.integer, int)) else float(v)
+
+
+def main() -> None:
+    """``python -m ddpm.nll`` / ``ddpm-nll``: the Hydra app of conf/nll.yaml."""
+    from ddpm.cli import hydra_app
+
+    hydra_app("nll", evaluate_nll)
+
+
+if __name__ == "__main__":
+    main()

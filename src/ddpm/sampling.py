@@ -15,8 +15,7 @@
   convention; one-channel images such as the 8x8 digits are repeated to 3 channels), ``samples.png`` (grid
   of the first ``grid_images``), optionally ``images/{index:06d}.png`` (native channels), and
   ``metrics.json`` (provenance, throughput, and FID/IS when ``compute_fid=true``, :mod:`ddpm.metrics.samples`).
-* ``python sample.py nll=true`` runs the NLL application (:func:`ddpm.nll.evaluate_nll`) instead: the entry
-  point chooses, this module only samples.
+* The NLL bound is its own command, ``python -m ddpm.nll`` (:mod:`ddpm.nll`).
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from ddpm.config import SamplerConfig
+from ddpm.config import SamplerConfig, validate_config
 from ddpm.data import model_to_uint8
 from ddpm.generate import check_sampler, generate, seeds_for
 from ddpm.io import atomic_savez, check_writable, make_grid_uint8, save_png, write_json
@@ -113,28 +112,10 @@ def to_nhwc3(images_nchw: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- main
-def validate_sample_cfg(cfg: DictConfig) -> None:
-    if cfg.num_samples <= 0:
-        raise ValueError(f"num_samples must be a positive integer (the number of images to write), got "
-                         f"{cfg.num_samples}")
-    for key in ("batch_size", "shard_size"):
-        if cfg[key] <= 0:
-            raise ValueError(f"{key} must be a positive integer, got {cfg[key]}")
-    if cfg.compute_fid and cfg.num_samples < cfg.min_fid_samples:
-        raise ValueError(
-            f"compute_fid=true needs at least min_fid_samples={cfg.min_fid_samples} samples, "
-            f"got num_samples={cfg.num_samples} (the paper's protocol is 50000)"
-        )
-    if cfg.fid_backend not in ("ddpm", "torch-fidelity", "both"):
-        raise ValueError(f"fid_backend must be ddpm, torch-fidelity or both, got {cfg.fid_backend!r}")
-
-
 def sample(cfg: DictConfig) -> dict:
     """Sample as ``cfg`` says (conf/sample.yaml); returns the metrics dict on rank 0 and ``{}`` on the other
     ranks."""
-    if cfg.nll:
-        raise ValueError("nll=true is the NLL evaluation: call ddpm.nll.evaluate_nll (python sample.py does)")
-    validate_sample_cfg(cfg)
+    validate_config(cfg)
     out_dir = check_writable(cfg.out_dir)
     fabric = launch(cfg.trainer)
     rank, world = fabric.global_rank, fabric.world_size

@@ -20,7 +20,8 @@ from omegaconf import DictConfig
 from ddpm.builders import build_callbacks, build_loggers, build_trainer, finishing
 from ddpm.callbacks import SaveLastAtEnd
 from ddpm.callbacks.sample_grid import log_image
-from ddpm.config import SamplerConfig, group_norm_warning, to_container, validate_config
+from ddpm.checks import group_norm_warning
+from ddpm.config import SamplerConfig, to_container, validate_config
 from ddpm.data import model_to_uint8
 from ddpm.generate import generate, seeds_for
 from ddpm.io import RankFailedError, check_writable, disk_full, make_grid_uint8, save_png, write_json

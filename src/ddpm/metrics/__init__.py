@@ -16,7 +16,7 @@
   rule every claim goes through) and
   :mod:`~ddpm.metrics.records` (what a run directory's metric files say, for the report and the model card).
 
-``python -m ddpm.metrics.build_refstats`` pre-computes reference statistics. Nothing here downloads at
+``python -m ddpm.build_refstats`` pre-computes reference statistics. Nothing here downloads at
 import; the Inception network is only built when asked for. The digits split and the quantisation of
 model outputs (``model_to_uint8``) belong to the data layer (:mod:`ddpm.data`).
 """

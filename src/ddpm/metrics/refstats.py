@@ -14,7 +14,7 @@ File names follow :func:`ref_stats_path`: ``{dataset}-{resolution}-{split}-{extr
 ``digits-8-train-ddpm-digits-n1437.npz`` or ``cifar10-32-train-inception-v3-compat-n50000.npz``, so the
 split, the extractor and the sample count are always visible.
 :func:`reference_stats` loads (or builds and caches) the statistics of a data module's split; the command
-``python -m ddpm.metrics.build_refstats`` pre-computes them.
+``python -m ddpm.build_refstats`` pre-computes them.
 """
 
 from __future__ import annotations

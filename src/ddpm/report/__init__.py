@@ -10,8 +10,8 @@ Each job directory of a multirun (``python train.py -m sweep=table2``) is read f
 * the evaluations written below it by ``sample.py``. Where: ``JOBDIR/eval/<name>/`` by convention, e.g.
   ``python sample.py ckpt_path=JOBDIR out_dir=JOBDIR/eval/fid500_respaced100 num_samples=500 compute_fid=true
   sampler=respaced sampler.steps=100`` (its ``metrics.json``: ``fid_<n>[_<sampler>]``, ``is_<n>[_<sampler>]`` and
-  ``..._std``) and ``python sample.py ckpt_path=JOBDIR out_dir=JOBDIR/eval/nll_test64 nll=true
-  nll_max_images=64`` (its ``nll.json``). Any ``metrics.json`` / ``nll.json`` below the job directory is read.
+  ``..._std``) and ``python -m ddpm.nll ckpt_path=JOBDIR out_dir=JOBDIR/eval/nll_test64 max_images=64``
+  (its ``nll.json``). Any ``metrics.json`` / ``nll.json`` below the job directory is read.
 
 Columns: IS and FID from the sample.py evaluations (the run's own final-sample score where there is none); NLL
 from the full bound (``nll.json``, all T terms; the one over the most images) where there is one, else the
@@ -20,9 +20,10 @@ table, what stands behind it: sample count, sampler and steps for FID/IS, the es
 NLL. The settings that every row shares are printed above the table; settings in which rows differ besides the
 objective are flagged.
 
-``evaluate=true`` first runs the evaluations of every job that has finished training (``python sample.py`` as a
-user would, one process per evaluation): ``seed_sets=K`` sets of ``fid_samples=N`` images (``seed=0..K-1``, into
-``JOBDIR/eval/fid<N>_<sampler>_seed<k>``) and the full NLL bound (``JOBDIR/eval/nll_test<M>``). An evaluation
+``evaluate=true`` first runs the evaluations of every job that has finished training (``python sample.py`` and
+``python -m ddpm.nll`` as a user would, one process per evaluation): ``seed_sets=K`` sets of ``fid_samples=N``
+images (``seed=0..K-1``, into ``JOBDIR/eval/fid<N>_<sampler>_seed<k>``) and the full NLL bound
+(``JOBDIR/eval/nll_test<M>``). An evaluation
 whose output exists and is newer than the job's checkpoint is skipped, so a rerun continues set by set where a
 killed one stopped.
 
@@ -49,13 +50,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm.cli import hydra_app
-from ddpm.config import CONF_DIR, SamplerConfig
+from ddpm.config import CONF_DIR, NLLConfig, SamplerConfig, validate_config
 from ddpm.io import atomic_write
 from ddpm.report.findings import compare, pool_jobs
 from ddpm.report.jobs import find_jobs, objective_fields
@@ -63,6 +64,7 @@ from ddpm.report.render import render
 from ddpm.rundir import last_checkpoint
 
 SAMPLE_PY = CONF_DIR.parent / "sample.py"  # the entry point beside conf/
+NLL_KEYS = {f.name for f in fields(NLLConfig)} | {"hydra"}  # the sample_args that python -m ddpm.nll takes too
 
 
 @dataclass
@@ -91,9 +93,7 @@ def options(cfg: DictConfig) -> Options:
     root = Path(str(cfg.multirun_dir)).expanduser()
     if not root.is_dir():
         raise ValueError(f"multirun_dir={cfg.multirun_dir}: not a directory")
-    for key, low in (("seed_sets", 1), ("fid_samples", 2), ("nll_images", 1), ("batch_size", 1), ("num_boot", 1)):
-        if int(cfg[key]) < low:
-            raise ValueError(f"{key}={cfg[key]} is not valid: expected an integer >= {low}")
+    validate_config(cfg)  # the values (ddpm.checks); what is below needs the files or the Table 2 rows
     rows = None if cfg.rows is None else tuple(str(r) for r in cfg.rows)
     valid = sorted(objective_fields())
     for r in rows or ():
@@ -117,18 +117,27 @@ def sampler_overrides(sampler: SamplerConfig) -> list[str]:
 
 
 def evaluations(job: Path, opts: Options) -> list[tuple[Path, str, list[str]]]:
-    """``(output dir, output file, sample.py overrides)`` of a job's evaluations: ``opts.seed_sets`` sets of
-    ``opts.fid_samples`` images with ``opts.sampler`` (seed ``k`` for set ``k``, scored with the dataset's
-    extractor), and the full NLL bound on the first ``opts.nll_images`` test images."""
+    """``(output dir, output file, overrides)`` of a job's evaluations: ``opts.seed_sets`` sets of
+    ``opts.fid_samples`` images with ``opts.sampler`` (``metrics.json`` of sample.py, seed ``k`` for set ``k``,
+    scored with the dataset's extractor), and the full NLL bound on the first ``opts.nll_images`` test images
+    (``nll.json`` of ``python -m ddpm.nll``)."""
     out = []
     for k in range(opts.seed_sets):
         out.append((job / "eval" / f"fid{opts.fid_samples}_{opts.sampler.num_steps_label}_seed{k}", "metrics.json",
                     [f"num_samples={opts.fid_samples}", f"seed={k}", f"batch_size={opts.batch_size}",
                      "compute_fid=true", *sampler_overrides(opts.sampler)]))
     out.append((job / "eval" / f"nll_test{opts.nll_images}", "nll.json",
-                ["nll=true", "nll_split=test", f"nll_max_images={opts.nll_images}",
-                 f"nll_batch_size={opts.batch_size}"]))
+                ["split=test", f"max_images={opts.nll_images}", f"batch_size={opts.batch_size}"]))
     return out
+
+
+def command_for(out_file: str, opts: Options) -> tuple[list[str], list[str]]:
+    """The program (after the interpreter) that writes ``out_file`` and the ``opts.sample_args`` it takes:
+    ``nll.json`` is ``python -m ddpm.nll`` (the sample_args of settings it has), the rest ``sample.py``."""
+    if out_file == "nll.json":
+        return ["-m", "ddpm.nll"], [a for a in opts.sample_args if a.lstrip("+~").split("=")[0].split(".")[0]
+                                    in NLL_KEYS]
+    return [str(SAMPLE_PY)], list(opts.sample_args)
 
 
 def evaluate_jobs(opts: Options) -> list[list[str]]:
@@ -151,11 +160,12 @@ def evaluate_jobs(opts: Options) -> list[list[str]]:
             if done.is_file() and done.stat().st_mtime >= ckpt.stat().st_mtime:
                 print(f"[report] {job.path.name}: {done.relative_to(job.path)} exists, skipped", file=sys.stderr)
                 continue
-            cmd = [sys.executable, str(SAMPLE_PY), f"ckpt_path={job.path}", *overrides, f"out_dir={out_dir}",
-                   f"hydra.run.dir={out_dir}", "progress=false", *opts.sample_args]
+            program, extra = command_for(out_file, opts)
+            cmd = [sys.executable, *program, f"ckpt_path={job.path}", *overrides, f"out_dir={out_dir}",
+                   f"hydra.run.dir={out_dir}", "progress=false", *extra]
             print(f"[report] {job.path.name}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
             proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:  # sample.py's own "Error: ..." (or traceback) says why
+            if proc.returncode != 0:  # the command's own "Error: ..." (or traceback) says why
                 raise ValueError(f"evaluation of {job.path} failed; rerun it to see why: {' '.join(cmd[1:])}\n"
                                  + (proc.stdout + proc.stderr)[-2000:].strip())
             ran.append(cmd)
