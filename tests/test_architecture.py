@@ -2,8 +2,8 @@
 imported): every ``import`` counts, also the ones inside functions.
 
     entry points   train.py, sample.py, python -m ddpm.<tool>
-    applications   training, sampling, nll, figures, report, frontier, export
-    services       loading, generate, runtime, metrics, callbacks, convert
+    applications   training, sampling, nll, figures, report, frontier, export, convert
+    services       loading, generate, runtime, metrics, callbacks, interop (the diffusers bridge)
     core           module, data, diffusion, nets, io, config, seeds
 
 A module imports from its own layer or the layers below; no application imports another; no import cycles;
@@ -27,10 +27,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: dict[str, tuple[str, ...]] = {
     "core": ("ddpm", "ddpm.io", "ddpm.config", "ddpm.cli", "ddpm.module", "ddpm.data", "ddpm.diffusion", "ddpm.nets",
              "ddpm.seeds", "ddpm.rundir"),
-    "services": ("ddpm.loading", "ddpm.generate", "ddpm.runtime", "ddpm.metrics", "ddpm.callbacks", "ddpm.convert",
+    "services": ("ddpm.loading", "ddpm.generate", "ddpm.runtime", "ddpm.metrics", "ddpm.callbacks", "ddpm.interop",
                  "ddpm.builders", "ddpm.resume"),
     "applications": ("ddpm.training", "ddpm.sampling", "ddpm.nll", "ddpm.figures", "ddpm.report", "ddpm.frontier",
-                     "ddpm.export"),
+                     "ddpm.export", "ddpm.convert"),
 }
 RANK = {"core": 0, "services": 1, "applications": 2}
 PURE = ("ddpm.diffusion", "ddpm.nets", "ddpm.seeds")  # torch, numpy and the standard library only, nothing else

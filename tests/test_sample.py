@@ -271,7 +271,7 @@ def test_two_processes_equal_one(reference_run, ckpt, tmp_path):
 
 def test_pretrained_converted_weights(tmp_path):
     """pretrained=FILE from `python -m ddpm.convert` (safetensors + metadata): no model flags needed."""
-    from ddpm.convert import save_converted
+    from ddpm.interop import save_converted
     from ddpm.nets import UNet
 
     torch.manual_seed(0)

@@ -141,7 +141,7 @@ def load_pretrained_model(path: str | os.PathLike, use_ema: bool = True) -> Load
     These are the authors' EMA weights; ``use_ema=false`` cannot select raw weights that were never
     published, so it is refused.
     """
-    from ddpm import convert
+    from ddpm import interop
 
     if not use_ema:
         raise ValueError("pretrained weights are the published EMA weights; use_ema=false is unavailable")
@@ -154,12 +154,12 @@ def load_pretrained_model(path: str | os.PathLike, use_ema: bool = True) -> Load
     info: dict[str, Any]
     if p.is_file() and p.suffix == ".safetensors":
         try:
-            unet, info = convert.load_converted(p)
+            unet, info = interop.load_converted(p)
         except ValueError:  # a raw diffusers weights file without our metadata
-            unet, info = convert.load_diffusers_unet(p)
+            unet, info = interop.load_diffusers_unet(p)
         sha = file_sha256(p)
     else:
-        unet, info = convert.load_diffusers_unet(p)
+        unet, info = interop.load_diffusers_unet(p)
         weights = [f for f in (p.rglob("diffusion_pytorch_model.*") if p.is_dir() else [p]) if f.is_file()]
         sha = file_sha256(sorted(weights)[0]) if weights else ""
     cfg = unet.config()
