@@ -26,6 +26,7 @@ def run_metrics(run_dir: Path) -> list[tuple[str, float, str]]:
 
 
 def reproduce_command(run_dir: Path) -> str | None:
+    """``python train.py OVERRIDES`` of the run (its ``.hydra/overrides.yaml``, paths left out), or ``None``."""
     overrides = run_dir / ".hydra" / "overrides.yaml"
     if not overrides.is_file():
         return None
