@@ -199,12 +199,15 @@ def test_export_of_convert_is_bit_identical(schedule, mean_type, var_type, tmp_p
 
 
 @pytest.mark.parametrize("main", [convert_main, export_main], ids=["convert", "export"])
-def test_the_argparse_commands_fail_in_one_line_without_hydras_hint(main, tmp_path, capsys, monkeypatch):
+def test_the_commands_fail_with_one_error_line_and_write_nothing(main, tmp_path, capsys, monkeypatch):
+    """As ``python -m ddpm.convert`` / ``ddpm.export`` run them (``__main__``: ``ddpm.cli.user_errors``)."""
+    from ddpm.cli import user_errors
+
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.delenv("DDPM_DEBUG", raising=False)
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(SystemExit) as info, user_errors():
         main([str(tmp_path / "missing"), str(tmp_path / "out")])
     err = capsys.readouterr().err
-    assert info.value.code == 1 and err.startswith("Error: ") and err.count("\n") == 1, err
-    assert "missing" in err and "HYDRA_FULL_ERROR" not in err and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("Error: ")]
+    assert info.value.code == 1 and len(errors) == 1 and "missing" in errors[0] and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []

@@ -65,17 +65,15 @@ def user_message(e: BaseException) -> str | None:
 
 
 @contextmanager
-def user_errors(hydra: bool = True) -> Iterator[None]:
-    """Turn a user error raised inside into ``Error: ...`` on stderr and exit status 1 (no traceback). Hydra's
-    ``HYDRA_FULL_ERROR=1`` hint follows only where Hydra runs (``hydra=False``: the argparse commands)."""
+def user_errors() -> Iterator[None]:
+    """Turn a user error raised inside into ``Error: ...`` on stderr and exit status 1 (no traceback)."""
     try:
         yield
     except BaseException as e:  # noqa: BLE001 - classified below; everything else is re-raised
         message = None if debug() or isinstance(e, SystemExit | KeyboardInterrupt) else user_message(e)
         if message is None:
             raise
-        hint = "\n(set HYDRA_FULL_ERROR=1 for the full traceback)" if hydra else ""
-        sys.stderr.write(f"Error: {message}{hint}\n")
+        sys.stderr.write(f"Error: {message}\n(set HYDRA_FULL_ERROR=1 for the full traceback)\n")
         sys.stderr.flush()
         raise SystemExit(1) from None
 

@@ -8,29 +8,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ddpm.cli import parse_paths, user_errors
+from ddpm.cli import parse_paths
 from ddpm.interop import PRETRAINED, load_diffusers_unet, resolve_pretrained, save_converted
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The command (also the ``ddpm-convert`` console script, whose wrapper exits with what this returns)."""
-    with user_errors(hydra=False):
-        args = parse_paths("python -m ddpm.convert", "Convert a diffusers UNet2DModel DDPM checkpoint (e.g. "
-                           "google/ddpm-cifar10-32) into a self-describing safetensors file for this project.",
-                           {"src": "local folder / weights file, or a hub id with --download",
-                            "out": "output .safetensors file (or an existing folder)"},
-                           {"--download": "allow fetching a hub id with huggingface_hub"}, argv)
-        path = resolve_pretrained(args.src, allow_download=args.download)
-        source = args.src if args.src in PRETRAINED or not Path(args.src).exists() else None
-        unet, info = load_diffusers_unet(path, source=source)
-        out = Path(args.out)
-        if out.is_dir():
-            out = out / f"{Path(str(args.src).rstrip('/')).name}.safetensors"
-        save_converted(unet, info, out)
+    """The command; also the ``ddpm-convert`` console script, whose wrapper exits with what this returns."""
+    args = parse_paths("python -m ddpm.convert", "Convert a diffusers UNet2DModel DDPM checkpoint (e.g. "
+                       "google/ddpm-cifar10-32) into a self-describing safetensors file for this project.",
+                       {"src": "local folder / weights file, or a hub id with --download",
+                        "out": "output .safetensors file (or an existing folder)"},
+                       {"--download": "allow fetching a hub id with huggingface_hub"}, argv)
+    path = resolve_pretrained(args.src, allow_download=args.download)
+    source = args.src if args.src in PRETRAINED or not Path(args.src).exists() else None
+    unet, info = load_diffusers_unet(path, source=source)
+    out = Path(args.out)
+    if out.is_dir():
+        out = out / f"{Path(str(args.src).rstrip('/')).name}.safetensors"
+    save_converted(unet, info, out)
     n_params = sum(p.numel() for p in unet.parameters())
     settings = {k: v for k, v in info.items() if k != "model"}
     print(f"wrote {out} ({n_params:,} parameters)\nmodel: {unet.config()}\ndiffusion: {settings}")
 
 
 if __name__ == "__main__":
-    main()
+    from ddpm.cli import user_errors
+
+    with user_errors():
+        main()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ddpm.cli import parse_paths, user_errors
+from ddpm.cli import parse_paths
 from ddpm.diffusion import schedule_name
 from ddpm.interop import GRID_NAME, NotExportableError, check_exportable, export_pipeline
 from ddpm.interop.card import model_card, reproduce_command, run_metrics
@@ -57,20 +57,22 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, *, raw: bool = Fa
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The command (a console script's wrapper would exit with what this returns: nothing, status 0)."""
-    with user_errors(hydra=False):
-        args = parse_paths(
-            "python -m ddpm.export", "Export a trained run as a diffusers DDPMPipeline folder with a Hub model card "
-            "(DDPMPipeline.from_pretrained(OUT) loads it; `hf upload USER/REPO OUT` publishes it).",
-            {"run": "a run directory (its checkpoints/last.ckpt) or a .ckpt file",
-             "out": "the folder to write (must not exist or be empty, unless --overwrite)"},
-            {"--raw": "export the raw trained weights instead of the EMA ones",
-             "--overwrite": "replace an existing OUT folder"}, argv)
-        out = export_run(args.run, args.out, raw=args.raw, overwrite=args.overwrite)
+    """The command; a console script's wrapper exits with what this returns (nothing: status 0)."""
+    args = parse_paths(
+        "python -m ddpm.export", "Export a trained run as a diffusers DDPMPipeline folder with a Hub model card "
+        "(DDPMPipeline.from_pretrained(OUT) loads it; `hf upload USER/REPO OUT` publishes it).",
+        {"run": "a run directory (its checkpoints/last.ckpt) or a .ckpt file",
+         "out": "the folder to write (must not exist or be empty, unless --overwrite)"},
+        {"--raw": "export the raw trained weights instead of the EMA ones",
+         "--overwrite": "replace an existing OUT folder"}, argv)
+    out = export_run(args.run, args.out, raw=args.raw, overwrite=args.overwrite)
     print(f"wrote {out} ({'raw' if args.raw else 'EMA'} weights)\n"
           f"load: DDPMPipeline.from_pretrained({str(out)!r})\n"
           f"publish: hf upload USER/REPO {out}   (huggingface_hub < 1.0: huggingface-cli upload USER/REPO {out})")
 
 
 if __name__ == "__main__":
-    main()
+    from ddpm.cli import user_errors
+
+    with user_errors():
+        main()
