@@ -88,7 +88,7 @@ def model_card(
         lines += [f"| {name} | {value:.4g} | {how} |" for name, value, how in metrics]
     else:
         lines.append("No measurements were found in the run directory (`python sample.py ckpt_path=RUN "
-                     "compute_fid=true` and `nll=true` write them).")
+                     "compute_fid=true` and the NLL evaluation write them).")
     lines += ["", "## Samples", ""]
     if grid:
         lines.append(f"![samples]({GRID_NAME})\n\nThe run's final samples (EMA weights, the run's sampler).")
