@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ddpm.convert import unet_kwargs_from_diffusers_config
+from ddpm.interop import unet_kwargs_from_diffusers_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,11 +139,11 @@ def build_diffusers(cfg: dict):
 
 
 def same_weights(ours, theirs) -> float | None:
-    """Copy the diffusers weights into ours (ddpm.convert) and return the max abs output difference (eval,
+    """Copy the diffusers weights into ours (ddpm.interop) and return the max abs output difference (eval,
     batch 2), or None when the converter is unavailable. Speed does not depend on the weights; this only
     checks that the two networks compute the same function."""
     try:
-        from ddpm.convert import convert_diffusers_state_dict
+        from ddpm.interop import convert_diffusers_state_dict
 
         ours.load_state_dict(convert_diffusers_state_dict(theirs.state_dict(), ours))
     except Exception as e:  # noqa: BLE001 - the converter is optional for the benchmark

@@ -16,12 +16,13 @@ import pytest
 import torch
 
 import ddpm.convert
-from ddpm.convert import (
+import ddpm.interop
+from ddpm.convert import main
+from ddpm.interop import (
     PRETRAINED,
     convert_diffusers_state_dict,
     load_converted,
     load_diffusers_unet,
-    main,
     read_weights,
     resolve_pretrained,
     save_converted,
@@ -285,12 +286,15 @@ def test_resolve_pretrained_never_downloads_by_default(tmp_path):
         resolve_pretrained("google/ddpm-cifar10-32")
     with pytest.raises(FileNotFoundError, match="local path"):
         resolve_pretrained(str(tmp_path / "nope" / "weights.safetensors"))
-    # the converter imports huggingface_hub (and diffusers) lazily, never at module level
-    tree = ast.parse(Path(ddpm.convert.__file__).read_text())
-    top_level = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
-    names = {a.name for n in top_level for a in n.names}
-    names |= {n.module for n in top_level if isinstance(n, ast.ImportFrom) and n.module}
-    assert not {"huggingface_hub", "diffusers"} & {name.split(".")[0] for name in names}
+    # the bridge and its commands import huggingface_hub (and diffusers) lazily, never at module level
+    files = [Path(ddpm.convert.__file__), *Path(ddpm.interop.__file__).parent.glob("*.py")]
+    assert len(files) >= 8
+    for file in files:
+        tree = ast.parse(file.read_text())
+        top_level = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+        names = {a.name for n in top_level for a in n.names}
+        names |= {n.module for n in top_level if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {"huggingface_hub", "diffusers"} & {name.split(".")[0] for name in names}, file
 
 
 def test_save_and_cli_roundtrip(cifar, converted, tmp_path, capsys):

@@ -27,7 +27,6 @@ from ddpm.data import (
     ImageDecodeError,
     ImageFolderDataModule,
     uint8_to_model,
-    upgrade_data_config,
 )
 
 CONF_DATA = Path(__file__).resolve().parents[1] / "conf" / "data"
@@ -545,18 +544,6 @@ def test_yaml_matches_class(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if name in ("digits", "cifar10", "image_folder"):  # the class used directly behaves as its own option
         dm = cls(**{"root": "x"} if "root" in keys else {})
         assert all(resolved[k] == getattr(dm, k) for k in ("batch_size", "random_flip"))
-
-
-def test_run_configs_of_the_removed_celebahq_and_lsun_classes_still_instantiate(tmp_path: Path) -> None:
-    """Checkpoints and run directories from before CelebA-HQ / LSUN became ImageFolderDataModule settings."""
-    old = {"_target_": "ddpm.data.LSUNBedroomDataModule", "root": str(tmp_path), "resolution": 256, "name": None,
-           "batch_size": 64, "random_flip": False, "num_workers": 0}
-    dm = instantiate(upgrade_data_config(old))
-    assert type(dm) is ImageFolderDataModule and dm.name == "lsun_bedroom256" and not dm.random_flip
-    old = {"_target_": "ddpm.data.CelebAHQDataModule", "root": str(tmp_path), "resolution": 128, "name": None}
-    assert instantiate(upgrade_data_config(old)).name == "celebahq128"
-    current = {"_target_": "ddpm.data.DigitsDataModule"}
-    assert upgrade_data_config(current) is current and upgrade_data_config(None) is None
 
 
 def test_failed_cifar10_download_says_how_and_leaves_no_empty_folder(tmp_path: Path, monkeypatch) -> None:

@@ -22,7 +22,8 @@ import yaml
 from conftest import ROOT, cli_env
 from sampling_helpers import tiny_checkpoint
 
-from ddpm import convert
+from ddpm import interop
+from ddpm.convert import main as convert_main
 from ddpm.diffusion import (
     GaussianDiffusion,
     ancestral_sample,
@@ -31,13 +32,13 @@ from ddpm.diffusion import (
     respace,
     space_timesteps,
 )
-from ddpm.export import (
+from ddpm.export import main
+from ddpm.interop import (
     NotExportableError,
     check_exportable,
     diffusers_scheduler_config,
     diffusers_unet_config,
     export_pipeline,
-    main,
 )
 from ddpm.loading import load_model
 from ddpm.nets import UNet
@@ -287,8 +288,8 @@ def test_export_convert_round_trip_is_bit_identical(arch, var_type, schedule, tm
     diffusion = diffusion_for(var_type, schedule)
     out = export_pipeline(net, diffusion, tmp_path / "export", clip_denoised=False)
     target = tmp_path / "back.safetensors"
-    convert.main([str(out), str(target)])
-    back, info = convert.load_converted(target)
+    convert_main([str(out), str(target)])
+    back, info = interop.load_converted(target)
     assert {k: v for k, v in back.config().items()} == net.config()
     sa, sb = net.state_dict(), back.state_dict()
     assert list(sa) == list(sb)
@@ -303,7 +304,7 @@ def test_export_convert_round_trip_is_bit_identical(arch, var_type, schedule, tm
 
 def test_convert_refuses_betas_that_are_no_schedule_of_ours():
     with pytest.raises(ValueError, match="trained_betas .* equal none"):
-        convert.apply_scheduler_config({"schedule": "linear", "num_timesteps": 3}, {"trained_betas": [0.1, 0.2, 0.3]})
+        interop.apply_scheduler_config({"schedule": "linear", "num_timesteps": 3}, {"trained_betas": [0.1, 0.2, 0.3]})
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -334,7 +335,8 @@ def run_dir(tmp_path_factory):
 
 
 def test_export_command_writes_a_hub_folder(run_dir, tmp_path, capsys):
-    out = main([str(run_dir), str(tmp_path / "hub")])
+    out = tmp_path / "hub"
+    assert main([str(run_dir), str(out)]) is None  # a console script exits with main's return value
     assert "hf upload USER/REPO" in capsys.readouterr().out
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert names == ["README.md", "model_index.json", "samples.png", "scheduler/scheduler_config.json",
@@ -376,7 +378,7 @@ def test_export_command_writes_a_hub_folder(run_dir, tmp_path, capsys):
         main([str(run_dir), str(out), "--raw"])
     main([str(run_dir), str(out), "--raw", "--overwrite"])
     raw = load_model(ckpt_path=run_dir, use_ema=False)
-    back, _ = convert.load_diffusers_unet(out)
+    back, _ = interop.load_diffusers_unet(out)
     assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), raw.net.state_dict().values()))
     assert "raw (not the EMA average)" in (out / "README.md").read_text()
 

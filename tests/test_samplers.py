@@ -21,11 +21,10 @@ from ddpm.diffusion import (
     dpm_solver_sample,
     dpm_solver_sample_progressive,
     dpm_solver_timesteps,
-    image_seed,
-    image_seeds,
     respace,
     space_timesteps,
 )
+from ddpm.seeds import image_seed, image_seeds
 
 M, S = 0.3, 0.2  # data distribution N(M, S^2): small enough that clipping to [-1, 1] never matters
 N = 4000

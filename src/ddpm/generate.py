@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from ddpm.config import SamplerConfig
-from ddpm.diffusion import SAMPLERS, GaussianDiffusion, SeededNoise, image_seeds, respace, space_timesteps
+from ddpm.diffusion import SAMPLERS, GaussianDiffusion, SeededNoise, respace, space_timesteps
+from ddpm.seeds import image_seeds
 
 __all__ = ["diffusion_for_sampler", "generate", "seeds_for"]
 

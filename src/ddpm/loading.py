@@ -8,6 +8,7 @@ the frontier). Checkpoints are read with ``weights_only=True`` (:func:`ddpm.io.s
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import warnings
 from dataclasses import dataclass
@@ -100,12 +101,13 @@ def load_checkpoint_model(ckpt_path: str | os.PathLike, use_ema: bool = True) ->
     hp = dict(ckpt["hyper_parameters"])
     hp.pop("_instantiator", None)
     hp.pop("compile", None)  # a training speed option: sampling uses the eager network
-    # Training-only settings that checkpoints written before they were constructor arguments keep only in their
-    # config; they do not change sampling (the placeholders are for a checkpoint without a config).
-    run = ckpt.get("cfg") or {}
-    for key, placeholder in (("seed", 0), ("nan_policy", "stop"), ("nan_max_consecutive", 1)):
-        hp.setdefault(key, run.get(key, placeholder))
-    hp["optim"] = {"t_sampler": "uniform", **hp["optim"]}  # checkpoints from before t_sampler: the paper's t
+    needed = [name for name, p in inspect.signature(DiffusionModule).parameters.items()
+              if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if missing := [name for name in needed if name not in hp]:
+        raise CheckpointError(
+            f"ckpt_path: {path} lacks the hyper_parameters {missing} that this version's model needs (written by "
+            f"ddpm {ckpt.get('ddpm_version', '?')}); sample it with the version that trained it, or retrain"
+        )
     module = DiffusionModule(**hp)
     module.load_state_dict(ckpt["state_dict"], strict=True)
     module.eval()
@@ -141,7 +143,7 @@ def load_pretrained_model(path: str | os.PathLike, use_ema: bool = True) -> Load
     These are the authors' EMA weights; ``use_ema=false`` cannot select raw weights that were never
     published, so it is refused.
     """
-    from ddpm import convert
+    from ddpm import interop
 
     if not use_ema:
         raise ValueError("pretrained weights are the published EMA weights; use_ema=false is unavailable")
@@ -154,12 +156,12 @@ def load_pretrained_model(path: str | os.PathLike, use_ema: bool = True) -> Load
     info: dict[str, Any]
     if p.is_file() and p.suffix == ".safetensors":
         try:
-            unet, info = convert.load_converted(p)
+            unet, info = interop.load_converted(p)
         except ValueError:  # a raw diffusers weights file without our metadata
-            unet, info = convert.load_diffusers_unet(p)
+            unet, info = interop.load_diffusers_unet(p)
         sha = file_sha256(p)
     else:
-        unet, info = convert.load_diffusers_unet(p)
+        unet, info = interop.load_diffusers_unet(p)
         weights = [f for f in (p.rglob("diffusion_pytorch_model.*") if p.is_dir() else [p]) if f.is_file()]
         sha = file_sha256(sorted(weights)[0]) if weights else ""
     cfg = unet.config()
@@ -203,8 +205,6 @@ def model_datamodule(loaded: LoadedModel, data_cfg: Any, what: str):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from ddpm.data import upgrade_data_config
-
     if OmegaConf.is_config(data_cfg):
         data_cfg = OmegaConf.to_container(data_cfg, resolve=True)
     if not (data_cfg and "_target_" in data_cfg):
@@ -214,4 +214,4 @@ def model_datamodule(loaded: LoadedModel, data_cfg: Any, what: str):
             f"{what} needs data: this model has no training data config (published weights). Pass data=NAME "
             "(a conf/data option, e.g. data=cifar10) and data.root=PATH if the images are elsewhere"
         )
-    return instantiate(upgrade_data_config(data_cfg))
+    return instantiate(data_cfg)

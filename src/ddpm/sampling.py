@@ -42,8 +42,6 @@ log = logging.getLogger("ddpm.sample")
 
 SIGNATURE_KEYS = ("model_sha256", "use_ema", "sampler", "seed", "shard_size", "image_shape", "device_type",
                   "precision", "compile")
-# keys added after the first release: what a signature.json without them was sampled with
-SIGNATURE_DEFAULTS = {"precision": "32-true", "compile": None}
 
 
 def compile_label(cfg: DictConfig) -> str | None:
@@ -72,7 +70,7 @@ def check_signature(shard_dir: Path, signature: dict) -> None:
     path = shard_dir / "signature.json"
     if not path.is_file():
         return
-    old = {**SIGNATURE_DEFAULTS, **json.loads(path.read_text())}
+    old = json.loads(path.read_text())
     diff = {k: (old.get(k), signature.get(k)) for k in SIGNATURE_KEYS if old.get(k) != signature.get(k)}
     if diff:
         raise ValueError(

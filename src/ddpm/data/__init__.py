@@ -21,7 +21,7 @@ from ddpm.data.base import (
 )
 from ddpm.data.cifar10 import CIFAR10DataModule
 from ddpm.data.digits import DigitsDataModule
-from ddpm.data.folder import ImageDecodeError, ImageFolderDataModule, upgrade_data_config
+from ddpm.data.folder import ImageDecodeError, ImageFolderDataModule
 
 __all__ = [
     "CIFAR10DataModule",
@@ -37,5 +37,4 @@ __all__ = [
     "model_to_uint8",
     "per_device_batch",
     "uint8_to_model",
-    "upgrade_data_config",
 ]

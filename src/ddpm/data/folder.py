@@ -260,32 +260,3 @@ class ImageFolderDataModule(ImageDataModule):
         if self.verify:
             verify_images(sorted({f for v in files.values() for f in v}))
         return {k: ImageFiles(v, self.resolution) for k, v in files.items()}  # type: ignore[arg-type]
-
-
-# Run configs saved before CelebA-HQ and LSUN became settings of ImageFolderDataModule (conf/data/*.yaml)
-# name their old classes; the value is the prefix of the name those classes gave the data (the
-# reference-stats cache key), followed by the resolution.
-_OLD_TARGETS = {
-    "ddpm.data.CelebAHQDataModule": "celebahq",
-    "ddpm.data.LSUNChurchDataModule": "lsun_church",
-    "ddpm.data.LSUNBedroomDataModule": "lsun_bedroom",
-    "ddpm.data.LSUNCatDataModule": "lsun_cat",
-}
-
-
-def upgrade_data_config(cfg: dict | None) -> dict | None:
-    """A saved data config (a checkpoint's or run directory's) made instantiable by this version.
-
-    Configs that target the removed ``CelebAHQDataModule`` / ``LSUN*DataModule`` classes become the same
-    :class:`ImageFolderDataModule` settings, with the name those classes gave the data; others are returned
-    unchanged.
-    """
-    prefix = _OLD_TARGETS.get(str((cfg or {}).get("_target_")))
-    if prefix is None:
-        return cfg
-    new = {k: v for k, v in cfg.items() if k != "category"}  # type: ignore[union-attr]
-    new["_target_"] = "ddpm.data.ImageFolderDataModule"
-    if not new.get("name"):
-        new["name"] = f"{prefix}{int(new.get('resolution', 256))}"
-    return new
-

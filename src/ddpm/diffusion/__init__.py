@@ -5,7 +5,7 @@ Imports torch and numpy only. Code index ``t`` in ``0..T-1`` is paper time ``t+1
 
 from .gaussian import GaussianDiffusion, ModelFn, extract
 from .losses import approx_standard_normal_cdf, discretized_gaussian_log_likelihood, mean_flat, normal_kl
-from .noise import SeededNoise, image_seed, image_seeds
+from .noise import SeededNoise
 from .registry import SAMPLERS, SamplerSpec
 from .samplers import (
     ancestral_sample,
@@ -51,8 +51,6 @@ __all__ = [
     "restart_sample_progressive",
     "extract",
     "get_beta_schedule",
-    "image_seed",
-    "image_seeds",
     "mean_flat",
     "normal_kl",
     "respace",

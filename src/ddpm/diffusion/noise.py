@@ -2,8 +2,9 @@
 
 Sampling an image with :class:`SeededNoise` draws ``x_T`` and every per-step ``z`` from that image's own
 ``torch.Generator``, so a sample depends only on its seed (and on the generator device), never on the batch
-size or on which other images share the batch. Combine with :func:`image_seeds` to give image number ``i`` of
-run seed ``s`` a fixed seed, so e.g. image 12 345 of a 50k FID dump can be regenerated alone.
+size or on which other images share the batch. Combine with :func:`ddpm.seeds.image_seeds` (the caller's: the
+math imports only torch) to give image number ``i`` of run seed ``s`` a fixed seed, so e.g. image 12 345 of a
+50k FID dump can be regenerated alone.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ddpm.seeds import image_seed, image_seeds
-
-__all__ = ["SeededNoise", "image_seed", "image_seeds"]  # the seed hashes live in ddpm.seeds
+__all__ = ["SeededNoise"]
 
 
 class SeededNoise:

@@ -126,9 +126,7 @@ class Scorers:
             if not fid_cfg.ref_stats:
                 from hydra.utils import instantiate
 
-                from ddpm.data import upgrade_data_config
-
-                datamodule = instantiate(upgrade_data_config(data_cfg))
+                datamodule = instantiate(data_cfg)
             extractor = load_extractor(fid_cfg, getattr(datamodule, "name", None), "cpu")
             ref = reference_for(fid_cfg, extractor, datamodule, cfg.paths.cache_dir, "cpu")
             self.cache[key] = (extractor, ref, int(fid_cfg.is_splits))
