@@ -169,7 +169,6 @@ def test_importance_sampled_training_step_weights_the_loss_and_updates_the_histo
     check_importance_sampled_step(*importance_sampled_step(tiny))
 
 
-@pytest.mark.slow  # four more Trainer steps (~6 s)
 @pytest.mark.parametrize("mutation", ["weights_one", "weights_p", "no_history_update", "weighted_history"])
 def test_importance_sampled_step_check_catches_mutations(tiny, monkeypatch, mutation):
     """The check above fails when the step drops the weights, uses T p_t instead of 1 / (T p_t), never updates
