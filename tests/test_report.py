@@ -422,7 +422,7 @@ def test_the_whole_table_in_two_commands_and_a_rerun_does_nothing(tmp_path):
         assert row[2] == "3"
         pooled = "pooled over 2 seed set(s) (seeds 0, 1) of sample.py, 8 samples, ancestral sampler, 10 steps"
         for cell, what in ((row[3], f"IS: {pooled}"), (row[4], f"FID: {pooled}"),
-                           (row[5], "NLL: ≤ the full bound from sample.py nll=true, test split, 4 images")):
+                           (row[5], "NLL: ≤ the full bound from python -m ddpm.nll, test split, 4 images")):
             m = re.fullmatch(r"([0-9.]+)(?:±[0-9.]+)?(?: \(.* over 2 sets\))? \[([a-z])\]", cell)
             assert m, (cell, proc.stdout)
             value, letter = m.groups()

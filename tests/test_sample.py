@@ -175,7 +175,8 @@ def test_samplers_and_raw_weights(reference_run, ckpt, tmp_path):
 
     # the images themselves, drawn again straight from the math layer (no sample.py, no generate): the run's
     # per-image seeds, the respaced / DDIM chains built by hand, the raw (non-EMA) network, no clipping
-    from ddpm.diffusion import SeededNoise, ancestral_sample, ddim_sample, image_seeds, respace, space_timesteps
+    from ddpm.diffusion import SeededNoise, ancestral_sample, ddim_sample, respace, space_timesteps
+    from ddpm.seeds import image_seeds
     from ddpm.loading import load_model
 
     def by_hand(path, use_ema: bool, draw) -> np.ndarray:
@@ -334,7 +335,8 @@ def test_pretrained_converted_weights(tmp_path):
     # the images are those of the network that was saved, in memory, with the schedule and variance the file
     # names, drawn straight from the math layer with the run's per-image seeds (wrong weights, a wrong schedule
     # or variance, or random init would change them)
-    from ddpm.diffusion import GaussianDiffusion, SeededNoise, ancestral_sample, image_seeds
+    from ddpm.diffusion import GaussianDiffusion, SeededNoise, ancestral_sample
+    from ddpm.seeds import image_seeds
 
     diffusion = GaussianDiffusion.from_config("linear", 10, "eps", "fixed_small", "mse")
     with torch.no_grad():

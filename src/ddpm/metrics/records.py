@@ -82,7 +82,7 @@ class Evaluation:
         """What stands behind the figures, the seed aside (seed sets with the same protocol are pooled)."""
         m = self.metrics
         if self.kind == "nll":
-            return (f"≤ the full bound from sample.py nll=true, {m.get('split', '?')} split, "
+            return (f"≤ the full bound from python -m ddpm.nll, {m.get('split', '?')} split, "
                     f"{m.get('num_images', '?')} images, all {m.get('num_timesteps', 'all')} terms + prior, "
                     f"{_weights(m)}")
         return (f"sample.py, {m.get('num_samples', '?')} samples, {sampler_text(m.get('sampler', '?'))}, "
