@@ -25,7 +25,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS: dict[str, tuple[str, ...]] = {
     "core": ("ddpm", "ddpm.io", "ddpm.config", "ddpm.cli", "ddpm.module", "ddpm.data", "ddpm.diffusion", "ddpm.nets",
-             "ddpm.seeds", "ddpm.rundir"),
+             "ddpm.seeds", "ddpm.rundir", "ddpm.presets"),
     "services": ("ddpm.loading", "ddpm.generate", "ddpm.runtime", "ddpm.metrics", "ddpm.callbacks", "ddpm.convert",
                  "ddpm.builders", "ddpm.resume"),
     "applications": ("ddpm.training", "ddpm.sampling", "ddpm.nll", "ddpm.figures", "ddpm.report", "ddpm.frontier",

@@ -26,10 +26,12 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from ddpm.diffusion import SAMPLERS, SamplerSpec
 from ddpm.diffusion.resample import T_SAMPLERS
 from ddpm.diffusion.types import LossType, MeanType, VarType, validate_objective
+from ddpm.presets import register_resolver
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -330,11 +332,13 @@ class ReportConfig:
     multirun_dir: str = MISSING
     out: str | None = MISSING
     evaluate: bool = MISSING
-    seed_sets: int = MISSING
-    fid_samples: int = MISSING
-    nll_images: int = MISSING
+    seed_sets: int | None = MISSING
+    fid_samples: int | None = MISSING
+    nll_images: int | None = MISSING
+    protocols: Any = MISSING  # {data name: {seed_sets, fid_samples, nll_images}}, checked by ddpm.report.options
     sampler: Any = MISSING  # free-form: each sampler has its own keys (SamplerConfig.from_node checks them)
     batch_size: int = MISSING
+    devices: int = MISSING
     sample_args: list[str] = MISSING
     num_boot: int = MISSING
     rows: list[str] | None = MISSING
@@ -381,6 +385,7 @@ def register_configs() -> None:
 
 
 register_configs()
+register_resolver()  # model=for_resolution's ${ddpm_unet:...}
 
 
 def objective_kwargs(objective: Any) -> dict[str, str]:
@@ -395,6 +400,14 @@ def objective_kwargs(objective: Any) -> dict[str, str]:
 
 def validate_config(cfg: DictConfig) -> None:
     """Fail early, with a message naming the valid values, on a config that cannot work."""
+    if "model" in cfg:  # model=for_resolution: its resolver's ValueError as it is, not wrapped by OmegaConf
+        try:
+            OmegaConf.to_container(cfg.model, resolve=True)
+        except InterpolationResolutionError as e:  # OmegaConf keeps only the message of the resolver's error
+            head, sep, message = str(e).partition("ValueError raised while resolving interpolation: ")
+            if not sep:
+                raise
+            raise ValueError(message.split("\n    full_key:")[0]) from None
     if "objective" in cfg:
         validate_objective(**objective_kwargs(cfg.objective))
     if "diffusion" in cfg:
