@@ -86,7 +86,8 @@ def check(command: str) -> list[str]:
         problems = []
         for arg in argv:
             if m := re.fullmatch(r"(?:-e\s*)?\.\[([\w,\-]+)\]", arg):
-                problems += [f"pip extra [{x}] is not in pyproject.toml's optional-dependencies ({', '.join(sorted(extras()))})"
+                valid = ", ".join(sorted(extras()))
+                problems += [f"pip extra [{x}] is not in pyproject.toml's optional-dependencies ({valid})"
                              for x in m.group(1).split(",") if x not in extras()]
         return problems
     scripts = console_scripts()

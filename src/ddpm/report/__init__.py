@@ -131,8 +131,8 @@ def protocol(opts: Options, jobs: list[Job]) -> Options:
     ``digits``, ``imagefolder``; ``default`` for any other). ``nll_images`` is ``None`` for the whole test split."""
     names = sorted({j.data.lower() for j in jobs})
     if len(names) > 1:
-        raise ValueError(f"multirun_dir={opts.multirun_dir}: its rows were trained on different data ({', '.join(names)}); "
-                         "a Table 2 compares rows on one dataset: report them apart (rows=[...])")
+        raise ValueError(f"multirun_dir={opts.multirun_dir}: its rows were trained on different data "
+                         f"({', '.join(names)}); a Table 2 compares rows on one dataset: report them apart (rows=...)")
     proto = opts.protocols.get(names[0] if names else "default", opts.protocols.get("default", {}))
     given = {k: getattr(opts, k) for k in PROTOCOL_KEYS if getattr(opts, k) is not None}
     chosen = {k: proto.get(k) for k in PROTOCOL_KEYS}
