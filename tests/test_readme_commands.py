@@ -188,7 +188,7 @@ def test_a_wrong_command_is_reported(command, needle):
 @pytest.mark.parametrize("command", [
     "python train.py data=cifar10 trainer=ddp trainer.devices=8",
     "python train.py -m sweep=table2 data=cifar10 hydra/launcher=submitit_slurm hydra.launcher.gpus_per_node=8",
-    "python -m ddpm.report multirun_dir=multirun/table2_cifar10 evaluate=true devices=8",
+    "python -m ddpm.report multirun_dir=multirun/table2/cifar10 evaluate=true devices=8",
     "OMP_NUM_THREADS=1 python sample.py ckpt_path=RUN sampler=ddim sampler.steps=50 --cfg job",
     "python -m ddpm.metrics.build_refstats data=cifar10 split=train inception_weights=PATH",
 ])
