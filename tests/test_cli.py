@@ -108,6 +108,7 @@ def test_sweep_variants_compose_every_swept_value_once():
                     ["sweep=table2", "objective=mu_mse", "seed=0", "+x=1"],
                     ["sweep=table2", "objective=hybrid", "seed=0", "+x=1"],
                     ["sweep=table2", "objective=simple", "seed=1", "+x=1"]]
+    assert cli.sweep_variants(['paths.output_dir="a b",c']) == [['paths.output_dir="a b"'], ["paths.output_dir=c"]]
 
 
 @pytest.mark.slow

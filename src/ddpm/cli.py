@@ -300,11 +300,13 @@ def sweep_variants(overrides: list[str], max_values: int = 16) -> list[list[str]
     their first value (at most ``max_values`` values of one sweep), so that a mistyped key or option is caught
     before the first job runs, not after it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Transformer
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
-        values = [[o.input_line] if not o.is_sweep_override() else
-                  [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()][:max_values] for o in parsed]
+        values = [[o.input_line] if not o.is_sweep_override() else  # each value as an override again (quoted)
+                  [f"{o.get_key_element()}={v}" for v in o.sweep_iterator(transformer=Transformer.encode)][:max_values]
+                  for o in parsed]
     except Exception:  # noqa: BLE001 - a sweep only Hydra can expand (glob over a group): Hydra checks its jobs
         values = [[o] for o in overrides if "," not in o and "(" not in o]
     first = [v[0] for v in values]
