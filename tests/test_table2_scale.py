@@ -96,7 +96,7 @@ def test_table2_at_cifar10_scale_on_a_cpu_stand_in(tmp_path):
     # the report: every evaluation spread over 2 processes, Inception features, the test split's NLL
     report = [sys.executable, "-m", "ddpm.report", f"multirun_dir={sweep}", "evaluate=true", "devices=2",
               "seed_sets=2", "fid_samples=4", "nll_images=2", "batch_size=4", "num_boot=10",
-              f"sample_args=[fid.inception_weights={weights}]", f"out={tmp_path / 'table2.md'}",
+              f"sample_args=['fid.inception_weights={weights}']", f"out={tmp_path / 'table2.md'}",
               f"hydra.run.dir={tmp_path / 'report'}"]
     proc = subprocess.run(report, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=cli_env(**env))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
