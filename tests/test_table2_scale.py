@@ -120,3 +120,39 @@ def test_table2_at_cifar10_scale_on_a_cpu_stand_in(tmp_path):
     assert "pooled over 2 seed set(s) (seeds 0, 1)" in table and "inception" in table.lower()
     assert "- FID simple − eps_vlb_fixed" in table
 
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_row_whose_processes_slurm_starts_trains_as_one_ddp_job(tmp_path):
+    """The SLURM way (hydra/launcher=submitit_slurm with tasks_per_node=devices): SLURM starts one process per
+    device, each runs the row's job with the SLURM variables of its task, and Lightning takes the ranks from them
+    instead of starting processes. Simulated with the variables srun sets for a 2-task job on one node."""
+    data_root = tmp_path / "cifar10"
+    write_fake_cifar(data_root, n_per_batch=4, n_test=6)
+    sweep = tmp_path / "multirun" / "table2_cifar10"
+    cmd = [sys.executable, str(ROOT / "train.py"), "sweep=table2", "hydra.mode=RUN", "objective=simple",
+           "trainer=ddp", "trainer.devices=2", *tiny_cifar_run(data_root, sweep)]
+    slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
+             "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "4242", "SLURM_NODELIST": "127.0.0.1",
+             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1",
+             "DDPM_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=cli_env(**slurm, SLURM_PROCID=str(r), SLURM_LOCALID=str(r)))
+             for r in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
+    text = "\n".join(outs)
+    assert "GLOBAL_RANK: 0" in text and "GLOBAL_RANK: 1" in text and "MEMBER: 2/2" in text, text[-3000:]
+    metrics = json.loads((sweep / "simple" / "metrics.json").read_text())
+    assert metrics["global_step"] == 3
+    # a requeued job (or the sweep rerun) finds the row finished
+    again = run_cli([str(ROOT / "train.py"), "-m", "sweep=table2", "objective=simple",
+                     *tiny_cifar_run(data_root, sweep)], cwd=tmp_path, OMP_NUM_THREADS="1")
+    assert (again.stdout + again.stderr).count("nothing to do") == 1
