@@ -27,7 +27,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS: dict[str, tuple[str, ...]] = {
     "core": ("ddpm", "ddpm.io", "ddpm.config", "ddpm.checks", "ddpm.cli", "ddpm.module", "ddpm.data", "ddpm.diffusion",
-             "ddpm.nets", "ddpm.seeds", "ddpm.rundir"),
+             "ddpm.nets", "ddpm.seeds", "ddpm.rundir", "ddpm.presets"),
     "services": ("ddpm.loading", "ddpm.generate", "ddpm.runtime", "ddpm.metrics", "ddpm.callbacks", "ddpm.interop",
                  "ddpm.builders", "ddpm.resume"),
     "applications": ("ddpm.training", "ddpm.sampling", "ddpm.nll", "ddpm.figures", "ddpm.report", "ddpm.frontier",

@@ -86,6 +86,45 @@ def test_preflight_lets_a_good_command_through_and_sweeps_to_hydra(monkeypatch):
     assert cli.preflight("sample", ["data=digits", "data.batch_size=4", "fid.feature_extractor=digits"]) is None
 
 
+@pytest.mark.parametrize("argv,needles", [
+    (["-m", "sweep=table2_digits", "optim.lrr=1"], ["optim.lrr: no such option", "Did you mean 'optim.lr'"]),
+    (["--multirun", "objective=simple,simpel"], ["objective=simpel: no such option", "Did you mean 'simple'"]),
+    (["-m", "objective=simple,mu_mse", "optim.lr=1e-3,-1"], ["optim.lr=-1", "positive number"]),
+    (["-m", "sweep=table2", "data=cifar10", "trainer=ddp", "trainer.devics=8"], ["Did you mean 'trainer.devices'"]),
+])
+def test_a_mistyped_option_in_a_multirun_is_the_same_one_line_error(argv, needles, capsys, monkeypatch):
+    """issue 30 item 3: a sweep's command line is composed job by job (every swept value once) before Hydra
+    starts the first job, with the single run's message; never Hydra's "+key=value" advice for a typo."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as info:
+        cli.preflight("train", argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and err.startswith("Error: ") and "Traceback" not in err, err
+    assert [ln.startswith("Error: ") for ln in err.splitlines()].count(True) == 1, err
+    assert "+optim.lrr" not in err and "Could not override" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_sweep_variants_compose_every_swept_value_once():
+    jobs = cli.sweep_variants(["sweep=table2", "objective=simple,mu_mse,hybrid", "seed=0,1", "+x=1"])
+    assert jobs == [["sweep=table2", "objective=simple", "seed=0", "+x=1"],
+                    ["sweep=table2", "objective=mu_mse", "seed=0", "+x=1"],
+                    ["sweep=table2", "objective=hybrid", "seed=0", "+x=1"],
+                    ["sweep=table2", "objective=simple", "seed=1", "+x=1"]]
+    assert cli.sweep_variants(['paths.output_dir="a b",c']) == [['paths.output_dir="a b"'], ["paths.output_dir=c"]]
+
+
+@pytest.mark.slow
+def test_a_multirun_typo_stops_before_any_job(tmp_path):
+    """The real command of issue 30: one Error line, exit 1, and no job directory made."""
+    sweep_dir = tmp_path / "sweep"
+    proc = run([str(ROOT / "train.py"), "-m", "sweep=table2_digits", "optim.lrr=1", f"hydra.sweep.dir={sweep_dir}"],
+               tmp_path)
+    _clean_error(proc, "optim.lrr: no such option", "Did you mean 'optim.lr'")
+    assert "+optim.lrr" not in proc.stderr and not sweep_dir.exists()
+
+
 def test_a_bug_keeps_its_traceback_and_debug_shows_user_errors(monkeypatch):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(KeyError), cli.user_errors():

@@ -30,6 +30,8 @@ PRIMARIES = {"train": ("data", "model", "objective", "diffusion", "optim", "trai
              "report": ("sampler",)}
 # sample.py's "the checkpoint's own data": not a dataset for training or reference statistics
 HIDDEN = {("train", "data", "checkpoint"), ("build_refstats", "data", "checkpoint")}
+# options that need another choice: the network for data.resolution needs data that has one
+NEEDS = {("train", "model", "for_resolution"): ["data=image_folder", "data.root=/unused"]}
 
 
 def compositions() -> list[tuple[str, list[str]]]:
@@ -39,7 +41,7 @@ def compositions() -> list[tuple[str, list[str]]]:
         for group in groups:
             for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")):
                 if (primary, group, option) not in HIDDEN:
-                    out.append((primary, [f"{group}={option}"]))
+                    out.append((primary, [f"{group}={option}", *NEEDS.get((primary, group, option), [])]))
     return out
 
 

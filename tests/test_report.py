@@ -327,6 +327,60 @@ def test_evaluate_samples_each_seed_set_in_its_own_resumable_run(tmp_path, monke
     assert len(calls) == 1 and "seed=1" in calls[0]
 
 
+def _evaluation_calls(tmp_path, monkeypatch, data_target: str, *overrides: str) -> list[dict[str, str]]:
+    """The sample.py command lines ``evaluate=true`` runs for one finished row on ``data_target``."""
+    import ddpm.report as report
+    from ddpm.config import compose
+
+    job = write_job(tmp_path, "simple", SIMPLE, train={"global_step": 6000})
+    cfg_file = job / ".hydra" / "config.yaml"
+    cfg = yaml.safe_load(cfg_file.read_text())
+    cfg["data"]["_target_"] = data_target
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    (job / "checkpoints").mkdir()
+    (job / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(dict(a.split("=", 1) for a in cmd[2:] if "=" in a))
+        out = Path(calls[-1]["out_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ("nll.json" if "nll=true" in cmd else "metrics.json")).write_text("{}")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(report.subprocess, "run", fake_run)
+    report.evaluate_jobs(report.options(compose("report", [f"multirun_dir={tmp_path}", "evaluate=true",
+                                                           *overrides])))
+    return calls
+
+
+def test_cifar10_rows_are_evaluated_with_the_papers_protocol(tmp_path, monkeypatch):
+    """issue 30 item 2: on CIFAR-10 ``evaluate=true`` alone is the paper's protocol: one set of 50k samples from
+    the full chain scored with Inception (sample.py's fid.feature_extractor=auto on CIFAR-10), the NLL bound on the
+    whole test split; ``devices=N`` spreads each of those sample.py runs over N devices."""
+    calls = _evaluation_calls(tmp_path, monkeypatch, "ddpm.data.CIFAR10DataModule", "devices=8")
+    assert len(calls) == 2
+    fid, nll = calls
+    assert fid["num_samples"] == "50000" and fid["seed"] == "0" and fid["compute_fid"] == "true"
+    assert fid["sampler"] == "ancestral" and fid["sampler.steps"] == "null"  # the full 1000-step chain
+    assert "fid.feature_extractor" not in fid  # auto: Inception for CIFAR-10 (ddpm.metrics.samples)
+    assert nll["nll"] == "true" and nll["nll_split"] == "test" and nll["nll_max_images"] == "null"
+    assert fid["trainer.devices"] == nll["trainer.devices"] == "8"
+    assert nll["out_dir"].endswith("nll_testall") and fid["out_dir"].endswith("fid50000_ancestral_seed0")
+
+
+def test_a_setting_on_the_command_line_wins_over_the_data_protocol(tmp_path, monkeypatch):
+    calls = _evaluation_calls(tmp_path, monkeypatch, "ddpm.data.CIFAR10DataModule", "fid_samples=16", "seed_sets=2")
+    assert [(c.get("num_samples"), c.get("seed")) for c in calls[:2]] == [("16", "0"), ("16", "1")]
+    assert calls[2]["nll_max_images"] == "null" and calls[0]["trainer.devices"] == "1"
+
+
+def test_other_data_keep_the_miniature_protocol(tmp_path, monkeypatch):
+    calls = _evaluation_calls(tmp_path, monkeypatch, "ddpm.data.ImageFolderDataModule")
+    assert [c.get("num_samples") for c in calls] == ["512", "512", "512", None]
+    assert calls[3]["nll_max_images"] == "64"
+
+
 def test_rows_evaluates_and_reports_only_the_chosen_rows(tmp_path, monkeypatch):
     """``rows=[...]``: one report process per row evaluates rows in parallel; the others are left alone, a
     mistyped row names the valid ones, and a row with no job names the rows there are."""
@@ -374,8 +428,9 @@ def test_help_documents_the_seed_sets():
 
     text = help_text("report", [])
     assert text.startswith("python -m ddpm.report [KEY=VALUE ...]")
-    assert "\nseed_sets: 3  # seed sets per row (sample.py seed=0..K-1): FID/IS pooled over them" in text
-    assert "\nfid_samples: 512  # images per seed set\n" in text and "\nnum_boot: 200  # paired bootstrap" in text
+    assert "\nseed_sets: null  # seed sets per row (sample.py seed=0..K-1): FID/IS pooled over them" in text
+    assert "\nfid_samples: null  # images per seed set\n" in text and "\nnum_boot: 200  # paired bootstrap" in text
+    assert "\ndevices: 1  # each evaluation (one sample.py run) spreads over this many devices" in text
     assert "seed_sets=3" not in text  # an override changes the value shown, the comment stays:
     assert "\nseed_sets: 5  # seed sets per row" in help_text("report", ["seed_sets=5"])
     assert "multirun_dir: ???" in text and "\nsampler: ancestral, " in text  # the sampler group's options
@@ -388,7 +443,10 @@ def test_bad_options_are_one_clean_error_naming_the_key(tmp_path, capsys, monkey
     for argv, needle in (([], "multirun_dir=PATH is required"),
                          ([f"multirun_dir={tmp_path / 'nope'}"], "not a directory"),
                          ([f"multirun_dir={tmp_path}", "seed_sets=0"], "seed_sets=0 is not valid"),
-                         ([f"multirun_dir={tmp_path}", "num_boot=0"], "num_boot=0 is not valid")):
+                         ([f"multirun_dir={tmp_path}", "num_boot=0"], "num_boot=0 is not valid"),
+                         ([f"multirun_dir={tmp_path}", "devices=0"], "devices=0 is not valid"),
+                         ([f"multirun_dir={tmp_path}", "protocols.cifar10.fid_samples=1"],
+                          "protocols.cifar10.fid_samples=1 is not valid")):
         with pytest.raises(SystemExit) as info, cli.user_errors():
             main(argv)
         assert info.value.code == 1 and needle in capsys.readouterr().err

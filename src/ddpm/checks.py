@@ -148,11 +148,13 @@ FRONTIER: list[Check] = [
     ("fid.is_splits", *_at_least(1)),
 ]
 
+PROTOCOL = " (null: the protocol of the rows' data)"
 REPORT: list[Check] = [
-    ("seed_sets", *_at_least(1)),
-    ("fid_samples", *_at_least(2)),
-    ("nll_images", *_at_least(1)),
+    ("seed_sets", *_optional(lambda v: is_int(v) and v >= 1, "an integer >= 1" + PROTOCOL)),
+    ("fid_samples", *_optional(lambda v: is_int(v) and v >= 2, "an integer >= 2" + PROTOCOL)),
+    ("nll_images", *_optional(lambda v: is_int(v) and v >= 1, "an integer >= 1" + PROTOCOL)),
     ("batch_size", *_at_least(1)),
+    ("devices", *_at_least(1)),
     ("num_boot", *_at_least(1)),
     ("sample_args", lambda v: all(isinstance(a, str) and "=" in a for a in v),
      "a list of KEY=VALUE overrides, e.g. [trainer.devices=2]"),

@@ -306,8 +306,9 @@ def preflight(script: str, argv: list[str] | None = None) -> None:
     with a suggestion, and exit status 1 (Hydra's own messages say ``+key=value`` for a typo)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     maybe_print_help(script, argv)
-    if any(a in ("-m", "--multirun") for a in argv) or any(a.startswith("-") for a in argv):
-        return  # sweeps and Hydra flags: Hydra composes each job itself
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
+        return  # other Hydra flags (--cfg, --info, ...): Hydra handles them itself
     from hydra.errors import HydraException
 
     from ddpm.config import compose
@@ -315,13 +316,38 @@ def preflight(script: str, argv: list[str] | None = None) -> None:
     overrides = [a for a in argv if "=" in a]
     try:
         with user_errors(HYDRA_HINT):
-            cfg = compose(script, overrides)
-            _check_run_dir(cfg)
+            for job in sweep_variants(overrides) if multirun else [overrides]:
+                overrides = job  # the job a message is about
+                cfg = compose(script, job)
+                if not multirun:  # a multirun writes into hydra.sweep.dir
+                    _check_run_dir(cfg)
     except HydraException as e:
         if debug():
             raise
         sys.stderr.write(f"Error: {_composition_message(script, e, overrides)}\n")
         raise SystemExit(1) from None
+
+
+def sweep_variants(overrides: list[str], max_values: int = 16) -> list[list[str]]:
+    """The command line of a multirun (``-m``) as the single jobs that :func:`preflight` composes before Hydra
+    starts any: every swept value once (``objective=simple,mu_mse`` gives a job with each), the other sweeps at
+    their first value (at most ``max_values`` values of one sweep), so that a mistyped key or option is caught
+    before the first job runs, not after it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Transformer
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        values = [[o.input_line] if not o.is_sweep_override() else  # each value as an override again (quoted)
+                  [f"{o.get_key_element()}={v}" for v in o.sweep_iterator(transformer=Transformer.encode)][:max_values]
+                  for o in parsed]
+    except Exception:  # noqa: BLE001 - a sweep only Hydra can expand (glob over a group): Hydra checks its jobs
+        values = [[o] for o in overrides if "," not in o and "(" not in o]
+    first = [v[0] for v in values]
+    jobs = [first]
+    for i, choices in enumerate(values):
+        jobs += [[*first[:i], c, *first[i + 1:]] for c in choices[1:]]
+    return jobs
 
 
 def _check_run_dir(cfg: Any) -> None:

@@ -30,6 +30,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from ddpm.checks import check_command, is_int, is_num
 from ddpm.diffusion import SAMPLERS, SamplerSpec
 from ddpm.diffusion.types import LossType, MeanType, VarType, validate_objective
+from ddpm.presets import check_model_resolves, register_resolver
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -345,11 +346,13 @@ class ReportConfig:
     multirun_dir: str = MISSING
     out: str | None = MISSING
     evaluate: bool = MISSING
-    seed_sets: int = MISSING
-    fid_samples: int = MISSING
-    nll_images: int = MISSING
+    seed_sets: int | None = MISSING
+    fid_samples: int | None = MISSING
+    nll_images: int | None = MISSING
+    protocols: Any = MISSING  # {data name: {seed_sets, fid_samples, nll_images}}, checked by ddpm.report.options
     sampler: Any = MISSING  # free-form: each sampler has its own keys (SamplerConfig.from_node checks them)
     batch_size: int = MISSING
+    devices: int = MISSING
     sample_args: list[str] = MISSING
     num_boot: int = MISSING
     rows: list[str] | None = MISSING
@@ -396,6 +399,7 @@ def register_configs() -> None:
 
 
 register_configs()
+register_resolver()  # model=for_resolution's ${ddpm_unet:...}
 
 
 def objective_kwargs(objective: Any) -> dict[str, str]:
@@ -411,6 +415,8 @@ def objective_kwargs(objective: Any) -> dict[str, str]:
 def validate_config(cfg: DictConfig) -> None:
     """Fail early, with a message naming the key and the valid values, on a config that cannot work: the one
     validation pass over the composed config of every command (its values: :data:`ddpm.checks.CHECKS`)."""
+    if "model" in cfg:  # model=for_resolution: its resolver's message as it is, not wrapped by OmegaConf
+        check_model_resolves(cfg.model)
     if "objective" in cfg:
         validate_objective(**objective_kwargs(cfg.objective))
     if "diffusion" in cfg:

@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from ddpm.builders import build_callbacks, build_loggers, build_trainer, finishing
@@ -45,7 +46,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     output_dir = check_writable(cfg.paths.output_dir, "paths.output_dir",  # before any data or step
                                 "Choose a writable place: paths.output_dir=... (or hydra.run.dir=... with train.py).")
-    if int(os.environ.get("NODE_RANK", 0)) == 0 and int(os.environ.get("LOCAL_RANK", 0)) == 0:
+    if int(os.environ.get("NODE_RANK", 0)) == 0 and rank_zero_only.rank == 0:  # (LOCAL_RANK, RANK, SLURM_PROCID)
         for path in remove_stale_temp_files(output_dir):
             log.info("removed %s (a checkpoint write that a killed process left unfinished)", path)
 

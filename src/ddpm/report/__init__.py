@@ -21,11 +21,12 @@ NLL. The settings that every row shares are printed above the table; settings in
 objective are flagged.
 
 ``evaluate=true`` first runs the evaluations of every job that has finished training (``python sample.py`` and
-``python -m ddpm.nll`` as a user would, one process per evaluation): ``seed_sets=K`` sets of ``fid_samples=N``
-images (``seed=0..K-1``, into ``JOBDIR/eval/fid<N>_<sampler>_seed<k>``) and the full NLL bound
-(``JOBDIR/eval/nll_test<M>``). An evaluation
-whose output exists and is newer than the job's checkpoint is skipped, so a rerun continues set by set where a
-killed one stopped.
+``python -m ddpm.nll`` as a user would, one process per evaluation, over ``devices=D`` devices): ``seed_sets=K``
+sets of ``fid_samples=N`` images (``seed=0..K-1``, into ``JOBDIR/eval/fid<N>_<sampler>_seed<k>``) and the full
+NLL bound (``JOBDIR/eval/nll_test<M>``). Unset, K, N and M are the protocol of the rows' data (``protocols`` in
+``conf/report.yaml``): on CIFAR-10 the paper's (one set of 50k samples, Inception FID and IS, the NLL on the whole
+test set), elsewhere the miniature's (3 x 512, 64 test images). An evaluation whose output exists and is newer
+than the job's checkpoint is skipped, so a rerun continues set by set where a killed one stopped.
 
 Seed sets: sample.py outputs with ``samples.npz`` that differ only in ``seed`` are one protocol's seed sets. The
 report scores them with the extractor and reference statistics sample.py used (:mod:`ddpm.metrics.samples`) and
@@ -50,7 +51,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -59,7 +60,7 @@ from ddpm.cli import hydra_app
 from ddpm.config import CONF_DIR, NLLConfig, SamplerConfig, validate_config
 from ddpm.io import atomic_write
 from ddpm.report.findings import compare, pool_jobs
-from ddpm.report.jobs import find_jobs, objective_fields
+from ddpm.report.jobs import Job, find_jobs, objective_fields
 from ddpm.report.render import render
 from ddpm.rundir import last_checkpoint
 
@@ -74,14 +75,16 @@ class Options:
     multirun_dir: Path
     out: Path | None
     evaluate: bool
-    seed_sets: int
-    fid_samples: int
-    nll_images: int
+    seed_sets: int | None  # None: the protocol of the rows' data (:func:`protocol`)
+    fid_samples: int | None
+    nll_images: int | None
     sampler: SamplerConfig
     batch_size: int
     sample_args: list[str]
     num_boot: int
     rows: tuple[str, ...] | None
+    devices: int = 1  # each evaluation's sample.py trainer.devices
+    protocols: dict = field(default_factory=dict)  # {data name: {seed_sets, fid_samples, nll_images}}
 
 
 def options(cfg: DictConfig) -> Options:
@@ -94,6 +97,17 @@ def options(cfg: DictConfig) -> Options:
     if not root.is_dir():
         raise ValueError(f"multirun_dir={cfg.multirun_dir}: not a directory")
     validate_config(cfg)  # the values (ddpm.checks); what is below needs the files or the Table 2 rows
+    protocols = OmegaConf.to_container(cfg.protocols, resolve=True)
+    for name, proto in protocols.items():
+        if not isinstance(proto, dict) or set(proto) != set(PROTOCOL_KEYS):
+            raise ValueError(f"protocols.{name} must set exactly {', '.join(PROTOCOL_KEYS)} (conf/report.yaml)")
+        for key, low in (("seed_sets", 1), ("fid_samples", 2), ("nll_images", 1)):
+            value = proto[key]
+            if not (value == "all" and key == "nll_images") and not (isinstance(value, int) and value >= low):
+                raise ValueError(f"protocols.{name}.{key}={value} is not valid: expected an integer >= {low}"
+                                 + (" or all (the whole test split)" if key == "nll_images" else ""))
+    if "default" not in protocols:
+        raise ValueError("protocols.default is required: the protocol of data without its own (conf/report.yaml)")
     rows = None if cfg.rows is None else tuple(str(r) for r in cfg.rows)
     valid = sorted(objective_fields())
     for r in rows or ():
@@ -101,10 +115,33 @@ def options(cfg: DictConfig) -> Options:
             raise ValueError(f"rows: {r!r} is not a Table 2 row; valid: {', '.join(valid)} (e.g. rows=[{valid[0]}])")
     return Options(
         rows=rows, multirun_dir=root, out=Path(str(cfg.out)) if cfg.out else None, evaluate=bool(cfg.evaluate),
-        seed_sets=int(cfg.seed_sets), fid_samples=int(cfg.fid_samples), nll_images=int(cfg.nll_images),
+        seed_sets=_opt_int(cfg.seed_sets), fid_samples=_opt_int(cfg.fid_samples), nll_images=_opt_int(cfg.nll_images),
         sampler=SamplerConfig.from_node(cfg.sampler), batch_size=int(cfg.batch_size),
         sample_args=[str(a) for a in cfg.sample_args], num_boot=int(cfg.num_boot),
+        devices=int(cfg.devices), protocols=protocols,
     )
+
+
+PROTOCOL_KEYS = ("seed_sets", "fid_samples", "nll_images")
+
+
+def _opt_int(value) -> int | None:
+    return None if value is None else int(value)
+
+
+def protocol(opts: Options, jobs: list[Job]) -> Options:
+    """``opts`` with ``seed_sets``, ``fid_samples`` and ``nll_images`` set: each one given on the command line,
+    the others from ``opts.protocols`` for the rows' data (the data module's name lowercased: ``cifar10``,
+    ``digits``, ``imagefolder``; ``default`` for any other). ``nll_images`` is ``None`` for the whole test split."""
+    names = sorted({j.data.lower() for j in jobs})
+    if len(names) > 1:
+        raise ValueError(f"multirun_dir={opts.multirun_dir}: its rows were trained on different data "
+                         f"({', '.join(names)}); a Table 2 compares rows on one dataset: report them apart (rows=...)")
+    proto = opts.protocols.get(names[0] if names else "default", opts.protocols.get("default", {}))
+    given = {k: getattr(opts, k) for k in PROTOCOL_KEYS if getattr(opts, k) is not None}
+    chosen = {k: proto.get(k) for k in PROTOCOL_KEYS}
+    chosen["nll_images"] = None if chosen["nll_images"] == "all" else chosen["nll_images"]
+    return replace(opts, **{**chosen, **given}, protocols={})
 
 
 def sampler_overrides(sampler: SamplerConfig) -> list[str]:
@@ -126,8 +163,9 @@ def evaluations(job: Path, opts: Options) -> list[tuple[Path, str, list[str]]]:
         out.append((job / "eval" / f"fid{opts.fid_samples}_{opts.sampler.num_steps_label}_seed{k}", "metrics.json",
                     [f"num_samples={opts.fid_samples}", f"seed={k}", f"batch_size={opts.batch_size}",
                      "compute_fid=true", *sampler_overrides(opts.sampler)]))
-    out.append((job / "eval" / f"nll_test{opts.nll_images}", "nll.json",
-                ["split=test", f"max_images={opts.nll_images}", f"batch_size={opts.batch_size}"]))
+    nll_images = "null" if opts.nll_images is None else opts.nll_images  # null: the whole test split
+    out.append((job / "eval" / f"nll_test{'all' if opts.nll_images is None else opts.nll_images}", "nll.json",
+                ["split=test", f"max_images={nll_images}", f"batch_size={opts.batch_size}"]))
     return out
 
 
@@ -141,10 +179,12 @@ def command_for(out_file: str, opts: Options) -> tuple[list[str], list[str]]:
 
 
 def evaluate_jobs(opts: Options) -> list[list[str]]:
-    """Run the missing evaluations of every finished job under ``opts.multirun_dir``; returns the commands it
-    ran."""
+    """Run the missing evaluations of every finished job under ``opts.multirun_dir`` (with the protocol of its
+    data, :func:`protocol`); returns the commands it ran."""
     ran = []
-    for job in find_jobs(opts.multirun_dir, opts.rows):
+    jobs = find_jobs(opts.multirun_dir, opts.rows)
+    opts = protocol(opts, jobs)
+    for job in jobs:
         ckpt = last_checkpoint(job.path)
         if not ckpt.is_file() or job.steps is None:
             print(f"[report] {job.path.name}: not finished training (no metrics.json / last.ckpt), skipped",
@@ -162,7 +202,7 @@ def evaluate_jobs(opts: Options) -> list[list[str]]:
                 continue
             program, extra = command_for(out_file, opts)
             cmd = [sys.executable, *program, f"ckpt_path={job.path}", *overrides, f"out_dir={out_dir}",
-                   f"hydra.run.dir={out_dir}", "progress=false", *extra]
+                   f"hydra.run.dir={out_dir}", "progress=false", f"trainer.devices={opts.devices}", *extra]
             print(f"[report] {job.path.name}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:  # the command's own "Error: ..." (or traceback) says why
