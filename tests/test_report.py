@@ -345,7 +345,7 @@ def _evaluation_calls(tmp_path, monkeypatch, data_target: str, *overrides: str) 
         calls.append(dict(a.split("=", 1) for a in cmd[2:] if "=" in a))
         out = Path(calls[-1]["out_dir"])
         out.mkdir(parents=True, exist_ok=True)
-        (out / ("nll.json" if "nll=true" in cmd else "metrics.json")).write_text("{}")
+        (out / ("nll.json" if "ddpm.nll" in cmd else "metrics.json")).write_text("{}")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(report.subprocess, "run", fake_run)
@@ -364,7 +364,7 @@ def test_cifar10_rows_are_evaluated_with_the_papers_protocol(tmp_path, monkeypat
     assert fid["num_samples"] == "50000" and fid["seed"] == "0" and fid["compute_fid"] == "true"
     assert fid["sampler"] == "ancestral" and fid["sampler.steps"] == "null"  # the full 1000-step chain
     assert "fid.feature_extractor" not in fid  # auto: Inception for CIFAR-10 (ddpm.metrics.samples)
-    assert nll["nll"] == "true" and nll["nll_split"] == "test" and nll["nll_max_images"] == "null"
+    assert nll["split"] == "test" and nll["max_images"] == "null"  # python -m ddpm.nll
     assert fid["trainer.devices"] == nll["trainer.devices"] == "8"
     assert nll["out_dir"].endswith("nll_testall") and fid["out_dir"].endswith("fid50000_ancestral_seed0")
 
@@ -372,13 +372,13 @@ def test_cifar10_rows_are_evaluated_with_the_papers_protocol(tmp_path, monkeypat
 def test_a_setting_on_the_command_line_wins_over_the_data_protocol(tmp_path, monkeypatch):
     calls = _evaluation_calls(tmp_path, monkeypatch, "ddpm.data.CIFAR10DataModule", "fid_samples=16", "seed_sets=2")
     assert [(c.get("num_samples"), c.get("seed")) for c in calls[:2]] == [("16", "0"), ("16", "1")]
-    assert calls[2]["nll_max_images"] == "null" and calls[0]["trainer.devices"] == "1"
+    assert calls[2]["max_images"] == "null" and calls[0]["trainer.devices"] == "1"
 
 
 def test_other_data_keep_the_miniature_protocol(tmp_path, monkeypatch):
     calls = _evaluation_calls(tmp_path, monkeypatch, "ddpm.data.ImageFolderDataModule")
     assert [c.get("num_samples") for c in calls] == ["512", "512", "512", None]
-    assert calls[3]["nll_max_images"] == "64"
+    assert calls[3]["max_images"] == "64"
 
 
 def test_rows_evaluates_and_reports_only_the_chosen_rows(tmp_path, monkeypatch):
