@@ -176,8 +176,8 @@ def test_samplers_and_raw_weights(reference_run, ckpt, tmp_path):
     # the images themselves, drawn again straight from the math layer (no sample.py, no generate): the run's
     # per-image seeds, the respaced / DDIM chains built by hand, the raw (non-EMA) network, no clipping
     from ddpm.diffusion import SeededNoise, ancestral_sample, ddim_sample, respace, space_timesteps
-    from ddpm.seeds import image_seeds
     from ddpm.loading import load_model
+    from ddpm.seeds import image_seeds
 
     def by_hand(path, use_ema: bool, draw) -> np.ndarray:
         loaded = load_model(str(path), None, use_ema)
