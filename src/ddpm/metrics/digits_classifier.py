@@ -117,31 +117,26 @@ def _shift_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return out
 
 
-def train_digits_classifier(seed: int = 0, epochs: int = 12, batch_size: int = 64) -> tuple[DigitsNet, dict]:
-    """Train :class:`DigitsNet` (extractor A) on the train split; returns ``(net, {"train"|"val"|"test":
-    accuracy})``.
-
-    CPU, one thread, fixed seed: deterministic and ~3-6 s. Adam + one-cycle LR, random +-1 pixel shifts.
-    """
+def _fit(make_net, make_opt, seed: int, epochs: int, batch_size: int, label_smoothing: float = 0.0):
+    """The one training loop of both extractors: ``make_net()`` under ``seed``, ``make_opt(net, steps)`` ->
+    ``(optimizer, scheduler)``, random +-1 pixel shifts, cross-entropy; CPU, one thread (tiny convs: threads only
+    add contention, and 1 thread is reproducible). Returns ``(net, {"train"|"val"|"test": accuracy})``."""
     xtr, ytr = digits_split("train")
     g = torch.Generator().manual_seed(seed)
     prev_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convs: threads only add contention, and 1 thread is reproducible
+    torch.set_num_threads(1)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = DigitsNet()
+            net = make_net()
         xtr = _preprocess(xtr)
-        opt = torch.optim.Adam(net.parameters(), lr=2e-3, weight_decay=1e-4)
-        steps = epochs * math.ceil(xtr.shape[0] / batch_size)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+        opt, sched = make_opt(net, epochs * math.ceil(xtr.shape[0] / batch_size))
         net.train()
         for _ in range(epochs):
             perm = torch.randperm(xtr.shape[0], generator=g)
             for i in range(0, xtr.shape[0], batch_size):
                 idx = perm[i : i + batch_size]
-                xb = _shift_augment(xtr[idx], g)
-                loss = F.cross_entropy(net(xb)[1], ytr[idx])
+                loss = F.cross_entropy(net(_shift_augment(xtr[idx], g))[1], ytr[idx], label_smoothing=label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -151,6 +146,20 @@ def train_digits_classifier(seed: int = 0, epochs: int = 12, batch_size: int = 6
     finally:
         torch.set_num_threads(prev_threads)
     return net, acc
+
+
+def train_digits_classifier(seed: int = 0, epochs: int = 12, batch_size: int = 64) -> tuple[DigitsNet, dict]:
+    """Train :class:`DigitsNet` (extractor A) on the train split; returns ``(net, {"train"|"val"|"test":
+    accuracy})``.
+
+    CPU, one thread, fixed seed: deterministic and ~3-6 s. Adam + one-cycle LR, random +-1 pixel shifts.
+    """
+
+    def opt(net, steps):
+        adam = torch.optim.Adam(net.parameters(), lr=2e-3, weight_decay=1e-4)
+        return adam, torch.optim.lr_scheduler.OneCycleLR(adam, max_lr=3e-3, total_steps=steps)
+
+    return _fit(DigitsNet, opt, seed, epochs, batch_size)
 
 
 def train_digits_classifier_b(seed: int = 1, epochs: int = 15, batch_size: int = 32) -> tuple[DigitsNetB, dict]:
@@ -160,33 +169,12 @@ def train_digits_classifier_b(seed: int = 1, epochs: int = 15, batch_size: int =
     Another recipe than A's on purpose: AdamW (weight decay 1e-3) with a cosine learning rate from 4e-3, label
     smoothing 0.1, batch 32, 15 epochs, seed 1, random +-1 pixel shifts. CPU, one thread: deterministic, ~3 s.
     """
-    xtr, ytr = digits_split("train")
-    g = torch.Generator().manual_seed(seed)
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = DigitsNetB()
-        xtr = _preprocess(xtr)
-        opt = torch.optim.AdamW(net.parameters(), lr=4e-3, weight_decay=1e-3)
-        steps = epochs * math.ceil(xtr.shape[0] / batch_size)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-        net.train()
-        for _ in range(epochs):
-            perm = torch.randperm(xtr.shape[0], generator=g)
-            for i in range(0, xtr.shape[0], batch_size):
-                idx = perm[i : i + batch_size]
-                loss = F.cross_entropy(net(_shift_augment(xtr[idx], g))[1], ytr[idx], label_smoothing=0.1)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-        net.eval()
-        acc = {s: _accuracy(net, *digits_split(s)) for s in ("train", "val", "test")}
-    finally:
-        torch.set_num_threads(prev_threads)
-    return net, acc
+
+    def opt(net, steps):
+        adamw = torch.optim.AdamW(net.parameters(), lr=4e-3, weight_decay=1e-3)
+        return adamw, torch.optim.lr_scheduler.CosineAnnealingLR(adamw, T_max=steps)
+
+    return _fit(DigitsNetB, opt, seed, epochs, batch_size, label_smoothing=0.1)
 
 
 @torch.no_grad()
