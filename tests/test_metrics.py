@@ -68,6 +68,34 @@ def test_frechet_distance_closed_form_diagonal():
     assert got == pytest.approx(expected, rel=1e-10)
 
 
+
+@pytest.mark.parametrize("n", [3, 12, 47])
+def test_fewer_samples_than_dimensions_use_the_exact_low_rank_trace(n):
+    """n < d: tr sqrtm(sigma1 sigma2) from the n x n matrix F sigma2 F^T (F from the features, or from sigma1's
+    leading eigenvectors) equals scipy's d x d sqrtm; n >= d keeps the sqrtm path (no factor)."""
+    import scipy.linalg
+
+    from ddpm.metrics.fid import low_rank_factor
+
+    rng = np.random.default_rng(n)
+    d = 48
+    ref = rng.normal(size=(500, d)) @ rng.normal(size=(d, d)) / np.sqrt(d)
+    mu2, sigma2 = stats_from_features(ref)
+    x = rng.normal(size=(n, d)) * 1.3 + 0.2
+    mu1, sigma1 = stats_from_features(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns that sigma1 sigma2 is singular (rank n - 1 < d)
+        tr = np.trace(scipy.linalg.sqrtm(sigma1 @ sigma2)).real
+    expected = float(np.sum((mu1 - mu2) ** 2) + np.trace(sigma1) + np.trace(sigma2) - 2 * tr)
+    from_features = frechet_distance(mu1, sigma1, mu2, sigma2, factor1=low_rank_factor(x))
+    from_sigma = frechet_distance(mu1, sigma1, mu2, sigma2, factor1=low_rank_factor(sigma=sigma1, n=n))
+    assert from_features == pytest.approx(expected, rel=1e-7)
+    assert from_sigma == pytest.approx(expected, rel=1e-7)
+    assert low_rank_factor(x).shape == (n, d) and low_rank_factor(sigma=sigma1, n=n).shape == (n - 1, d)
+    assert low_rank_factor(rng.normal(size=(d, d))) is None and low_rank_factor(sigma=sigma2, n=500) is None
+    with pytest.raises(ValueError, match="factor1"):
+        frechet_distance(mu1, sigma1, mu2, sigma2, factor1=np.ones((d, d)))
+
 def test_fid_of_a_set_with_itself_is_zero_and_finite():
     f = np.random.default_rng(1).normal(size=(400, 32)) @ np.random.default_rng(2).normal(size=(32, 32))
     mu, sigma = stats_from_features(f)

@@ -35,6 +35,7 @@ __all__ = [
     "compute_fid_is",
     "fid_is_from_stats",
     "frechet_distance",
+    "low_rank_factor",
     "inception_score",
     "metric_key",
 ]
@@ -42,13 +43,20 @@ __all__ = [
 IS_SHUFFLE_SEED = 2020  # torch-fidelity's default rng_seed; makes our IS bit-compatible with its split layout
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, factor1=None) -> float:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
 
     ``||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrtm(sigma1 sigma2))``. As in TTUR/pytorch-fid, if
     the matrix square root is not finite (singular product, e.g. fewer samples than dimensions) it is
     recomputed with ``eps * I`` added to both covariances; the real part is taken. Round-off negatives are
     clamped to 0. The result is always a finite Python float; non-finite inputs raise ``ValueError``.
+
+    ``factor1``: a ``(k, d)`` matrix ``F`` with ``sigma1 = F^T F`` and ``k < d`` (fewer samples than feature
+    dimensions: ``F`` = the centred features over ``sqrt(n - 1)``, see :func:`low_rank_factor`). Then the trace
+    term is computed exactly and in closed form from the ``k x k`` matrix ``F sigma2 F^T``, whose eigenvalues are
+    the non-zero ones of ``sigma1 sigma2`` (``tr sqrtm(sigma1 sigma2) = sum sqrt(eig(F sigma2 F^T))``), instead
+    of a ``d x d`` ``sqrtm`` (thousands of times faster at Inception's d = 2048, and equal to it within its
+    round-off, about 1e-6 relative).
     """
     mu1 = np.atleast_1d(np.asarray(mu1, dtype=np.float64))
     mu2 = np.atleast_1d(np.asarray(mu2, dtype=np.float64))
@@ -62,6 +70,14 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
         if not np.isfinite(a).all():
             raise ValueError("frechet_distance: statistics contain NaN or inf")
     diff = mu1 - mu2
+    if factor1 is not None:
+        f = np.atleast_2d(np.asarray(factor1, dtype=np.float64))
+        if f.shape[1] != mu1.size or f.shape[0] >= mu1.size:
+            raise ValueError(f"factor1 must be (k, {mu1.size}) with k < {mu1.size}, got {f.shape}")
+        m = f @ sigma2 @ f.T
+        ev = np.linalg.eigvalsh((m + m.T) / 2)
+        tr_covmean = float(np.sqrt(np.clip(ev, 0.0, None)).sum())
+        return _finish(float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean), sigma1, sigma2)
     covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
         warnings.warn(
@@ -75,7 +91,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     if not math.isfinite(tr_covmean):  # pathological: fall back to eigenvalues, as torch-fidelity does
         ev = np.linalg.eigvals(sigma1 @ sigma2).astype(np.complex128)
         tr_covmean = float(np.sum(np.sqrt(ev)).real)
-    fid = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
+    return _finish(float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean), sigma1, sigma2)
+
+
+def _finish(fid: float, sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     if not math.isfinite(fid):
         raise ValueError("frechet_distance: result is not finite")
     scale = max(1.0, float(np.trace(sigma1) + np.trace(sigma2)))
@@ -85,6 +104,24 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
         fid = 0.0
     return fid
 
+
+def low_rank_factor(features=None, sigma=None, n: int | None = None):
+    """``F`` with ``sigma = F^T F`` and fewer rows than feature dimensions, or ``None`` when ``n >= d``: from
+    ``features`` (``(n, d)``, the centred rows over ``sqrt(n - 1)``, exact), or from a sample covariance ``sigma``
+    of ``n`` images (its ``n - 1`` leading eigenvectors scaled by their roots)."""
+    if features is not None:
+        x = np.asarray(features, dtype=np.float64)
+        n, d = x.shape
+        if n >= d or n < 2:
+            return None
+        return (x - x.mean(axis=0)) / np.sqrt(n - 1)
+    sigma = np.asarray(sigma, dtype=np.float64)
+    d = sigma.shape[0]
+    if n is None or n >= d or n < 2:
+        return None
+    w, v = np.linalg.eigh((sigma + sigma.T) / 2)
+    keep = slice(d - (n - 1), d)  # rank n - 1: the n - 1 largest eigenvalues
+    return (v[:, keep] * np.sqrt(np.clip(w[keep], 0.0, None))).T
 
 def inception_score(
     logits, splits: int = 10, shuffle_seed: int | None = IS_SHUFFLE_SEED
@@ -160,7 +197,8 @@ def fid_is_from_stats(
             "is not comparable with published FIDs (use 50k samples for those)",
             stacklevel=3,
         )
-    out = {metric_key("fid", n): frechet_distance(mu, sigma, ref.mu, ref.sigma)}
+    factor = low_rank_factor(sigma=sigma, n=n)  # n <= d: the exact closed form, not a d x d sqrtm
+    out = {metric_key("fid", n): frechet_distance(mu, sigma, ref.mu, ref.sigma, factor1=factor)}
     if logits is not None:
         is_mean, is_std = inception_score(logits, splits=splits)
         out[metric_key("is", n)] = is_mean

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ddpm.metrics.features import Extractor, extract_all
-from ddpm.metrics.fid import check_ref, frechet_distance, inception_score
+from ddpm.metrics.fid import check_ref, frechet_distance, inception_score, low_rank_factor
 from ddpm.metrics.refstats import RefStats, stats_from_features
 
 __all__ = ["SetFeatures", "featurise", "pooled_scores", "paired_bootstrap", "draws_interval", "verdict_interval",
@@ -55,7 +55,7 @@ def featurise(images_nchw, extractor: Extractor, *, device="cpu", batch_size: in
 
 def _fid(features: np.ndarray, ref: RefStats) -> float:
     mu, sigma = stats_from_features(features)
-    return frechet_distance(mu, sigma, ref.mu, ref.sigma)
+    return frechet_distance(mu, sigma, ref.mu, ref.sigma, factor1=low_rank_factor(features))
 
 
 def _spread(values: list[float]) -> dict:
