@@ -61,7 +61,7 @@ def rows_by_objective(table: str) -> dict[str, list[str]]:
     out = {}
     for line in table.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 9 and "(" in cells[1]:
+        if len(cells) == 9 and re.match(r"\w+ \(\w+/\w+/\w+\)", cells[1]):  # "simple (eps/fixed_large/mse)"
             out[cells[1].split(" ")[0]] = cells
     return out
 
