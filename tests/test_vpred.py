@@ -269,3 +269,38 @@ def test_v_dpm_solver_equals_diffusers_dpm_solver_multistep(steps, clip):
           f"(scale {x.abs().max().item():.3g})")
     assert torch.isfinite(ours).all() and ours.abs().max() > 0.5
     torch.testing.assert_close(ours, x, atol=1e-4, rtol=0 if clip else 1e-5)
+
+
+RESTART = {"restart_t_min": 5, "restart_t_max": 20, "restart_k": 2, "restart_share": 0.4}
+
+
+@pytest.mark.parametrize("name,steps,params", [
+    ("ancestral", None, {}), ("respaced", 10, {}), ("ddim", 10, {}), ("dpm_solver", 10, {}),
+    ("dpm_solver_sde", 10, {}), ("restart", 10, RESTART),
+])
+@pytest.mark.parametrize("clip", [True, False])
+def test_every_sampler_reads_a_v_network_as_the_x0_network_it_implies(name, steps, params, clip):
+    """Every registered sampler through the one conversion: a v network (v = (x_t sqrt(abar) - x0) / sqrt(1-abar)
+    of a fixed x0 network, formed here from the schedule in float64) gives the images of that x0 network."""
+    from ddpm.config import SamplerConfig
+    from ddpm.generate import generate
+
+    Tn = 50
+    abar = abar64("linear", Tn)
+    v_diff = GaussianDiffusion.from_config("linear", Tn, "v", "fixed_large", "mse")
+    x0_diff = GaussianDiffusion.from_config("linear", Tn, "x0", "fixed_large", "mse")
+
+    def toy_x0(x, t):
+        s = (t.float() / Tn).view(-1, 1, 1, 1)
+        return torch.tanh(0.8 * x) * (0.5 + 0.4 * torch.cos(3 * s)) + 0.2 * torch.sin(2 * x + s)
+
+    def v_net(x, t):  # x0 = a x_t - s v  <=>  v = (a x_t - x0) / s
+        a, s = per_t(np.sqrt(abar), t), per_t(np.sqrt(1 - abar), t)
+        return ((a * x.double() - toy_x0(x, t).double()) / s).float()
+
+    sampler = SamplerConfig(name=name, steps=steps, clip_denoised=clip, params=params)
+    seeds = list(range(6))
+    a = generate(v_net, v_diff, seeds, (1, 4, 4), sampler)
+    b = generate(toy_x0, x0_diff, seeds, (1, 4, 4), sampler)
+    assert b.abs().max() > 0.1
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
