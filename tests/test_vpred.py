@@ -304,3 +304,28 @@ def test_every_sampler_reads_a_v_network_as_the_x0_network_it_implies(name, step
     b = generate(toy_x0, x0_diff, seeds, (1, 4, 4), sampler)
     assert b.abs().max() > 0.1
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_min_snr_composes_with_importance_sampled_t(tiny):
+    """optim.t_sampler=loss_second_moment with a loss weight: the step's loss is mean(w_t * mse_t / (T p_t)), an
+    unbiased estimate of the weighted loss, and the sampler's history learns the weighted per-t losses."""
+    from test_resample import _module, fill
+
+    from ddpm.diffusion.resample import make_t_sampler
+
+    m = _module(tiny("objective=v_min_snr", "optim.t_sampler=loss_second_moment"))
+    assert (m.diffusion.mean_type.value, m.diffusion.loss_weight.value) == ("v", "min_snr")
+    fill(m.t_sampler, lambda t: 1.0 + t * t)
+    ref = make_t_sampler("loss_second_moment", m.diffusion.num_timesteps)
+    ref.load_state_dict({k: v.clone() for k, v in m.t_sampler.state_dict().items()})
+    batch = torch.rand((32, 1, 8, 8), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    torch.manual_seed(1)
+    loss = m.training_step(batch, 0)
+    torch.manual_seed(1)
+    t, is_weight = ref.sample(32)
+    terms = m.diffusion.training_losses(m.model_fn(use_ema=False), batch, t)
+    weighted = m.diffusion.loss_weights[t] * terms["mse"]
+    assert not torch.allclose(is_weight, torch.ones_like(is_weight))  # t is importance-sampled
+    torch.testing.assert_close(loss, (weighted * is_weight).mean())
+    ref.update(t, weighted.detach())
+    torch.testing.assert_close(m.t_sampler.state_dict()["losses"], ref.state_dict()["losses"])
