@@ -329,3 +329,36 @@ def test_min_snr_composes_with_importance_sampled_t(tiny):
     torch.testing.assert_close(loss, (weighted * is_weight).mean())
     ref.update(t, weighted.detach())
     torch.testing.assert_close(m.t_sampler.state_dict()["losses"], ref.state_dict()["losses"])
+
+
+def test_a_v_run_exports_as_v_prediction_and_converts_back_bit_identical(tmp_path_factory, tmp_path):
+    """convert(export(run)) for a trained v run (objective=v_min_snr, T=10): the folder says v_prediction, the
+    converted weights are the run's EMA weights bit for bit, and they load back as a v model."""
+    from safetensors.torch import load_file
+    from sampling_helpers import tiny_checkpoint
+
+    from ddpm import interop
+    from ddpm.convert import main as convert_main
+    from ddpm.export import main as export_main
+    from ddpm.loading import load_model
+
+    ckpt = tiny_checkpoint(tmp_path_factory, extra=("objective=v_min_snr", "model.ch=32"))  # 32: exportable
+    run = load_model(ckpt_path=ckpt)
+    assert run.diffusion.mean_type.value == "v"
+    out = tmp_path / "export"
+    assert export_main([str(ckpt.parent.parent), str(out)]) is None
+    sched = json_load(out / "scheduler" / "scheduler_config.json")
+    assert sched["prediction_type"] == "v_prediction"
+    convert_main([str(out), str(tmp_path / "back.safetensors")])
+    back, info = interop.load_converted(tmp_path / "back.safetensors")
+    assert info["mean_type"] == "v"
+    want = run.net.state_dict()
+    got = load_file(tmp_path / "back.safetensors")
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert load_model(pretrained=tmp_path / "back.safetensors").diffusion.mean_type.value == "v"
+
+
+def json_load(path):
+    import json
+
+    return json.loads(path.read_text())
