@@ -68,7 +68,7 @@ def test_extended_rows_are_reported_and_paired_against_l_simple(tmp_path):
     from ddpm.data.digits import digits_split
 
     real = digits_split("train")[0].numpy()
-    base = [real[np.random.default_rng(k).choice(len(real), 48, replace=False)] for k in range(3)]
+    base = [real[np.random.default_rng(k).choice(len(real), 32, replace=False)] for k in range(3)]
     v = {"mean_type": "v", "var_type": "fixed_large", "loss_type": "mse", "loss_weight": "none"}
     rows = {
         ("simple", "linear"): ({**SIMPLE, "loss_weight": "none"}, [_noisy(b, 70, k) for k, b in enumerate(base)]),
@@ -80,7 +80,7 @@ def test_extended_rows_are_reported_and_paired_against_l_simple(tmp_path):
         job = _job(tmp_path, name, objective, schedule)
         for k, images in enumerate(sets):
             write_seed_set(job, k, images)
-    table = main([f"multirun_dir={tmp_path}", "num_boot=20"])
+    table = main([f"multirun_dir={tmp_path}", "num_boot=10"])
     cells = rows_by_objective(table)
     assert cells["v_mse"][0] == "beyond the paper: v prediction, ‖v − v_θ‖²"
     assert cells["v_mse"][1] == "v_mse (v/fixed_large/mse)" and cells["simple_cosine"][1].startswith("simple_cosine (")
@@ -101,13 +101,13 @@ def test_extended_rows_are_reported_and_paired_against_l_simple(tmp_path):
         return hits[0]
 
     better = finding("FID v_mse − simple, predicted < 0 (beyond the paper): pooled -")
-    assert "(3 seed sets of 48)" in better and better.count("pooled -") == 2  # both extractors see it
-    assert re.search(r": \*\*(reproduced|not established)\*\*", better)  # B's set spread is wide at 3 x 48
+    assert "(3 seed sets of 32)" in better and better.count("pooled -") == 2  # both extractors see it
+    assert re.search(r": \*\*(reproduced|not established)\*\*", better)  # B's set spread is wide at 3 x 32
     worse = finding("FID simple_cosine − simple, predicted < 0 (beyond the paper): pooled +")
     assert worse.endswith("**the opposite**")
     assert finding("digits confidence v_mse − simple, predicted > 0").endswith("**reproduced**")
     # the report's rows= takes the extended rows' names
-    only = main([f"multirun_dir={tmp_path}", "num_boot=20", "rows=[simple,v_mse]"])
+    only = main([f"multirun_dir={tmp_path}", "num_boot=5", "rows=[simple,v_mse]"])
     assert "simple_cosine" not in only and "- FID v_mse − simple" in only
 
 
