@@ -399,3 +399,23 @@ def test_mu_run_is_refused_with_one_line(run_dir, tmp_path):
     assert len(errors) == 1 and "mean_type=mu" in errors[0] and "diffusers" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == [mu]
+
+
+def test_an_exported_v_model_samples_in_ddpm_pipeline(tmp_path):
+    """issue 33: a v network exports as prediction_type="v_prediction", and DDPMPipeline as a user calls it samples
+    it as our ancestral sampler does (same x_T and z from one generator), T=100."""
+    net = random_unet("unet_small", False, seed=5)
+    diffusion = diffusion_for("fixed_large", T=100, mean_type="v")
+    out, pipe = exported(tmp_path, net, diffusion, clip=True)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    images = pipe(batch_size=4, num_inference_steps=100, generator=torch.Generator().manual_seed(12),
+                  output_type="np").images
+    with torch.no_grad():
+        ours = ancestral_sample(diffusion, net, (4, 1, 8, 8), generator=torch.Generator().manual_seed(12))
+        as_eps = ancestral_sample(diffusion_for("fixed_large", T=100), net, (4, 1, 8, 8),
+                                  generator=torch.Generator().manual_seed(12))
+    ours, as_eps = ((x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy() for x in (ours, as_eps))
+    err = abs(ours - images).max()
+    print(f"DDPMPipeline, v, 100 steps: max |diffusers - ours| = {err:.2e} (images in [0, 1])")
+    assert 0.05 < ours.std() and err <= 1e-4
+    assert abs(as_eps - images).max() > 1e-2  # the same network read as eps samples other images

@@ -33,7 +33,7 @@ T = 100
 # What diffusers calls each of our names (from diffusers' DDPMScheduler, not from the table under test).
 DIFFUSERS_NAMES = {
     "schedule": {"linear": "linear", "cosine": "squaredcos_cap_v2", "quad": "scaled_linear"},
-    "mean_type": {"eps": "epsilon", "x0": "sample"},
+    "mean_type": {"eps": "epsilon", "x0": "sample", "v": "v_prediction"},
     "var_type": {"fixed_large": "fixed_large", "fixed_small": "fixed_small", "learned_range": "learned_range"},
 }
 EXPORTABLE = list(itertools.product(DIFFUSERS_NAMES["schedule"], DIFFUSERS_NAMES["mean_type"],
@@ -98,7 +98,7 @@ def test_names_that_cannot_cross_say_why():
     with pytest.raises(NotExportableError, match="var_type=learned .*log sigma"):
         interop.check_exportable(GaussianDiffusion.from_config("linear", T, "eps", "learned", "kl"))
     info = interop.default_diffusion_settings(32)
-    for key, value, why in [("variance_type", "learned", "log sigma"), ("prediction_type", "v_prediction", "not v"),
+    for key, value, why in [("variance_type", "learned", "log sigma"),
                             ("beta_schedule", "sigmoid", "no sigmoid"), ("thresholding", True, "changes how"),
                             ("rescale_betas_zero_snr", True, "changes how")]:
         with pytest.raises(ValueError, match=f"{key}.*{why}"):

@@ -161,7 +161,8 @@ def test_run_leaves_checkpoint_grid_metrics_and_config(tmp_path, tiny):
     out = objs["output_dir"]
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 6
-    assert ckpt["cfg"]["objective"] == {"mean_type": "eps", "var_type": "fixed_large", "loss_type": "mse"}
+    assert ckpt["cfg"]["objective"] == {"mean_type": "eps", "var_type": "fixed_large", "loss_type": "mse",
+                                        "loss_weight": "none", "snr_gamma": 5.0, "p2_k": 1.0, "p2_gamma": 1.0}
     assert ckpt["cfg"]["model"]["ch"] == 8
     sd = ckpt["state_dict"]
     assert int(sd["ema_num_updates"]) == 6

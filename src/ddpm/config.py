@@ -29,7 +29,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ddpm.checks import check_command, is_int, is_num
 from ddpm.diffusion import SAMPLERS, SamplerSpec
-from ddpm.diffusion.types import LossType, MeanType, VarType, validate_objective
+from ddpm.diffusion.types import LossType, LossWeight, MeanType, VarType, validate_objective
 from ddpm.presets import check_model_resolves, register_resolver
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -37,11 +37,17 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 @dataclass
 class ObjectiveConfig:
-    """One row of the paper's Table 2: what the network predicts, the variance, and the loss."""
+    """One row of the paper's Table 2: what the network predicts, the variance, and the loss; and, beyond the
+    paper (opt-in, issue 33), a per-t weight on the MSE loss (:class:`ddpm.diffusion.types.LossWeight`):
+    ``loss_weight=min_snr`` with ``snr_gamma``, or ``p2`` with ``p2_k`` / ``p2_gamma``. ``none`` is the paper's."""
 
     mean_type: MeanType = MISSING
     var_type: VarType = MISSING
     loss_type: LossType = MISSING
+    loss_weight: LossWeight = LossWeight.NONE
+    snr_gamma: float = 5.0
+    p2_k: float = 1.0
+    p2_gamma: float = 1.0
 
 
 @dataclass
@@ -402,13 +408,17 @@ register_configs()
 register_resolver()  # model=for_resolution's ${ddpm_unet:...}
 
 
-def objective_kwargs(objective: Any) -> dict[str, str]:
-    """``{mean_type, var_type, loss_type}`` as plain strings from a config node or mapping."""
-    get = objective.get if hasattr(objective, "get") else lambda k: getattr(objective, k)
-    out = {}
+def objective_kwargs(objective: Any) -> dict[str, Any]:
+    """``{mean_type, var_type, loss_type}`` as plain strings from a config node or mapping, and the loss weight's
+    settings (``loss_weight``, ``snr_gamma``, ``p2_k``, ``p2_gamma``) where the node has them."""
+    get = objective.get if hasattr(objective, "get") else lambda k, d=None: getattr(objective, k, d)
+    out: dict[str, Any] = {}
     for key, enum in (("mean_type", MeanType), ("var_type", VarType), ("loss_type", LossType)):
         value = get(key)
         out[key] = enum(value.value if isinstance(value, enum) else value).value
+    for key in ("loss_weight", "snr_gamma", "p2_k", "p2_gamma"):
+        if (value := get(key, None)) is not None:
+            out[key] = str(value.value) if isinstance(value, Enum) else value
     return out
 
 

@@ -50,6 +50,8 @@ def build_diffusion(diffusion: Mapping[str, Any], objective: Mapping[str, Any]) 
         mean_type=objective["mean_type"],
         var_type=objective["var_type"],
         loss_type=objective["loss_type"],
+        # beyond the paper (issue 33), opt-in; a checkpoint from before has none of these keys: the paper's loss
+        **{k: objective[k] for k in ("loss_weight", "snr_gamma", "p2_k", "p2_gamma") if k in objective},
     )
 
 
@@ -58,7 +60,8 @@ class DiffusionModule(L.LightningModule):
 
     :param model: network config (``_target_`` and constructor kwargs but in/out channels and resolution).
     :param diffusion: ``{schedule, num_timesteps}``.
-    :param objective: ``{mean_type, var_type, loss_type}`` (strings).
+    :param objective: ``{mean_type, var_type, loss_type}`` (strings), and optionally the loss weight
+        (``loss_weight``, ``snr_gamma``, ``p2_k``, ``p2_gamma``; absent: the paper's unweighted loss).
     :param optim: ``{lr, betas, eps, weight_decay, warmup_steps, ema_decay, fused, t_sampler}``, all required (the
         values and their meaning: conf/optim/adam.yaml; ``t_sampler``: :mod:`ddpm.diffusion.resample`).
     :param image_shape: ``(C, H, W)`` of the data.

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from .bound import calc_bpd_loop as _calc_bpd_loop
+from .losses import discretized_gaussian_log_likelihood, loss_weights, mean_flat, normal_kl
 from .schedules import get_beta_schedule
-from .types import LossType, MeanType, VarType, validate_objective
+from .types import LossType, LossWeight, MeanType, VarType, validate_objective
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -45,12 +46,14 @@ class GaussianDiffusion(nn.Module):
 
     Args:
         betas: float64 ``[T]``, ``betas[k] = beta_{k+1}``, all in ``(0, 1)``.
-        mean_type: what the network's first ``C`` channels predict (``eps`` / ``x0`` / ``mu``).
+        mean_type: what the network's first ``C`` channels predict (``eps`` / ``x0`` / ``mu`` / ``v``).
         var_type: ``fixed_large`` / ``fixed_small`` / ``learned`` (raw log sigma^2) / ``learned_range``.
         loss_type: ``mse`` / ``kl`` / ``hybrid``. Enums or their string values; checked by
             :func:`validate_objective`.
         timestep_map: int ``[T]``, internal index -> the timestep given to the network (default ``arange(T)``;
             set by :func:`ddpm.diffusion.samplers.respace`).
+        loss_weight, snr_gamma, p2_k, p2_gamma: the per-t weight on the MSE term (``none``: the paper's;
+            :func:`ddpm.diffusion.losses.loss_weights`).
     """
 
     def __init__(
@@ -60,12 +63,17 @@ class GaussianDiffusion(nn.Module):
         var_type: VarType | str = VarType.FIXED_LARGE,
         loss_type: LossType | str = LossType.MSE,
         timestep_map: np.ndarray | None = None,
+        loss_weight: LossWeight | str = LossWeight.NONE,
+        snr_gamma: float = 5.0,
+        p2_k: float = 1.0,
+        p2_gamma: float = 1.0,
     ):
         super().__init__()
+        validate_objective(mean_type, var_type, loss_type, loss_weight, snr_gamma, p2_k, p2_gamma)
         self.mean_type = MeanType(mean_type)
         self.var_type = VarType(var_type)
         self.loss_type = LossType(loss_type)
-        validate_objective(self.mean_type, self.var_type, self.loss_type)
+        self.loss_weight = LossWeight(loss_weight)
 
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or betas.size < 1:
@@ -119,6 +127,11 @@ class GaussianDiffusion(nn.Module):
             assert arr.shape == (T,) and arr.dtype == np.float64, name
             self.register_buffer(name, torch.from_numpy(arr).float(), persistent=False)
         self.register_buffer("timestep_map", torch.from_numpy(timestep_map), persistent=False)
+        # None for the paper's unweighted loss: its path multiplies by nothing (bit-identical to before)
+        weights = loss_weights(self.loss_weight.value, self.mean_type.value, alphas_cumprod, snr_gamma, p2_k, p2_gamma)
+        self.loss_weights_np = weights
+        self.register_buffer("loss_weights", None if weights is None else torch.from_numpy(weights).float(),
+                             persistent=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -129,14 +142,17 @@ class GaussianDiffusion(nn.Module):
         mean_type: MeanType | str = MeanType.EPS,
         var_type: VarType | str = VarType.FIXED_LARGE,
         loss_type: LossType | str = LossType.MSE,
+        **weight: Any,
     ) -> GaussianDiffusion:
-        """Build from a named schedule (:func:`get_beta_schedule`) and the three objective axes."""
-        return cls(get_beta_schedule(schedule, num_timesteps), mean_type, var_type, loss_type)
+        """Build from a named schedule (:func:`get_beta_schedule`) and the three objective axes (and the loss
+        weight's settings, ``loss_weight=...``, by name)."""
+        return cls(get_beta_schedule(schedule, num_timesteps), mean_type, var_type, loss_type, **weight)
 
     def extra_repr(self) -> str:
+        weight = "" if self.loss_weight == LossWeight.NONE else f", loss_weight={self.loss_weight.value}"
         return (
             f"T={self.num_timesteps}, mean_type={self.mean_type.value}, var_type={self.var_type.value}, "
-            f"loss_type={self.loss_type.value}"
+            f"loss_type={self.loss_type.value}{weight}"
         )
 
     @property
@@ -217,6 +233,40 @@ class GaussianDiffusion(nn.Module):
             self.posterior_mean_coef1, t, x_t.shape
         )
 
+    def v_target(self, x_start: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022, diffusers' ``get_velocity``)."""
+        t = self._as_t(t, x_start)
+        a, s = extract(self.sqrt_alphas_cumprod, t, x_start.shape), extract(self.sqrt_one_minus_alphas_cumprod, t,
+                                                                             x_start.shape)
+        return a * noise - s * x_start
+
+    def predict_xstart(self, x_t: Tensor, t: Tensor, mean_out: Tensor) -> Tensor:
+        """The x_0 the network's mean output implies, for every mean type (unclipped): the one conversion that
+        the posterior mean, the bound and every sampler use. eps: sqrt(1/abar) x_t - sqrt(1/abar - 1) eps;
+        x0: itself; mu: mu-tilde inverted; v: sqrt(abar) x_t - sqrt(1 - abar) v."""
+        t = self._as_t(t, x_t)
+        if self.mean_type == MeanType.EPS:
+            return self.predict_xstart_from_eps(x_t, t, mean_out)
+        if self.mean_type == MeanType.X0:
+            return mean_out
+        if self.mean_type == MeanType.MU:
+            return self.predict_xstart_from_xprev(x_t, t, mean_out)
+        return (extract(self.sqrt_alphas_cumprod, t, x_t.shape) * x_t
+                - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape) * mean_out)
+
+    def predict_eps_xstart(self, x_t: Tensor, t: Tensor, mean_out: Tensor) -> tuple[Tensor, Tensor]:
+        """``(eps, x_0)`` the network's mean output implies (unclipped), for every mean type; for v in closed
+        form (eps = sqrt(1 - abar) x_t + sqrt(abar) v), else eps from :meth:`predict_xstart`."""
+        t = self._as_t(t, x_t)
+        if self.mean_type == MeanType.EPS:
+            return mean_out, self.predict_xstart_from_eps(x_t, t, mean_out)
+        x0 = self.predict_xstart(x_t, t, mean_out)
+        if self.mean_type == MeanType.V:
+            eps = (extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape) * x_t
+                   + extract(self.sqrt_alphas_cumprod, t, x_t.shape) * mean_out)
+            return eps, x0
+        return self.predict_eps_from_xstart(x_t, t, x0), x0
+
     # ------------------------------------------------------------------ reverse process
     def p_mean_variance(
         self,
@@ -270,14 +320,10 @@ class GaussianDiffusion(nn.Module):
         def process_xstart(x: Tensor) -> Tensor:
             return x.clamp(-1.0, 1.0) if clip_denoised else x
 
+        pred_xstart = process_xstart(self.predict_xstart(x_t, t, mean_out))
         if self.mean_type == MeanType.MU:
-            pred_xstart = process_xstart(self.predict_xstart_from_xprev(x_t, t, mean_out))
             mean = mean_out
         else:
-            if self.mean_type == MeanType.X0:
-                pred_xstart = process_xstart(mean_out)
-            else:
-                pred_xstart = process_xstart(self.predict_xstart_from_eps(x_t, t, mean_out))
             mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x_t, t)
         return {
             "mean": mean,
@@ -343,7 +389,8 @@ class GaussianDiffusion(nn.Module):
         """Per-example training losses ``[N]`` for one ``t`` per example (the caller averages over the batch).
 
         * ``mse``: ``loss = mse = mean over dims of (target - output)^2``, target eps / x_0 / mu-tilde(x_t,
-          x_0) for mean type eps / x0 / mu (``eps`` is L_simple, Paper Eq. 14).
+          x_0) / v for mean type eps / x0 / mu / v (``eps`` is L_simple, Paper Eq. 14); with a ``loss_weight``
+          ``loss = w_t * mse`` (``mse`` stays the unweighted diagnostic).
         * ``kl``: ``loss = vb`` = one term of the bound in bits/dim (:meth:`vb_terms_bpd` with
           ``clip_denoised=False``): an unbiased estimate of (L - L_T)/T, **not** multiplied by T (official
           ``kl``). ``mse`` is also returned as a detached diagnostic (it is not part of ``loss``).
@@ -369,6 +416,8 @@ class GaussianDiffusion(nn.Module):
             target = noise
         elif self.mean_type == MeanType.X0:
             target = x_start
+        elif self.mean_type == MeanType.V:
+            target = self.v_target(x_start, t, noise)
         else:
             target, _, _ = self.q_posterior_mean_variance(x_start, x_t, t)
         mse = mean_flat((target - mean_out) ** 2)
@@ -383,7 +432,7 @@ class GaussianDiffusion(nn.Module):
             terms["loss"] = vb
         else:
             terms["mse"] = mse
-            loss = mse
+            loss = mse if self.loss_weights is None else self.loss_weights.to(t.device)[t] * mse
             if self.var_type.is_learned:  # hybrid (validate_objective forbids mse + learned)
                 frozen = torch.cat([mean_out.detach(), model_output[:, C:]], dim=1)
                 vb = self.vb_terms_bpd(None, x_start, x_t, t, clip_denoised=False, model_output=frozen)[
@@ -396,71 +445,5 @@ class GaussianDiffusion(nn.Module):
         return terms
 
     # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
-    def calc_bpd_loop(
-        self,
-        model_fn: ModelFn,
-        x_start: Tensor,
-        clip_denoised: bool = True,
-        noise_fn: Callable[[torch.Size], Tensor] | Any | None = None,
-        progress: Callable[[int, int], None] | None = None,
-        t_batch: int = 1,
-    ) -> dict[str, Tensor]:
-        """Upper bound on the NLL of ``x_start`` in bits/dim (official ``calc_bpd_loop``).
-
-        For each code index ``t = T-1 .. 0`` a fresh ``x_t ~ q(x_t | x_0)`` is drawn and the bound term is
-        evaluated with one network forward pass. ``t_batch > 1`` stacks ``x_t`` for that many consecutive
-        ``t`` into one forward pass of batch ``t_batch * N`` (same noise draws in the same order, so the
-        result does not depend on ``t_batch``).
-
-        Args:
-            noise_fn: source of the per-term noise: ``None`` (``torch.randn_like``), a callable
-                ``noise_fn(x_start.shape) -> Tensor``, or a :class:`~ddpm.diffusion.noise.SeededNoise`
-                (anything with a ``randn(*shape_per_image)`` method).
-            progress: called as ``progress(done_terms, T)`` after each forward pass.
-
-        Returns dict: ``total_bpd`` ``[N]`` (= prior + sum of vb), ``prior_bpd`` ``[N]``, ``vb`` ``[N, T]``
-        (column ``t`` is code index ``t``), ``xstart_mse`` ``[N, T]``, ``mse`` ``[N, T]`` (eps MSE, eps
-        derived from the (clipped) predicted x_0).
-        """
-        N, T = x_start.shape[0], self.num_timesteps
-        t_batch = max(1, int(t_batch))
-        dev = x_start.device
-        vb = torch.zeros(N, T, device=dev)
-        xstart_mse = torch.zeros(N, T, device=dev)
-        mse = torch.zeros(N, T, device=dev)
-
-        def draw() -> Tensor:
-            if noise_fn is None:
-                return torch.randn_like(x_start)
-            if hasattr(noise_fn, "randn"):
-                z = noise_fn.randn(*x_start.shape[1:])
-            else:
-                z = noise_fn(x_start.shape)
-            return z.to(device=dev, dtype=x_start.dtype)
-
-        order = list(range(T))[::-1]
-        done = 0
-        for start in range(0, T, t_batch):
-            ts = order[start : start + t_batch]
-            k = len(ts)
-            t_vec = torch.tensor(ts, device=dev, dtype=torch.long).repeat_interleave(N)  # [k*N]
-            noise = torch.cat([draw() for _ in ts], dim=0)
-            x0 = x_start.repeat(k, *([1] * (x_start.ndim - 1)))
-            x_t = self.q_sample(x0, t_vec, noise=noise)
-            model_output = model_fn(x_t, self.model_timesteps(t_vec))
-            out = self.vb_terms_bpd(
-                None, x0, x_t, t_vec, clip_denoised=clip_denoised, model_output=model_output
-            )
-            eps = self.predict_eps_from_xstart(x_t, t_vec, out["pred_xstart"])
-            cols = torch.tensor(ts, device=dev)
-            vb[:, cols] = out["output"].float().reshape(k, N).T
-            xstart_mse[:, cols] = mean_flat((out["pred_xstart"] - x0) ** 2).float().reshape(k, N).T
-            mse[:, cols] = mean_flat((eps - noise) ** 2).float().reshape(k, N).T
-            done += k
-            if progress is not None:
-                progress(done, T)
-
-        prior = self.prior_bpd(x_start).float()
-        total = vb.sum(dim=1) + prior
-        return {"total_bpd": total, "prior_bpd": prior, "vb": vb, "xstart_mse": xstart_mse, "mse": mse}
+    #: ``calc_bpd_loop(model_fn, x_start, clip_denoised, noise_fn, progress, t_batch)``: the NLL bound in bits/dim
+    calc_bpd_loop = _calc_bpd_loop

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -17,6 +18,32 @@ BIN_HALF_WIDTH = 1.0 / 255.0
 EDGE = 0.999
 #: Floor on bin probabilities before the log.
 MIN_PROB = 1e-12
+
+
+def loss_weights(
+    loss_weight: str, mean_type: str, alphas_cumprod: np.ndarray, snr_gamma: float = 5.0, p2_k: float = 1.0,
+    p2_gamma: float = 1.0,
+) -> np.ndarray | None:
+    """The per-t weight ``w_t`` (float64 ``[T]``) on the MSE term; ``None`` for ``none`` (the paper's loss).
+
+    With SNR_t = abar_t / (1 - abar_t):
+
+    * ``min_snr`` (Hang et al. 2023): min(SNR_t, gamma) in x_0 units, written for the mean type's target:
+      eps ``min(SNR, gamma) / SNR``, x0 ``min(SNR, gamma)``, v ``min(SNR, gamma) / (SNR + 1)`` (an eps error
+      is SNR times an x_0 error, a v error SNR + 1 times, in squared norm).
+    * ``p2`` (Choi et al. 2022), on the eps MSE: ``1 / (k + SNR)^gamma``.
+    """
+    if loss_weight == "none":
+        return None
+    abar = np.asarray(alphas_cumprod, dtype=np.float64)
+    snr = abar / (1.0 - abar)
+    if loss_weight == "p2":
+        return 1.0 / (float(p2_k) + snr) ** float(p2_gamma)
+    clipped = np.minimum(snr, float(snr_gamma))
+    per_target = {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1.0)}
+    if loss_weight != "min_snr" or mean_type not in per_target:
+        raise ValueError(f"no loss weight {loss_weight!r} for mean_type={mean_type!r}")
+    return per_target[mean_type]
 
 
 def mean_flat(x: Tensor) -> Tensor:

@@ -67,11 +67,10 @@ SCHEDULES = NameTable(
 )
 #: What the network's (first C) output channels predict.
 PREDICTIONS = NameTable(
-    "mean_type", "prediction_type", {"eps": "epsilon", "x0": "sample"},
+    "mean_type", "prediction_type", {"eps": "epsilon", "x0": "sample", "v": "v_prediction"},
     refused={
         "mu": "the network predicts the posterior mean mu~ (Table 2's mu rows): diffusers' schedulers take only "
               "epsilon, sample or v_prediction outputs, so a pipeline would sample it wrongly",
-        "v_prediction": "this project's networks predict eps or x0, not v",
     },
 )
 #: How the reverse-process variance is chosen.

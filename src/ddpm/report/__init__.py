@@ -60,7 +60,7 @@ from ddpm.cli import hydra_app
 from ddpm.config import CONF_DIR, NLLConfig, SamplerConfig, validate_config
 from ddpm.io import atomic_write
 from ddpm.report.findings import compare, pool_jobs
-from ddpm.report.jobs import Job, find_jobs, objective_fields
+from ddpm.report.jobs import Job, find_jobs, row_names
 from ddpm.report.render import render
 from ddpm.rundir import last_checkpoint
 
@@ -109,7 +109,7 @@ def options(cfg: DictConfig) -> Options:
     if "default" not in protocols:
         raise ValueError("protocols.default is required: the protocol of data without its own (conf/report.yaml)")
     rows = None if cfg.rows is None else tuple(str(r) for r in cfg.rows)
-    valid = sorted(objective_fields())
+    valid = row_names()
     for r in rows or ():
         if r not in valid:
             raise ValueError(f"rows: {r!r} is not a Table 2 row; valid: {', '.join(valid)} (e.g. rows=[{valid[0]}])")

@@ -18,7 +18,7 @@ from statistics import NormalDist
 import numpy as np
 
 from ddpm.metrics.records import is_number
-from ddpm.report.jobs import Figure, Job, Pooled, SetRun, fmt_number
+from ddpm.report.jobs import EXTENDED_ROWS, PAPER_ROWS, Figure, Job, Pooled, SetRun, fmt_number
 
 __all__ = ["FINDINGS", "Comparison", "Finding", "Scorers", "compare", "pool_jobs", "set_images"]
 
@@ -68,6 +68,28 @@ FINDINGS: tuple[Finding, ...] = (
         Comparison("confidence", "mu_vlb_learned", "mu_vlb_fixed", -1, "beyond the paper: the digits classifier"),
     )),
 )
+
+
+def extended_finding(rows: list[str]) -> Finding:
+    """Beyond Table 2 (issue 33): each row that is not one of the paper's against the paper's L_simple row, on the
+    same seeds and steps, with the sign that says the option helps."""
+    return Finding("(5)", "beyond the paper: each option gives better samples than L_simple (the paper's row) at the "
+                   "same step budget", tuple(c for row in rows for c in (
+                       Comparison("fid", row, "simple", -1, "beyond the paper"),
+                       Comparison("confidence", row, "simple", +1, "beyond the paper: the digits classifier"))))
+
+
+def _findings(jobs: list[Job]) -> list[Finding]:
+    """:data:`FINDINGS`, and with rows beyond Table 2 (:func:`extended_finding`) the paper's findings that compare
+    two rows that were run, then the extended one."""
+    paper = {name for name, *_ in PAPER_ROWS}
+    run = {j.objective for j in jobs}
+    order = [name for name, _ in EXTENDED_ROWS]
+    extended = sorted(run - paper - {"other"}, key=lambda n: (order.index(n) if n in order else len(order), n))
+    if not extended:
+        return list(FINDINGS)
+    kept = [f for f in FINDINGS if any(c.a in run and c.b in run for c in f.comparisons)]
+    return kept + [extended_finding(extended)]
 
 
 def _range(values: list[float]) -> str:
@@ -235,7 +257,7 @@ def compare(jobs: list[Job], *, num_boot: int = 200, level: float = 0.95) -> lis
     for j in jobs:
         by_obj.setdefault(j.objective, j)  # the first job of a row (several: the table names them all)
     out = []
-    for finding in FINDINGS:
+    for finding in _findings(jobs):
         results = []
         for c in finding.comparisons:
             a, b = by_obj.get(c.a), by_obj.get(c.b)

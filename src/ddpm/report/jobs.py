@@ -24,15 +24,32 @@ PAPER_ROWS: list[tuple[str, str, str, str, str]] = [
 ]
 
 
-def objective_fields() -> dict[str, tuple[str, str, str]]:
-    """Each ``conf/objective`` option (a Table 2 row) as ``(mean_type, "learned" | "fixed", loss_type)``, read from
-    its YAML: the configs are the one place the rows are defined."""
+# Beyond Table 2 (issue 33, python train.py -m sweep=objectives_digits): rows compared with the paper's L_simple
+# row on the same seeds. A row's name is its objective option, with "_<schedule>" unless the schedule is linear
+# (:func:`row_name`); a row of another name is still reported, labelled by its name.
+EXTENDED_ROWS: list[tuple[str, str]] = [
+    ("v_mse", "beyond the paper: v prediction, ‖v − v_θ‖²"),
+    ("simple_min_snr", "beyond the paper: L_simple weighted by min-SNR-γ"),
+    ("v_min_snr", "beyond the paper: v prediction weighted by min-SNR-γ"),
+    ("simple_cosine", "beyond the paper: L_simple, cosine schedule"),
+    ("simple_min_snr_cosine", "beyond the paper: best two combined (min-SNR-γ, cosine schedule)"),
+]
+
+
+def objective_fields() -> dict[str, tuple[str, str, str, str]]:
+    """Each ``conf/objective`` option (a Table 2 row, or one beyond it) as ``(mean_type, "learned" | "fixed",
+    loss_type, loss_weight)``, read from its YAML: the configs are the one place the rows are defined."""
     out = {}
     for path in sorted((CONF_DIR / "objective").glob("*.yaml")):
         node = yaml.safe_load(path.read_text())
         var = "learned" if str(node["var_type"]).startswith("learned") else "fixed"
-        out[path.stem] = (str(node["mean_type"]), var, str(node["loss_type"]))
+        out[path.stem] = (str(node["mean_type"]), var, str(node["loss_type"]), str(node.get("loss_weight", "none")))
     return out
+
+
+def row_names() -> list[str]:
+    """Every row name the report knows: the objective options and the extended table's rows."""
+    return sorted(set(objective_fields()) | {name for name, _ in EXTENDED_ROWS})
 
 
 # Training settings shown above the table (dotted paths into the job's config); rows should differ only in objective.
@@ -80,7 +97,7 @@ class Pooled:
 class Job:
     path: Path
     objective: str
-    fields: tuple[str, str, str]
+    fields: tuple[str, ...]
     data: str = "?"
     steps: int | None = None
     settings: dict[str, object] = field(default_factory=dict)
@@ -103,14 +120,23 @@ class Job:
         return max(self.pooled, key=lambda p: (p.n * len(p.seeds), p.protocol), default=None)
 
 
-def objective_name(obj: dict) -> tuple[str, tuple[str, str, str]]:
+def objective_name(obj: dict, schedule: object = None) -> tuple[str, tuple[str, ...]]:
+    """The row of a job's ``objective`` node and ``diffusion.schedule``: the objective option with the same fields
+    (``"other"`` for none), ``_<schedule>`` appended unless the schedule is linear; and the fields shown in the
+    table (mean/variance/loss, and the loss weight where there is one)."""
     var = str(obj.get("var_type", ""))
     mean, loss = str(obj.get("mean_type", "")), str(obj.get("loss_type", ""))
-    key = (mean, "learned" if var.startswith("learned") else "fixed", loss)
+    weight = str(obj.get("loss_weight") or "none")
+    key = (mean, "learned" if var.startswith("learned") else "fixed", loss, weight)
+    shown = (key[0], var, key[2]) + (() if weight == "none" else (weight,))
     for name, fields in objective_fields().items():
         if fields == key:
-            return name, (key[0], var, key[2])
-    return "other", (key[0], var, key[2])
+            return row_name(name, schedule), shown
+    return "other", shown
+
+
+def row_name(objective: str, schedule: object = None) -> str:
+    return objective if schedule in (None, "", "linear") else f"{objective}_{schedule}"
 
 
 def fmt_number(x: float) -> str:
@@ -133,7 +159,7 @@ def read_job(path: Path) -> Job | None:
     if not cfg_file.is_file():
         return None
     cfg = yaml.safe_load(cfg_file.read_text()) or {}
-    name, fields = objective_name(cfg.get("objective", {}))
+    name, fields = objective_name(cfg.get("objective", {}), _get(cfg, "diffusion.schedule"))
     data = str(_get(cfg, "data._target_") or "?").rsplit(".", 1)[-1].replace("DataModule", "")
     settings = {k: _get(cfg, k) for k in SETTINGS}
     settings["optim.t_sampler"] = settings["optim.t_sampler"] or "uniform"

@@ -7,7 +7,7 @@ import math
 
 from ddpm.metrics.records import is_number
 from ddpm.report.findings import Comparison, Finding
-from ddpm.report.jobs import PAPER_ROWS, SETTINGS, Figure, Job, fmt_number
+from ddpm.report.jobs import EXTENDED_ROWS, PAPER_ROWS, SETTINGS, Figure, Job, fmt_number
 
 PAPER_NOTE = (
     "Paper: CIFAR-10, 800k steps (lr 2e-4, batch 128), 50k samples, 1000-step ancestral sampling; FID against the "
@@ -57,6 +57,11 @@ def _settings_lines(jobs: list[Job]) -> list[str]:
     return lines
 
 
+def _steps(j: Job) -> object:
+    return "?" if j.steps is None else (
+        f"{j.steps} of {j.settings['trainer.max_steps']}, stopped early" if j.stopped_early else j.steps)
+
+
 def render(jobs: list[Job], findings: list[tuple[Finding, list[dict]]] | None = None) -> str:
     by_obj: dict[str, list[Job]] = {}
     for j in jobs:
@@ -71,12 +76,20 @@ def render(jobs: list[Job], findings: list[tuple[Finding, list[dict]]] | None = 
                 continue
             nll = legend.cell([j.nll] if j.nll else [], std_digits=3)
             which = f", {j.path.name}" if len(by_obj[name]) > 1 else ""  # several jobs of one row: name them
-            steps = "?" if j.steps is None else (
-                f"{j.steps} of {j.settings['trainer.max_steps']}, stopped early" if j.stopped_early else j.steps)
+            steps = _steps(j)
             rows.append(
                 f"| {label} | {name} ({'/'.join(j.fields)}{which}) | {steps} "
                 f"| {legend.cell(j.inception)} | {legend.cell(j.fid)} | {nll} | {p_is} | {p_fid} | {p_nll} |"
             )
+    known = {name for name, *_ in PAPER_ROWS} | {"other"}
+    extended = EXTENDED_ROWS + [(n, f"beyond the paper: {n}") for n in sorted(by_obj) if n not in known
+                                and n not in dict(EXTENDED_ROWS)]
+    for name, label in extended:  # beyond Table 2 (sweep=objectives_digits): only the rows that were run
+        for j in by_obj.get(name, []):
+            nll = legend.cell([j.nll] if j.nll else [], std_digits=3)
+            which = f", {j.path.name}" if len(by_obj[name]) > 1 else ""
+            rows.append(f"| {label} | {name} ({'/'.join(j.fields)}{which}) | {_steps(j)} | {legend.cell(j.inception)} "
+                        f"| {legend.cell(j.fid)} | {nll} | | | |")
     for j in by_obj.get("other", []):
         nll = legend.cell([j.nll] if j.nll else [], std_digits=3)
         rows.append(f"| (not a Table 2 row) | {'/'.join(j.fields)} | {j.steps} | {legend.cell(j.inception)} "
@@ -100,7 +113,7 @@ def _values(values: list[float], digits: int = 2) -> str:
 
 def _seed_set_lines(jobs: list[Job]) -> list[str]:
     """Per row, the pooled protocol's figures on each seed set and their spread."""
-    order = [name for name, *_ in PAPER_ROWS]
+    order = [name for name, *_ in PAPER_ROWS] + [name for name, _ in EXTENDED_ROWS]
     pooled = sorted(((j, j.primary) for j in jobs if j.primary is not None),
                     key=lambda jp: (order.index(jp[0].objective) if jp[0].objective in order else len(order),
                                     jp[0].path.name))
