@@ -375,7 +375,7 @@ def _composition_message(script: str, e: BaseException, overrides: list[str]) ->
 
     from omegaconf import OmegaConf
 
-    from ddpm.config import compose
+    from ddpm.config import CONF_DIR, compose
 
     text = f"{e}\n{e.__cause__ or ''}".strip()
     if m := re.search(r"Could not override '([^']+)'", text):
@@ -402,6 +402,9 @@ def _composition_message(script: str, e: BaseException, overrides: list[str]) ->
     if m := re.search(r"Could not find '([^']+)/([^']+)'", text):
         group, option = m.groups()
         valid = re.findall(r"^\t(\S+)$", text, re.M)
+        if group == "recipe":  # train.py's data=NAME picks conf/recipe/NAME.yaml (conf/train.yaml's defaults)
+            return (f"data={option}: {command(script)} has no training recipe for it (conf/recipe/{option}.yaml); "
+                    f"valid data options: {', '.join(v for v in valid if v in group_options(CONF_DIR, 'data'))}.")
         return f"{group}={option}: no such option. Valid {group} options: {', '.join(valid)}.{suggest(option, valid)}"
     if m := re.search(r"Error merging override (\S+?)=(.*)", text):
         key, value = m.groups()
