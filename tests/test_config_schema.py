@@ -9,6 +9,7 @@ import pytest
 from hydra.errors import HydraException
 from omegaconf.errors import ValidationError
 
+from ddpm import cli
 from ddpm.config import CONF_DIR, compose, register_configs
 
 
@@ -66,6 +67,19 @@ def test_a_checked_int_key_is_printed_as_given():
     """figure.t=5000 (an int key of the paper's 0..1000 scale) is named as typed, not as 5000.0."""
     message = _error(lambda: compose("figures", ["paths.output_dir=/unused", "figure=interpolation", "figure.t=5000"]))
     assert "figure.t=5000 is not valid" in message
+
+
+@pytest.mark.parametrize("override", ["foo", "num_samples=[1,", "num_samples='a", "num_samples=${oops"])
+def test_an_unreadable_override_is_one_error_line(override, capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.delenv("DDPM_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as info:
+        cli.preflight("sample", [override])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and "Traceback" not in err
+    assert [ln for ln in err.splitlines() if ln.startswith("Error: ")] == [err.splitlines()[0]]
+    assert err.startswith(f"Error: cannot read the override {override!r} (") and "KEY=VALUE" in err
+    assert len(err.splitlines()) == 2  # the line and the hint (Hydra's parser ran: HYDRA_FULL_ERROR applies)
 
 
 def test_only_train_links_a_dataset_to_its_recipe():
