@@ -158,7 +158,7 @@ def sampler_defaults(name: str) -> dict[str, Any]:
 # setting's name, default and type are the YAML's key, value and the value's type. A key with a value check
 # in ddpm.checks.CHECKS is typed by that check (``trainer.devices``: an integer, ``auto`` or a list); ``null``
 # types a key as an optional string.
-SCHEMA_LINE = re.compile(r"^\s*-\s*/schema/(\w+)@_here_\s*(#.*)?$", re.M)
+SCHEMA_LINE = re.compile(r"^\s*-\s*/schema/(\w+)@_here_\s*(?:#.*)?$", re.M)
 
 
 def _checked_keys() -> set[str]:
@@ -168,7 +168,7 @@ def _checked_keys() -> set[str]:
 def _type_of(value: Any, key: str, checked: set[str]) -> tuple[Any, Any]:
     """``(type, default)`` of the field for the YAML ``value`` of ``key`` (its dotted path in the command)."""
     if key in checked or (isinstance(value, str) and "${" in value):
-        return Any, value if isinstance(value, str) or value is None else field(default_factory=lambda: value)
+        return Any, field(default_factory=lambda: value) if isinstance(value, list | dict) else value
     if value is None:
         return str | None, None
     if isinstance(value, dict):
@@ -218,7 +218,7 @@ def _schema_files(conf_dir: Path) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = {}
     for path in sorted(conf_dir.rglob("*.yaml")):
         for name in SCHEMA_LINE.findall(path.read_text()):
-            out.setdefault(name[0] if isinstance(name, tuple) else name, []).append(path)
+            out.setdefault(name, []).append(path)
     return out
 
 
