@@ -63,7 +63,7 @@ def build(objective: str, overrides: list[str]):
     torch.manual_seed(int(cfg.seed))
     module = DiffusionModule(
         model=run["model"], diffusion=run["diffusion"], objective=run["objective"], optim=run["optim"],
-        image_shape=tuple(dm.image_shape), seed=int(cfg.seed), nan_policy=str(cfg.nan_policy.value),
+        image_shape=tuple(dm.image_shape), seed=int(cfg.seed), nan_policy=str(cfg.nan_policy),
         nan_max_consecutive=int(cfg.nan_max_consecutive),
     )
     return module, dm

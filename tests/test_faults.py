@@ -219,6 +219,18 @@ def test_a_full_disk_outside_the_atomic_writer_is_one_line_too(tmp_path, full_di
     one_error_line(capsys, f"No space left on device (ENOSPC) writing {target}:", "is free")
 
 
+def test_a_full_disk_while_hydra_writes_its_run_directory_is_one_line(tmp_path, full_disk, capsys, monkeypatch):
+    """Hydra writes .hydra/config.yaml before the job starts (outside the job's error handling): a full disk
+    there is the same one line, not Hydra's traceback, and the job never starts."""
+    ran = []
+    monkeypatch.setattr(sys, "argv", ["nll", f"hydra.run.dir={tmp_path / 'run'}"])
+    full_disk(r"\.hydra[/\\]config\.yaml")
+    with pytest.raises(SystemExit) as info:
+        cli.hydra_app("nll", ran.append)
+    assert info.value.code == 1 and ran == []
+    one_error_line(capsys, "No space left on device (ENOSPC) writing", "config.yaml", "is free")
+
+
 # ----------------------------------------------------------------------------------------------- DDP faults
 def ddp_args(run: Path, steps: int, *extra: str) -> list[str]:
     """A real 2-process gloo ``train.py`` run in ``run`` (per-rank batch 16: big enough that a plain 1x1 conv's

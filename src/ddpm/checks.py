@@ -18,6 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ddpm.diffusion import SAMPLERS
 from ddpm.diffusion.resample import T_SAMPLERS
+from ddpm.diffusion.schedules import SCHEDULE_NAMES
 
 __all__ = ["CHECKS", "COMBINATIONS", "check_command", "check_values", "group_norm_warning", "is_int", "is_num"]
 
@@ -61,6 +62,8 @@ def _split(key: str) -> Check:
 
 TRAIN: list[Check] = [
     SEED,
+    ("diffusion.schedule", lambda v: v in SCHEDULE_NAMES, " | ".join(SCHEDULE_NAMES)),
+    ("diffusion.num_timesteps", *_at_least(1, " (the paper: 1000)")),
     ("optim.lr", lambda v: is_num(v) and v > 0, "a positive number (the paper: 2e-4 for CIFAR-10)"),
     ("optim.betas", lambda v: len(v) == 2 and all(is_num(b) and 0 <= b < 1 for b in v),
      "two numbers in [0, 1), e.g. [0.9, 0.999]"),
@@ -89,7 +92,10 @@ TRAIN: list[Check] = [
      "a list of integers >= 1, e.g. [1, 2, 2, 2]"),
     ("model.num_res_blocks", *_at_least(1)),
     ("model.dropout", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("callbacks.fid.metric.ref_split", lambda v: v in SPLITS, " | ".join(SPLITS)),
+    ("callbacks.fid.metric.is_splits", *_at_least(1)),
     ("final_samples", *_at_least(0, " (0: none)")),
+    ("nan_policy", lambda v: v in ("stop", "skip"), "stop | skip"),
     ("nan_max_consecutive", *_at_least(1)),
 ]
 
@@ -158,6 +164,10 @@ REPORT: list[Check] = [
     ("num_boot", *_at_least(1)),
     ("sample_args", lambda v: all(isinstance(a, str) and "=" in a for a in v),
      "a list of KEY=VALUE overrides, e.g. [trainer.devices=2]"),
+    ("rows", lambda v: v is None or (isinstance(v, list) and all(isinstance(r, str) for r in v)),
+     "null (every job) or a list of objective names, e.g. [mu_mse,simple]"),
+    ("protocols", lambda v: isinstance(v, dict) and all(isinstance(p, dict) for p in v.values()),
+     "a mapping {data name: {seed_sets, fid_samples, nll_images}}"),
 ]
 
 BUILD_REFSTATS: list[Check] = [

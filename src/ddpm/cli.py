@@ -45,7 +45,7 @@ _QUIET_WARNINGS = (
 
 
 def debug() -> bool:
-    return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("DDPM_DEBUG") == "1"
+    return "1" in (os.environ.get("HYDRA_FULL_ERROR"), os.environ.get("DDPM_DEBUG"))
 
 
 def user_message(e: BaseException) -> str | None:
@@ -88,8 +88,7 @@ def user_errors(hint: str = DEBUG_HINT) -> Iterator[None]:
 
 class _QuietFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        return not any(q in msg for q in _QUIET_LOG)
+        return not any(q in record.getMessage() for q in _QUIET_LOG)
 
 
 def setup_console() -> None:
@@ -147,15 +146,26 @@ def hydra_app(script: str, task: Callable[[Any], Any]) -> None:
     from ddpm.config import CONF_DIR, validate_config
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=script)
-    def _main(cfg: Any) -> Any:
-        def checked() -> Any:
-            validate_config(cfg)  # again in the job: each job of a multirun (-m) is checked only here
-            return task(cfg)
-
-        return run(checked)
+    def _main(cfg: Any) -> Any:  # validated again in the job: each job of a multirun (-m) is checked only here
+        return run(lambda: (validate_config(cfg), task(cfg))[1])
 
     preflight(script)
+    _guard_hydra_writes()
     _main()
+
+
+def _guard_hydra_writes() -> None:
+    """Hydra writes ``.hydra/*.yaml`` before the job starts, outside :func:`run` and with no hook before: its
+    writer is wrapped, so that a full disk there is one ``Error:`` line too (ddpm.io's DiskFullError), no traceback."""
+    import hydra.core.utils as hydra_utils
+
+    if not getattr(save := hydra_utils._save_config, "ddpm_guarded", False):
+        def guarded(*args: Any) -> None:
+            with user_errors(HYDRA_HINT):
+                save(*args)
+
+        guarded.ddpm_guarded = True  # type: ignore[attr-defined]
+        hydra_utils._save_config = guarded
 
 
 def group_options(conf_dir: Path, group: str) -> list[str]:
@@ -168,7 +178,7 @@ def help_text(script: str, overrides: list[str]) -> str:
     take (other scripts' groups, the schemas)."""
     from omegaconf import OmegaConf
 
-    from ddpm.config import CONF_DIR, compose
+    from ddpm.config import CONF_DIR, compose, setting_files
 
     lines = [f"{command(script)} [KEY=VALUE ...]   (Hydra; -m for a multirun; --hydra-help for Hydra's options)",
              f"  or: {console_script(script)} [KEY=VALUE ...]   (the same, as an installed console script)",
@@ -180,7 +190,8 @@ def help_text(script: str, overrides: list[str]) -> str:
     cfg = OmegaConf.to_container(cfg, resolve=False)
     cfg.pop("hydra", None)
     lines += ["", "== Config (override any key: key.sub=value) ==",
-              with_comments(OmegaConf.to_yaml(cfg), yaml_comments(CONF_DIR / f"{script}.yaml"))]
+              with_comments(OmegaConf.to_yaml(cfg), {k: v for f in setting_files(script) for k, v in
+                                                     yaml_comments(f).items()})]
     return "\n".join(lines)
 
 
@@ -197,7 +208,7 @@ def yaml_comments(path: Path) -> dict[str, tuple[list[str], str]]:
     above: list[str] = []
     for line in path.read_text().splitlines():
         if line.startswith("#"):
-            above.append(line)
+            above += [] if line.startswith("# @package") else [line]
             continue
         m = _TOP_KEY.fullmatch(line.rstrip())
         if m and m.group(1) != "defaults":
@@ -313,9 +324,10 @@ def preflight(script: str, argv: list[str] | None = None) -> None:
 
     from ddpm.config import compose
 
-    overrides = [a for a in argv if "=" in a]
+    overrides = [a for a in argv if not a.startswith("-")]
     try:
         with user_errors(HYDRA_HINT):
+            check_override_syntax(overrides)
             for job in sweep_variants(overrides) if multirun else [overrides]:
                 overrides = job  # the job a message is about
                 cfg = compose(script, job)
@@ -326,6 +338,22 @@ def preflight(script: str, argv: list[str] | None = None) -> None:
             raise
         sys.stderr.write(f"Error: {_composition_message(script, e, overrides)}\n")
         raise SystemExit(1) from None
+
+
+def check_override_syntax(overrides: list[str]) -> None:
+    """A one-line ``ValueError`` for the first override Hydra's grammar cannot read (``foo``, ``key=[1,``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_override(override)
+        except HydraException as e:
+            why = " ".join(str(e).split("\n")[0].split())
+            raise ValueError(f"cannot read the override {override!r} ({why}): write KEY=VALUE, quoted for the shell "
+                             "where the value has brackets, commas or spaces (\"key=[1,2]\", \"key='a b'\"); Hydra's "
+                             "grammar: https://hydra.cc/docs/advanced/override_grammar/basic/") from None
 
 
 def sweep_variants(overrides: list[str], max_values: int = 16) -> list[list[str]]:
@@ -362,20 +390,16 @@ def _check_run_dir(cfg: Any) -> None:
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise PermissionError(
-            f"hydra.run.dir={str(run_dir)!r} cannot be created: {parent} is "
-            f"{'not a folder' if not parent.is_dir() else 'not writable'}. Choose a writable place: "
-            "hydra.run.dir=PATH."
-        )
+        raise PermissionError(f"hydra.run.dir={str(run_dir)!r} cannot be created: {parent} is "
+                              f"{'not a folder' if not parent.is_dir() else 'not writable'}. Choose a writable "
+                              "place: hydra.run.dir=PATH.")
 
 
 def _composition_message(script: str, e: BaseException, overrides: list[str]) -> str:
     """Hydra's composition error as one block: the key and value, what is valid, the fix."""
-    import re
-
     from omegaconf import OmegaConf
 
-    from ddpm.config import compose
+    from ddpm.config import CONF_DIR, compose
 
     text = f"{e}\n{e.__cause__ or ''}".strip()
     if m := re.search(r"Could not override '([^']+)'", text):
@@ -402,6 +426,9 @@ def _composition_message(script: str, e: BaseException, overrides: list[str]) ->
     if m := re.search(r"Could not find '([^']+)/([^']+)'", text):
         group, option = m.groups()
         valid = re.findall(r"^\t(\S+)$", text, re.M)
+        if group == "recipe":  # train.py's data=NAME picks conf/recipe/NAME.yaml (conf/train.yaml's defaults)
+            return (f"data={option}: {command(script)} has no training recipe for it (conf/recipe/{option}.yaml); "
+                    f"valid data options: {', '.join(v for v in valid if v in group_options(CONF_DIR, 'data'))}.")
         return f"{group}={option}: no such option. Valid {group} options: {', '.join(valid)}.{suggest(option, valid)}"
     if m := re.search(r"Error merging override (\S+?)=(.*)", text):
         key, value = m.groups()

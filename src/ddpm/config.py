@@ -1,61 +1,38 @@
-"""Typed config schemas (Hydra's ConfigStore, group ``schema``) and the checks a schema cannot express.
+"""The settings of every command: their types, read from the YAML in ``conf/`` that writes them, and the one
+validation pass over a composed config (:func:`validate_config`).
 
-Every YAML in ``conf/`` that has a schema names it first in its defaults list (``- /schema/objective@_here_``),
-so a misspelt key or a value of the wrong type fails when the config is composed, before anything is built.
-The YAML files hold the defaults (with their comments); the schemas hold only types, so no default is
-written twice. :func:`validate_config`, run on every composed config, adds each command's value checks
-(:mod:`ddpm.checks`).
+A setting's name, default and type are written once, in its YAML: every YAML of a command or of a typed group
+names its schema first (``- /schema/sample@_here_``), and :func:`build_schemas` makes that schema from the
+YAML's own keys and the types of their values (:func:`register_configs` stores it in Hydra's ConfigStore), so a
+misspelt key or a value of the wrong type fails when the config is composed. A key that :mod:`ddpm.checks`
+checks is typed by its check (``trainer.devices``: an integer, ``auto`` or a list). Adding a setting is one
+line of YAML (and, for a range, one check).
 
-* :class:`ObjectiveConfig`: one row of the paper's Table 2 (group ``objective``).
 * :class:`SamplerConfig`: how to run the reverse process (group ``sampler``, free-form in the YAML because each
   sampler of the registry has its own keys; :meth:`SamplerConfig.from_node` checks them against the registry).
   The same description is used by ``sample.py``, the final samples and the sample grids of ``train.py``, the FID
   callback, the figures and the frontier.
-* :class:`FIDConfig`: how FID/IS are measured (group ``fid``), for ``sample.py`` and the FID callback.
-* One schema per command (:data:`SCHEMAS`: schema -> its conf/<name>.yaml and ddpm.checks.CHECKS), e.g.
-  :class:`SampleConfig` (all of ``conf/sample.yaml``), :class:`TrainConfig` (the top level of train.yaml).
+* :data:`SCHEMAS`: each command's schema -> its name (``conf/<name>.yaml`` and ``ddpm.checks.CHECKS[name]``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from dataclasses import dataclass, field
-from enum import Enum
+import re
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ddpm.checks import check_command, is_int, is_num
+from ddpm.checks import CHECKS, check_command, is_int, is_num
 from ddpm.diffusion import SAMPLERS, SamplerSpec
-from ddpm.diffusion.types import LossType, LossWeight, MeanType, VarType, validate_objective
+from ddpm.diffusion.types import LossType, MeanType, VarType, validate_objective
 from ddpm.presets import check_model_resolves, register_resolver
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
-
-@dataclass
-class ObjectiveConfig:
-    """One row of the paper's Table 2: what the network predicts, the variance, and the loss; and, beyond the
-    paper (opt-in, issue 33), a per-t weight on the MSE loss (:class:`ddpm.diffusion.types.LossWeight`):
-    ``loss_weight=min_snr`` with ``snr_gamma``, or ``p2`` with ``p2_k`` / ``p2_gamma``. ``none`` is the paper's."""
-
-    mean_type: MeanType = MISSING
-    var_type: VarType = MISSING
-    loss_type: LossType = MISSING
-    loss_weight: LossWeight = LossWeight.NONE
-    snr_gamma: float = 5.0
-    p2_k: float = 1.0
-    p2_gamma: float = 1.0
-
-
-@dataclass
-class DiffusionConfig:
-    """The forward process: the beta schedule and the number of steps T."""
-
-    schedule: str = MISSING
-    num_timesteps: int = MISSING
 
 
 @dataclass
@@ -176,232 +153,129 @@ def sampler_defaults(name: str) -> dict[str, Any]:
     return {k: yaml_node[k] for k in SAMPLERS[name].params if k in yaml_node}
 
 
-@dataclass
-class FIDConfig:
-    """How FID and IS are measured (reference statistics, feature extractor)."""
-
-    feature_extractor: str = MISSING  # auto | inception | digits
-    inception_weights: str | None = MISSING
-    ref_split: str = MISSING
-    ref_stats: str | None = MISSING
-    is_splits: int = MISSING
+# ------------------------------------------------------------------------------------------------ the schemas
+# A schema is written nowhere: it is read from the YAML that names it (``- /schema/NAME@_here_``), so each
+# setting's name, default and type are the YAML's key, value and the value's type. A key with a value check
+# in ddpm.checks.CHECKS is typed by that check (``trainer.devices``: an integer, ``auto`` or a list); ``null``
+# types a key as an optional string.
+GROUP_DEFAULTS = "group_defaults"  # conf/group_defaults/NAME.yaml: a group's keys that only some options write
+SCHEMA_LINE = re.compile(r"^\s*-\s*/schema/(\w+)@_here_\s*(?:#.*)?$", re.M)
 
 
-class NanPolicy(str, Enum):
-    stop = "stop"
-    skip = "skip"
+def _checked_keys() -> set[str]:
+    return {key for checks in CHECKS.values() for key, _, _ in checks}
 
 
-@dataclass
-class SampleTrainerConfig:
-    """The devices of ``sample.py`` and the NLL (Lightning Fabric arguments)."""
-
-    accelerator: str = MISSING
-    devices: Any = MISSING  # an int, "auto", or a list of device indices
-    num_nodes: int = MISSING
-    strategy: str = MISSING
-    precision: str = MISSING
-    dist_timeout_s: int = MISSING
-
-
-@dataclass
-class SampleConfig:
-    """``conf/sample.yaml``: every option of ``python sample.py`` (defaults and comments are in the YAML)."""
-
-    task_name: str = MISSING
-    ckpt_path: str | None = MISSING
-    pretrained: str | None = MISSING
-    use_ema: bool = MISSING
-    num_samples: int = MISSING
-    batch_size: int = MISSING
-    seed: int = MISSING
-    shard_size: int = MISSING
-    out_dir: str = MISSING
-    save_images: bool = MISSING
-    grid_images: int = MISSING
-    grid_upscale: int | None = MISSING
-    progress: bool = MISSING
-    compile: bool = MISSING
-    compile_backend: str = MISSING
-    compile_mode: str | None = MISSING
-    compile_freeze: bool = MISSING
-    compute_fid: bool = MISSING
-    fid_backend: str = MISSING
-    min_fid_samples: int = MISSING
-    trainer: SampleTrainerConfig = MISSING
-    sampler: Any = MISSING  # free-form: each sampler has its own keys (SamplerConfig.from_node checks them)
-    fid: FIDConfig = MISSING
-    data: Any = None
-    paths: Any = None
+def _type_of(value: Any, key: str, checked: set[str]) -> tuple[Any, Any]:
+    """``(type, default)`` of the field for the YAML ``value`` of ``key`` (its dotted path in the command)."""
+    if key in checked or (isinstance(value, str) and "${" in value):
+        return Any, field(default_factory=lambda: value) if isinstance(value, list | dict) else value
+    if value is None:
+        return str | None, None
+    if isinstance(value, dict):
+        node = _dataclass(key.rpartition(".")[2], value, checked, key + ".")
+        return node, field(default_factory=node)
+    if isinstance(value, list):
+        kinds = {type(v) for v in value}
+        kind = kinds.pop() if len(kinds) == 1 and not {dict, list} & {type(v) for v in value} else Any
+        return list[kind], field(default_factory=lambda: list(value))
+    return type(value), MISSING if value == "???" else value
 
 
-@dataclass
-class NLLConfig:
-    """``conf/nll.yaml``: ``python -m ddpm.nll`` (the NLL bound in bits/dim, the paper's Tables 1, 2 and 4)."""
-
-    task_name: str = MISSING
-    ckpt_path: str | None = MISSING
-    pretrained: str | None = MISSING
-    use_ema: bool = MISSING
-    split: str = MISSING
-    max_images: int | None = MISSING
-    batch_size: int = MISSING
-    t_batch: int = MISSING
-    seed: int = MISSING
-    out_dir: str = MISSING
-    progress: bool = MISSING
-    trainer: SampleTrainerConfig = MISSING
-    data: Any = None
-    paths: Any = None
+def _dataclass(name: str, node: dict, checked: set[str], prefix: str = "") -> type:
+    fields = [(k, *_type_of(v, prefix + k, checked)) for k, v in node.items()]
+    return make_dataclass(name.title().replace("_", "") + "Schema", fields)
 
 
-@dataclass
-class FrontierConfig:
-    """``conf/frontier.yaml``: ``python -m ddpm.frontier`` (quality against network evaluations)."""
-
-    task_name: str = MISSING
-    ckpt_path: str | None = MISSING
-    pretrained: str | None = MISSING
-    use_ema: bool = MISSING
-    samplers: list[str] | None = MISSING
-    steps: list[int] = MISSING
-    num_samples: int = MISSING
-    seed_sets: int = MISSING
-    batch_size: int = MISSING
-    seed: int = MISSING
-    num_boot: int = MISSING
-    clip_denoised: bool = MISSING
-    tolerance: float = MISSING
-    out_dir: str | None = MISSING
-    device: str = MISSING
-    progress: bool = MISSING
-    fid: FIDConfig = MISSING
-    data: Any = None
-    paths: Any = None
+UNTYPED = object()  # a group's node (its own YAML types it, or nothing does)
 
 
-@dataclass
-class ProgressiveFigure:
-    """``conf/figure/progressive.yaml`` (Figure 6)."""
-
-    name: str = MISSING
-    num_images: int = MISSING
-    frames: int = MISSING
-
-
-@dataclass
-class InterpolationFigure:
-    """``conf/figure/interpolation.yaml`` (Figures 8 and 9)."""
-
-    name: str = MISSING
-    pair: list[int] = MISSING
-    split: str = MISSING
-    t: float = MISSING
-    lambdas: int = MISSING
-    sweep: bool = MISSING
-
-
-@dataclass
-class SharedXtFigure:
-    """``conf/figure/shared_xt.yaml`` (Figure 7)."""
-
-    name: str = MISSING
-    splits: list[float] = MISSING
-    continuations: int = MISSING
+def _yaml_keys(path: Path, conf_dir: Path, typed: bool = True) -> dict[str, Any]:
+    """The settings a YAML file writes, in its order: its own keys, the files it merges at its level
+    (``NAME@_global_: OPTION``; every option of an interpolated ``NAME@_global_: ${group}``, untyped) and the
+    groups it chooses (:data:`UNTYPED`)."""
+    node = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+    out: dict[str, Any] = {}
+    for entry in node.pop("defaults", []):
+        if isinstance(entry, str) or len(entry) != 1:
+            continue  # _self_, /schema/...@_here_ (this schema)
+        (group, option), = entry.items()
+        group = group.removeprefix("optional ").removeprefix("override ").strip()
+        name = group.split("@")[0].lstrip("/")
+        if group.endswith(("@_global_", "@_here_")) and option is not None:
+            options = sorted((conf_dir / name).glob("*.yaml")) if "${" in str(option) else [
+                conf_dir / name / f"{option}.yaml"]
+            for opt in options:
+                out.update(_yaml_keys(opt, conf_dir, typed and "${" not in str(option)))
+        elif "@" not in group and name != "hydra" and option is not None:
+            out[name] = UNTYPED
+    own = {k: v if typed else UNTYPED for k, v in node.items()}
+    first = {k: v for k, v in out.items() if v is not UNTYPED and k not in own}  # merged before _self_
+    return {**first, **own, **{k: v for k, v in out.items() if k not in own and k not in first}}
 
 
-@dataclass
-class FiguresConfig:
-    """``conf/figures.yaml``: ``python -m ddpm.figures`` (the paper's qualitative figures)."""
-
-    task_name: str = MISSING
-    ckpt_path: str | None = MISSING
-    pretrained: str | None = MISSING
-    use_ema: bool = MISSING
-    seed: int = MISSING
-    upscale: int | None = MISSING
-    device: str = MISSING
-    out: str | None = MISSING
-    figure: Any = MISSING
-    sampler: Any = MISSING  # free-form: each sampler has its own keys (SamplerConfig.from_node checks them)
-    data: Any = None
-    paths: Any = None
+def _schema_files(conf_dir: Path) -> dict[str, list[Path]]:
+    """``{schema name: the YAML files that name it}`` (a group's schema takes the keys of all its options)."""
+    out: dict[str, list[Path]] = {}
+    for path in sorted(conf_dir.rglob("*.yaml")):
+        for name in SCHEMA_LINE.findall(path.read_text()):
+            out.setdefault(name, []).append(path)
+    return out
 
 
-@dataclass
-class BuildRefstatsConfig:
-    """``conf/build_refstats.yaml``: ``python -m ddpm.build_refstats`` (FID reference statistics)."""
-
-    task_name: str = MISSING
-    split: str = MISSING
-    feature_extractor: str = MISSING
-    inception_weights: str | None = MISSING
-    out_dir: str | None = MISSING
-    max_items: int | None = MISSING
-    batch_size: int = MISSING
-    device: str = MISSING
-    data: Any = MISSING
-    paths: Any = None
-
-
-@dataclass
-class ReportConfig:
-    """``conf/report.yaml``: ``python -m ddpm.report`` (the Table 2 report of a multirun)."""
-
-    task_name: str = MISSING
-    multirun_dir: str = MISSING
-    out: str | None = MISSING
-    evaluate: bool = MISSING
-    seed_sets: int | None = MISSING
-    fid_samples: int | None = MISSING
-    nll_images: int | None = MISSING
-    protocols: Any = MISSING  # {data name: {seed_sets, fid_samples, nll_images}}, checked by ddpm.report.options
-    sampler: Any = MISSING  # free-form: each sampler has its own keys (SamplerConfig.from_node checks them)
-    batch_size: int = MISSING
-    devices: int = MISSING
-    sample_args: list[str] = MISSING
-    num_boot: int = MISSING
-    rows: list[str] | None = MISSING
-    paths: Any = None
+def build_schemas(conf_dir: Path = CONF_DIR) -> dict[str, type]:
+    """Every schema of ``conf_dir``, from its YAML files (:func:`register_configs` stores them)."""
+    checked, schemas = _checked_keys(), {}
+    for name, paths in _schema_files(conf_dir).items():
+        defaults = [p for p in paths if p.parent.name == GROUP_DEFAULTS]
+        paths = [p for p in paths if p not in defaults]
+        command = paths[0].parent == conf_dir  # conf/<command>.yaml; else a group's options (conf/fid/...)
+        prefix = "" if command else paths[0].parent.name + "."
+        node: dict[str, Any] = {}
+        options = [_yaml_keys(path, conf_dir) for path in paths]
+        for keys in options:
+            node.update(keys)
+        fixed = {k: v for path in defaults for k, v in _yaml_keys(path, conf_dir).items()}
+        partial = sorted(k for k in node if k not in fixed and any(k not in o for o in options)
+                         and len({repr(o[k]) for o in options if k in o}) > 1)
+        if partial:  # its default would be whichever option comes last
+            raise ValueError(f"conf/{paths[0].parent.name}: {', '.join(partial)} written by some options with "
+                             f"different values: write its default once in conf/{GROUP_DEFAULTS}/{name}.yaml")
+        node.update(fixed)
+        schema = _dataclass(name, {k: v for k, v in node.items() if v is not UNTYPED}, checked, prefix)
+        groups = [(k, Any, None) for k, v in node.items() if v is UNTYPED]
+        schemas[name] = make_dataclass(schema.__name__, groups, bases=(schema,))
+    return schemas
 
 
-@dataclass
-class TrainConfig:
-    """The top level of ``conf/train.yaml`` (the groups are instantiated from their ``_target_``)."""
-
-    task_name: str = MISSING
-    seed: int = MISSING
-    ckpt_path: str | None = MISSING
-    final_samples: int = MISSING
-    nan_policy: NanPolicy = MISSING
-    nan_max_consecutive: int = MISSING
-    preemption_signals: list[str] = field(default_factory=list)
-    channels_last: bool = MISSING
-    compile: bool = MISSING
-    compile_backend: str = MISSING
-    compile_mode: str | None = MISSING
-    model: Any = MISSING
-    diffusion: DiffusionConfig = MISSING
-    objective: ObjectiveConfig = MISSING
-    optim: Any = MISSING
-    trainer: Any = MISSING
-    callbacks: Any = MISSING
-    logger: Any = MISSING
-    paths: Any = MISSING
-    data: Any = MISSING
-    sampler: Any = MISSING  # free-form: each sampler has its own keys (SamplerConfig.from_node checks them)
+SCHEMAS: dict[type, str] = {}  # a command's schema -> its name (conf/<name>.yaml, ddpm.checks.CHECKS[name])
 
 
-SCHEMAS: dict[type, str] = {TrainConfig: "train", SampleConfig: "sample", NLLConfig: "nll", FiguresConfig: "figures",
-                            FrontierConfig: "frontier", ReportConfig: "report", BuildRefstatsConfig: "build_refstats"}
-
-
-def register_configs() -> None:
-    cs = ConfigStore.instance()
-    for name, node in (("objective", ObjectiveConfig), ("diffusion", DiffusionConfig), ("fid", FIDConfig),
-                       ("figure_progressive", ProgressiveFigure), ("figure_interpolation", InterpolationFigure),
-                       ("figure_shared_xt", SharedXtFigure), *((n, c) for c, n in SCHEMAS.items())):
+def register_configs(conf_dir: Path = CONF_DIR) -> dict[str, type]:
+    """Store the schemas of ``conf_dir`` in Hydra's ConfigStore (group ``schema``); :data:`SCHEMAS` maps each
+    command's to its name."""
+    cs, schemas = ConfigStore.instance(), build_schemas(conf_dir)
+    SCHEMAS.clear()
+    for name, node in schemas.items():
         cs.store(group="schema", name=name, node=node)
+        if (conf_dir / f"{name}.yaml").is_file():
+            SCHEMAS[node] = name
+    return schemas
+
+
+def setting_files(command: str, conf_dir: Path = CONF_DIR) -> list[Path]:
+    """The files that write the top-level settings of ``conf/<command>.yaml``: those it merges at its level
+    (the model source, ``conf/model_source/default.yaml``), then itself (``--help`` shows their comments)."""
+    path = conf_dir / f"{command}.yaml"
+    node = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+    here = [(g.split("@")[0].lstrip("/"), o) for e in node.get("defaults", []) if isinstance(e, dict) for g, o in
+            e.items() if g.endswith("@_global_") and o is not None and "${" not in str(o)]
+    return [*(conf_dir / g / f"{o}.yaml" for g, o in here), path]
+
+
+def settings_of(command: str) -> set[str]:
+    """The top-level keys of ``conf/<command>.yaml`` (its settings and groups)."""
+    return {f.name for node, name in SCHEMAS.items() if name == command for f in dataclasses.fields(node)}
 
 
 register_configs()
@@ -415,11 +289,24 @@ def objective_kwargs(objective: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, enum in (("mean_type", MeanType), ("var_type", VarType), ("loss_type", LossType)):
         value = get(key)
-        out[key] = enum(value.value if isinstance(value, enum) else value).value
+        value = value.value if isinstance(value, enum) else value
+        if value not in [e.value for e in enum]:
+            raise ValueError(f"objective.{key}={value!r} is not valid; valid: {' | '.join(e.value for e in enum)} "
+                             "(or objective=NAME, a row of the paper's Table 2: conf/objective/)")
+        out[key] = enum(value).value
     for key in ("loss_weight", "snr_gamma", "p2_k", "p2_gamma"):
         if (value := get(key, None)) is not None:
-            out[key] = str(value.value) if isinstance(value, Enum) else value
+            out[key] = value
     return out
+
+
+def check_sampler_settings(node: Any, key: str = "sampler") -> None:
+    """The sampler registry's own check of the sampler node at ``key`` (its name, steps and parameters): the
+    one call of it in the validation pass."""
+    try:
+        SamplerConfig.from_node(node)
+    except ValueError as e:
+        raise ValueError(str(e) if key == "sampler" else f"{key}: {e}") from None
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -429,28 +316,19 @@ def validate_config(cfg: DictConfig) -> None:
         check_model_resolves(cfg.model)
     if "objective" in cfg:
         validate_objective(**objective_kwargs(cfg.objective))
-    if "diffusion" in cfg:
-        from ddpm.diffusion.schedules import SCHEDULE_NAMES
-
-        if cfg.diffusion.schedule not in SCHEDULE_NAMES:
-            raise ValueError(
-                f"diffusion.schedule={cfg.diffusion.schedule!r} is not a known schedule; "
-                f"valid: {list(SCHEDULE_NAMES)}"
-            )
-        if int(cfg.diffusion.num_timesteps) < 1:
-            raise ValueError(f"diffusion.num_timesteps must be >= 1, got {cfg.diffusion.num_timesteps}")
-    if "sampler" in cfg:
-        SamplerConfig.from_node(cfg.sampler)
+    for key in ("sampler", *(f"callbacks.{name}.sampler" for name in cfg.get("callbacks") or {})):
+        if OmegaConf.select(cfg, key, default=None) is not None:
+            check_sampler_settings(OmegaConf.select(cfg, key), key)
     if (name := SCHEMAS.get(OmegaConf.get_type(cfg))) is not None:  # a command's config: its values (ddpm.checks)
         check_command(name, cfg)
 
 
-def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
-    """Compose and validate a config from ``conf/`` outside of ``@hydra.main`` (tests, notebooks)."""
+def compose(config_name: str = "train", overrides: list[str] | None = None, conf_dir: Path = CONF_DIR) -> DictConfig:
+    """Compose and validate a config from ``conf_dir`` outside of ``@hydra.main`` (tests, notebooks)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=True)
     validate_config(cfg)
     return cfg

@@ -51,13 +51,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm.cli import hydra_app
-from ddpm.config import CONF_DIR, NLLConfig, SamplerConfig, validate_config
+from ddpm.config import CONF_DIR, SamplerConfig, settings_of, validate_config
 from ddpm.io import atomic_write
 from ddpm.report.findings import compare, pool_jobs
 from ddpm.report.jobs import Job, find_jobs, row_names
@@ -65,7 +65,7 @@ from ddpm.report.render import render
 from ddpm.rundir import last_checkpoint
 
 SAMPLE_PY = CONF_DIR.parent / "sample.py"  # the entry point beside conf/
-NLL_KEYS = {f.name for f in fields(NLLConfig)} | {"hydra"}  # the sample_args that python -m ddpm.nll takes too
+NLL_KEYS = settings_of("nll") | {"hydra"}  # the sample_args that python -m ddpm.nll takes too
 
 
 @dataclass
