@@ -47,6 +47,20 @@ def test_one_yaml_line_makes_a_new_setting_usable_and_typed(scratch_conf):
     assert "max_retries" in _error(lambda: compose("sample", ["max_retries=7"]))
 
 
+
+def test_a_key_only_some_options_write_has_its_default_written_once(scratch_conf):
+    """objective.loss_weight is written by the min-SNR options only; its default (the paper's unweighted loss) is
+    in conf/group_defaults/objective.yaml, so objective=simple keeps `none`. Without that file the schema would
+    take whichever option sorts last (min_snr for every objective): the builder refuses it, naming the key."""
+    base = ["paths.output_dir=/unused"]
+    assert compose("train", [*base, "objective=simple"]).objective.loss_weight == "none"
+    assert compose("train", [*base, "objective=mu_vlb_fixed"]).objective.loss_weight == "none"
+    assert compose("train", [*base, "objective=v_min_snr"]).objective.loss_weight == "min_snr"
+    assert compose("train", [*base, "objective=simple", "objective.loss_weight=min_snr"]).objective.snr_gamma == 5.0
+    (scratch_conf / "group_defaults" / "objective.yaml").unlink()
+    with pytest.raises(ValueError, match=r"loss_weight.*written by only some options.*group_defaults/objective.yaml"):
+        register_configs(scratch_conf)
+
 def test_the_types_come_from_the_yaml_values_or_the_keys_checks():
     """``null`` types an optional string; a key with a check in ddpm.checks takes what its check allows (an
     integer, ``auto`` or a list for trainer.devices); lists keep their element type."""
@@ -89,7 +103,7 @@ def test_only_train_links_a_dataset_to_its_recipe():
         return "\n".join(ln.split("#")[0] for ln in path.read_text().splitlines())
 
     linking = sorted(p.name for p in CONF_DIR.rglob("*.yaml") if "recipe@_global_" in code(p))
-    assert linking == ["table2_digits.yaml", "train.yaml"]  # train and its sweep, which swaps the recipe
+    assert linking == ["objectives_digits.yaml", "table2_digits.yaml", "train.yaml"]  # train and its sweeps
     for command in ("sample", "nll", "figures", "frontier", "build_refstats"):
         cfg = compose(command, ["paths.output_dir=/unused", "data=cifar10"])
         assert cfg.data._target_.endswith("CIFAR10DataModule") and "optim" not in cfg and "model" not in cfg

@@ -34,8 +34,8 @@ def test_the_sweep_has_one_job_per_row_and_each_row_differs_only_in_its_option()
     for row in ROWS:
         cfg = compose("train", ["sweep=objectives_digits", f"+row={row}"])
         o = cfg.objective
-        assert (o.mean_type.value, o.loss_weight.value, cfg.diffusion.schedule) == want[row], row
-        assert (o.var_type.value, o.loss_type.value, o.snr_gamma) == ("fixed_large", "mse", 5.0)
+        assert (o.mean_type, o.loss_weight, cfg.diffusion.schedule) == want[row], row
+        assert (o.var_type, o.loss_type, o.snr_gamma) == ("fixed_large", "mse", 5.0)
         for key in ("trainer.max_steps", "optim.lr", "optim.t_sampler", "optim.ema_decay", "data.batch_size",
                     "model.ch", "seed", "sampler.name"):
             assert cfg_get(cfg, key) == cfg_get(base, key), (row, key)

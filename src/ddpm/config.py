@@ -236,11 +236,10 @@ def build_schemas(conf_dir: Path = CONF_DIR) -> dict[str, type]:
         for keys in options:
             node.update(keys)
         fixed = {k: v for path in defaults for k, v in _yaml_keys(path, conf_dir).items()}
-        partial = sorted(k for k in node if k not in fixed and any(k not in o for o in options)
-                         and len({repr(o[k]) for o in options if k in o}) > 1)
-        if partial:  # its default would be whichever option comes last
-            raise ValueError(f"conf/{paths[0].parent.name}: {', '.join(partial)} written by some options with "
-                             f"different values: write its default once in conf/{GROUP_DEFAULTS}/{name}.yaml")
+        partial = sorted(k for k in node if k not in fixed and any(k not in o for o in options))
+        if partial and not command:  # its default would be whichever option comes last, in every option
+            raise ValueError(f"conf/{paths[0].parent.name}: {', '.join(partial)} written by only some options: "
+                             f"write its default once in conf/{GROUP_DEFAULTS}/{name}.yaml")
         node.update(fixed)
         schema = _dataclass(name, {k: v for k, v in node.items() if v is not UNTYPED}, checked, prefix)
         groups = [(k, Any, None) for k, v in node.items() if v is UNTYPED]
