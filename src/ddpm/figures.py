@@ -81,8 +81,9 @@ def figure_sampler(sampler, figure: str) -> SamplerConfig:
 
 def _chain(model_fn, diffusion, shape, sampler: SamplerConfig, *, noise, device, x_start_t=None, t_start=None):
     """``sampler``'s progressive function from the registry: yields ``{"t", "sample", "pred_xstart"}``."""
-    return sampler.spec.run(diffusion, model_fn, shape, steps=sampler.steps, params=sampler.params, noise=noise,
-                            clip_denoised=sampler.clip_denoised, device=device, x_start_t=x_start_t, t_start=t_start)
+    return sampler.spec.run(diffusion, model_fn, shape, steps=sampler.steps, noise=noise, device=device,
+                            clip_denoised=sampler.clip_denoised, x_start_t=x_start_t, t_start=t_start,
+                            **sampler.params)
 
 
 @torch.no_grad()

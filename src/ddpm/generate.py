@@ -79,9 +79,9 @@ def generate(
     diff = diffusion_for_sampler(diffusion, sampler).to(device)
     model_fn = sampler_model_fn(model_fn, diffusion, diff, int(image_shape[0]))
     noise = SeededNoise(list(seeds), device=device)
-    return sampler.spec.sample(diff, model_fn, (len(seeds), *image_shape), steps=sampler.steps,
-                               params=sampler.params, noise=noise, clip_denoised=sampler.clip_denoised,
-                               progress=progress, device=device)
+    return sampler.spec.sample(diff, model_fn, (len(seeds), *image_shape), steps=sampler.steps, noise=noise,
+                               clip_denoised=sampler.clip_denoised, progress=progress, device=device,
+                               **sampler.params)
 
 
 def _mu_as_x0(model_fn, diffusion: GaussianDiffusion):

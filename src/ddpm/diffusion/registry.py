@@ -98,13 +98,16 @@ class SamplerSpec:
         return SPACINGS[self.spacing](diffusion, steps, t_start, **kw)
 
     def run(self, diffusion: Any, model_fn: Callable[[Tensor, Tensor], Tensor], shape: Sequence[int], *,
-            steps: int | None = None, params: Mapping[str, Any] | None = None, noise: SeededNoise | None = None,
-            generator: torch.Generator | None = None, clip_denoised: bool = True,
-            progress: Callable[[int, int], None] | None = None, device: str | torch.device | None = None,
-            x_start_t: Tensor | None = None, t_start: int | None = None) -> Iterator[dict[str, Any]]:
-        """The sampler's progressive function on its spacing's timesteps, from ``x_T`` drawn from ``noise`` (or
-        ``generator``) or from ``x_start_t`` at code index ``t_start``. ``device`` defaults to the diffusion's."""
-        params = dict(params or {})
+            steps: int | None = None, noise: SeededNoise | None = None, generator: torch.Generator | None = None,
+            clip_denoised: bool = True, progress: Callable[[int, int], None] | None = None,
+            device: str | torch.device | None = None, x_start_t: Tensor | None = None, t_start: int | None = None,
+            **params: Any) -> Iterator[dict[str, Any]]:
+        """The sampler's progressive function on its spacing's timesteps for ``steps`` evaluations, from ``x_T``
+        drawn from ``noise`` (or ``generator``) or from ``x_start_t`` at code index ``t_start``; ``params`` are its
+        own settings (``eta=0.5``). ``device`` defaults to the diffusion's."""
+        unknown = set(params) - set(self.all_params)
+        if unknown:
+            raise TypeError(f"sampler {self.name} has no setting {sorted(unknown)}; valid: {sorted(self.all_params)}")
         ts = self.timesteps(diffusion, steps, params, t_start)
         device = torch.device(device) if device is not None else diffusion.betas.device
         if x_start_t is None:

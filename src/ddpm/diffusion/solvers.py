@@ -3,7 +3,8 @@ SDE-DPM-Solver++(2M) (the reverse SDE) and Restart sampling (the ODE with forwar
 
 All run on the full chain at the code indices they are given (:mod:`ddpm.diffusion.spacing`: ``logsnr``, uniform
 in ``lambda = log(alpha / sigma)`` with ``alpha = sqrt(abar)``, ``sigma = sqrt(1 - abar)``, or ``restart``); one
-network evaluation per index, except an index followed by a larger one, where the chain lands and jumps back up. The data prediction ``x0_i`` is ``pred_xstart`` of
+network evaluation per index, except an index followed by a larger one, where the chain lands and jumps back up.
+The data prediction ``x0_i`` is ``pred_xstart`` of
 :meth:`GaussianDiffusion.p_mean_variance` (the same conversion for every mean type: from eps, x0 directly, or
 mu-tilde inverted; the variance channels of a learned variance are not used), clamped to [-1, 1] when
 ``clip_denoised`` (diffusers' analogue: ``thresholding`` with ``sample_max_value=1``). Every random draw
@@ -33,7 +34,7 @@ from torch import Tensor
 
 from .gaussian import GaussianDiffusion, ModelFn
 from .noise import SeededNoise, randn
-from .registry import register
+from .registry import register, register_spacing
 from .samplers import Progress, Step
 
 
@@ -301,3 +302,16 @@ def check_restart(params: Mapping[str, Any], steps: int | None, diffusion: Gauss
                          "restart passes")
     if steps is not None and diffusion is not None:
         restart_plan(diffusion, int(steps), t_min, t_max, params["restart_k"], float(share))
+
+
+@register_spacing("restart")
+def restart_timesteps(diffusion: GaussianDiffusion, steps: int, t_start: int | None = None, *, restart_t_min: int,
+                      restart_t_max: int, restart_k: int, restart_share: float) -> list[int]:
+    """Restart's ``steps`` evaluations (:func:`restart_plan`): the main pass down to its first index ``m <=
+    restart_t_min``, then ``restart_k`` times a jump up to ``restart_t_max`` and a restart pass back down to
+    ``m``, then the rest of the main pass: ``main[:at+1] + (restart pass + [m]) * k + main[at+1:]``."""
+    if t_start is not None and int(t_start) != diffusion.num_timesteps - 1:
+        raise ValueError("Restart always starts at T-1 (its restarts are planned on the whole chain)")
+    main, at, restart_ts = restart_plan(diffusion, int(steps), restart_t_min, restart_t_max, restart_k,
+                                        float(restart_share))
+    return main[:at + 1] + (restart_ts + [main[at]]) * int(restart_k) + main[at + 1:]

@@ -10,7 +10,8 @@ forward process to the next index (Restart's jumps). ``steps`` is the number of 
 * ``even``: ``steps`` evenly spaced indices (improved-diffusion's ``space_timesteps(T, steps)``);
 * ``ddim``: DDIM's fixed stride (``space_timesteps(T, "ddim<steps>")``);
 * ``logsnr``: ``steps`` indices uniform in lambda = log(alpha / sigma) (DPM-Solver++, its SDE form);
-* ``restart``: the ``logsnr`` main pass with ``restart_k`` restart passes inside it (:func:`restart_plan`).
+* ``restart``: the ``logsnr`` main pass with ``restart_k`` restart passes inside it (registered beside its plan,
+  :func:`ddpm.diffusion.solvers.restart_timesteps`).
 
 ``even`` and ``ddim`` with ``steps >= T`` give the full chain (a config tuned for T=1000 still runs on a T=10
 model). Adding a spacing is a function decorated with :func:`register_spacing`.
@@ -21,10 +22,10 @@ from __future__ import annotations
 from .gaussian import GaussianDiffusion
 from .registry import SPACINGS, register_spacing
 from .samplers import space_timesteps
-from .solvers import dpm_solver_timesteps, restart_plan
+from .solvers import dpm_solver_timesteps
 
 __all__ = ["SPACINGS", "register_spacing", "get_timesteps", "is_full_chain", "num_evaluations", "full_timesteps",
-           "even_timesteps", "ddim_timesteps", "logsnr_timesteps", "restart_timesteps"]
+           "even_timesteps", "ddim_timesteps", "logsnr_timesteps"]
 
 
 def get_timesteps(name: str, diffusion: GaussianDiffusion, steps: int | None, t_start: int | None = None,
@@ -79,18 +80,6 @@ def ddim_timesteps(diffusion: GaussianDiffusion, steps: int, t_start: int | None
 
 @register_spacing("logsnr")
 def logsnr_timesteps(diffusion: GaussianDiffusion, steps: int | None, t_start: int | None = None) -> list[int]:
-    """``steps`` indices uniform in lambda from ``t_start`` down to 0 (:func:`dpm_solver_timesteps`)."""
+    """``steps`` indices uniform in lambda from ``t_start`` down to 0
+    (:func:`~ddpm.diffusion.solvers.dpm_solver_timesteps`)."""
     return dpm_solver_timesteps(diffusion, steps, t_start)
-
-
-@register_spacing("restart")
-def restart_timesteps(diffusion: GaussianDiffusion, steps: int, t_start: int | None = None, *, restart_t_min: int,
-                      restart_t_max: int, restart_k: int, restart_share: float) -> list[int]:
-    """Restart's ``steps`` evaluations (:func:`restart_plan`): the main pass down to its first index ``m <=
-    restart_t_min``, then ``restart_k`` times a jump up to ``restart_t_max`` and a restart pass back down to
-    ``m``, then the rest of the main pass: ``main[:at+1] + (restart pass + [m]) * k + main[at+1:]``."""
-    if t_start is not None and int(t_start) != diffusion.num_timesteps - 1:
-        raise ValueError("Restart always starts at T-1 (its restarts are planned on the whole chain)")
-    main, at, restart_ts = restart_plan(diffusion, int(steps), restart_t_min, restart_t_max, restart_k,
-                                        float(restart_share))
-    return main[:at + 1] + (restart_ts + [main[at]]) * int(restart_k) + main[at + 1:]
