@@ -180,8 +180,9 @@ def validate_sampler(name: Any, steps: Any, params: Mapping[str, Any], var_type:
                          f"{sorted({v.value for v in VarType})}")
     unknown = sorted(set(params) - set(spec.all_params))
     if unknown:
-        raise ValueError(f"sampler.{unknown[0]} is not a setting of sampler={name}; valid: "
-                         f"{sorted([*COMMON_SAMPLER_KEYS, *spec.all_params])} (conf/sampler/{name}.yaml)")
+        valid = ", ".join(f"sampler.{k}" for k in (*COMMON_SAMPLER_KEYS, *spec.all_params))
+        raise ValueError(f"sampler.{unknown[0]} is not a setting of sampler={name}; valid: {valid} "
+                         f"(conf/sampler/{name}.yaml).")
     typed = dict(params)
     for key, kind in spec.all_params.items():
         value = typed.get(key)

@@ -182,9 +182,65 @@ class _Chain:
             yield {"t": int(ti), "sample": x, "pred_xstart": x0}
 
 
+def forward_jump(diffusion: GaussianDiffusion, x: Tensor, t_from: int, t_to: int, z: Tensor) -> Tensor:
+    """A draw of the forward process ``q(x_{t_to} | x_{t_from})`` for code indices ``t_from < t_to``:
+    ``sqrt(abar_to / abar_from) x + sqrt(1 - abar_to / abar_from) z`` (the product of the steps' Gaussians)."""
+    if not 0 <= t_from < t_to < diffusion.num_timesteps:
+        raise ValueError(f"a forward jump needs 0 <= t_from < t_to < T, got {t_from} -> {t_to}")
+    ratio = float(diffusion.alphas_cumprod_np[t_to] / diffusion.alphas_cumprod_np[t_from])
+    return math.sqrt(ratio) * x + math.sqrt(1.0 - ratio) * z
+
+
+def restart_plan(diffusion: GaussianDiffusion, steps: int, t_min: int, t_max: int, k: int,
+                 share: float) -> tuple[list[int], int, list[int]]:
+    """How Restart spends ``steps`` evaluations: ``(main timesteps, index in them where the restarts happen,
+    restart-pass timesteps)``.
+
+    ``round(share * steps)`` evaluations go to the ``k`` restart passes (an equal number each, at least one),
+    the rest to the main ODE pass (lambda-uniform from T-1 to 0, at least two). The restarts happen when the
+    main pass reaches its first index ``<= t_min`` (``t_min`` snapped onto the main grid, so the main pass is
+    the same with or without restarts); each restart pass runs lambda-uniform from ``t_max`` down to that index.
+    """
+    per_pass = max(1, round(share * steps) // k)
+    main = steps - k * per_pass
+    if main < 2:
+        raise ValueError(
+            f"sampler=restart with steps={steps}: restart_k={k} passes of {per_pass} evaluations leave {main} for "
+            f"the main pass (at least 2 needed); use more sampler.steps, a smaller sampler.restart_k or "
+            f"sampler.restart_share")
+    ts = dpm_solver_timesteps(diffusion, main)
+    at = next((i for i, t in enumerate(ts) if t <= t_min), len(ts) - 1)
+    if at == 0 or ts[at] >= t_max:
+        raise ValueError(f"sampler=restart: the main pass {ts} has no step between restart_t_max={t_max} and "
+                         f"restart_t_min={t_min}; widen the interval or use more sampler.steps")
+    restart_ts = lambda_timesteps(diffusion, per_pass + 1, t_max, ts[at])[:-1]
+    if len(restart_ts) < per_pass:
+        raise ValueError(f"sampler=restart: {per_pass} evaluations per restart pass do not fit between "
+                         f"restart_t_max={t_max} and {ts[at]}; widen the interval or lower sampler.restart_share")
+    return ts, at, restart_ts
+
+
+def check_restart(params: Mapping[str, Any], steps: int | None, diffusion: GaussianDiffusion | None) -> None:
+    """The restart parameters' ranges, each error naming its key, and (given the model's ``diffusion``) whether
+    the interval lies below T and ``steps`` evaluations can be split as they ask (:func:`restart_plan`)."""
+    T = diffusion.num_timesteps if diffusion is not None else None
+    t_min, t_max = params.get("restart_t_min"), params.get("restart_t_max")
+    if not (isinstance(t_min, int) and isinstance(t_max, int) and 0 < t_min < t_max < (T or t_max + 1)):
+        raise ValueError(f"sampler.restart_t_min={t_min} and sampler.restart_t_max={t_max} must be code indices with "
+                         f"0 < restart_t_min < restart_t_max < T{f'={T}' if T else ''} (e.g. 60 and 300 for T=1000)")
+    if not (isinstance(params.get("restart_k"), int) and params["restart_k"] >= 1):
+        raise ValueError(f"sampler.restart_k={params.get('restart_k')} must be an integer >= 1 (restart passes)")
+    share = params.get("restart_share")
+    if not (isinstance(share, int | float) and 0 < share < 1):
+        raise ValueError(f"sampler.restart_share={share} must be in (0, 1): the fraction of sampler.steps spent in "
+                         "restart passes")
+    if steps is not None and diffusion is not None:
+        restart_plan(diffusion, int(steps), t_min, t_max, params["restart_k"], float(share))
+
+
 @register("restart", spacing="restart", stochastic=True, starts_anywhere=False,
           spacing_params={"restart_t_min": int, "restart_t_max": int, "restart_k": int, "restart_share": float},
-          check=lambda params, steps, diffusion: check_restart(params, steps, diffusion),
+          check=check_restart,
           summary="Restart sampling (Xu et al. 2023) with the DPM-Solver++(2M) ODE inside")
 @register("dpm_solver_sde", spacing="logsnr", bound={"sde": True},
           summary="SDE-DPM-Solver++(2M), the reverse SDE (Lu et al. 2022, sec. 5)")
@@ -246,62 +302,6 @@ def dpm_solver(
         if not last:
             chain.x = forward_jump(diffusion, chain.x, run[-1], runs[j + 1][0], chain.randn(chain.x.shape))
             chain.history = None
-
-
-def forward_jump(diffusion: GaussianDiffusion, x: Tensor, t_from: int, t_to: int, z: Tensor) -> Tensor:
-    """A draw of the forward process ``q(x_{t_to} | x_{t_from})`` for code indices ``t_from < t_to``:
-    ``sqrt(abar_to / abar_from) x + sqrt(1 - abar_to / abar_from) z`` (the product of the steps' Gaussians)."""
-    if not 0 <= t_from < t_to < diffusion.num_timesteps:
-        raise ValueError(f"a forward jump needs 0 <= t_from < t_to < T, got {t_from} -> {t_to}")
-    ratio = float(diffusion.alphas_cumprod_np[t_to] / diffusion.alphas_cumprod_np[t_from])
-    return math.sqrt(ratio) * x + math.sqrt(1.0 - ratio) * z
-
-
-def restart_plan(diffusion: GaussianDiffusion, steps: int, t_min: int, t_max: int, k: int,
-                 share: float) -> tuple[list[int], int, list[int]]:
-    """How Restart spends ``steps`` evaluations: ``(main timesteps, index in them where the restarts happen,
-    restart-pass timesteps)``.
-
-    ``round(share * steps)`` evaluations go to the ``k`` restart passes (an equal number each, at least one),
-    the rest to the main ODE pass (lambda-uniform from T-1 to 0, at least two). The restarts happen when the
-    main pass reaches its first index ``<= t_min`` (``t_min`` snapped onto the main grid, so the main pass is
-    the same with or without restarts); each restart pass runs lambda-uniform from ``t_max`` down to that index.
-    """
-    per_pass = max(1, round(share * steps) // k)
-    main = steps - k * per_pass
-    if main < 2:
-        raise ValueError(
-            f"sampler=restart with steps={steps}: restart_k={k} passes of {per_pass} evaluations leave {main} for "
-            f"the main pass (at least 2 needed); use more sampler.steps, a smaller sampler.restart_k or "
-            f"sampler.restart_share")
-    ts = dpm_solver_timesteps(diffusion, main)
-    at = next((i for i, t in enumerate(ts) if t <= t_min), len(ts) - 1)
-    if at == 0 or ts[at] >= t_max:
-        raise ValueError(f"sampler=restart: the main pass {ts} has no step between restart_t_max={t_max} and "
-                         f"restart_t_min={t_min}; widen the interval or use more sampler.steps")
-    restart_ts = lambda_timesteps(diffusion, per_pass + 1, t_max, ts[at])[:-1]
-    if len(restart_ts) < per_pass:
-        raise ValueError(f"sampler=restart: {per_pass} evaluations per restart pass do not fit between "
-                         f"restart_t_max={t_max} and {ts[at]}; widen the interval or lower sampler.restart_share")
-    return ts, at, restart_ts
-
-
-def check_restart(params: Mapping[str, Any], steps: int | None, diffusion: GaussianDiffusion | None) -> None:
-    """The restart parameters' ranges, each error naming its key, and (given the model's ``diffusion``) whether
-    the interval lies below T and ``steps`` evaluations can be split as they ask (:func:`restart_plan`)."""
-    T = diffusion.num_timesteps if diffusion is not None else None
-    t_min, t_max = params.get("restart_t_min"), params.get("restart_t_max")
-    if not (isinstance(t_min, int) and isinstance(t_max, int) and 0 < t_min < t_max < (T or t_max + 1)):
-        raise ValueError(f"sampler.restart_t_min={t_min} and sampler.restart_t_max={t_max} must be code indices with "
-                         f"0 < restart_t_min < restart_t_max < T{f'={T}' if T else ''} (e.g. 60 and 300 for T=1000)")
-    if not (isinstance(params.get("restart_k"), int) and params["restart_k"] >= 1):
-        raise ValueError(f"sampler.restart_k={params.get('restart_k')} must be an integer >= 1 (restart passes)")
-    share = params.get("restart_share")
-    if not (isinstance(share, int | float) and 0 < share < 1):
-        raise ValueError(f"sampler.restart_share={share} must be in (0, 1): the fraction of sampler.steps spent in "
-                         "restart passes")
-    if steps is not None and diffusion is not None:
-        restart_plan(diffusion, int(steps), t_min, t_max, params["restart_k"], float(share))
 
 
 @register_spacing("restart")

@@ -24,7 +24,7 @@ from .registry import SPACINGS, register_spacing
 from .samplers import space_timesteps
 from .solvers import dpm_solver_timesteps
 
-__all__ = ["SPACINGS", "register_spacing", "get_timesteps", "is_full_chain", "num_evaluations", "full_timesteps",
+__all__ = ["SPACINGS", "register_spacing", "get_timesteps", "num_evaluations", "full_timesteps",
            "even_timesteps", "ddim_timesteps", "logsnr_timesteps"]
 
 
@@ -32,11 +32,6 @@ def get_timesteps(name: str, diffusion: GaussianDiffusion, steps: int | None, t_
                   **params) -> list[int]:
     """The code indices of spacing ``name`` (see the module docstring)."""
     return SPACINGS[name](diffusion, steps, t_start, **params)
-
-
-def is_full_chain(timesteps: list[int]) -> bool:
-    """Whether ``timesteps`` is every index from its first down to 0 (no index skipped, no jump)."""
-    return list(timesteps) == list(range(int(timesteps[0]), -1, -1))
 
 
 def num_evaluations(timesteps: list[int]) -> int:
