@@ -57,8 +57,11 @@ def test_respaced_refuses_a_raw_learned_variance_but_ddim_and_fixed_take_it():
         GaussianDiffusion.from_config("linear", T, "eps", "learned_range", "hybrid"))
 
 
-def test_fixed_variance_on_a_learned_variance_network_uses_its_mean_channels():
-    d = GaussianDiffusion.from_config("linear", T, "eps", "learned", "kl")
+@pytest.mark.parametrize("var,loss", [("learned", "kl"), ("learned_range", "hybrid")])
+def test_fixed_variance_on_a_learned_variance_network_uses_its_mean_channels(var, loss):
+    """Also for Improved DDPM's hybrid loss, which needs a learned variance (sampling with a fixed one used to fail
+    building the diffusion)."""
+    d = GaussianDiffusion.from_config("linear", T, "eps", var, loss)
     fixed = GaussianDiffusion.from_config("linear", T, "eps", "fixed_small", "mse")
 
     def eps_and_var(x, t):

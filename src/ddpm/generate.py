@@ -43,7 +43,9 @@ def diffusion_for_sampler(diffusion: GaussianDiffusion, sampler: SamplerConfig) 
             diffusion.betas_np,
             mean_type=mean_type,
             var_type=var_type,
-            loss_type="kl" if var_type in ("learned", "learned_range") else diffusion.loss_type,
+            # sampling uses no loss; the one given must fit the variance (hybrid needs a learned one)
+            loss_type="kl" if var_type in ("learned", "learned_range") else
+            "mse" if diffusion.loss_type.value == "hybrid" else diffusion.loss_type,
             timestep_map=diffusion.timestep_map_np,
         )
     return diffusion
