@@ -136,6 +136,7 @@ def outside_sampler(tmp_path):
     SAMPLERS.pop("test_ddim_on_chain")
 
 
+@pytest.mark.slow  # sample.py, a frontier and a figure on the tiny checkpoint
 def test_a_sampler_registered_from_a_test_module_works_in_sample_frontier_and_figures(
         outside_sampler, tmp_path_factory, tmp_path):
     from ddpm.figures import make_figure
