@@ -15,7 +15,7 @@ What is measured (one process, the implementations alternated round by round in 
   config) + ``DDPMScheduler.add_noise`` + ``F.mse_loss`` + ``torch.optim.Adam`` +
   ``diffusers.training_utils.EMAModel``.
 * ``sample``: one ancestral denoising step at batch 64 under ``no_grad``, eval mode. Ours:
-  ``p_mean_variance`` + the noise of ``ancestral_sample``; diffusers: ``UNet2DModel`` +
+  ``p_mean_variance`` + the noise of ``SAMPLERS["ancestral"].sample``; diffusers: ``UNet2DModel`` +
   ``DDPMScheduler.step``.
 * peak memory: each implementation runs ``--mem-steps`` steps in a **fresh child process**; the figure is
   the peak resident set size during those steps (``VmHWM``, reset through ``/proc/self/clear_refs`` right
@@ -269,7 +269,7 @@ SAMPLE_T = 500  # the code index of the timed denoising step (any t costs the sa
 
 
 class SampleOurs(Impl):
-    """One step of ``ancestral_sample_progressive`` (p_mean_variance with x_0 clipping, then the noise)."""
+    """One step of the ancestral sampler (p_mean_variance with x_0 clipping, then the noise)."""
 
     def __init__(self, cfg: dict, batch: int, variants: frozenset[str] = frozenset(), net=None):
         self.name = "ours" + "".join(f"+{v}" for v in sorted(variants))
@@ -557,7 +557,7 @@ def section_sample1000(args, rows: list, notes: list) -> None:
     not depend on them)."""
     from diffusers import UNet2DModel
 
-    from ddpm.diffusion import ancestral_sample
+    from ddpm.diffusion import SAMPLERS
 
     steps = 20 if args.quick else 1000
     n = args.digits
@@ -573,7 +573,7 @@ def section_sample1000(args, rows: list, notes: list) -> None:
         name = "ours"
 
         def step(self) -> None:
-            ancestral_sample(diffusion, ours_net, (n, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+            SAMPLERS["ancestral"].sample(diffusion, ours_net, (n, 1, 8, 8), generator=torch.Generator().manual_seed(0))
 
     class Theirs(Impl):
         name = "diffusers"

@@ -37,8 +37,9 @@ from ddpm.data import model_to_uint8 as to_uint8  # noqa: E402
 from ddpm.diffusion import (  # noqa: E402
     GaussianDiffusion,
     SeededNoise,
-    dpm_solver_sample,
+    dpm_solver,
     dpm_solver_timesteps,
+    final_sample,
     space_timesteps,
 )
 from ddpm.generate import seeds_for  # noqa: E402
@@ -78,7 +79,7 @@ def gaussian_std(name: str, steps: int, m: float = 0.3, s: float = 0.2, n: int =
         return (torch.sqrt(1 - ab) / (ab * s**2 + 1 - ab) * (x - torch.sqrt(ab) * m)).float()
 
     x_T = torch.randn(n, 1, generator=torch.Generator().manual_seed(0))
-    x = dpm_solver_sample(d, eps, (n, 1), timesteps=spacing(name, d, steps), x_start_t=x_T, clip_denoised=False)
+    x = final_sample(dpm_solver(d, eps, x_T, spacing(name, d, steps), clip_denoised=False))
     return float(x.std() / (s * x_T.std()))
 
 
@@ -118,8 +119,9 @@ def run_study(args, fn, diffusion, shape, score) -> str:
                 fids = []
                 for base in args.seed_sets:
                     seeds = seeds_for(base, 0, args.n)
-                    x = dpm_solver_sample(diffusion, fn, (args.n, *shape), timesteps=ts, noise=SeededNoise(seeds),
-                                          clip_denoised=clip)  # fmt: skip
+                    noise = SeededNoise(seeds)
+                    x_T = noise.randn(*shape)  # then the solver's draws (none for the ODE) from the same seeds
+                    x = final_sample(dpm_solver(diffusion, fn, x_T, ts, noise=noise, clip_denoised=clip))
                     fids.append(score(x))
                 mean_a, mean_b = np.mean(fids, axis=0)
                 line = (f"| {name} | {clip} | {steps} | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in fids)

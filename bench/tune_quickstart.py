@@ -120,7 +120,7 @@ def tune(name: str, overrides: list[str], eval_steps: list[int], decays: list[fl
                 fids = [q["fid"] for q in qs]
                 row = {
                     "name": name, "overrides": overrides, "step": step, "ema_decay": decay,
-                    "sampler": sampler.num_steps_label + (f"/{kw['var_type']}" if kw.get("var_type") else ""),
+                    "sampler": sampler.label + (f"/{kw['var_type']}" if kw.get("var_type") else ""),
                     "fid": round(fids[0], 3), "confidence": round(qs[0]["confidence"], 4),
                     "class_entropy": round(qs[0]["class_entropy"], 3), "n": qs[0]["n"],
                     "fid_sets": [round(f, 3) for f in fids],

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from ddpm.config import SamplerConfig, compose  # noqa: E402
 from ddpm.data import model_to_uint8  # noqa: E402
-from ddpm.generate import check_sampler, generate, seeds_for  # noqa: E402
+from ddpm.generate import generate, seeds_for  # noqa: E402
 from ddpm.loading import load_model, model_datamodule  # noqa: E402
 from ddpm.metrics.pooled import featurise, pooled_scores  # noqa: E402
 from ddpm.metrics.samples import all_extractors, load_extractor, reference_for  # noqa: E402
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for sampler in samplers:
         try:
-            check_sampler(diffusion, sampler)
+            sampler.check(diffusion)
         except ValueError as e:  # a split that does not fit this step count
             print(f"skip {sampler.describe(T)}: {e}", flush=True)
             continue

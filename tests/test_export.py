@@ -25,10 +25,8 @@ from sampling_helpers import tiny_checkpoint
 from ddpm import interop
 from ddpm.convert import main as convert_main
 from ddpm.diffusion import (
+    SAMPLERS,
     GaussianDiffusion,
-    ancestral_sample,
-    ancestral_sample_progressive,
-    ddim_sample,
     respace,
     space_timesteps,
 )
@@ -181,7 +179,7 @@ def test_one_scheduler_step_equals_our_reverse_step(var_type, clip, tmp_path):
             model_output = pipe.unet(x, torch.full((4,), t)).sample
         theirs = pipe.scheduler.step(model_output, t, x, generator=torch.Generator().manual_seed(7)).prev_sample
         theirs64 = sched64.step(model_output, t, x, generator=torch.Generator().manual_seed(7)).prev_sample
-        ours = next(ancestral_sample_progressive(
+        ours = next(SAMPLERS["ancestral"].run(
             diffusion, net, x.shape, generator=torch.Generator().manual_seed(7), x_start_t=x, t_start=t,
             clip_denoised=clip,
         ))["sample"]
@@ -221,7 +219,7 @@ def test_the_whole_pipeline_equals_our_ancestral_sampler(var_type, tmp_path):
     images = pipe(batch_size=4, num_inference_steps=100, generator=torch.Generator().manual_seed(11),
                   output_type="np").images
     with torch.no_grad():
-        ours = ancestral_sample(diffusion, net, (4, 1, 8, 8), generator=torch.Generator().manual_seed(11))
+        ours = SAMPLERS["ancestral"].sample(diffusion, net, (4, 1, 8, 8), generator=torch.Generator().manual_seed(11))
     ours = (ours / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     err = abs(ours - images).max()
     print(f"DDPMPipeline, {var_type}, 100 steps: max |diffusers - ours| = {err:.2e} (images in [0, 1])")
@@ -247,7 +245,7 @@ def test_ddim_in_diffusers_equals_our_ddim(tmp_path):
 
     respaced = respace(diffusion, space_timesteps(1000, f"ddim{steps}"))
     assert respaced.timestep_map.tolist() == sorted(ddim.timesteps.tolist())
-    ours = ddim_sample(respaced, net, x_T.shape, eta=0.0, clip_denoised=True, x_start_t=x_T)
+    ours = SAMPLERS["ddim"].sample(diffusion, net, x_T.shape, steps=steps, eta=0.0, clip_denoised=True, x_start_t=x_T)
     err = (run(True) - ours).abs().max().item()
     unclipped_eps = (run(False) - ours).abs().max().item()
     print(f"DDIM {steps} steps: max |diffusers - ours| = {err:.2e}; with diffusers' default "
@@ -411,9 +409,9 @@ def test_an_exported_v_model_samples_in_ddpm_pipeline(tmp_path):
     images = pipe(batch_size=4, num_inference_steps=100, generator=torch.Generator().manual_seed(12),
                   output_type="np").images
     with torch.no_grad():
-        ours = ancestral_sample(diffusion, net, (4, 1, 8, 8), generator=torch.Generator().manual_seed(12))
-        as_eps = ancestral_sample(diffusion_for("fixed_large", T=100), net, (4, 1, 8, 8),
-                                  generator=torch.Generator().manual_seed(12))
+        ours = SAMPLERS["ancestral"].sample(diffusion, net, (4, 1, 8, 8), generator=torch.Generator().manual_seed(12))
+        as_eps = SAMPLERS["ancestral"].sample(diffusion_for("fixed_large", T=100), net, (4, 1, 8, 8),
+                                                   generator=torch.Generator().manual_seed(12))
     ours, as_eps = ((x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy() for x in (ours, as_eps))
     err = abs(ours - images).max()
     print(f"DDPMPipeline, v, 100 steps: max |diffusers - ours| = {err:.2e} (images in [0, 1])")

@@ -7,7 +7,7 @@ import torch
 
 from ddpm.config import SamplerConfig
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.generate import check_sampler, generate
+from ddpm.generate import generate
 
 T = 50
 SHAPE = (1, 4, 4)
@@ -49,16 +49,19 @@ def test_a_mu_network_samples_like_the_x0_network_it_implies(name, steps, params
 def test_respaced_refuses_a_raw_learned_variance_but_ddim_and_fixed_take_it():
     d = GaussianDiffusion.from_config("linear", T, "eps", "learned", "kl")
     with pytest.raises(ValueError, match="one-step log-variance"):
-        check_sampler(d, SamplerConfig(name="respaced", steps=10))
-    check_sampler(d, SamplerConfig(name="ddim", steps=10))
-    check_sampler(d, SamplerConfig(name="respaced", steps=10, var_type="fixed_small"))
-    check_sampler(d, SamplerConfig(name="respaced", steps=T))  # all T steps: no jump
-    check_sampler(GaussianDiffusion.from_config("linear", T, "eps", "learned_range", "hybrid"),
-                  SamplerConfig(name="respaced", steps=10))  # interpolated: valid on any spacing
+        SamplerConfig(name="respaced", steps=10).check(d)
+    SamplerConfig(name="ddim", steps=10).check(d)
+    SamplerConfig(name="respaced", steps=10, var_type="fixed_small").check(d)
+    SamplerConfig(name="respaced", steps=T).check(d)  # all T steps: no jump
+    SamplerConfig(name="respaced", steps=10).check(  # interpolated: valid on any spacing
+        GaussianDiffusion.from_config("linear", T, "eps", "learned_range", "hybrid"))
 
 
-def test_fixed_variance_on_a_learned_variance_network_uses_its_mean_channels():
-    d = GaussianDiffusion.from_config("linear", T, "eps", "learned", "kl")
+@pytest.mark.parametrize("var,loss", [("learned", "kl"), ("learned_range", "hybrid")])
+def test_fixed_variance_on_a_learned_variance_network_uses_its_mean_channels(var, loss):
+    """Also for Improved DDPM's hybrid loss, which needs a learned variance (sampling with a fixed one used to fail
+    building the diffusion)."""
+    d = GaussianDiffusion.from_config("linear", T, "eps", var, loss)
     fixed = GaussianDiffusion.from_config("linear", T, "eps", "fixed_small", "mse")
 
     def eps_and_var(x, t):
@@ -73,7 +76,7 @@ def test_fixed_variance_on_a_learned_variance_network_uses_its_mean_channels():
 def test_dpm_solver_by_name_is_the_core_solver_and_ignores_a_learned_variance():
     """sampler=dpm_solver runs ddpm.diffusion's DPM-Solver++(2M) on the full chain (no respacing) with the
     sampler's steps; a learned-variance network's variance channels are not used."""
-    from ddpm.diffusion import SeededNoise, dpm_solver_sample
+    from ddpm.diffusion import SAMPLERS, SeededNoise
 
     eps_diff = GaussianDiffusion.from_config("linear", T, "eps", "fixed_large", "mse")
     learned = GaussianDiffusion.from_config("linear", T, "eps", "learned_range", "hybrid")
@@ -84,7 +87,7 @@ def test_dpm_solver_by_name_is_the_core_solver_and_ignores_a_learned_variance():
     seeds = [3, 4, 5]
     sampler = SamplerConfig(name="dpm_solver", steps=7)
     a = generate(eps, eps_diff, seeds, SHAPE, sampler)
-    b = dpm_solver_sample(eps_diff, eps, (3, *SHAPE), steps=7, noise=SeededNoise(seeds))
+    b = SAMPLERS["dpm_solver"].sample(eps_diff, eps, (3, *SHAPE), steps=7, noise=SeededNoise(seeds))
     torch.testing.assert_close(a, b)
     c = generate(lambda x, t: torch.cat([eps(x, t), torch.full_like(x, 9.0)], 1), learned, seeds, SHAPE, sampler)
     torch.testing.assert_close(a, c)

@@ -19,9 +19,6 @@ from ddpm.diffusion import (
     SAMPLERS,
     GaussianDiffusion,
     SeededNoise,
-    ancestral_sample,
-    ddim_sample,
-    dpm_solver_sample,
     dpm_solver_timesteps,
     respace,
     space_timesteps,
@@ -49,7 +46,8 @@ def ddpm_scheduler(variance: str):
 @pytest.mark.parametrize("clip", [True, False])
 def test_ancestral_chain_equals_diffusers_ddpm_scheduler(variance: str, clip: bool) -> None:
     diffusion = GaussianDiffusion.from_config("linear", T, "eps", variance, "mse")
-    ours = ancestral_sample(diffusion, toy_eps, SHAPE, generator=torch.Generator().manual_seed(7), clip_denoised=clip)
+    ours = SAMPLERS["ancestral"].sample(diffusion, toy_eps, SHAPE, generator=torch.Generator().manual_seed(7),
+                                        clip_denoised=clip)
 
     sched = ddpm_scheduler(variance)
     sched.config.clip_sample = clip
@@ -118,12 +116,17 @@ def toy_x0(diffusion: GaussianDiffusion):
     """The toy eps-model as an x0-model (diffusers' prediction_type="sample")."""
     return lambda x, t: diffusion.predict_xstart_from_eps(x, t, toy_eps(x, t))
 
+def ddim_sample(diffusion, model_fn, shape, *, eta=0.0, **kw):
+    """DDIM on every index of ``diffusion`` (a respaced one: its kept steps)."""
+    return SAMPLERS["ddim"].sample(diffusion, model_fn, shape, steps=diffusion.num_timesteps, eta=eta, **kw)
+
+
 
 def _dpm_vs_diffusers(steps: int, mean_type: str, clip: bool) -> tuple[torch.Tensor, torch.Tensor]:
     diffusion = GaussianDiffusion.from_config("linear", T, mean_type, "fixed_large", "mse")
     model = toy_eps if mean_type == "eps" else toy_x0(diffusion)
     x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(steps))
-    ours = dpm_solver_sample(diffusion, model, SHAPE, steps=steps, x_start_t=x_T, clip_denoised=clip)
+    ours = SAMPLERS["dpm_solver"].sample(diffusion, model, SHAPE, steps=steps, x_start_t=x_T, clip_denoised=clip)
     sched = dpm_scheduler("epsilon" if mean_type == "eps" else "sample", clip)
     sched.set_timesteps(timesteps=dpm_solver_timesteps(diffusion, steps))
     x = x_T.clone()
@@ -183,7 +186,7 @@ def test_dpm_solver_sde_reference_test_catches_a_wrong_noise_scale(monkeypatch) 
                                                                                             1.1 * z))
     wrong, _ = _sde_vs_diffusers(10, "eps", clip=True)
     assert (wrong - ref).abs().max() > 1e-2
-    ode = dpm_solver_sample(GaussianDiffusion.from_config("linear", T), toy_eps, SHAPE, steps=10,
+    ode = SAMPLERS["dpm_solver"].sample(GaussianDiffusion.from_config("linear", T), toy_eps, SHAPE, steps=10,
                             x_start_t=SeededNoise(list(range(1000, 1000 + SHAPE[0]))).randn(*SHAPE[1:]))
     assert (ode - ref).abs().max() > 1e-2 and (ours - ref).abs().max() < 1e-4
 
@@ -248,7 +251,8 @@ def _convergence_errors() -> tuple[list[float], float]:
 
     ode = 2 * ddim(refined(coarse, 4)) - ddim(refined(coarse, 2))
     model = toy_eps_of_noise_level(coarse)
-    errs = [(dpm_solver_sample(coarse, model, shape, steps=n, x_start_t=x_T, clip_denoised=False) - ode).abs().max()
+    dpm = SAMPLERS["dpm_solver"].sample
+    errs = [(dpm(coarse, model, shape, steps=n, x_start_t=x_T, clip_denoised=False) - ode).abs().max()
             for n in (20, 40, 80, 500)]  # fmt: skip
     return [float(e) for e in errs], float((ddim(coarse) - ode).abs().max())
 

@@ -175,7 +175,7 @@ def test_samplers_and_raw_weights(reference_run, ckpt, tmp_path):
 
     # the images themselves, drawn again straight from the math layer (no sample.py, no generate): the run's
     # per-image seeds, the respaced / DDIM chains built by hand, the raw (non-EMA) network, no clipping
-    from ddpm.diffusion import SeededNoise, ancestral_sample, ddim_sample, respace, space_timesteps
+    from ddpm.diffusion import SAMPLERS, SeededNoise, respace, space_timesteps
     from ddpm.loading import load_model
     from ddpm.seeds import image_seeds
 
@@ -187,12 +187,12 @@ def test_samplers_and_raw_weights(reference_run, ckpt, tmp_path):
         return model_to_uint8(x).numpy()[:, 0]
 
     def unclipped(f, d, shape, noise):
-        return ancestral_sample(d, f, shape, noise=noise, clip_denoised=False)
+        return SAMPLERS["ancestral"].sample(d, f, shape, noise=noise, clip_denoised=False)
 
     expected = {
-        "ddim": by_hand(ckpt, True, lambda f, d, shape, noise: ddim_sample(
-            respace(d, space_timesteps(10, "ddim5")), f, shape, eta=0.0, noise=noise)),
-        "resp": by_hand(ckpt, True, lambda f, d, shape, noise: ancestral_sample(
+        "ddim": by_hand(ckpt, True, lambda f, d, shape, noise: SAMPLERS["ddim"].sample(
+            respace(d, space_timesteps(10, "ddim5")), f, shape, steps=5, eta=0.0, noise=noise)),
+        "resp": by_hand(ckpt, True, lambda f, d, shape, noise: SAMPLERS["ancestral"].sample(
             respace(d, space_timesteps(10, 5)), f, shape, noise=noise)),
         "raw": by_hand(far, False, unclipped),
     }  # fmt: skip
@@ -335,16 +335,16 @@ def test_pretrained_converted_weights(tmp_path):
     # the images are those of the network that was saved, in memory, with the schedule and variance the file
     # names, drawn straight from the math layer with the run's per-image seeds (wrong weights, a wrong schedule
     # or variance, or random init would change them)
-    from ddpm.diffusion import GaussianDiffusion, SeededNoise, ancestral_sample
+    from ddpm.diffusion import SAMPLERS, GaussianDiffusion, SeededNoise
     from ddpm.seeds import image_seeds
 
     diffusion = GaussianDiffusion.from_config("linear", 10, "eps", "fixed_small", "mse")
     with torch.no_grad():
-        x = ancestral_sample(diffusion, unet.eval(), (3, 3, 8, 8), noise=SeededNoise(image_seeds(0, 0, 3)))
+        x = SAMPLERS["ancestral"].sample(diffusion, unet.eval(), (3, 3, 8, 8), noise=SeededNoise(image_seeds(0, 0, 3)))
     np.testing.assert_array_equal(images, model_to_uint8(x).permute(0, 2, 3, 1).numpy())
     large = GaussianDiffusion.from_config("linear", 10, "eps", "fixed_large", "mse")
     with torch.no_grad():
-        y = ancestral_sample(large, unet.eval(), (3, 3, 8, 8), noise=SeededNoise(image_seeds(0, 0, 3)))
+        y = SAMPLERS["ancestral"].sample(large, unet.eval(), (3, 3, 8, 8), noise=SeededNoise(image_seeds(0, 0, 3)))
     assert not np.array_equal(images, model_to_uint8(y).permute(0, 2, 3, 1).numpy())  # the check can tell
     with pytest.raises(ValueError, match="exactly one"):
         sample(compose("sample", [f"out_dir={tmp_path / 'x'}", "num_samples=1"]))

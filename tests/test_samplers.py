@@ -13,14 +13,12 @@ import pytest
 import torch
 
 from ddpm.diffusion import (
+    SAMPLERS,
     GaussianDiffusion,
     SeededNoise,
-    ancestral_sample,
-    ancestral_sample_progressive,
-    ddim_sample,
-    dpm_solver_sample,
-    dpm_solver_sample_progressive,
+    dpm_solver,
     dpm_solver_timesteps,
+    final_sample,
     respace,
     space_timesteps,
 )
@@ -31,6 +29,11 @@ N = 4000
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def ddim_sample(diffusion, model_fn, shape, *, eta=0.0, **kw):
+    """DDIM on every index of ``diffusion`` (a respaced one: its kept steps)."""
+    return SAMPLERS["ddim"].sample(diffusion, model_fn, shape, steps=diffusion.num_timesteps, eta=eta, **kw)
 
 
 def gaussian_eps_model(original: GaussianDiffusion):
@@ -69,7 +72,7 @@ def exact_ancestral_moments(betas: np.ndarray, var_type: str, t_start: int, mean
 @pytest.mark.parametrize("var_type", ["fixed_large", "fixed_small"])
 def test_ancestral_recovers_gaussian_data(var_type):
     d = GaussianDiffusion.from_config("linear", 100, var_type=var_type)
-    x = ancestral_sample(
+    x = SAMPLERS["ancestral"].sample(
         d, gaussian_eps_model(d), (N, 1), generator=torch.Generator().manual_seed(0), clip_denoised=False
     )
     assert x.shape == (N, 1)
@@ -86,7 +89,7 @@ def test_ancestral_from_intermediate_t_and_progressive():
     t_start = 49
     xt = d.q_sample(x0, torch.full((N,), t_start), torch.randn(N, 1, generator=g))
     steps, prog = [], []
-    for out in ancestral_sample_progressive(
+    for out in SAMPLERS["ancestral"].run(
         d,
         gaussian_eps_model(d),
         (N, 1),
@@ -105,8 +108,8 @@ def test_ancestral_from_intermediate_t_and_progressive():
     E, V = exact_ancestral_moments(d.betas_np, "fixed_small", t_start, math.sqrt(ab) * M, ab * S**2 + 1 - ab)
     assert x.mean().item() == pytest.approx(E, abs=0.01)
     assert x.std().item() == pytest.approx(math.sqrt(V), abs=0.01)
-    # ancestral_sample returns the last progressive sample
-    x2 = ancestral_sample(
+    # .sample returns the last progressive sample
+    x2 = SAMPLERS["ancestral"].sample(
         d,
         gaussian_eps_model(d),
         (N, 1),
@@ -121,7 +124,7 @@ def test_ancestral_from_intermediate_t_and_progressive():
 def test_last_step_is_noise_free_mean():
     d = GaussianDiffusion.from_config("linear", 10, mean_type="x0", var_type="fixed_large")
     # an x0-model that always predicts 0.25: the final step (t=0) must return exactly that mean, no noise
-    x = ancestral_sample(d, lambda x, t: torch.full_like(x, 0.25), (64, 1, 2, 2))
+    x = SAMPLERS["ancestral"].sample(d, lambda x, t: torch.full_like(x, 0.25), (64, 1, 2, 2))
     assert torch.allclose(x, torch.full_like(x, 0.25), atol=1e-6)
 
 
@@ -142,6 +145,8 @@ def test_ddim_eta0_deterministic_and_exact_on_respaced():
     b = ddim_sample(r, recording, (N, 1), x_start_t=xT, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
     assert seen == set(kept)
+    # the ddim spacing on the full chain respaces to the same kept steps
+    assert torch.equal(a, SAMPLERS["ddim"].sample(d, model, (N, 1), steps=20, x_start_t=xT))
     # exact deterministic affine map on the kept steps (float64, independent of the respace code)
     abar = d.alphas_cumprod_np[kept]
     E, V = 0.0, 1.0
@@ -162,7 +167,7 @@ def test_ddim_eta1_equals_ancestral_fixed_small():
     d = GaussianDiffusion.from_config("linear", 50, var_type="fixed_small")
     model = gaussian_eps_model(d)
     a = ddim_sample(d, model, (256, 1), eta=1.0, noise=SeededNoise(range(256)), clip_denoised=False)
-    b = ancestral_sample(d, model, (256, 1), noise=SeededNoise(range(256)), clip_denoised=False)
+    b = SAMPLERS["ancestral"].sample(d, model, (256, 1), noise=SeededNoise(range(256)), clip_denoised=False)
     assert torch.allclose(a, b, atol=1e-4)
     c = ddim_sample(d, model, (256, 1), eta=0.0, noise=SeededNoise(range(256)), clip_denoised=False)
     assert not torch.allclose(a, c, atol=1e-2)
@@ -218,7 +223,7 @@ def test_dpm_solver_follows_the_exact_ode_on_gaussian_data():
 
     def err(steps: int) -> float:
         seen.clear()
-        x = dpm_solver_sample(d, recording, (N, 1), steps=steps, x_start_t=xT, clip_denoised=False)
+        x = SAMPLERS["dpm_solver"].sample(d, recording, (N, 1), steps=steps, x_start_t=xT, clip_denoised=False)
         ts = dpm_solver_timesteps(d, steps)
         assert seen == [[t] for t in ts]  # one evaluation per step, in order, original t
         return (x.double() - _exact_flow_gaussian(d, xT, ts[-1])).abs().max().item()
@@ -226,15 +231,15 @@ def test_dpm_solver_follows_the_exact_ode_on_gaussian_data():
     e = [err(n) for n in (20, 40, 80)]
     assert e[0] < 0.02 and e[1] < e[0] / 3 and e[2] < e[1] / 3, e
     # with 10 evaluations the distribution is already close: std within 3% of the exact map's (0.2 S)
-    x = dpm_solver_sample(d, model, (N, 1), steps=10, x_start_t=xT, clip_denoised=False)
+    x = SAMPLERS["dpm_solver"].sample(d, model, (N, 1), steps=10, x_start_t=xT, clip_denoised=False)
     exact = _exact_flow_gaussian(d, xT, 0)
     assert x.mean().item() == pytest.approx(exact.mean().item(), abs=0.002)
     assert x.std().item() == pytest.approx(exact.std().item(), rel=0.03)
     # deterministic, and only x_T is drawn: the same seeds give the same images
-    a = dpm_solver_sample(d, model, (64, 1), steps=10, noise=SeededNoise(range(64)))
-    assert torch.equal(a, dpm_solver_sample(d, model, (64, 1), steps=10, noise=SeededNoise(range(64))))
+    a = SAMPLERS["dpm_solver"].sample(d, model, (64, 1), steps=10, noise=SeededNoise(range(64)))
+    assert torch.equal(a, SAMPLERS["dpm_solver"].sample(d, model, (64, 1), steps=10, noise=SeededNoise(range(64))))
     x_T = SeededNoise(range(64)).randn(1)
-    assert torch.equal(a, dpm_solver_sample(d, model, (64, 1), steps=10, x_start_t=x_T))
+    assert torch.equal(a, SAMPLERS["dpm_solver"].sample(d, model, (64, 1), steps=10, x_start_t=x_T))
 
 
 def test_dpm_solver_progressive_and_t_start():
@@ -242,20 +247,20 @@ def test_dpm_solver_progressive_and_t_start():
     model = gaussian_eps_model(d)
     xt = torch.randn(16, 1, generator=torch.Generator().manual_seed(0))
     prog = []
-    steps = list(dpm_solver_sample_progressive(d, model, (16, 1), steps=7, x_start_t=xt, t_start=60,
+    steps = list(SAMPLERS["dpm_solver"].run(d, model, (16, 1), steps=7, x_start_t=xt, t_start=60,
                                                progress=lambda i, n: prog.append((i, n))))  # fmt: skip
     ts = dpm_solver_timesteps(d, 7, t_start=60)
     assert [s["t"] for s in steps] == ts and len(ts) == 7 and ts[0] == 60 and ts[-1] == 0
     assert prog == [(i, 7) for i in range(1, 8)]
     assert torch.equal(steps[-1]["sample"], steps[-1]["pred_xstart"])  # the last step returns x0-hat
-    final = dpm_solver_sample(d, model, (16, 1), steps=7, x_start_t=xt, t_start=60)
+    final = SAMPLERS["dpm_solver"].sample(d, model, (16, 1), steps=7, x_start_t=xt, t_start=60)
     assert torch.equal(final, steps[-1]["sample"])
-    same = dpm_solver_sample(d, model, (16, 1), timesteps=ts, x_start_t=xt)
+    same = final_sample(dpm_solver(d, model, xt, ts))
     assert torch.equal(final, same)
-    with pytest.raises(ValueError, match="decreasing"):
-        dpm_solver_sample(d, model, (16, 1), timesteps=[10, 20])
-    with pytest.raises(ValueError, match="either"):
-        dpm_solver_sample(d, model, (16, 1), steps=3, timesteps=[20, 10, 0])
+    with pytest.raises(ValueError, match="a jump up must follow at least one evaluation"):
+        final_sample(dpm_solver(d, model, xt, [10, 20]))
+    with pytest.raises(ValueError, match="without repeats"):
+        final_sample(dpm_solver(d, model, xt, [20, 10, 10, 0]))
 
 
 @pytest.mark.parametrize("clip", [True, False])
@@ -281,7 +286,7 @@ def test_dpm_solver_same_chain_for_every_mean_type(clip):
             ("mu", "fixed_small", "mse"): mu_net, ("eps", "learned_range", "hybrid"): learned_net}  # fmt: skip
     shape = (8, 2, 3, 3)
     out = {
-        k: dpm_solver_sample(GaussianDiffusion.from_config("linear", 100, *k), fn, shape, steps=12,
+        k: SAMPLERS["dpm_solver"].sample(GaussianDiffusion.from_config("linear", 100, *k), fn, shape, steps=12,
                              noise=SeededNoise(range(8)), clip_denoised=clip)  # fmt: skip
         for k, fn in nets.items()
     }
@@ -290,8 +295,9 @@ def test_dpm_solver_same_chain_for_every_mean_type(clip):
         assert ref.abs().max() <= 1.0
     for k, x in out.items():
         torch.testing.assert_close(x, ref, atol=1e-4, rtol=1e-4, msg=str(k))  # unclipped, x grows to ~80
-    assert not torch.allclose(ref, dpm_solver_sample(d_eps, eps, shape, steps=12, noise=SeededNoise(range(8)),
-                                                     clip_denoised=not clip), atol=1e-3)  # fmt: skip
+    other = SAMPLERS["dpm_solver"].sample(d_eps, eps, shape, steps=12, noise=SeededNoise(range(8)),
+                                          clip_denoised=not clip)
+    assert not torch.allclose(ref, other, atol=1e-3)
 
 
 # ----------------------------------------------------------------------------- respacing
@@ -362,9 +368,9 @@ def test_samples_independent_of_batch(sampler):
 
     def run(ss):
         if sampler == "ancestral":
-            return ancestral_sample(d, model, (len(ss), 2, 3, 3), noise=SeededNoise(ss))
+            return SAMPLERS["ancestral"].sample(d, model, (len(ss), 2, 3, 3), noise=SeededNoise(ss))
         if sampler == "dpm_solver":
-            return dpm_solver_sample(d, model, (len(ss), 2, 3, 3), steps=8, noise=SeededNoise(ss))
+            return SAMPLERS["dpm_solver"].sample(d, model, (len(ss), 2, 3, 3), steps=8, noise=SeededNoise(ss))
         return ddim_sample(d, model, (len(ss), 2, 3, 3), eta=1.0, noise=SeededNoise(ss))
 
     batch = run(seeds)
@@ -374,7 +380,7 @@ def test_samples_independent_of_batch(sampler):
     assert torch.allclose(run([seeds[0], 999])[0], batch[0], atol=1e-6)
     assert not torch.allclose(run([seeds[1]])[0], batch[0], atol=1e-3)
     with pytest.raises(ValueError, match="seeds"):
-        ancestral_sample(d, model, (3, 2, 3, 3), noise=SeededNoise(seeds))
+        SAMPLERS["ancestral"].sample(d, model, (3, 2, 3, 3), noise=SeededNoise(seeds))
 
 
 # ----------------------------------------------------------------------------- contracts and edges
@@ -384,18 +390,19 @@ def test_ancestral_from_t_start_0_and_a_float64_x_t():
     """t_start = 0 is one (noise-free) step; a float64 x_t is sampled in float32, as the float32 chain would."""
     d = GaussianDiffusion.from_config("linear", 20, "x0", "fixed_large", "mse")
     xt = torch.randn(4, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    x = ancestral_sample(d, lambda x, t: torch.full_like(x, 0.25), (4, 1), x_start_t=xt, t_start=0)
+    x = SAMPLERS["ancestral"].sample(d, lambda x, t: torch.full_like(x, 0.25), (4, 1), x_start_t=xt, t_start=0)
     assert x.dtype == torch.float32 and torch.allclose(x, torch.full_like(x, 0.25))
     model = gaussian_eps_model(d)
-    a = ancestral_sample(d, model, (4, 1), x_start_t=xt, t_start=9, noise=SeededNoise(range(4)), device="cpu")
-    b = ancestral_sample(d, model, (4, 1), x_start_t=xt.float(), t_start=9, noise=SeededNoise(range(4)))
+    a = SAMPLERS["ancestral"].sample(d, model, (4, 1), x_start_t=xt, t_start=9, noise=SeededNoise(range(4)),
+                                     device="cpu")
+    b = SAMPLERS["ancestral"].sample(d, model, (4, 1), x_start_t=xt.float(), t_start=9, noise=SeededNoise(range(4)))
     assert a.dtype == torch.float32 and torch.equal(a, b)
     with pytest.raises(ValueError, match=r"^t_start must be in \[0, 19\], got 20$"):
-        ancestral_sample(d, model, (4, 1), t_start=20)
+        SAMPLERS["ancestral"].sample(d, model, (4, 1), t_start=20)
     with pytest.raises(ValueError, match=r"^x_start_t has shape \(4, 1\), expected \(3, 1\)$"):
-        ancestral_sample(d, model, (3, 1), x_start_t=xt, t_start=5)
+        SAMPLERS["ancestral"].sample(d, model, (3, 1), x_start_t=xt, t_start=5)
     with pytest.raises(ValueError, match=r"^SeededNoise has 4 seeds but the batch has 3 images$"):
-        ancestral_sample(d, model, (3, 1), noise=SeededNoise(range(4)))
+        SAMPLERS["ancestral"].sample(d, model, (3, 1), noise=SeededNoise(range(4)))
 
 
 @pytest.mark.parametrize("T,sections,expected", [

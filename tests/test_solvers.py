@@ -14,7 +14,7 @@ import torch
 from ddpm.config import CONF_DIR, SamplerConfig, sampler_defaults
 from ddpm.diffusion import SAMPLERS, GaussianDiffusion, SeededNoise, forward_jump, lambda_timesteps
 from ddpm.diffusion.solvers import check_restart, dpm_solver_timesteps, restart_plan
-from ddpm.generate import check_sampler, generate
+from ddpm.generate import generate
 
 T = 1000
 SHAPE = (1, 4, 4)
@@ -100,6 +100,9 @@ def test_restart_spends_exactly_steps_evaluations_at_the_planned_indices(steps):
 
     SAMPLERS["restart"].sample(d, model, (2, *SHAPE), steps=steps, noise=SeededNoise([1, 2]), **RESTART)
     assert calls == main[:at] + restart_ts * 2 + main[at:]
+    # the restart spacing: the main pass to its landing index, (jump, restart pass, landing) twice, the rest
+    m = main[at]
+    assert SAMPLERS["restart"].timesteps(d, steps, RESTART) == main[:at + 1] + (restart_ts + [m]) * 2 + main[at + 1:]
 
 
 # ----------------------------------------------------------------------------- Restart on Gaussian data
@@ -234,8 +237,8 @@ def test_every_registered_sampler_has_its_config_and_the_other_way_round():
     for name, spec in SAMPLERS.items():
         node = yaml.safe_load((CONF_DIR / "sampler" / f"{name}.yaml").read_text())
         assert node["name"] == name
-        assert set(node) - {"name", "steps", "clip_denoised", "var_type"} == set(spec.params), name
-        assert sampler_defaults(name) == {k: node[k] for k in spec.params}
+        assert set(node) - {"name", "steps", "clip_denoised", "var_type"} == set(spec.all_params), name
+        assert sampler_defaults(name) == {k: node[k] for k in spec.all_params}
         SamplerConfig.from_node(node)  # the YAML's defaults are valid
 
 
@@ -264,7 +267,7 @@ def test_bad_sampler_settings_name_the_key(node, match):
 def test_bad_restart_parameters_fail_before_sampling(params, steps, match):
     d = GaussianDiffusion.from_config("linear", T)
     with pytest.raises(ValueError, match=match):  # the config itself, or with the model's T
-        check_sampler(d, SamplerConfig(name="restart", steps=steps, params={**RESTART, **params}))
+        SamplerConfig(name="restart", steps=steps, params={**RESTART, **params}).check(d)
 
 
 def test_restart_defaults_come_from_its_yaml():
@@ -291,30 +294,29 @@ def test_lambda_timesteps_edges():
         dpm_solver_timesteps(d, 5, t_start=1000)
 
 
-def test_explicit_timesteps_and_t_start_agree_or_fail():
-    from ddpm.diffusion import dpm_solver_sample
+def test_explicit_timesteps_agree_with_the_spacing_or_fail():
+    from ddpm.diffusion import dpm_solver, final_sample
 
     d = GaussianDiffusion.from_config("linear", 100)
     x_T = torch.randn(3, 1, generator=torch.Generator().manual_seed(0))
-    a = dpm_solver_sample(d, toy_eps_1d, (3, 1), timesteps=[60, 30, 0], t_start=60, x_start_t=x_T)
-    b = dpm_solver_sample(d, toy_eps_1d, (3, 1), timesteps=[60, 30, 0], x_start_t=x_T)
-    assert torch.equal(a, b)
-    one = dpm_solver_sample(d, toy_eps_1d, (3, 1), timesteps=[7], x_start_t=x_T)  # one step: the x0 prediction
+    a = final_sample(dpm_solver(d, toy_eps_1d, x_T, [60, 13, 0]))
+    b = SAMPLERS["dpm_solver"].sample(d, toy_eps_1d, (3, 1), steps=3, t_start=60, x_start_t=x_T)
+    assert SAMPLERS["dpm_solver"].timesteps(d, 3, t_start=60) == [60, 13, 0] and torch.equal(a, b)
+    assert not torch.equal(a, final_sample(dpm_solver(d, toy_eps_1d, x_T, [60, 30, 0])))
+    one = final_sample(dpm_solver(d, toy_eps_1d, x_T, [7]))  # one step: the x0 prediction
     torch.testing.assert_close(one, d.predict_xstart_from_eps(x_T, torch.full((3,), 7), toy_eps_1d(x_T, 7)).clamp(
         -1, 1))  # fmt: skip
-    with pytest.raises(ValueError, match=r"^give either timesteps or steps / t_start \(timesteps\[0\] is the start\)"):
-        dpm_solver_sample(d, toy_eps_1d, (3, 1), timesteps=[60, 30, 0], t_start=50)
-    with pytest.raises(ValueError, match="strictly decreasing"):
-        dpm_solver_sample(d, toy_eps_1d, (3, 1), timesteps=[60, 60, 0])
-    with pytest.raises(ValueError, match=r"^t_start must be in \[0, 99\], got 100$"):
-        dpm_solver_sample(d, toy_eps_1d, (3, 1), timesteps=[100, 50, 0])
+    with pytest.raises(ValueError, match="without repeats"):
+        final_sample(dpm_solver(d, toy_eps_1d, x_T, [60, 60, 0]))
+    with pytest.raises(ValueError, match=r"code indices in \[0, 99\]"):
+        final_sample(dpm_solver(d, toy_eps_1d, x_T, [100, 50, 0]))
     # the seeds reach every draw when the timesteps are given: the SDE solver equals its steps= twin
-    from ddpm.diffusion.solvers import dpm_solver_sample_progressive
-
     ts = dpm_solver_timesteps(d, 6)
-    runs = [list(dpm_solver_sample_progressive(d, toy_eps_1d, (3, 1), sde=True, noise=SeededNoise([4, 5, 6]), **kw))
-            for kw in ({"timesteps": ts}, {"steps": 6})]  # fmt: skip
-    assert torch.equal(runs[0][-1]["sample"], runs[1][-1]["sample"])
+    noise = SeededNoise([4, 5, 6])
+    x = noise.randn(1)  # x_T, then the steps' noise from the same generators
+    given = final_sample(dpm_solver(d, toy_eps_1d, x, ts, sde=True, noise=noise))
+    assert torch.equal(given, SAMPLERS["dpm_solver_sde"].sample(d, toy_eps_1d, (3, 1), steps=6,
+                                                                noise=SeededNoise([4, 5, 6])))
 
 
 def toy_eps_1d(x, t):
@@ -336,8 +338,11 @@ def test_a_generator_alone_drives_every_draw(name, kw):
     assert not torch.allclose(run(1, 0), run(2, 0))
     if name == "dpm_solver_sde":  # also with explicit timesteps
         torch.manual_seed(5)
-        ts = dpm_solver_timesteps(d, 8)
-        x = SAMPLERS[name].sample(d, toy_eps, (2, *SHAPE), generator=torch.Generator().manual_seed(1), timesteps=ts)
+        from ddpm.diffusion import dpm_solver, final_sample
+
+        g = torch.Generator().manual_seed(1)
+        x_T = torch.randn((2, *SHAPE), generator=g)
+        x = final_sample(dpm_solver(d, toy_eps, x_T, dpm_solver_timesteps(d, 8), sde=True, generator=g))
         assert torch.equal(x, run(1, 0))
 
 
@@ -364,7 +369,7 @@ def test_restart_plan_edges():
     main, at, _ = restart_plan(d, 12, 73, 300, 1, 0.2)  # 10 in the main pass: index 73 is on its grid
     assert main == main10 and main[at] == 73
     check_restart({**RESTART, "restart_t_min": 1, "restart_k": 1}, 10, d)
-    check_sampler(d, SamplerConfig(name="restart", steps=10, params=RESTART))  # valid settings pass with T
+    SamplerConfig(name="restart", steps=10, params=RESTART).check(d)  # valid settings pass with T
     with pytest.raises(ValueError, match=r"^sampler=restart: 4 evaluations per restart pass do not fit between "
                                          r"restart_t_max=42 and 39; widen the interval or lower "
                                          r"sampler.restart_share$"):

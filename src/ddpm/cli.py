@@ -399,7 +399,7 @@ def _composition_message(script: str, e: BaseException, overrides: list[str]) ->
     """Hydra's composition error as one block: the key and value, what is valid, the fix."""
     from omegaconf import OmegaConf
 
-    from ddpm.config import CONF_DIR, compose
+    from ddpm.config import CONF_DIR, SamplerConfig, compose
 
     text = f"{e}\n{e.__cause__ or ''}".strip()
     if m := re.search(r"Could not override '([^']+)'", text):
@@ -415,9 +415,11 @@ def _composition_message(script: str, e: BaseException, overrides: list[str]) ->
         parent = key.rpartition(".")[0]
         if composed is not None and parent.rpartition(".")[2] == "sampler":  # each sampler has its own keys
             node = OmegaConf.select(composed, parent)
-            if node is not None and "name" in node:
-                return (f"{key} is not a setting of sampler={node.name}; valid: "
-                        f"{', '.join(f'{parent}.{k}' for k in node)} (conf/sampler/{node.name}.yaml).")
+            if node is not None and "name" in node:  # the sampler's own check says what is valid
+                try:
+                    SamplerConfig.from_node({**OmegaConf.to_container(node), key.rpartition(".")[2]: None})
+                except ValueError as err:
+                    return str(err)
         valid = [k for k in keys if k.rpartition(".")[0] == parent and k != "hydra"]
         where = f"under {parent}" if parent else "at the top level"
         return (f"{key}: no such option of {command(script)}.{suggest(key, keys)} Valid keys {where}: "

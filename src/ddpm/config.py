@@ -27,8 +27,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ddpm.checks import CHECKS, check_command, is_int, is_num
-from ddpm.diffusion import SAMPLERS, SamplerSpec
+from ddpm.checks import CHECKS, check_command
+from ddpm.diffusion import SAMPLERS, SamplerSpec, validate_sampler
+from ddpm.diffusion.registry import COMMON_SAMPLER_KEYS
 from ddpm.diffusion.types import LossType, MeanType, VarType, validate_objective
 from ddpm.presets import check_model_resolves, register_resolver
 
@@ -56,36 +57,14 @@ class SamplerConfig:
     var_type: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        if self.name not in SAMPLERS:
-            raise ValueError(f"sampler.name={self.name!r} is not a sampler; valid: {sampler_names()}")
-        spec = SAMPLERS[self.name]
-        if self.steps is not None and not is_int(self.steps):
-            raise ValueError(f"sampler.steps={self.steps!r} must be an integer >= 1 (network evaluations per image)")
-        if not spec.full_chain and (self.steps is None or int(self.steps) < 1):
-            raise ValueError(
-                f"sampler={self.name} needs sampler.steps >= 1 (network evaluations, e.g. sampler.steps=100), "
-                f"got {self.steps}"
-            )
-        if self.var_type is not None and self.var_type not in [v.value for v in VarType]:
-            raise ValueError(
-                f"sampler.var_type={self.var_type!r} is not a variance type; valid: null (the model's own), "
-                f"{sorted({v.value for v in VarType})}"
-            )
-        unknown = sorted(set(self.params) - set(spec.params))
-        if unknown:
-            raise ValueError(f"sampler.{unknown[0]} is not a setting of sampler={self.name}; valid: "
-                             f"{sorted([*COMMON_SAMPLER_KEYS, *spec.params])}")
-        self.params = {**sampler_defaults(self.name), **self.params}
-        for key, kind in spec.params.items():
-            value = self.params.get(key)
-            ok = is_num(value) if kind is float else is_int(value) if kind is int else isinstance(value, kind)
-            if not ok:
-                raise ValueError(f"sampler.{key}={value!r} must be {'a number' if kind is float else 'an integer'} "
-                                 f"(sampler={self.name}; see conf/sampler/{self.name}.yaml)")
-            self.params[key] = kind(value)
-        if spec.check is not None:  # what can be checked without the model (its T comes with check_sampler)
-            spec.check(self.params, self.steps, None)
+    def __post_init__(self) -> None:  # what can be checked without the model (its T comes with check)
+        defaults = sampler_defaults(self.name) if self.name in SAMPLERS else {}
+        self.params = validate_sampler(self.name, self.steps, {**defaults, **self.params}, self.var_type)
+
+    def check(self, diffusion: Any) -> None:
+        """Refuse, before any image is sampled, a sampler that the model of ``diffusion`` cannot run (steps against
+        its T, the variance against its output): :func:`ddpm.diffusion.validate_sampler`, the one place."""
+        validate_sampler(self.name, self.steps, self.params, self.var_type, diffusion)
 
     @classmethod
     def from_node(cls, node: Any) -> SamplerConfig:
@@ -107,14 +86,17 @@ class SamplerConfig:
         return SAMPLERS[self.name]
 
     def is_full_chain(self, num_timesteps: int) -> bool:
-        """The paper's full chain: ``ancestral``, or an evenly respaced chain that keeps all T steps."""
+        """The paper's full chain: ``ancestral``, or an evenly respaced chain that keeps all T steps; its metric
+        keys carry no sampler (``fid_50k``), every other's its :attr:`label` (``fid_5k_ddim100``), so a cheap
+        figure is never mistaken for the paper's."""
         spec = self.spec
         return spec.full_chain or (spec.spacing == "even" and self.steps == num_timesteps)
 
-    def label(self, num_timesteps: int) -> str:
-        """``""`` for the paper's full chain, else e.g. ``ddim100``: the suffix of metric keys (``fid_5k_ddim100``),
-        so a cheap figure is never mistaken for the paper's."""
-        return "" if self.is_full_chain(num_timesteps) else f"{self.name}{self.steps}"
+    @property
+    def label(self) -> str:
+        """The sampler and its network evaluations, e.g. ``ddim100``; the name alone when ``steps`` is unset
+        (``ancestral``). The one name of a sampler setting in metric keys, folders and logs."""
+        return f"{self.name}{self.steps}" if self.steps else self.name
 
     def describe(self, num_timesteps: int) -> dict:
         """What ``metrics.json`` and the shard signature record: the settings, ``steps`` resolved."""
@@ -125,13 +107,6 @@ class SamplerConfig:
             "var_type": self.var_type,
             **self.params,
         }
-
-    @property
-    def num_steps_label(self) -> str:
-        return f"{self.name}{self.steps}" if self.steps else self.name
-
-
-COMMON_SAMPLER_KEYS = ("name", "steps", "clip_denoised", "var_type")
 
 
 def sampler_names() -> list[str]:
@@ -150,7 +125,7 @@ def _sampler_yaml(name: str) -> dict[str, Any]:
 def sampler_defaults(name: str) -> dict[str, Any]:
     """The sampler's own settings as ``conf/sampler/NAME.yaml`` writes them (the one place of their defaults)."""
     yaml_node = _sampler_yaml(name)
-    return {k: yaml_node[k] for k in SAMPLERS[name].params if k in yaml_node}
+    return {k: yaml_node[k] for k in SAMPLERS[name].all_params if k in yaml_node}
 
 
 # ------------------------------------------------------------------------------------------------ the schemas

@@ -37,9 +37,8 @@ from omegaconf import DictConfig
 from ddpm.cli import hydra_app
 from ddpm.config import SamplerConfig
 from ddpm.data import model_to_uint8 as to_uint8
-from ddpm.diffusion import SAMPLERS, SeededNoise
-from ddpm.diffusion.registry import final_sample
-from ddpm.generate import check_sampler, seeds_for
+from ddpm.diffusion import SAMPLERS, SeededNoise, final_sample
+from ddpm.generate import seeds_for
 from ddpm.io import make_grid_uint8, save_png
 from ddpm.loading import load_model, model_datamodule
 from ddpm.rundir import tool_dir
@@ -59,8 +58,8 @@ def figure_sampler(sampler, figure: str) -> SamplerConfig:
     not a respaced one), with the model's variance; shared_xt needs a stochastic sampler (the registry's flag)
     that steps through every index."""
     s = SamplerConfig.from_node(sampler or {"name": "ancestral"})
-    on_chain = [n for n, spec in SAMPLERS.items() if spec.spacing is None]
-    if s.spec.spacing is not None:
+    on_chain = [n for n, spec in SAMPLERS.items() if not spec.respaces]
+    if s.spec.respaces:
         raise ValueError(f"sampler={s.name} runs on a respaced chain; the figures follow the model's own chain: "
                          f"valid {on_chain} (sampler.steps=N network evaluations for the solvers)")
     if s.var_type is not None:
@@ -82,12 +81,9 @@ def figure_sampler(sampler, figure: str) -> SamplerConfig:
 
 def _chain(model_fn, diffusion, shape, sampler: SamplerConfig, *, noise, device, x_start_t=None, t_start=None):
     """``sampler``'s progressive function from the registry: yields ``{"t", "sample", "pred_xstart"}``."""
-    spec = sampler.spec
-    kw = {"steps": int(sampler.steps)} if spec.takes_steps else {}
-    if x_start_t is not None:  # (only for a sampler that starts anywhere: figure_sampler checks)
-        kw.update(x_start_t=x_start_t, t_start=t_start)
-    return spec.run(diffusion, model_fn, shape, noise=noise, clip_denoised=sampler.clip_denoised, device=device,
-                    **kw, **sampler.params)
+    return sampler.spec.run(diffusion, model_fn, shape, steps=sampler.steps, noise=noise, device=device,
+                            clip_denoised=sampler.clip_denoised, x_start_t=x_start_t, t_start=t_start,
+                            **sampler.params)
 
 
 @torch.no_grad()
@@ -238,7 +234,7 @@ def make_figure(cfg: DictConfig) -> Path:
     device = device_of(cfg.device)
     loaded = load_model(cfg.ckpt_path, cfg.pretrained, cfg.use_ema).to(device)
     fn, diff, shape = loaded.model_fn(), loaded.diffusion, loaded.image_shape
-    check_sampler(diff, sampler)
+    sampler.check(diff)
     common = {"seed": int(cfg.seed), "device": device, "sampler": sampler}
     out = Path(cfg.out) if cfg.out else default_out(loaded.provenance, fig.name)
     if fig.name == "progressive":

@@ -36,7 +36,7 @@ from omegaconf import DictConfig
 from ddpm.config import SamplerConfig
 from ddpm.data import model_to_uint8
 from ddpm.diffusion import SAMPLERS
-from ddpm.generate import check_sampler, generate, seeds_for
+from ddpm.generate import generate, seeds_for
 from ddpm.io import atomic_savez, atomic_write, check_writable, write_json
 from ddpm.loading import LoadedModel, load_model, model_datamodule
 from ddpm.metrics.pooled import (
@@ -77,6 +77,12 @@ def entries_for(cfg: DictConfig, num_timesteps: int) -> list[SamplerConfig]:
         if steps <= num_timesteps:
             out += [SamplerConfig(name=str(name), steps=steps, clip_denoised=cfg.clip_denoised) for name in names]
     return out
+
+
+def entry_label(sampler: SamplerConfig, num_timesteps: int) -> str:
+    """An entry's name (its folder under ``entries/``): ``full_chain`` for the paper's chain, else the sampler's
+    label (``ddim5``)."""
+    return FULL_CHAIN if sampler.is_full_chain(num_timesteps) else sampler.label
 
 
 def default_out_dir(loaded: LoadedModel) -> Path:
@@ -135,7 +141,7 @@ def score_entry(sampler: SamplerConfig, T: int, sets: dict[str, list[SetFeatures
     evaluations = spec.evaluations(sampler.steps, T)
     entry = {
         "sampler": sampler.name, "steps": evaluations, "network_evaluations": evaluations,
-        "label": sampler.label(T) or FULL_CHAIN, "settings": sampler.describe(T),
+        "label": entry_label(sampler, T), "settings": sampler.describe(T),
         "stochastic": spec.is_stochastic(sampler.params), "fid": first["fid"], "is": first["is"],
         "fid_sets": first["fid_sets"], "fid_spread": first["fid_spread"], "is_sets": first["is_sets"],
         "n": first["n"], "seconds_per_image": float(np.mean(seconds)), "seconds_per_image_sets": seconds,
@@ -285,7 +291,7 @@ def frontier(cfg: DictConfig) -> dict:
     T = loaded.diffusion.num_timesteps
     entries_cfg = entries_for(cfg, T)
     for sampler in entries_cfg:
-        check_sampler(loaded.diffusion, sampler)
+        sampler.check(loaded.diffusion)
     out_dir = check_writable(cfg.out_dir or default_out_dir(loaded), "out_dir")
     datamodule = model_datamodule(loaded, cfg.data, "the frontier") if not cfg.fid.ref_stats else None
     extractor = load_extractor(cfg.fid, getattr(datamodule, "name", None), device)  # before any sampling
@@ -294,7 +300,7 @@ def frontier(cfg: DictConfig) -> dict:
 
     entries, full = [], None
     for sampler in entries_cfg:
-        label = sampler.label(T) or FULL_CHAIN
+        label = entry_label(sampler, T)
         sets: dict[str, list[SetFeatures]] = {ext.name: [] for ext, _, _ in scorers}
         seconds = []
         for k in range(int(cfg.seed_sets)):

@@ -14,23 +14,25 @@ import torch
 from torch import Tensor
 
 from ddpm.config import SamplerConfig
-from ddpm.diffusion import SAMPLERS, GaussianDiffusion, SeededNoise, respace, space_timesteps
+from ddpm.diffusion import GaussianDiffusion, ModelFn, SeededNoise
 from ddpm.seeds import image_seeds
 
-__all__ = ["diffusion_for_sampler", "generate", "seeds_for"]
+__all__ = ["diffusion_for_sampler", "generate", "sampler_model_fn", "seeds_for"]
 
 
 def skips_steps(diffusion: GaussianDiffusion, sampler: SamplerConfig) -> bool:
-    """Whether ``sampler`` runs on a respaced chain (a spacing sampler with fewer steps than T)."""
-    return SAMPLERS[sampler.name].spacing is not None and int(sampler.steps) < diffusion.num_timesteps
+    """Whether ``sampler`` runs on a respaced chain (a respacing sampler with fewer steps than T)."""
+    return sampler.spec.respaces and sampler.steps is not None and int(sampler.steps) < diffusion.num_timesteps
 
 
 def diffusion_for_sampler(diffusion: GaussianDiffusion, sampler: SamplerConfig) -> GaussianDiffusion:
-    """The diffusion to sample with: the variance override and/or the respaced timesteps applied.
+    """The diffusion to sample with: the variance override applied, and a mu network read as x_0 on a respaced
+    chain.
 
     A mu-tilde network (``mean_type=mu``) predicts the mean of ONE reverse step of the original chain; when the
     sampler jumps over timesteps the network's output is read as the x_0 it implies (:func:`_mu_as_x0`), so
-    the respaced diffusion predicts x_0 (``mean_type=x0``): the same x_0 that the full chain derives.
+    the diffusion predicts x_0 (``mean_type=x0``): the same x_0 that the full chain derives. The sampler itself
+    respaces it to its timesteps.
     """
     var_type = sampler.var_type or diffusion.var_type.value
     mean_type = diffusion.mean_type
@@ -41,20 +43,28 @@ def diffusion_for_sampler(diffusion: GaussianDiffusion, sampler: SamplerConfig) 
             diffusion.betas_np,
             mean_type=mean_type,
             var_type=var_type,
-            loss_type="kl" if var_type in ("learned", "learned_range") else diffusion.loss_type,
+            # sampling uses no loss; the one given must fit the variance (hybrid needs a learned one)
+            loss_type="kl" if var_type in ("learned", "learned_range") else
+            "mse" if diffusion.loss_type.value == "hybrid" else diffusion.loss_type,
             timestep_map=diffusion.timestep_map_np,
         )
-    # steps >= T: the full chain (a config tuned for T=1000 still runs on a T=10 test model).
-    if skips_steps(diffusion, sampler):
-        spacing = SAMPLERS[sampler.name].spacing
-        section = f"ddim{sampler.steps}" if spacing == "ddim" else int(sampler.steps)
-        diffusion = respace(diffusion, space_timesteps(diffusion.num_timesteps, section))
     return diffusion
+
+
+def sampler_model_fn(model_fn: ModelFn, diffusion: GaussianDiffusion, diff: GaussianDiffusion,
+                     channels: int) -> ModelFn:
+    """``model_fn`` as the sampler's diffusion ``diff`` (:func:`diffusion_for_sampler`) reads it: a mu network
+    as x_0, a learned variance's mean channels only. Wraps once; the sampler never knows."""
+    if diffusion.mean_type.value == "mu" and diff.mean_type.value == "x0":
+        model_fn = _mu_as_x0(model_fn, diffusion)
+    if diffusion.var_type.is_learned and not diff.var_type.is_learned:
+        model_fn = _mean_channels(model_fn, channels)
+    return model_fn
 
 
 @torch.no_grad()
 def generate(
-    model_fn: Callable[[Tensor, Tensor], Tensor],
+    model_fn: ModelFn,
     diffusion: GaussianDiffusion,
     seeds: Sequence[int],
     image_shape: Sequence[int],
@@ -62,18 +72,18 @@ def generate(
     device: torch.device | str = "cpu",
     progress: Callable[[int, int], None] | None = None,
 ) -> Tensor:
-    """Sample one image per seed; returns float images in [-1, 1], shape ``[len(seeds), C, H, W]``."""
+    """Sample one image per seed; returns float images in [-1, 1], shape ``[len(seeds), C, H, W]``.
+
+    ``model_fn(x, t) -> Tensor`` is the network or any wrapper of it with that signature (e.g. classifier-free
+    guidance that doubles the batch inside): it is called with ``x`` of shape ``[len(seeds), C, H, W]`` and
+    ``t`` a ``long`` tensor of ``len(seeds)`` original code indices, and returns the network's output for them."""
     sampler = sampler or SamplerConfig(name="ancestral")
     diff = diffusion_for_sampler(diffusion, sampler).to(device)
-    if diffusion.mean_type.value == "mu" and diff.mean_type.value == "x0":
-        model_fn = _mu_as_x0(model_fn, diffusion)
-    if diffusion.var_type.is_learned and not diff.var_type.is_learned:
-        model_fn = _mean_channels(model_fn, int(image_shape[0]))
+    model_fn = sampler_model_fn(model_fn, diffusion, diff, int(image_shape[0]))
     noise = SeededNoise(list(seeds), device=device)
-    spec = SAMPLERS[sampler.name]
-    steps = {"steps": int(sampler.steps)} if spec.takes_steps else {}  # the solvers place their own evaluations
-    return spec.sample(diff, model_fn, (len(seeds), *image_shape), noise=noise, clip_denoised=sampler.clip_denoised,
-                       progress=progress, **steps, **sampler.params)
+    return sampler.spec.sample(diff, model_fn, (len(seeds), *image_shape), steps=sampler.steps, noise=noise,
+                               clip_denoised=sampler.clip_denoised, progress=progress, device=device,
+                               **sampler.params)
 
 
 def _mu_as_x0(model_fn, diffusion: GaussianDiffusion):
@@ -99,37 +109,6 @@ def _mean_channels(model_fn, channels: int):
         return model_fn(x, t)[:, :channels]
 
     return fn
-
-
-def check_sampler(diffusion: GaussianDiffusion, sampler: SamplerConfig) -> None:
-    """Refuse, before any image is sampled, a sampler that this model cannot run."""
-    T = diffusion.num_timesteps
-    spec = SAMPLERS[sampler.name]
-    if spec.full_chain and sampler.steps is not None and int(sampler.steps) != T:
-        raise ValueError(
-            f"sampler={sampler.name} always runs all T={T} steps; for sampler.steps={sampler.steps} use "
-            f"sampler=respaced sampler.steps={sampler.steps} (ancestral on a subset of timesteps) or another of "
-            f"{[n for n, s in SAMPLERS.items() if not s.full_chain]}"
-        )
-    if sampler.steps is not None and int(sampler.steps) > T:
-        raise ValueError(f"sampler.steps={sampler.steps} exceeds the model's T={T}: use at most {T}")
-    if spec.check is not None:
-        spec.check(sampler.params, sampler.steps, diffusion)
-    raw_learned = (sampler.var_type or diffusion.var_type.value) == "learned"
-    if spec.uses_variance and raw_learned and skips_steps(diffusion, sampler):
-        raise ValueError(
-            f"sampler=respaced sampler.steps={sampler.steps}: this model's variance is learned as a one-step "
-            "log-variance (var_type=learned), which a step over several timesteps cannot use. Valid: "
-            "sampler=ancestral, sampler=ddim (no learned variance needed), or sampler.var_type=fixed_large / "
-            "fixed_small with sampler=respaced."
-        )
-    wanted = sampler.var_type
-    if wanted in ("learned", "learned_range") and not diffusion.var_type.is_learned:
-        raise ValueError(
-            f"sampler.var_type={wanted}: this model was trained with a fixed variance "
-            f"({diffusion.var_type.value}) and has no variance output. Valid: null (its own), fixed_large, "
-            "fixed_small."
-        )
 
 
 def seeds_for(base_seed: int, start: int, stop: int) -> list[int]:

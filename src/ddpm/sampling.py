@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 
 from ddpm.config import SamplerConfig, validate_config
 from ddpm.data import model_to_uint8
-from ddpm.generate import check_sampler, generate, seeds_for
+from ddpm.generate import generate, seeds_for
 from ddpm.io import atomic_savez, check_writable, make_grid_uint8, save_png, write_json
 from ddpm.loading import LoadedModel, load_model, model_datamodule
 from ddpm.runtime import Progress, compile_for_sampling, launch, provenance
@@ -52,7 +52,7 @@ def compile_label(cfg: DictConfig) -> str | None:
 def sampler_for(cfg: DictConfig, loaded: LoadedModel) -> SamplerConfig:
     """``cfg.sampler`` checked against the model (steps against its T, the variance against its output)."""
     sampler = SamplerConfig.from_node(cfg.sampler)
-    check_sampler(loaded.diffusion, sampler)
+    sampler.check(loaded.diffusion)
     return sampler
 
 
@@ -175,7 +175,7 @@ def sample(cfg: DictConfig) -> dict:
               f"{world} process(es)")
     images = merge_shards(out_dir, n, shard_size, loaded.image_shape)  # uint8 [N, C, H, W]
     metrics = write_outputs(cfg, out_dir, images, loaded)
-    label = sampler.label(T)
+    label = "" if sampler.is_full_chain(T) else sampler.label  # the metric keys' suffix
     metrics.update({
         "sampler": sampler.describe(T),
         "sampler_label": label or "full_chain",

@@ -146,7 +146,7 @@ def final_samples(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, 
     start = time.time()
     steps = sampler.steps or module.diffusion.num_timesteps
     shown = bool(cfg.trainer.enable_progress_bar)
-    with Progress(min(steps, module.diffusion.num_timesteps), shown, f"final samples ({n}, {sampler.num_steps_label})",
+    with Progress(min(steps, module.diffusion.num_timesteps), shown, f"final samples ({n}, {sampler.label})",
                   unit="step") as bar:
         images = model_to_uint8(
             generate(

@@ -81,7 +81,8 @@ class FIDCallback(L.Callback):
     def key(self, name: str, num_timesteps: int) -> str:
         from ddpm.metrics.samples import fid_key
 
-        return f"{self.prefix}/{fid_key(name, self.num_samples, self.sampler.label(num_timesteps))}"
+        label = "" if self.sampler.is_full_chain(num_timesteps) else self.sampler.label  # the paper's chain: none
+        return f"{self.prefix}/{fid_key(name, self.num_samples, label)}"
 
     # ------------------------------------------------------------------ hooks
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -6,24 +6,11 @@ Imports torch and numpy only. Code index ``t`` in ``0..T-1`` is paper time ``t+1
 from .gaussian import GaussianDiffusion, ModelFn, extract
 from .losses import approx_standard_normal_cdf, discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from .noise import SeededNoise
-from .registry import SAMPLERS, SamplerSpec
-from .samplers import (
-    ancestral_sample,
-    ancestral_sample_progressive,
-    ddim_sample,
-    ddim_sample_progressive,
-    respace,
-    space_timesteps,
-)
+from .registry import SAMPLERS, SPACINGS, SamplerSpec, final_sample, register, register_spacing, validate_sampler
+from .samplers import ancestral, ddim, respace, space_timesteps
 from .schedules import SCHEDULE_NAMES, betas_for_alpha_bar, get_beta_schedule, schedule_name
-from .solvers import (
-    dpm_solver_sample,
-    dpm_solver_sample_progressive,
-    dpm_solver_timesteps,
-    forward_jump,
-    lambda_timesteps,
-    restart_sample_progressive,
-)
+from .solvers import dpm_solver, dpm_solver_timesteps, forward_jump, lambda_timesteps, restart_plan
+from .spacing import get_timesteps
 from .types import LossType, MeanType, VarType, validate_objective
 
 __all__ = [
@@ -33,28 +20,31 @@ __all__ = [
     "ModelFn",
     "SAMPLERS",
     "SCHEDULE_NAMES",
+    "SPACINGS",
     "SamplerSpec",
     "SeededNoise",
     "VarType",
-    "ancestral_sample",
-    "ancestral_sample_progressive",
+    "ancestral",
     "approx_standard_normal_cdf",
     "betas_for_alpha_bar",
-    "ddim_sample",
-    "ddim_sample_progressive",
+    "ddim",
     "discretized_gaussian_log_likelihood",
-    "dpm_solver_sample",
-    "dpm_solver_sample_progressive",
+    "dpm_solver",
     "dpm_solver_timesteps",
-    "forward_jump",
-    "lambda_timesteps",
-    "restart_sample_progressive",
     "extract",
+    "final_sample",
+    "forward_jump",
     "get_beta_schedule",
+    "get_timesteps",
+    "lambda_timesteps",
     "mean_flat",
     "normal_kl",
+    "register",
+    "register_spacing",
     "respace",
+    "restart_plan",
     "schedule_name",
     "space_timesteps",
     "validate_objective",
+    "validate_sampler",
 ]

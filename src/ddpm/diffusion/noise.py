@@ -57,3 +57,18 @@ class SeededNoise:
         return (
             f"SeededNoise(n={len(self)}, seeds={head}{'...' if len(self) > 3 else ''}, device={self.device})"
         )
+
+
+def randn(shape: Sequence[int], noise: SeededNoise | None, generator: torch.Generator | None,
+          device: torch.device) -> Tensor:
+    """Standard normal noise of ``shape`` on ``device``: from ``noise`` (one generator per image; ``len(noise)``
+    must be ``shape[0]``), else from ``generator``, else from torch's global generator. The samplers draw x_T and
+    every per-step ``z`` with it."""
+    shape = tuple(shape)
+    if noise is not None:
+        if len(noise) != shape[0]:
+            raise ValueError(f"SeededNoise has {len(noise)} seeds but the batch has {shape[0]} images")
+        return noise.randn(*shape[1:]).to(device)
+    if generator is not None:
+        return torch.randn(shape, generator=generator, device=generator.device).to(device)
+    return torch.randn(shape, device=device)

@@ -1,9 +1,10 @@
 """Few-step solvers of the DDPM's reverse process, beyond the paper: DPM-Solver++(2M) (the probability-flow ODE),
 SDE-DPM-Solver++(2M) (the reverse SDE) and Restart sampling (the ODE with forward jumps back up).
 
-All run on the full chain and place their ``steps`` network evaluations themselves, at code indices uniform in
-``lambda = log(alpha / sigma)`` (``alpha = sqrt(abar)``, ``sigma = sqrt(1 - abar)``); ``steps`` is exactly the
-number of network evaluations per image. The data prediction ``x0_i`` is ``pred_xstart`` of
+All run on the full chain at the code indices they are given (:mod:`ddpm.diffusion.spacing`: ``logsnr``, uniform
+in ``lambda = log(alpha / sigma)`` with ``alpha = sqrt(abar)``, ``sigma = sqrt(1 - abar)``, or ``restart``); one
+network evaluation per index, except an index followed by a larger one, where the chain lands and jumps back up.
+The data prediction ``x0_i`` is ``pred_xstart`` of
 :meth:`GaussianDiffusion.p_mean_variance` (the same conversion for every mean type: from eps, x0 directly, or
 mu-tilde inverted; the variance channels of a learned variance are not used), clamped to [-1, 1] when
 ``clip_denoised`` (diffusers' analogue: ``thresholding`` with ``sample_max_value=1``). Every random draw
@@ -32,11 +33,9 @@ import torch
 from torch import Tensor
 
 from .gaussian import GaussianDiffusion, ModelFn
-from .noise import SeededNoise
-from .registry import final_sample, register
-from .samplers import Progress, _device, _init, _randn
-
-Step = dict[str, Tensor | int]
+from .noise import SeededNoise, randn
+from .registry import register, register_spacing
+from .samplers import Progress, Step
 
 
 def lambda_timesteps(diffusion: GaussianDiffusion, n: int, t_hi: int, t_lo: int = 0) -> list[int]:
@@ -161,7 +160,7 @@ class _Chain:
         return float(_lambda(np.float64(a))), math.sqrt(a), math.sqrt(1.0 - a)
 
     def randn(self, shape: Sequence[int]) -> Tensor:
-        return _randn(shape, self.noise, self.generator, self.device)
+        return randn(shape, self.noise, self.generator, self.device)
 
     def run(self, ts: Sequence[int], end: int | None, sde: bool) -> Iterator[Step]:
         """From ``self.x`` at ``ts[0]``: evaluate at each of ``ts`` and step to the next (the last step to ``end``:
@@ -181,74 +180,6 @@ class _Chain:
                 x = _dpm_pp_update(x, x0, x0_prev, lam, alpha_t, sigma_t / sigma_s)
             self.history, self.x = (x0, lam_s), x
             yield {"t": int(ti), "sample": x, "pred_xstart": x0}
-
-
-def _timesteps_and_start(diffusion, shape, steps, timesteps, noise, generator, device, x_start_t, t_start):
-    if timesteps is None:
-        x, t0 = _init(diffusion, shape, noise, generator, device, x_start_t, t_start)
-        return x, dpm_solver_timesteps(diffusion, steps, t0)
-    ts = [int(t) for t in timesteps]
-    if not ts or any(a <= b for a, b in zip(ts, ts[1:], strict=False)):
-        raise ValueError(f"timesteps must be non-empty and strictly decreasing, got {ts}")
-    if steps is not None or (t_start is not None and int(t_start) != ts[0]):
-        raise ValueError("give either timesteps or steps / t_start (timesteps[0] is the start)")
-    x, _ = _init(diffusion, shape, noise, generator, device, x_start_t, ts[0])
-    return x, ts
-
-
-@register("dpm_solver_sde", bound={"sde": True},
-          summary="SDE-DPM-Solver++(2M), the reverse SDE (Lu et al. 2022, sec. 5)")
-@register("dpm_solver", stochastic=False, summary="DPM-Solver++(2M), the probability-flow ODE (Lu et al. 2022)")
-@torch.no_grad()
-def dpm_solver_sample_progressive(
-    diffusion: GaussianDiffusion,
-    model_fn: ModelFn,
-    shape: Sequence[int],
-    *,
-    steps: int | None = None,
-    timesteps: Sequence[int] | None = None,
-    sde: bool = False,
-    noise: SeededNoise | None = None,
-    generator: torch.Generator | None = None,
-    clip_denoised: bool = True,
-    progress: Progress | None = None,
-    device: str | torch.device | None = None,
-    x_start_t: Tensor | None = None,
-    t_start: int | None = None,
-) -> Iterator[Step]:
-    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2, midpoint form), yielding after every step;
-    with ``sde=True`` SDE-DPM-Solver++(2M) (ibid. sec. 5; diffusers' ``DPMSolverMultistepScheduler(algorithm_type=
-    "sde-dpmsolver++", solver_order=2)``), registered as ``dpm_solver_sde``.
-
-    The probability-flow ODE (or the reverse SDE) of the discrete-time DDPM in lambda, with the multistep
-    second-order data-prediction update (module docstring): the network is evaluated once per step, at the code
-    indices ``t_0 > t_1 > ... > t_{n-1}``; the first step is first order (= DDIM for the ODE), and so is the
-    last, to the clean image. So the number of network evaluations is exactly ``n``. The ODE draws only x_T; the
-    SDE draws one ``z`` per step but the last (to the clean image, noise-free).
-
-    Timesteps: ``timesteps`` (descending code indices, the first is the start) or :func:`dpm_solver_timesteps`
-    (``steps`` indices uniform in lambda from ``t_start``, default ``T-1``, down to 0 included; ``steps=None``:
-    every index). Use it on the full diffusion with ``steps``; on a respaced one its indices are the kept
-    timesteps (fine for eps / x0; a mu network predicts the one-step mu-tilde of the original chain, so
-    respacing is wrong for it).
-
-    Yields dicts ``{"t": code index of the evaluation, "sample": the new x (at the next index; x_0 after the
-    last step), "pred_xstart": x0_i}``.
-    """
-    device = _device(diffusion, device)
-    x, ts = _timesteps_and_start(diffusion, shape, steps, timesteps, noise, generator, device, x_start_t, t_start)
-    chain = _Chain(x, diffusion, model_fn, clip_denoised, noise, generator, device)
-    for i, step in enumerate(chain.run(ts, None, sde), start=1):
-        if progress is not None:
-            progress(i, len(ts))
-        yield step
-
-
-@torch.no_grad()
-def dpm_solver_sample(diffusion: GaussianDiffusion, model_fn: ModelFn, shape: Sequence[int], **kw: Any) -> Tensor:
-    """DPM-Solver++(2M) sampling (see :func:`dpm_solver_sample_progressive`) with ``steps`` network
-    evaluations; returns x_0. E.g. ``dpm_solver_sample(diffusion, model_fn, shape, steps=20, noise=...)``."""
-    return final_sample(dpm_solver_sample_progressive(diffusion, model_fn, shape, **kw))
 
 
 def forward_jump(diffusion: GaussianDiffusion, x: Tensor, t_from: int, t_to: int, z: Tensor) -> Tensor:
@@ -307,59 +238,80 @@ def check_restart(params: Mapping[str, Any], steps: int | None, diffusion: Gauss
         restart_plan(diffusion, int(steps), t_min, t_max, params["restart_k"], float(share))
 
 
-@register("restart", params={"restart_t_min": int, "restart_t_max": int, "restart_k": int, "restart_share": float},
-          check=check_restart, starts_anywhere=False,
+@register("restart", spacing="restart", stochastic=True, starts_anywhere=False,
+          spacing_params={"restart_t_min": int, "restart_t_max": int, "restart_k": int, "restart_share": float},
+          check=check_restart,
           summary="Restart sampling (Xu et al. 2023) with the DPM-Solver++(2M) ODE inside")
+@register("dpm_solver_sde", spacing="logsnr", bound={"sde": True},
+          summary="SDE-DPM-Solver++(2M), the reverse SDE (Lu et al. 2022, sec. 5)")
+@register("dpm_solver", spacing="logsnr", stochastic=False,
+          summary="DPM-Solver++(2M), the probability-flow ODE (Lu et al. 2022)")
 @torch.no_grad()
-def restart_sample_progressive(
+def dpm_solver(
     diffusion: GaussianDiffusion,
     model_fn: ModelFn,
-    shape: Sequence[int],
+    x: Tensor,
+    timesteps: Sequence[int],
     *,
-    steps: int,
-    restart_t_min: int,
-    restart_t_max: int,
-    restart_k: int,
-    restart_share: float,
+    sde: bool = False,
     noise: SeededNoise | None = None,
     generator: torch.Generator | None = None,
     clip_denoised: bool = True,
     progress: Progress | None = None,
-    device: str | torch.device | None = None,
 ) -> Iterator[Step]:
-    """Restart sampling (Xu et al. 2023, arXiv 2306.14878, Alg. 1) on the DDPM's probability-flow ODE.
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2, midpoint form) from ``x`` at ``timesteps[0]``,
+    yielding after every evaluation; with ``sde=True`` SDE-DPM-Solver++(2M) (ibid. sec. 5; diffusers'
+    ``DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_order=2)``).
 
-    The main DPM-Solver++(2M) pass runs from T-1 towards 0; when it reaches ``t_min`` (:func:`restart_plan`),
-    ``restart_k`` times: jump up to ``t_max`` with the forward process (:func:`forward_jump`, fresh noise), and
-    solve the ODE back down to ``t_min`` (a restart pass; its multistep history starts afresh after the jump);
-    then the main pass continues to the clean image. The jumps' noise contracts the errors accumulated before
-    ``t_min`` (the paper's argument), at the cost of the restart passes' evaluations. ``steps`` network
-    evaluations in all. Only ``x_T`` and the jumps are random. It always starts at x_T (its restarts are planned
-    on the whole chain), so it takes no ``x_start_t`` / ``t_start`` (the registry: ``starts_anywhere=False``).
+    The probability-flow ODE (or the reverse SDE) of the discrete-time DDPM in lambda, with the multistep
+    second-order data-prediction update (module docstring): the network is evaluated once per index of a
+    decreasing run; the first step is first order (= DDIM for the ODE), and so is the last, to the clean image.
+    The ODE draws no noise; the SDE draws one ``z`` per step but the last (to the clean image, noise-free).
+
+    Restart sampling (Xu et al. 2023, arXiv 2306.14878, Alg. 1; spacing ``restart``) is this solver on a list that
+    rises: where an index ``a`` is followed by a larger ``b``, the chain steps down to ``a`` without evaluating
+    there, jumps up to ``b`` with the forward process (:func:`forward_jump`, fresh noise) and the multistep
+    history starts afresh. The jumps' noise contracts the errors accumulated before (the paper's argument).
+
+    On a respaced diffusion the indices are the kept timesteps (fine for eps / x0; a mu network predicts the
+    one-step mu-tilde of the original chain, so respacing is wrong for it). Yields dicts ``{"t": code index of
+    the evaluation, "sample": the new x (at the next index; x_0 after the last step), "pred_xstart": x0_i}``.
     """
-    device = _device(diffusion, device)
-    check_restart({"restart_t_min": restart_t_min, "restart_t_max": restart_t_max, "restart_k": restart_k,
-                   "restart_share": restart_share}, None, diffusion)
-    main, at, restart_ts = restart_plan(diffusion, int(steps), restart_t_min, restart_t_max, restart_k,
-                                        restart_share)
-    x, _ = _init(diffusion, shape, noise, generator, device, None, main[0])
-    chain = _Chain(x, diffusion, model_fn, clip_denoised, noise, generator, device)
+    ts = [int(t) for t in timesteps]
+    if not ts or any(a == b for a, b in zip(ts, ts[1:])) or not 0 <= min(ts) <= max(ts) < diffusion.num_timesteps:
+        raise ValueError(f"timesteps must be non-empty code indices in [0, {diffusion.num_timesteps - 1}] without "
+                         f"repeats, got {ts}")
+    runs, start = [], 0  # the decreasing runs; each but the last ends at a landing index
+    for i in range(1, len(ts)):
+        if ts[i] > ts[i - 1]:
+            runs.append(ts[start:i])
+            start = i
+    runs.append(ts[start:])
+    if any(len(run) < 2 for run in runs[:-1]):
+        raise ValueError(f"timesteps {ts}: a jump up must follow at least one evaluation and a landing index")
+    total = len(ts) - (len(runs) - 1)
+    chain = _Chain(x, diffusion, model_fn, clip_denoised, noise, generator, x.device)
     done = 0
+    for j, run in enumerate(runs):
+        last = j == len(runs) - 1
+        for step in chain.run(run if last else run[:-1], None if last else run[-1], sde):
+            done += 1
+            if progress is not None:
+                progress(done, total)
+            yield step
+        if not last:
+            chain.x = forward_jump(diffusion, chain.x, run[-1], runs[j + 1][0], chain.randn(chain.x.shape))
+            chain.history = None
 
-    def tick(step: Step) -> Step:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, int(steps))
-        return step
 
-    for step in chain.run(main[:at], main[at], sde=False):
-        yield tick(step)
-    t_min = main[at]
-    for _ in range(restart_k):
-        chain.x = forward_jump(diffusion, chain.x, t_min, restart_t_max, chain.randn(chain.x.shape))
-        chain.history = None
-        for step in chain.run(restart_ts, t_min, sde=False):
-            yield tick(step)
-    for step in chain.run(main[at:], None, sde=False):
-        yield tick(step)
+@register_spacing("restart")
+def restart_timesteps(diffusion: GaussianDiffusion, steps: int, t_start: int | None = None, *, restart_t_min: int,
+                      restart_t_max: int, restart_k: int, restart_share: float) -> list[int]:
+    """Restart's ``steps`` evaluations (:func:`restart_plan`): the main pass down to its first index ``m <=
+    restart_t_min``, then ``restart_k`` times a jump up to ``restart_t_max`` and a restart pass back down to
+    ``m``, then the rest of the main pass: ``main[:at+1] + (restart pass + [m]) * k + main[at+1:]``."""
+    if t_start is not None and int(t_start) != diffusion.num_timesteps - 1:
+        raise ValueError("Restart always starts at T-1 (its restarts are planned on the whole chain)")
+    main, at, restart_ts = restart_plan(diffusion, int(steps), restart_t_min, restart_t_max, restart_k,
+                                        float(restart_share))
+    return main[:at + 1] + (restart_ts + [main[at]]) * int(restart_k) + main[at + 1:]

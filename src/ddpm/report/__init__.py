@@ -160,7 +160,7 @@ def evaluations(job: Path, opts: Options) -> list[tuple[Path, str, list[str]]]:
     (``nll.json`` of ``python -m ddpm.nll``)."""
     out = []
     for k in range(opts.seed_sets):
-        out.append((job / "eval" / f"fid{opts.fid_samples}_{opts.sampler.num_steps_label}_seed{k}", "metrics.json",
+        out.append((job / "eval" / f"fid{opts.fid_samples}_{opts.sampler.label}_seed{k}", "metrics.json",
                     [f"num_samples={opts.fid_samples}", f"seed={k}", f"batch_size={opts.batch_size}",
                      "compute_fid=true", *sampler_overrides(opts.sampler)]))
     nll_images = "null" if opts.nll_images is None else opts.nll_images  # null: the whole test split
