@@ -27,6 +27,7 @@ def _load(name: str):
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier stays under 3 minutes
 def test_bench_cpu_quick_prints_tables(capsys, tmp_path):
     import diffusers  # noqa: F401  (a test extra)
 
@@ -78,6 +79,7 @@ def test_bench_cpu_memory_child(monkeypatch):
     assert res["delta_mb"] >= 0 and res["peak_mb"] >= res["rss_before_mb"] > 0
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier stays under 3 minutes
 def test_bench_gpu_runs_on_cpu_without_app_dependencies():
     res = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--device", "cpu", "--quick", "--steps", "1"],
@@ -89,6 +91,7 @@ def test_bench_gpu_runs_on_cpu_without_app_dependencies():
     assert "WARNING: bench_gpu.py imported" not in res.stderr  # no hydra/omegaconf/lightning/wandb/diffusers
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier stays under 3 minutes
 def test_gpu_suite_rows_are_valid_bench_gpu_runs(tmp_path):
     """bench/gpu_suite.sh is the one prepared run for a lent GPU (minutes of device time): every row must be a
     valid bench_gpu.py command, the limits must fit one 10-minute device call, and the rows that do not compile
@@ -126,6 +129,7 @@ def test_bench_convs_winograd_is_a_convolution_and_the_table_prints(tmp_path):
     assert text.count("| 256->256, ") == 2 and (tmp_path / "c.md").read_text() == text
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier stays under 3 minutes
 def test_nets_and_diffusion_import_no_app_dependencies():
     code = (
         "import sys, ddpm.nets, ddpm.diffusion; "
@@ -153,6 +157,7 @@ def test_bench_quickstart_quick_prints_our_arm_the_diffusers_arm_and_references(
     assert "lucidrains" not in text.split("Command:")[1].split("\n", 1)[1]  # no arm, no line about one
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier stays under 3 minutes
 def test_frontier_digits_study_quick_writes_the_timesteps_and_gaussian_tables(tmp_path):
     bench = _load("frontier_digits")
     out = tmp_path / "study.md"

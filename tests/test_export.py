@@ -381,6 +381,7 @@ def test_export_command_writes_a_hub_folder(run_dir, tmp_path, capsys):
     assert "raw (not the EMA average)" in (out / "README.md").read_text()
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier stays under 3 minutes
 def test_mu_run_is_refused_with_one_line(run_dir, tmp_path):
     from ddpm.io import safe_load_checkpoint
 

@@ -129,6 +129,7 @@ def test_full_disk_at_a_checkpoint_names_the_file_the_space_and_the_resume(tiny,
     assert temp_files_under(tmp_path) == []
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier stays under 3 minutes
 @pytest.mark.parametrize(("name", "last_good"), [("metrics.json", 4), ("samples.png", 4), ("step_00000004.png", 2)])
 def test_full_disk_at_the_end_of_training_or_at_a_grid(tiny, tmp_path, full_disk, capsys, name, last_good):
     """The final metrics.json, the final samples grid, a periodic grid (drawn before that step's checkpoint):
@@ -166,6 +167,7 @@ def test_full_disk_in_sample_py(ckpt, tmp_path, full_disk, capsys, name):
     assert temp_files_under(tmp_path) == []
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier stays under 3 minutes
 def test_full_disk_at_the_frontier_report_and_export(ckpt, tmp_path, full_disk, capsys):
     """The sampler frontier's table, the report's output file, an exported pipeline's files."""
     from test_report import write_job

@@ -34,6 +34,7 @@ def test_callback_key_names():
         _fid_callback("callbacks.fid.num_samples=1")
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier stays under 3 minutes
 def test_callback_agrees_with_sample_py(tmp_path):
     """Train a tiny model with callbacks=fid (FID at the last step, raw weights), then sample.py on the final
     checkpoint with the same seed/N/sampler: the same images, hence the same FID and IS."""

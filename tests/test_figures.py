@@ -143,6 +143,7 @@ def test_figure_commands(model, tmp_path):
     check(out, 4, 5, row_labels=True)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier stays under 3 minutes
 def test_progressive_and_interpolation_with_dpm_solver_by_name(model, tmp_path):
     """sampler=dpm_solver steps=N: the progressive figure's last column is what sample.py's dpm_solver draws
     for the same seeds; its columns are x0-hat at the solver's own timesteps; shared_xt refuses it."""

@@ -37,6 +37,7 @@ def test_summary_finds_the_smallest_steps_within_tolerance():
     assert s["best_within_evaluations"]["20"]["vs_chain"] == "extractor-dependent"
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier stays under 3 minutes
 def test_frontier_on_a_tiny_model(tmp_path_factory, tmp_path, monkeypatch):
     ckpt = tiny_checkpoint(tmp_path_factory)  # T=10
     run_dir = ckpt.parent.parent

@@ -231,6 +231,7 @@ def test_digits_scores_name_both_extractors_and_keep_a_unchanged():
 
 
 # --- the quickstart table's claim, restated from stored seed sets ---------------------------------------------
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier stays under 3 minutes
 def test_quickstart_vs_real_restates_from_stored_sets_with_both_extractors(tmp_path, capsys):
     """bench/quickstart_vs_real.py on sample.py-style output directories: both extractors' numbers per draw, the
     real digits at the same n, and the verdict rule's outcome; noisy digits are established as worse."""

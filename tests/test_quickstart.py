@@ -24,6 +24,7 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return ckpt["state_dict"]
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier stays under 3 minutes
 def test_quickstart_recipe_is_deterministic(tmp_path):
     """A reduced step budget of the real recipe (its model, batch, optimizer, EMA and sampler), run twice."""
     short = ["trainer.max_steps=30", "final_samples=16", "sampler.steps=20",

@@ -176,6 +176,7 @@ def _noisy(x: np.ndarray, sigma: float, seed: int) -> np.ndarray:
     return np.clip(x.astype(np.float64) + noise, 0, 255).round().astype(np.uint8)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier stays under 3 minutes
 def test_seed_sets_are_pooled_and_findings_are_paired(tmp_path):
     """Rows on the same seeds: the report pools each row's sets (pooled FID/IS, per-set values, confidence,
     class entropy), and states each finding from the paired per-set differences with the numbers behind it."""

@@ -137,6 +137,7 @@ def test_kill_9_halfway_then_rerun_gives_the_uninterrupted_npz(ckpt, tmp_path):
     np.testing.assert_array_equal(_arr(killed / "samples.npz"), _arr(tmp_path / "straight" / "samples.npz"))
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier stays under 3 minutes
 def test_compile_option_samples_the_same_images(reference_run, ckpt, tmp_path):
     """compile=true (opt-in) runs the network through torch.compile; aot_eager (no C++ compiler needed) replays
     the same aten ops, so the images are those of the eager reference run."""

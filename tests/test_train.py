@@ -245,6 +245,7 @@ def test_validation_uses_ema_weights_only(tmp_path, tiny):
     assert bpd() == ema_equals_raw  # ...and the raw weights play no part in it
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier stays under 3 minutes
 def test_compile_is_opt_in_and_leaves_weights_and_checkpoints_as_eager(tmp_path, tiny):
     """compile=true compiles the training network in place: the same checkpoint keys and (aot_eager, which
     replays the same aten ops without a C++ compiler) the same trained weights as the eager run; sample.py
