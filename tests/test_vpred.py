@@ -14,9 +14,8 @@ import torch
 
 from ddpm import cli
 from ddpm.diffusion import (
+    SAMPLERS,
     GaussianDiffusion,
-    ancestral_sample,
-    dpm_solver_sample,
     dpm_solver_timesteps,
     get_beta_schedule,
     mean_flat,
@@ -242,7 +241,8 @@ def test_v_reverse_step_equals_diffusers_ddpm_scheduler_in_float64(variance, cli
         x = sched.step(v, t, x, generator=g).prev_sample  # the chain walks on with diffusers' float32 step
     print(f"v, {variance}, clip={clip}: max over {T} steps |ours - diffusers(float64 abar)| = {worst:.2e}")
     assert worst <= 1e-5
-    ours_chain = ancestral_sample(d, model, SHAPE, generator=torch.Generator().manual_seed(7), clip_denoised=clip)
+    ours_chain = SAMPLERS["ancestral"].sample(d, model, SHAPE, generator=torch.Generator().manual_seed(7),
+                                              clip_denoised=clip)
     assert torch.isfinite(ours_chain).all() and ours_chain.abs().max() > 0.1
     torch.testing.assert_close(ours_chain, x, atol=2e-4, rtol=0 if clip else 1e-4)
 
@@ -255,7 +255,7 @@ def test_v_dpm_solver_equals_diffusers_dpm_solver_multistep(steps, clip):
     d = GaussianDiffusion.from_config("linear", T, "v", "fixed_large", "mse")
     model = toy_v(abar64())
     x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(steps))
-    ours = dpm_solver_sample(d, model, SHAPE, steps=steps, x_start_t=x_T, clip_denoised=clip)
+    ours = SAMPLERS["dpm_solver"].sample(d, model, SHAPE, steps=steps, x_start_t=x_T, clip_denoised=clip)
     sched = diffusers.DPMSolverMultistepScheduler(
         num_train_timesteps=T, beta_schedule="linear", beta_start=1e-4, beta_end=0.02, algorithm_type="dpmsolver++",
         solver_order=2, solver_type="midpoint", lower_order_final=True, final_sigmas_type="zero",
