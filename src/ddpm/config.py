@@ -42,6 +42,10 @@ class ObjectiveConfig:
     mean_type: MeanType = MISSING
     var_type: VarType = MISSING
     loss_type: LossType = MISSING
+    # Class-conditional models only (model.num_classes=K, beyond the paper): the share of training labels replaced
+    # by the null token, so one network also learns the unconditional model that classifier-free guidance needs
+    # (Ho & Salimans 2022 use 0.1 or 0.2). Written here once for every Table 2 row; ignored without classes.
+    cond_drop_prob: float = 0.1
 
 
 @dataclass
@@ -222,6 +226,8 @@ class SampleConfig:
     compute_fid: bool = MISSING
     fid_backend: str = MISSING
     min_fid_samples: int = MISSING
+    labels: Any = MISSING  # null | balanced | random | a class index | a list of them (ddpm.checks.LABELS)
+    guidance_scale: float = MISSING
     trainer: SampleTrainerConfig = MISSING
     sampler: Any = MISSING  # free-form: each sampler has its own keys (SamplerConfig.from_node checks them)
     fid: FIDConfig = MISSING
