@@ -399,3 +399,41 @@ def test_mu_run_is_refused_with_one_line(run_dir, tmp_path):
     assert len(errors) == 1 and "mean_type=mu" in errors[0] and "diffusers" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == [mu]
+
+
+# ----------------------------------------------------------------------------------------------------
+# a class-conditional UNet (model.num_classes=K; diffusers' num_class_embeds = K + 1, the null token K)
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("learned", [False, True], ids=["fixed", "learned_range"])
+def test_conditional_unet_exports_with_class_embeddings_and_converts_back(learned, tmp_path):
+    channels, resolution, ch = ARCHS["unet_small"]
+    kwargs = dict(preset("unet_small"), ch=ch, num_classes=10)
+    torch.manual_seed(0)
+    net = UNet(in_channels=channels, out_channels=channels * (2 if learned else 1), resolution=resolution, **kwargs)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) / max(p[0].numel(), 1) ** 0.5 if p.ndim >= 2
+                    else 0.2 * torch.randn(p.shape, generator=g))
+    net.eval()
+    diffusion = diffusion_for("learned_range" if learned else "fixed_large")
+    out, pipe = exported(tmp_path, net, diffusion)
+    cfg = json.loads((out / "unet" / "config.json").read_text())
+    assert cfg["num_class_embeds"] == 11 and cfg["class_embed_type"] is None
+    x = torch.randn(4, channels, resolution, resolution, generator=g)
+    t, y = torch.tensor([999, 0, 417, 50]), torch.tensor([0, 3, 9, 10])  # 10: the null token
+    with torch.no_grad():
+        want, got = net(x, t, y), pipe.unet(x, t, class_labels=y).sample
+        other = net(x, t, torch.tensor([1, 4, 8, 10]))
+    assert (want - other)[:3].abs().max() > 1e-3  # the labels matter (400x the tolerance below)
+    assert (got - want).abs().max().item() <= 1e-5
+    target = tmp_path / "back.safetensors"
+    convert_main([str(out), str(target)])
+    back, _ = interop.load_converted(target)
+    assert back.config() == net.config() and back.num_classes == 10
+    sa, sb = net.state_dict(), back.state_dict()
+    assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+    loaded = load_model(pretrained=out)  # sample.py pretrained=OUT: a conditional model again
+    assert loaded.num_classes == 10
