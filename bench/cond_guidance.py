@@ -108,8 +108,8 @@ def main() -> None:
     print(text)
     if args.out:
         args.out.write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps({"runs": {k: {"run": str(v["run"]), "metrics": v["metrics"]}
-                                                                       for k, v in runs.items()}, "rows": rows}, indent=1))
+        saved = {k: {"run": str(v["run"]), "metrics": v["metrics"]} for k, v in runs.items()}
+        args.out.with_suffix(".json").write_text(json.dumps({"runs": saved, "rows": rows}, indent=1))
         plot(rows, args.out.with_suffix(".png"))
 
 
@@ -133,7 +133,8 @@ def report(args, runs, rows) -> str:
               "| model | w | diffusers guidance_scale | class accuracy | FID (train) | FID (balanced train) | IS | "
               "confidence | evals/image | sample s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        acc = "-" if "accuracy" not in r else f"{r['accuracy']:.4f} ({', '.join(f'{a:.3f}' for a in r['accuracy_sets'])})"
+        sets = ", ".join(f"{a:.3f}" for a in r.get("accuracy_sets", []))
+        acc = "-" if "accuracy" not in r else f"{r['accuracy']:.4f} ({sets})"
         w = "-" if r["w"] is None else f"{r['w']:g}"
         gs = "-" if r["w"] is None else f"{1 + r['w']:g}"
         lines.append(f"| {r['model']} | {w} | {gs} | {acc} | {r['fid']:.3f} | {r['fid_balanced']:.3f} | "

@@ -156,7 +156,7 @@ def test_digits_labels_are_sklearns_targets_and_travel_with_their_images():
     raw = load_digits()
     target_of = {np.rint(im * 255 / 16).astype(np.uint8).tobytes(): t for im, t in zip(raw.images, raw.target)}
     for rank in (0, 1):  # each rank of a 2-process run, a shuffled epoch
-        for i in list(EpochSampler(dm.train_dataset, seed=3, num_replicas=2, rank=rank))[:40]:
+        for i in list(EpochSampler(dm.train_dataset, seed=3, num_replicas=2, rank=rank))[:20]:
             x, y = dm.train_dataset[i]
             key = ((x + 1) * 127.5).round().to(torch.uint8)[0].numpy().tobytes()
             assert target_of[key] == int(y)
@@ -226,8 +226,8 @@ def test_label_dropout_rate_and_seed_address():
     assert torch.equal(dropped, module.drop_labels(y, 0)) and not torch.equal(dropped, module.drop_labels(y, 1))
 
 
-@pytest.mark.parametrize("objective", ["simple", "eps_vlb_fixed", "eps_vlb_learned", "mu_vlb_fixed",
-                                       "mu_vlb_learned", "mu_mse", "hybrid"])
+@pytest.mark.parametrize("objective", ["simple", "hybrid", *(pytest.param(o, marks=pytest.mark.slow) for o in (
+    "eps_vlb_fixed", "eps_vlb_learned", "mu_vlb_fixed", "mu_vlb_learned", "mu_mse"))])
 def test_every_objective_trains_conditionally_with_ema(tmp_path, tiny, objective):
     from ddpm.training import train
 
@@ -337,6 +337,7 @@ def test_num_classes_on_an_unlabelled_folder_is_refused(tiny, tmp_path, monkeypa
         training.train(cfg)
 
 
+@pytest.mark.slow
 def test_the_cli_says_error_in_one_line(tmp_path, uncond_ckpt):
     r = subprocess.run([sys.executable, str(ROOT / "sample.py"), f"ckpt_path={uncond_ckpt}", "guidance_scale=3",
                         f"out_dir={tmp_path}", f"hydra.run.dir={tmp_path}", "trainer.accelerator=cpu"],
@@ -367,3 +368,27 @@ def test_two_processes_give_the_same_images_and_labels(cond_ckpt, tmp_path):
     np.testing.assert_array_equal(one["arr_0"], two["arr_0"])
     np.testing.assert_array_equal(one["arr_1"], two["arr_1"])
     assert len(set(one["arr_1"].tolist())) > 1
+
+
+@pytest.mark.slow
+def test_frontier_counts_a_guided_step_as_two_evaluations(cond_ckpt, uncond_ckpt, tmp_path):
+    from ddpm.frontier import frontier
+
+    base = ["samplers=[ddim]", "steps=[5]", "num_samples=10", "batch_size=10", "seed_sets=1", "num_boot=5",
+            "fid.feature_extractor=digits", "progress=false", "device=cpu"]
+    guided_run = frontier(compose("frontier", [f"ckpt_path={cond_ckpt}", f"out_dir={tmp_path / 'g'}", *base,
+                                               "guidance_scale=2", "labels=[1,2]"]))
+    assert [e["network_evaluations"] for e in guided_run["entries"]] == [20, 10]  # full chain T=10, ddim 5
+    with np.load(tmp_path / "g" / "entries" / "ddim5" / "set0.npz") as z:  # the same images as sample.py's
+        images = z["images"]
+    from ddpm.sampling import sample
+
+    sample(sample_cfg(cond_ckpt, tmp_path / "s", "num_samples=10", "guidance_scale=2", "labels=[1,2]",
+                      "sampler=ddim", "sampler.steps=5"))
+    np.testing.assert_array_equal(images.transpose(0, 2, 3, 1).repeat(3, -1),
+                                  _npz(tmp_path / "s" / "samples.npz")["arr_0"])
+    plain = frontier(compose("frontier", [f"ckpt_path={cond_ckpt}", f"out_dir={tmp_path / 'p'}", *base]))
+    assert [e["network_evaluations"] for e in plain["entries"]] == [10, 5]
+    with pytest.raises(ValueError, match="this model is unconditional"):
+        frontier(compose("frontier", [f"ckpt_path={uncond_ckpt}", f"out_dir={tmp_path / 'u'}", *base,
+                                      "guidance_scale=1"]))

@@ -159,6 +159,8 @@ FRONTIER: list[Check] = [
     ("batch_size", *_at_least(1)),
     ("num_boot", *_at_least(1)),
     ("tolerance", lambda v: is_num(v) and v >= 0, "a number >= 0, e.g. 0.10"),
+    LABELS,
+    GUIDANCE,
     _split("fid.ref_split"),
     ("fid.is_splits", *_at_least(1)),
 ]

@@ -275,6 +275,8 @@ class FrontierConfig:
     out_dir: str | None = MISSING
     device: str = MISSING
     progress: bool = MISSING
+    labels: Any = MISSING  # a conditional model's labels, as SampleConfig.labels
+    guidance_scale: float = MISSING
     fid: FIDConfig = MISSING
     data: Any = None
     paths: Any = None
