@@ -244,6 +244,10 @@ def test_every_objective_trains_conditionally_with_ema(tmp_path, tiny, objective
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["class_names"] == [str(i) for i in range(10)]
     assert "digits/class_accuracy" in metrics and np.isfinite(metrics["digits/fid"])
+    from PIL import Image
+
+    with Image.open(tmp_path / "run" / "samples.png") as grid:  # one row per class: 10 rows of 1 image (8x8, x8)
+        assert grid.size == (1 * 66 + 2, 10 * 66 + 2)
 
 
 # ------------------------------------------------------------------------------------------------ sample.py
