@@ -233,7 +233,7 @@ def test_every_objective_trains_conditionally_with_ema(tmp_path, tiny, objective
 
     # ch=64, one level: GroupNorm groups of 2 channels, so the class embedding gets a gradient (see tiny_unet)
     cfg = tiny(f"objective={objective}", "model.num_classes=10", "final_samples=10", "model.ch=64", "model.ch_mult=[1]",
-               "model.attn_resolutions=[]", "sampler.var_type=null")  # (hybrid + fixed_small: see the report)
+               "model.attn_resolutions=[]")  # the recipe's final sampler: fixed_small, also for a learned variance
     metrics, objs = train(cfg)
     module = objs["module"]
     assert module.net.class_emb is not None and int(module.ema_num_updates) == 4
