@@ -20,7 +20,7 @@ from sampling_helpers import sample_cfg, tiny_checkpoint
 from ddpm.config import SamplerConfig, compose
 from ddpm.diffusion import SAMPLERS, GaussianDiffusion
 from ddpm.diffusion.guidance import guided, with_labels
-from ddpm.generate import class_labels, generate
+from ddpm.generate import class_labels, generate, seeds_for
 from ddpm.nets import UNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -396,3 +396,24 @@ def test_frontier_counts_a_guided_step_as_two_evaluations(cond_ckpt, uncond_ckpt
     with pytest.raises(ValueError, match="this model is unconditional"):
         frontier(compose("frontier", [f"ckpt_path={uncond_ckpt}", f"out_dir={tmp_path / 'u'}", *base,
                                       "guidance_scale=1"]))
+
+
+def test_figure_classes_rows_are_classes_and_the_sweep_shares_noise(cond_ckpt, tmp_path):
+    from ddpm.figures import classes_figure, make_figure
+    from ddpm.loading import load_model
+
+    loaded = load_model(cond_ckpt)
+    fn, diff, shape = loaded.model_fn(), loaded.diffusion, loaded.image_shape
+    x = classes_figure(fn, diff, shape, 10, seeds=3, scales=[1.0], seed=0)
+    assert x.shape == (10, 3, 1, 8, 8)
+    for c in (0, 7):  # row c is what sample.py draws for labels=c on the same seeds
+        want = generate(fn, diff, seeds_for(0, 0, 3), shape, labels=torch.full((3,), c), guidance_scale=1.0,
+                        num_classes=10)
+        assert torch.equal(x[c], ((want.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+    sweep = classes_figure(fn, diff, shape, 10, scales=[0.0, 2.0], seed=0)
+    assert sweep.shape == (10, 2, 1, 8, 8)
+    single = classes_figure(fn, diff, shape, 10, seeds=1, scales=[2.0], seed=0)  # row 0, seed 0: w=2
+    assert torch.equal(sweep[0, 1], single[0, 0])
+    path = make_figure(compose("figures", [f"ckpt_path={cond_ckpt}", "figure=classes", "figure.seeds=2",
+                                           f"out={tmp_path / 'c.png'}", "device=cpu"]))
+    assert path.is_file()

@@ -145,6 +145,9 @@ FIGURES: list[Check] = [
     ("figure.splits", lambda v: len(v) >= 1 and all(is_num(s) and 0 <= s <= 1000 for s in v),
      "a list of times on the paper's scale 0..1000"),
     ("figure.continuations", *_at_least(1)),
+    ("figure.seeds", *_at_least(1)),
+    ("figure.guidance_scales", lambda v: len(v) >= 1 and all(is_num(w) and w >= 0 for w in v),
+     "a non-empty list of guidance weights w >= 0, e.g. [0, 1, 2, 4]"),
 ]
 
 FRONTIER: list[Check] = [

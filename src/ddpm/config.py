@@ -313,6 +313,15 @@ class SharedXtFigure:
 
 
 @dataclass
+class ClassesFigure:
+    """``conf/figure/classes.yaml`` (a class-conditional model: rows = classes)."""
+
+    name: str = MISSING
+    seeds: int = MISSING
+    guidance_scales: list[float] = MISSING
+
+
+@dataclass
 class FiguresConfig:
     """``conf/figures.yaml``: ``python -m ddpm.figures`` (the paper's qualitative figures)."""
 
@@ -402,7 +411,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     for name, node in (("objective", ObjectiveConfig), ("diffusion", DiffusionConfig), ("fid", FIDConfig),
                        ("figure_progressive", ProgressiveFigure), ("figure_interpolation", InterpolationFigure),
-                       ("figure_shared_xt", SharedXtFigure), *((n, c) for c, n in SCHEMAS.items())):
+                       ("figure_shared_xt", SharedXtFigure), ("figure_classes", ClassesFigure),
+                       *((n, c) for c, n in SCHEMAS.items())):
         cs.store(group="schema", name=name, node=node)
 
 
