@@ -38,13 +38,13 @@ def diffusion_for_sampler(diffusion: GaussianDiffusion, sampler: SamplerConfig) 
     if skips_steps(diffusion, sampler) and mean_type.value == "mu":
         mean_type = "x0"
     if var_type != diffusion.var_type.value or mean_type != diffusion.mean_type:
+        loss = getattr(diffusion.loss_type, "value", diffusion.loss_type)
         diffusion = GaussianDiffusion(
             diffusion.betas_np,
             mean_type=mean_type,
             var_type=var_type,
             # sampling never uses the loss; hybrid needs a learned variance (a hybrid model sampled with fixed_small)
-            loss_type="kl" if var_type in ("learned", "learned_range") else (
-                "mse" if getattr(diffusion.loss_type, "value", diffusion.loss_type) == "hybrid" else diffusion.loss_type),
+            loss_type="kl" if var_type in ("learned", "learned_range") else "mse" if loss == "hybrid" else loss,
             timestep_map=diffusion.timestep_map_np,
         )
     # steps >= T: the full chain (a config tuned for T=1000 still runs on a T=10 test model).
