@@ -437,3 +437,19 @@ def test_conditional_unet_exports_with_class_embeddings_and_converts_back(learne
     assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
     loaded = load_model(pretrained=out)  # sample.py pretrained=OUT: a conditional model again
     assert loaded.num_classes == 10
+
+
+@pytest.mark.parametrize("objective", ["simple", "hybrid"])
+def test_conditional_run_card_shows_a_guided_loop_that_runs(objective, tmp_path_factory, tmp_path):
+    ckpt = tiny_checkpoint(tmp_path_factory, extra=("model.ch=32", "model.num_classes=10", f"objective={objective}"))
+    out = tmp_path / "hub"
+    main([str(ckpt.parent.parent), str(out)])
+    assert json.loads((out / "unet" / "config.json").read_text())["num_class_embeds"] == 11
+    card = (out / "README.md").read_text()
+    assert "guidance_scale` is `1 + w`" in card and "0=0, 1=1" in card
+    code = card.split("## Class-conditional sampling")[1].split("```python\n")[1].split("```")[0]
+    scope: dict = {}
+    exec(code.replace("REPO_OR_FOLDER", str(out)), scope)  # the card's loop, as a user would paste it
+    images = scope["images"]
+    assert images.shape == (10, 1, 8, 8) and images.dtype == torch.uint8
+    assert images.float().std() > 0  # sampled, not a constant
