@@ -417,3 +417,24 @@ def test_figure_classes_rows_are_classes_and_the_sweep_shares_noise(cond_ckpt, t
     path = make_figure(compose("figures", [f"ckpt_path={cond_ckpt}", "figure=classes", "figure.seeds=2",
                                            f"out={tmp_path / 'c.png'}", "device=cpu"]))
     assert path.is_file()
+
+
+@pytest.mark.slow
+def test_fid_callback_takes_labels_and_guidance_as_sample_py(tmp_path):
+    from conftest import tiny_overrides
+
+    from ddpm.callbacks.fid import FIDCallback
+    from ddpm.sampling import sample
+    from ddpm.training import train
+
+    cfg = compose("train", tiny_overrides(tmp_path / "run", steps=4) + [
+        "final_samples=0", "logger=none", "~callbacks.lr_monitor", "callbacks=fid", "model.num_classes=10",
+        "callbacks.fid.every_n_steps=4", "callbacks.fid.num_samples=12", "callbacks.fid.batch_size=5",
+        "callbacks.fid.sampler.steps=5", "callbacks.fid.metric.feature_extractor=digits", "callbacks.fid.use_ema=false",
+        "callbacks.fid.metric.is_splits=3", "callbacks.fid.labels=random", "callbacks.fid.guidance_scale=1.5"])
+    _, objs = train(cfg)
+    res = next(c for c in objs["trainer"].callbacks if isinstance(c, FIDCallback)).last_result
+    m = sample(sample_cfg(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "s", "num_samples=12",
+                          "batch_size=7", "sampler=ddim", "sampler.steps=5", "use_ema=false", "compute_fid=true",
+                          "fid.feature_extractor=digits", "fid.is_splits=3", "labels=random", "guidance_scale=1.5"))
+    assert m["fid_12_ddim5"] == pytest.approx(res["val/fid_12_ddim5"], rel=1e-6, abs=1e-6)
