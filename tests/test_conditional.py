@@ -438,3 +438,26 @@ def test_fid_callback_takes_labels_and_guidance_as_sample_py(tmp_path):
                           "batch_size=7", "sampler=ddim", "sampler.steps=5", "use_ema=false", "compute_fid=true",
                           "fid.feature_extractor=digits", "fid.is_splits=3", "labels=random", "guidance_scale=1.5"))
     assert m["fid_12_ddim5"] == pytest.approx(res["val/fid_12_ddim5"], rel=1e-6, abs=1e-6)
+
+
+def test_cifar10_labels_come_from_the_batches(tmp_path):
+    import pickle
+
+    from test_data import write_fake_cifar
+
+    from ddpm.data import CIFAR10DataModule
+
+    write_fake_cifar(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    with open(folder / "data_batch_2", "rb") as f:
+        entry = pickle.load(f)
+    entry["labels"] = [3, 9, 4, 7]  # batch 2 holds train images 4..7
+    with open(folder / "data_batch_2", "wb") as f:
+        pickle.dump(entry, f, protocol=2)
+    dm = CIFAR10DataModule(root=str(tmp_path), batch_size=4, random_flip=False)
+    assert dm.class_names()[3] == "cat" and len(dm.class_names()) == 10
+    dm.with_labels = True
+    dm.setup("fit")
+    assert dm.labels("train").tolist() == [0] * 4 + [3, 9, 4, 7] + [0] * 12 and dm.labels("test").tolist() == [1] * 6
+    x, y = next(iter(dm.test_dataloader()))
+    assert x.shape == (4, 3, 32, 32) and y.tolist() == [1, 1, 1, 1]
