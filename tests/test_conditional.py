@@ -398,6 +398,7 @@ def test_frontier_counts_a_guided_step_as_two_evaluations(cond_ckpt, uncond_ckpt
                                       "guidance_scale=1"]))
 
 
+@pytest.mark.slow
 def test_figure_classes_rows_are_classes_and_the_sweep_shares_noise(cond_ckpt, tmp_path):
     from ddpm.figures import classes_figure, make_figure
     from ddpm.loading import load_model
