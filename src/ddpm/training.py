@@ -122,12 +122,14 @@ def check_classes(cfg: DictConfig, datamodule) -> list[str] | None:
 def build_module(cfg: DictConfig, image_shape: tuple[int, int, int],
                  class_names: list[str] | None = None) -> DiffusionModule:
     run_config = to_container(cfg)
-    model, objective = dict(run_config["model"]), dict(run_config["objective"])
-    if model.get("num_classes") is None:  # unconditional: the hyper-parameters (so checkpoints) as before classes
-        model.pop("num_classes", None)
-        objective.pop("cond_drop_prob", None)
+    if run_config["model"].get("num_classes") is None:
+        # unconditional: the class settings mean nothing, and the hyper-parameters and the checkpoint's cfg stay
+        # exactly those of a run before classes existed (so old checkpoints resume and compare equal)
+        run_config["model"].pop("num_classes", None)
+        run_config["objective"].pop("cond_drop_prob", None)
     return DiffusionModule(
-        model=model, diffusion=run_config["diffusion"], objective=objective, class_names=class_names,
+        model=run_config["model"], diffusion=run_config["diffusion"], objective=run_config["objective"],
+        class_names=class_names,
         optim=run_config["optim"], image_shape=tuple(image_shape),
         seed=int(cfg.seed), nan_policy=run_config["nan_policy"], nan_max_consecutive=int(cfg.nan_max_consecutive),
         channels_last=cfg.channels_last,
