@@ -418,3 +418,57 @@ def test_an_exported_v_model_samples_in_ddpm_pipeline(tmp_path):
     print(f"DDPMPipeline, v, 100 steps: max |diffusers - ours| = {err:.2e} (images in [0, 1])")
     assert 0.05 < ours.std() and err <= 1e-4
     assert abs(as_eps - images).max() > 1e-2  # the same network read as eps samples other images
+
+
+# ----------------------------------------------------------------------------------------------------
+# a class-conditional UNet (model.num_classes=K; diffusers' num_class_embeds = K + 1, the null token K)
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("learned", [False, True], ids=["fixed", "learned_range"])
+def test_conditional_unet_exports_with_class_embeddings_and_converts_back(learned, tmp_path):
+    channels, resolution, ch = ARCHS["unet_small"]
+    kwargs = dict(preset("unet_small"), ch=ch, num_classes=10)
+    torch.manual_seed(0)
+    net = UNet(in_channels=channels, out_channels=channels * (2 if learned else 1), resolution=resolution, **kwargs)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) / max(p[0].numel(), 1) ** 0.5 if p.ndim >= 2
+                    else 0.2 * torch.randn(p.shape, generator=g))
+    net.eval()
+    diffusion = diffusion_for("learned_range" if learned else "fixed_large")
+    out, pipe = exported(tmp_path, net, diffusion)
+    cfg = json.loads((out / "unet" / "config.json").read_text())
+    assert cfg["num_class_embeds"] == 11 and cfg["class_embed_type"] is None
+    x = torch.randn(4, channels, resolution, resolution, generator=g)
+    t, y = torch.tensor([999, 0, 417, 50]), torch.tensor([0, 3, 9, 10])  # 10: the null token
+    with torch.no_grad():
+        want, got = net(x, t, y), pipe.unet(x, t, class_labels=y).sample
+        other = net(x, t, torch.tensor([1, 4, 8, 10]))
+    assert (want - other)[:3].abs().max() > 1e-3  # the labels matter (400x the tolerance below)
+    assert (got - want).abs().max().item() <= 1e-5
+    target = tmp_path / "back.safetensors"
+    convert_main([str(out), str(target)])
+    back, _ = interop.load_converted(target)
+    assert back.config() == net.config() and back.num_classes == 10
+    sa, sb = net.state_dict(), back.state_dict()
+    assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+    loaded = load_model(pretrained=out)  # sample.py pretrained=OUT: a conditional model again
+    assert loaded.num_classes == 10
+
+
+@pytest.mark.parametrize("objective", ["simple", "hybrid"])
+def test_conditional_run_card_shows_a_guided_loop_that_runs(objective, tmp_path_factory, tmp_path):
+    ckpt = tiny_checkpoint(tmp_path_factory, extra=("model.ch=32", "model.num_classes=10", f"objective={objective}"))
+    out = tmp_path / "hub"
+    main([str(ckpt.parent.parent), str(out)])
+    assert json.loads((out / "unet" / "config.json").read_text())["num_class_embeds"] == 11
+    card = (out / "README.md").read_text()
+    assert "guidance_scale` is `1 + w`" in card and "0=0, 1=1" in card
+    code = card.split("## Class-conditional sampling")[1].split("```python\n")[1].split("```")[0]
+    scope: dict = {}
+    exec(code.replace("REPO_OR_FOLDER", str(out)), scope)  # the card's loop, as a user would paste it
+    images = scope["images"]
+    assert images.shape == (10, 1, 8, 8) and images.dtype == torch.uint8
+    assert images.float().std() > 0  # sampled, not a constant

@@ -43,6 +43,17 @@ def _optional(test: Callable[[Any], bool], valid: str) -> tuple[Callable[[Any], 
 
 
 SPLITS = ("train", "val", "test")
+# class-conditional models (beyond the paper): model.num_classes, objective.cond_drop_prob, labels, guidance_scale
+NUM_CLASSES: Check = ("model.num_classes", lambda v: v is None or (is_int(v) and v >= 1),
+                      "null (unconditional, the paper) or the number of classes K >= 1, e.g. model.num_classes=10")
+COND_DROP: Check = ("objective.cond_drop_prob", lambda v: is_num(v) and 0 <= v <= 1,
+                    "a probability in [0, 1] (the share of labels replaced by the null token; default 0.1)")
+LABELS: Check = ("labels", lambda v: v is None or v in ("balanced", "random") or (is_int(v) and v >= 0) or (
+    isinstance(v, list) and len(v) >= 1 and all(is_int(c) and c >= 0 for c in v)),
+    "null (balanced for a conditional model), balanced (image i: class i mod K), random, a class index or a "
+    "list of class indices, e.g. labels=3 or labels=[0,7]")
+GUIDANCE: Check = ("guidance_scale", lambda v: is_num(v) and v >= 0,
+                   "a number >= 0 (w: 0 = plain conditional sampling; diffusers' guidance_scale is 1 + w)")
 SEED: Check = ("seed", lambda v: is_int(v) and 0 <= v < 2**32, "an integer in [0, 2**32 - 1]")
 DEVICE: Check = ("device", lambda v: isinstance(v, str) and (v in ("auto", "cpu") or v.split(":")[0] == "cuda"),
                  "auto (cuda if available), cpu, cuda or cuda:N")
@@ -94,6 +105,8 @@ TRAIN: list[Check] = [
     ("model.dropout", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("callbacks.fid.metric.ref_split", lambda v: v in SPLITS, " | ".join(SPLITS)),
     ("callbacks.fid.metric.is_splits", *_at_least(1)),
+    NUM_CLASSES,
+    COND_DROP,
     ("final_samples", *_at_least(0, " (0: none)")),
     ("nan_policy", lambda v: v in ("stop", "skip"), "stop | skip"),
     ("nan_max_consecutive", *_at_least(1)),
@@ -110,6 +123,8 @@ SAMPLE: list[Check] = [
     ("min_fid_samples", *_at_least(2, " (FID needs a covariance)")),
     _split("fid.ref_split"),
     ("fid.is_splits", *_at_least(1)),
+    LABELS,
+    GUIDANCE,
     *FABRIC,
 ]
 
@@ -136,6 +151,9 @@ FIGURES: list[Check] = [
     ("figure.splits", lambda v: len(v) >= 1 and all(is_num(s) and 0 <= s <= 1000 for s in v),
      "a list of times on the paper's scale 0..1000"),
     ("figure.continuations", *_at_least(1)),
+    ("figure.seeds", *_at_least(1)),
+    ("figure.guidance_scales", lambda v: len(v) >= 1 and all(is_num(w) and w >= 0 for w in v),
+     "a non-empty list of guidance weights w >= 0, e.g. [0, 1, 2, 4]"),
 ]
 
 FRONTIER: list[Check] = [
@@ -150,6 +168,8 @@ FRONTIER: list[Check] = [
     ("batch_size", *_at_least(1)),
     ("num_boot", *_at_least(1)),
     ("tolerance", lambda v: is_num(v) and v >= 0, "a number >= 0, e.g. 0.10"),
+    LABELS,
+    GUIDANCE,
     _split("fid.ref_split"),
     ("fid.is_splits", *_at_least(1)),
 ]

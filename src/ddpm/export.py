@@ -49,6 +49,7 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, *, raw: bool = Fa
         grid=grid.is_file(),
         reproduce=reproduce_command(run_dir),
         source=f"{ckpt_file.name} (sha256 {loaded.provenance.get('model_sha256', '?')[:16]}...)",
+        num_classes=loaded.num_classes, class_names=loaded.class_names,
     )
     return export_pipeline(
         net, loaded.diffusion, out, clip_denoised=clip, card=card,

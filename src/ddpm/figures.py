@@ -38,7 +38,7 @@ from ddpm.cli import hydra_app
 from ddpm.config import SamplerConfig
 from ddpm.data import model_to_uint8 as to_uint8
 from ddpm.diffusion import SAMPLERS, SeededNoise, final_sample
-from ddpm.generate import seeds_for
+from ddpm.generate import generate, seeds_for
 from ddpm.io import make_grid_uint8, save_png
 from ddpm.loading import load_model, model_datamodule
 from ddpm.rundir import tool_dir
@@ -180,6 +180,24 @@ def shared_xt(model_fn, diffusion, image_shape, *, splits=(1000, 750, 500, 250),
     return to_uint8(torch.stack(rows)).cpu()
 
 
+def classes_figure(model_fn, diffusion, image_shape, num_classes: int, *, seeds: int = 8, scales=(0.0,), seed=0,
+                   device="cpu", sampler: SamplerConfig | None = None) -> torch.Tensor:
+    """A conditional model's samples, uint8 ``[K, cols, C, H, W]``: row ``c`` is class ``c``. One guidance
+    weight: column ``j`` is seed ``j`` (the same noise down a column). Several: column ``j`` is weight
+    ``scales[j]`` and row ``c`` keeps seed ``c``'s noise in every column."""
+    rows = []
+    for c in range(num_classes):
+        if len(scales) == 1:
+            rows.append(generate(model_fn, diffusion, seeds_for(seed, 0, seeds), image_shape, sampler, device=device,
+                                 labels=torch.full((seeds,), c), guidance_scale=float(scales[0]),
+                                 num_classes=num_classes))
+        else:
+            rows.append(torch.cat([generate(model_fn, diffusion, seeds_for(seed, c, c + 1), image_shape, sampler,
+                                            device=device, labels=torch.tensor([c]), guidance_scale=float(w),
+                                            num_classes=num_classes) for w in scales]))
+    return to_uint8(torch.stack(rows)).cpu()
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 def grid_png(images: torch.Tensor, out: Path, nrow: int, upscale: int | None,
              col_labels: list[str] | None = None, row_labels: list[str] | None = None) -> Path:
@@ -233,6 +251,9 @@ def make_figure(cfg: DictConfig) -> Path:
             check_paper_time("figure.splits", split)
     device = device_of(cfg.device)
     loaded = load_model(cfg.ckpt_path, cfg.pretrained, cfg.use_ema).to(device)
+    if fig.name == "classes" and not loaded.num_classes:
+        raise ValueError("figure=classes: this model is unconditional (trained without model.num_classes); valid "
+                         "figures for it: progressive, interpolation, shared_xt")
     fn, diff, shape = loaded.model_fn(), loaded.diffusion, loaded.image_shape
     sampler.check(diff)
     common = {"seed": int(cfg.seed), "device": device, "sampler": sampler}
@@ -253,6 +274,12 @@ def make_figure(cfg: DictConfig) -> Path:
         cols = ["x0 a", *(f"lam={v:.2f}" for v in torch.linspace(0, 1, fig.lambdas).tolist()), "x0 b"]
         path = grid_png(torch.cat(rows), out, rows[0].shape[0], cfg.upscale, col_labels=cols,
                         row_labels=[f"t={t:g}" for t in ts])
+    elif fig.name == "classes":
+        scales = [float(w) for w in fig.guidance_scales]
+        x = classes_figure(fn, diff, shape, loaded.num_classes, seeds=int(fig.seeds), scales=scales, **common)
+        names = loaded.class_names or [str(c) for c in range(loaded.num_classes)]
+        cols = [f"w={w:g}" for w in scales] if len(scales) > 1 else [f"seed {j}" for j in range(x.shape[1])]
+        path = grid_png(x.flatten(0, 1), out, x.shape[1], cfg.upscale, col_labels=cols, row_labels=names)
     else:
         splits = [float(s) for s in fig.splits]
         x = shared_xt(fn, diff, shape, splits=splits, continuations=fig.continuations, **common)

@@ -31,12 +31,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ddpm.config import SamplerConfig
 from ddpm.data import model_to_uint8
 from ddpm.diffusion import SAMPLERS
-from ddpm.generate import generate, seeds_for
+from ddpm.generate import check_labels, class_labels, generate, seeds_for
 from ddpm.io import atomic_savez, atomic_write, check_writable, write_json
 from ddpm.loading import LoadedModel, load_model, model_datamodule
 from ddpm.metrics.pooled import (
@@ -94,7 +94,21 @@ def _signature(cfg: DictConfig, loaded: LoadedModel, sampler: SamplerConfig, T: 
     return json.loads(json.dumps({
         "model_sha256": loaded.provenance["model_sha256"], "use_ema": loaded.provenance["use_ema"],
         "sampler": sampler.describe(T), "num_samples": cfg.num_samples, "seed": set_seed,
+        **({"labels": _labels_spec(cfg), "guidance_scale": float(cfg.guidance_scale)} if loaded.num_classes else {}),
     }))
+
+
+def _labels_spec(cfg: DictConfig):
+    """``cfg.labels`` as plain Python; ``null`` is ``balanced`` for a class-conditional model."""
+    spec = OmegaConf.to_container(cfg.labels) if OmegaConf.is_config(cfg.labels) else cfg.labels
+    return "balanced" if spec is None else spec
+
+
+def _cond(cfg: DictConfig, loaded: LoadedModel, set_seed: int, start: int, stop: int) -> dict:
+    """A conditional model's labels and guidance for images ``start .. stop-1`` (nothing for an unconditional one)."""
+    k = loaded.num_classes
+    return {} if not k else {"labels": class_labels(_labels_spec(cfg), set_seed, start, stop, k),
+                             "guidance_scale": float(cfg.guidance_scale), "num_classes": k}
 
 
 def sample_set(cfg: DictConfig, loaded: LoadedModel, sampler: SamplerConfig, set_seed: int, device,
@@ -107,7 +121,7 @@ def sample_set(cfg: DictConfig, loaded: LoadedModel, sampler: SamplerConfig, set
         for i in range(0, n, bs):
             j = min(i + bs, n)
             x = generate(loaded.model_fn(), loaded.diffusion, seeds_for(set_seed, i, j), loaded.image_shape,
-                         sampler, device=device)
+                         sampler, device=device, **_cond(cfg, loaded, set_seed, i, j))
             parts.append(model_to_uint8(x.float()).cpu().numpy())
             bar.update(j - i)
     return np.concatenate(parts), (time.time() - start) / n
@@ -115,7 +129,7 @@ def sample_set(cfg: DictConfig, loaded: LoadedModel, sampler: SamplerConfig, set
 
 def score_entry(sampler: SamplerConfig, T: int, sets: dict[str, list[SetFeatures]], seconds: list[float],
                 scorers: list[tuple], full: tuple[dict[str, list[SetFeatures]], dict] | None, splits: int,
-                num_boot: int, tolerance: float = 0.10) -> dict:
+                num_boot: int, tolerance: float = 0.10, passes: int = 1) -> dict:
     """An entry: per extractor (``scorers``: ``[(extractor, ref, ref_features)]``, the dataset's first; ``sets``:
     extractor name -> the seed sets' features) pooled FID, FID at infinite n, KID and the class mix, and the
     paired comparisons with the full chain (``full``: its sets' features and its entry): the difference and the
@@ -138,7 +152,7 @@ def score_entry(sampler: SamplerConfig, T: int, sets: dict[str, list[SetFeatures
                         within_interval=list(verdict_interval(within["per_set"], within["ci"])))
         views[ext.name] = view
     spec = sampler.spec
-    evaluations = spec.evaluations(sampler.steps, T)
+    evaluations = spec.evaluations(sampler.steps, T) * passes  # a guided step: conditional + unconditional pass
     entry = {
         "sampler": sampler.name, "steps": evaluations, "network_evaluations": evaluations,
         "label": entry_label(sampler, T), "settings": sampler.describe(T),
@@ -289,6 +303,8 @@ def frontier(cfg: DictConfig) -> dict:
     device = device_of(cfg.device)
     loaded = load_model(cfg.ckpt_path, cfg.pretrained, cfg.use_ema).to(device)
     T = loaded.diffusion.num_timesteps
+    check_labels(cfg.labels, cfg.guidance_scale, loaded.num_classes)
+    passes = 2 if loaded.num_classes and float(cfg.guidance_scale) > 0 else 1
     entries_cfg = entries_for(cfg, T)
     for sampler in entries_cfg:
         sampler.check(loaded.diffusion)
@@ -319,7 +335,7 @@ def frontier(cfg: DictConfig) -> dict:
                 sets[ext.name].append(featurise(images, ext, device=device))
             seconds.append(sec)
         entry = score_entry(sampler, T, sets, seconds, scorers, full, int(cfg.fid.is_splits), int(cfg.num_boot),
-                            float(cfg.tolerance))
+                            float(cfg.tolerance), passes)
         full = full or (sets, entry)  # the first entry is the full chain
         entries.append(entry)
         ratio = f", {entry['ratio']:.2f}x the full chain, {entry['vs_chain']}" if "ratio" in entry else ""

@@ -15,9 +15,10 @@ from torch import Tensor
 
 from ddpm.config import SamplerConfig
 from ddpm.diffusion import GaussianDiffusion, ModelFn, SeededNoise
-from ddpm.seeds import image_seeds
+from ddpm.diffusion.guidance import guided
+from ddpm.seeds import derive_seed, image_seeds
 
-__all__ = ["diffusion_for_sampler", "generate", "sampler_model_fn", "seeds_for"]
+__all__ = ["check_labels", "class_labels", "diffusion_for_sampler", "generate", "sampler_model_fn", "seeds_for"]
 
 
 def skips_steps(diffusion: GaussianDiffusion, sampler: SamplerConfig) -> bool:
@@ -71,13 +72,27 @@ def generate(
     sampler: SamplerConfig | None = None,
     device: torch.device | str = "cpu",
     progress: Callable[[int, int], None] | None = None,
+    labels: Tensor | None = None,
+    guidance_scale: float = 0.0,
+    num_classes: int | None = None,
 ) -> Tensor:
     """Sample one image per seed; returns float images in [-1, 1], shape ``[len(seeds), C, H, W]``.
 
     ``model_fn(x, t) -> Tensor`` is the network or any wrapper of it with that signature (e.g. classifier-free
     guidance that doubles the batch inside): it is called with ``x`` of shape ``[len(seeds), C, H, W]`` and
-    ``t`` a ``long`` tensor of ``len(seeds)`` original code indices, and returns the network's output for them."""
+    ``t`` a ``long`` tensor of ``len(seeds)`` original code indices, and returns the network's output for them.
+
+    A class-conditional model: ``model_fn(x, t, y)``, ``labels`` the ``[len(seeds)]`` classes, ``guidance_scale``
+    the classifier-free guidance weight w and ``num_classes`` its K (the null token); they are bound into the
+    model function once (:func:`ddpm.diffusion.guidance.guided`), so every sampler runs them unchanged.
+    """
     sampler = sampler or SamplerConfig(name="ancestral")
+    if labels is not None:
+        if num_classes is None:
+            raise ValueError("labels need the model's num_classes (its null token)")
+        learned = diffusion.var_type.is_learned
+        model_fn = guided(model_fn, torch.as_tensor(labels, dtype=torch.long), guidance_scale, int(num_classes),
+                          int(image_shape[0]) if learned else None)
     diff = diffusion_for_sampler(diffusion, sampler).to(device)
     model_fn = sampler_model_fn(model_fn, diffusion, diff, int(image_shape[0]))
     noise = SeededNoise(list(seeds), device=device)
@@ -114,3 +129,41 @@ def _mean_channels(model_fn, channels: int):
 def seeds_for(base_seed: int, start: int, stop: int) -> list[int]:
     """Per-image seeds for images ``start .. stop-1`` of a run with ``base_seed``."""
     return image_seeds(base_seed, start, stop)
+
+
+def class_labels(spec, seed: int, start: int, stop: int, num_classes: int) -> Tensor:
+    """int64 classes of images ``start .. stop-1``: image ``i``'s depends on ``(spec, seed, i)`` only.
+
+    ``spec``: ``None`` or ``"balanced"`` (``i mod K``), ``"random"`` (uniform, drawn from ``(seed, i)``), a class
+    index, or a list of them (image ``i`` gets ``spec[i mod len]``).
+    """
+    idx = range(start, stop)
+    if spec is None or spec == "balanced":
+        out = [i % num_classes for i in idx]
+    elif spec == "random":
+        out = [int(torch.randint(num_classes, (), generator=torch.Generator().manual_seed(derive_seed(seed, 5, i))))
+               for i in idx]
+    elif isinstance(spec, int):
+        out = [int(spec)] * len(idx)
+    else:
+        spec = [int(c) for c in spec]
+        out = [spec[i % len(spec)] for i in idx]
+    return torch.tensor(out, dtype=torch.long)
+
+
+def check_labels(spec, guidance_scale: float, num_classes: int | None) -> None:
+    """Refuse, before any image is sampled, labels or guidance that this model cannot take."""
+    if num_classes is None:
+        if spec is not None:
+            raise ValueError(f"labels={spec!r}: this model is unconditional (trained without model.num_classes); "
+                             "drop labels=, or sample a model trained with model.num_classes=K")
+        if float(guidance_scale) != 0.0:
+            raise ValueError(f"guidance_scale={guidance_scale}: this model is unconditional (trained without "
+                             "model.num_classes), so there is nothing to guide; drop guidance_scale= (or set 0)")
+        return
+    if float(guidance_scale) < 0:
+        raise ValueError(f"guidance_scale={guidance_scale} must be >= 0 (w; 0 = plain conditional sampling)")
+    given = [] if spec in (None, "balanced", "random") else [spec] if isinstance(spec, int) else list(spec)
+    if bad := [c for c in given if not 0 <= int(c) < num_classes]:
+        raise ValueError(f"labels={spec!r}: class {bad[0]} is outside 0..{num_classes - 1} (this model has "
+                         f"K={num_classes} classes); valid: balanced, random, or class indices 0..{num_classes - 1}")

@@ -33,6 +33,12 @@ class LoadedModel:
     run_cfg: dict | None = None  # the training config of a project checkpoint (None for published weights)
     default_clip_denoised: bool = True
     channels_last: bool = False
+    class_names: list[str] | None = None  # a conditional model's classes in label order, when known
+
+    @property
+    def num_classes(self) -> int | None:
+        """``K`` of a class-conditional network (labels 0..K-1, K the null token); ``None`` if unconditional."""
+        return getattr(self.net, "num_classes", None)
 
     def to(self, device) -> LoadedModel:
         self.net.to(device)
@@ -40,13 +46,15 @@ class LoadedModel:
         return self
 
     def model_fn(self):
-        """``fn(x_t, t) -> output`` as the diffusion code expects it."""
+        """``fn(x_t, t) -> output`` as the diffusion code expects it (a conditional network's: ``fn(x_t, t, y)``,
+        bound to labels by :func:`ddpm.generate.generate`)."""
         net = self.net
         if not self.channels_last:
             return net
 
-        def fn(x, t):
-            return net(x.contiguous(memory_format=torch.channels_last), t)
+        def fn(x, t, y=None):
+            x = x.contiguous(memory_format=torch.channels_last)
+            return net(x, t) if y is None else net(x, t, y)
 
         return fn
 
@@ -134,6 +142,7 @@ def load_checkpoint_model(ckpt_path: str | os.PathLike, use_ema: bool = True) ->
         provenance=prov,
         run_cfg=ckpt.get("cfg"),
         channels_last=bool(hp.get("channels_last", False)),
+        class_names=ckpt.get("class_names"),
     )
 
 

@@ -7,6 +7,10 @@
   weights are the same before and after a validation (no swapping).
 * ``t`` is drawn uniformly from {0, ..., T-1} (code index; paper time t+1); ``optim.t_sampler=loss_second_moment``
   (beyond the paper, opt-in) importance-samples it instead (:mod:`ddpm.diffusion.resample`).
+* Class-conditional (``model.num_classes=K``, beyond the paper): batches are ``[x, y]``; each label is replaced
+  by the null token ``K`` with probability ``objective.cond_drop_prob`` (classifier-free guidance's label
+  dropout), the coins drawn from ``(seed, step, micro-batch, rank)`` like the rest of the step's randomness.
+  Validation scores the conditional model on its true labels.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.diffusion.guidance import with_labels
 from ddpm.diffusion.resample import make_t_sampler
 from ddpm.diffusion.types import VarType
 from ddpm.seeds import derive_seed
@@ -94,14 +99,22 @@ class DiffusionModule(L.LightningModule):
         val_seed: int = 1234,
         compile: dict | None = None,
         config: dict | None = None,
+        class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["config"])
+        self.save_hyperparameters(logger=False, ignore=["config", "class_names"])
         self.seed = int(seed)
         self.nan_policy = str(nan_policy)
         self.nan_max_consecutive = int(nan_max_consecutive)
         self.image_shape = tuple(int(s) for s in image_shape)
         self.net = build_net(model, self.image_shape, objective["var_type"])
+        self.num_classes: int | None = getattr(self.net, "num_classes", None)
+        self.class_names = None if class_names is None else [str(c) for c in class_names]
+        self.cond_drop_prob = 0.0
+        if self.num_classes is not None:
+            if "cond_drop_prob" not in objective:
+                raise ValueError("a class-conditional model (model.num_classes) needs objective.cond_drop_prob")
+            self.cond_drop_prob = float(objective["cond_drop_prob"])
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.diffusion = build_diffusion(diffusion, objective)
         self.ema_decay = float(optim["ema_decay"])
@@ -123,29 +136,51 @@ class DiffusionModule(L.LightningModule):
         self._window_start = True
 
     # ------------------------------------------------------------------ inference
-    def model_fn(self, use_ema: bool = True):
-        """The network as the diffusion code expects it: ``fn(x_t, t) -> output`` (EMA weights by default)."""
+    def model_fn(self, use_ema: bool = True, labels: Tensor | None = None):
+        """The network as the diffusion code expects it: ``fn(x_t, t) -> output`` (EMA weights by default).
+
+        A conditional network's function also takes labels, ``fn(x_t, t, y)`` (``None``: the null token);
+        ``labels`` binds them, giving ``fn(x_t, t)`` (:func:`ddpm.diffusion.guidance.with_labels`).
+        """
         net = self.ema if use_ema else self.net
-        if not self.channels_last:
-            return net
+        fn = net
+        if self.channels_last:
+            def fn(x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+                return net(x.contiguous(memory_format=torch.channels_last), t, y)
 
-        def fn(x: Tensor, t: Tensor) -> Tensor:
-            return net(x.contiguous(memory_format=torch.channels_last), t)
+        return fn if labels is None else with_labels(fn, labels)
 
-        return fn
+    def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.net(x_t, t, y) if y is not None else self.net(x_t, t)
 
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        return self.net(x_t, t)
+    def split_batch(self, batch: Tensor | list | tuple) -> tuple[Tensor, Tensor | None]:
+        """``(images, labels)`` of a batch: ``[x, y]`` for a conditional model, a plain tensor otherwise."""
+        if isinstance(batch, list | tuple):
+            x, y = batch
+            return x, (y if self.num_classes is not None else None)
+        if self.num_classes is not None:
+            raise ValueError("a class-conditional model (model.num_classes) needs labelled batches [x, y]")
+        return batch, None
+
+    def drop_labels(self, y: Tensor, batch_idx: int) -> Tensor:
+        """Replace each label by the null token with probability ``cond_drop_prob``; the coins come from
+        ``(seed, step, micro-batch, rank)`` (a CPU generator: the same on every device type and on a resume)."""
+        if self.cond_drop_prob <= 0.0:
+            return y
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, 3, self.global_step, batch_idx, self.global_rank))
+        drop = (torch.rand(y.shape[0], generator=gen) < self.cond_drop_prob).to(y.device)
+        return torch.where(drop, torch.full_like(y, int(self.num_classes)), y)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        x_start = batch
+        x_start, y = self.split_batch(batch)
         num_t = self.diffusion.num_timesteps
         if self.t_sampler is None:
             t = torch.randint(0, num_t, (x_start.shape[0],), device=x_start.device)
         else:
             t, weights = self.t_sampler.sample(x_start.shape[0], x_start.device)
-        terms = self.diffusion.training_losses(self.model_fn(use_ema=False), x_start, t)
+        y = None if y is None else self.drop_labels(y, batch_idx)
+        terms = self.diffusion.training_losses(self.model_fn(use_ema=False, labels=y), x_start, t)
         if self.t_sampler is None:
             loss = terms["loss"].mean()
         else:  # importance weights 1/(T p_t): the same expected loss; the history sees the unweighted losses
@@ -304,11 +339,11 @@ class DiffusionModule(L.LightningModule):
         with probability 1/T and weight T made the estimate jump by tens of bits/dim between validations.
         ``<stage>/bpd_decoder`` and ``<stage>/bpd_rate`` log the two parts (the paper's distortion and rate).
         """
-        x_start = batch
+        x_start, y = self.split_batch(batch)
         n = x_start.shape[0]
         num_t = self.diffusion.num_timesteps
         gen = self._val_generator
-        model_fn = self.model_fn(use_ema=True)
+        model_fn = self.model_fn(use_ema=True, labels=y)
         zeros = torch.zeros(n, dtype=torch.long, device=self.device)
         noise0 = torch.randn(x_start.shape, generator=gen, device=self.device)
         x_1 = self.diffusion.q_sample(x_start, zeros, noise=noise0)
@@ -371,6 +406,8 @@ class DiffusionModule(L.LightningModule):
             checkpoint["cfg"] = self.config
         if self.t_sampler is not None:
             checkpoint["t_sampler"] = self.t_sampler.state_dict()
+        if self.class_names is not None:
+            checkpoint["class_names"] = list(self.class_names)  # label i is class_names[i]
         from ddpm import __version__
 
         checkpoint["ddpm_version"] = __version__
@@ -378,5 +415,7 @@ class DiffusionModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "cfg" in checkpoint and self.config is None:
             self.config = checkpoint["cfg"]
+        if self.class_names is None and "class_names" in checkpoint:
+            self.class_names = list(checkpoint["class_names"])
         if self.t_sampler is not None and "t_sampler" in checkpoint:
             self.t_sampler.load_state_dict(checkpoint["t_sampler"])

@@ -15,6 +15,11 @@
   convention; one-channel images such as the 8x8 digits are repeated to 3 channels), ``samples.png`` (grid
   of the first ``grid_images``), optionally ``images/{index:06d}.png`` (native channels), and
   ``metrics.json`` (provenance, throughput, and FID/IS when ``compute_fid=true``, :mod:`ddpm.metrics.samples`).
+* **Class-conditional models** (``model.num_classes=K``): ``labels`` (balanced, random, a class, a list) gives
+  image ``i`` its class from ``(labels, seed, i)`` only (:func:`ddpm.generate.class_labels`) and
+  ``guidance_scale`` the classifier-free guidance weight w; ``samples.npz`` adds ``arr_1`` (int64 labels),
+  and with ``compute_fid=true`` on digits ``metrics.json`` adds the class accuracy, per-class and balanced FID
+  (:mod:`ddpm.metrics.conditional`).
 * The NLL bound is its own command, ``python -m ddpm.nll`` (:mod:`ddpm.nll`).
 """
 
@@ -33,7 +38,7 @@ from omegaconf import DictConfig
 
 from ddpm.config import SamplerConfig, validate_config
 from ddpm.data import model_to_uint8
-from ddpm.generate import generate, seeds_for
+from ddpm.generate import check_labels, class_labels, generate, seeds_for
 from ddpm.io import atomic_savez, check_writable, make_grid_uint8, save_png, write_json
 from ddpm.loading import LoadedModel, load_model, model_datamodule
 from ddpm.runtime import Progress, compile_for_sampling, launch, provenance
@@ -41,7 +46,15 @@ from ddpm.runtime import Progress, compile_for_sampling, launch, provenance
 log = logging.getLogger("ddpm.sample")
 
 SIGNATURE_KEYS = ("model_sha256", "use_ema", "sampler", "seed", "shard_size", "image_shape", "device_type",
-                  "precision", "compile")
+                  "precision", "compile", "labels", "guidance_scale")
+
+
+def labels_spec(cfg: DictConfig):
+    """``cfg.labels`` as plain Python, ``null`` read as ``balanced`` (a conditional model's default)."""
+    from omegaconf import OmegaConf
+
+    spec = OmegaConf.to_container(cfg.labels) if OmegaConf.is_config(cfg.labels) else cfg.labels
+    return "balanced" if spec is None else spec
 
 
 def compile_label(cfg: DictConfig) -> str | None:
@@ -119,6 +132,8 @@ def sample(cfg: DictConfig) -> dict:
     rank, world = fabric.global_rank, fabric.world_size
     loaded = load_model(cfg.ckpt_path, cfg.pretrained, cfg.use_ema).to(fabric.device)
     sampler = sampler_for(cfg, loaded)
+    num_classes = loaded.num_classes
+    check_labels(cfg.labels, cfg.guidance_scale, num_classes)
     scorer = _Scorer(cfg, loaded, fabric.device) if cfg.compute_fid else None  # fails before any sampling
     if cfg.compile:
         loaded.net = compile_for_sampling(loaded.net, cfg.compile_backend, cfg.compile_mode, cfg.compile_freeze)
@@ -136,6 +151,8 @@ def sample(cfg: DictConfig) -> dict:
         # the arithmetic: bf16 or a compiled graph rounds differently, so their images are not the eager fp32 ones
         "precision": str(cfg.trainer.precision),
         "compile": compile_label(cfg),
+        # a conditional model's labels and guidance (absent for an unconditional one: its shards are unchanged)
+        **({"labels": labels_spec(cfg), "guidance_scale": float(cfg.guidance_scale)} if num_classes else {}),
     }))
     check_signature(shard_dir, signature)
 
@@ -158,9 +175,12 @@ def sample(cfg: DictConfig) -> dict:
             parts = []
             for i in range(a, b, bs):
                 j = min(i + bs, b)
+                cond = {} if not num_classes else {
+                    "labels": class_labels(labels_spec(cfg), seed, i, j, num_classes),
+                    "guidance_scale": float(cfg.guidance_scale), "num_classes": num_classes}
                 with fabric.autocast():
                     x = generate(model_fn, loaded.diffusion, seeds_for(seed, i, j), loaded.image_shape, sampler,
-                                 device=fabric.device)
+                                 device=fabric.device, **cond)
                 parts.append(model_to_uint8(x.float()).cpu().numpy())
                 bar.update(j - i)
             atomic_savez(shard_path(shard_dir, a, b), images=np.concatenate(parts), start=a, stop=b)
@@ -174,7 +194,8 @@ def sample(cfg: DictConfig) -> dict:
         print(f"[ddpm] sampled {n_missing} images in {wall:.1f} s: {n_missing / max(wall, 1e-9):.2f} images/s, "
               f"{world} process(es)")
     images = merge_shards(out_dir, n, shard_size, loaded.image_shape)  # uint8 [N, C, H, W]
-    metrics = write_outputs(cfg, out_dir, images, loaded)
+    labels = class_labels(labels_spec(cfg), seed, 0, n, num_classes).numpy() if num_classes else None
+    metrics = write_outputs(cfg, out_dir, images, loaded, labels)
     label = "" if sampler.is_full_chain(T) else sampler.label  # the metric keys' suffix
     metrics.update({
         "sampler": sampler.describe(T),
@@ -192,15 +213,31 @@ def sample(cfg: DictConfig) -> dict:
         metrics.update(scores)
         print("[ddpm] " + ", ".join(f"{k} = {v:.4f}" for k, v in scores.items()
                                     if k.split("_")[0] in ("fid", "is") and isinstance(v, float)))
+    if labels is not None and is_digits(loaded):  # did each image get its class? (cheap: one small CNN)
+        from ddpm.metrics.conditional import class_scores
+
+        scores = {f"digits/{k}": v for k, v in class_scores(images, labels).items()}
+        metrics.update(scores)
+        print(f"[ddpm] class accuracy (digits classifier) = {scores['digits/class_accuracy']:.4f}, "
+              f"balanced FID = {scores['digits/fid_balanced']:.4f}")
     write_json(out_dir / "metrics.json", metrics)
     log.info("wrote samples.npz, metrics.json in %s", out_dir)
     return metrics
 
 
-def write_outputs(cfg: DictConfig, out_dir: Path, images: np.ndarray, loaded: LoadedModel) -> dict[str, Any]:
-    """``samples.npz``, the grid, the optional per-image PNGs; returns the metrics that describe them."""
+def is_digits(loaded: LoadedModel) -> bool:
+    """A model of the 8x8 digits (the quickstart's data), which the project's digits classifier can score."""
+    target = str((loaded.data_config or {}).get("_target_", ""))
+    return target.endswith("DigitsDataModule") and tuple(loaded.image_shape) == (1, 8, 8)
+
+
+def write_outputs(cfg: DictConfig, out_dir: Path, images: np.ndarray, loaded: LoadedModel,
+                  labels: np.ndarray | None = None) -> dict[str, Any]:
+    """``samples.npz`` (``arr_1``: a conditional model's int64 labels), the grid, the optional per-image PNGs;
+    returns the metrics that describe them."""
     n = images.shape[0]
-    atomic_savez(out_dir / "samples.npz", arr_0=to_nhwc3(images))
+    extra = {} if labels is None else {"arr_1": np.asarray(labels, dtype=np.int64)}
+    atomic_savez(out_dir / "samples.npz", arr_0=to_nhwc3(images), **extra)
     k = min(cfg.grid_images, n)
     if k > 0:
         up = cfg.grid_upscale or max(1, math.ceil(64 / loaded.image_shape[-1]))
@@ -220,6 +257,11 @@ def write_outputs(cfg: DictConfig, out_dir: Path, images: np.ndarray, loaded: Lo
         "num_timesteps": loaded.diffusion.num_timesteps,
         "batch_size": cfg.batch_size,
         "quantisation": "round((clamp(x,-1,1)+1)*127.5)",
+        **({} if labels is None else {
+            "labels": labels_spec(cfg), "guidance_scale": float(cfg.guidance_scale),
+            "guidance_rule": "eps = (1+w) eps(x,t,y) - w eps(x,t,null), w = guidance_scale (diffusers: 1 + w)",
+            "num_classes": loaded.num_classes, "class_names": loaded.class_names,
+            "label_rule": "image i: ddpm.generate.class_labels(labels, seed, i, i+1, K); arr_1 in samples.npz"}),
         **provenance(),
         **loaded.provenance,
     }

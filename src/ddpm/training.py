@@ -51,7 +51,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             log.info("removed %s (a checkpoint write that a killed process left unfinished)", path)
 
     datamodule = build_datamodule(cfg)
-    module = build_module(cfg, datamodule.image_shape)
+    class_names = check_classes(cfg, datamodule)
+    module = build_module(cfg, datamodule.image_shape, class_names)
     resume = plan_resume(cfg.ckpt_path, output_dir, module.hparams, int(cfg.trainer.max_steps))
     objects: dict[str, Any] = {"module": module, "datamodule": datamodule, "trainer": None, "output_dir": output_dir}
     if resume.finished is not None:
@@ -97,10 +98,38 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     return datamodule
 
 
-def build_module(cfg: DictConfig, image_shape: tuple[int, int, int]) -> DiffusionModule:
+def check_classes(cfg: DictConfig, datamodule) -> list[str] | None:
+    """A class-conditional model (``model.num_classes=K``) needs a labelled dataset with exactly K classes; its
+    batches then carry the labels. Returns the class names (label order), ``None`` for an unconditional model."""
+    k = cfg.model.get("num_classes")
+    if k is None:
+        return None
+    names_of = getattr(datamodule, "class_names", None)
+    names = names_of() if callable(names_of) else None
+    data = getattr(datamodule, "name", "this dataset")
+    if names is None:
+        raise ValueError(
+            f"model.num_classes={k}: the data ({data}) have no class labels. Class-conditional training needs a "
+            "labelled dataset: data=digits, data=cifar10, or data=image_folder with one subfolder per class; or "
+            "train unconditionally with model.num_classes=null")
+    if len(names) != int(k):
+        raise ValueError(f"model.num_classes={k} disagrees with the data ({data}), which have {len(names)} classes "
+                         f"{names[:12]}: set model.num_classes={len(names)}")
+    datamodule.with_labels = True
+    return list(names)
+
+
+def build_module(cfg: DictConfig, image_shape: tuple[int, int, int],
+                 class_names: list[str] | None = None) -> DiffusionModule:
     run_config = to_container(cfg)
+    if run_config["model"].get("num_classes") is None:
+        # unconditional: the class settings mean nothing, and the hyper-parameters and the checkpoint's cfg stay
+        # exactly those of a run before classes existed (so old checkpoints resume and compare equal)
+        run_config["model"].pop("num_classes", None)
+        run_config["objective"].pop("cond_drop_prob", None)
     return DiffusionModule(
         model=run_config["model"], diffusion=run_config["diffusion"], objective=run_config["objective"],
+        class_names=class_names,
         optim=run_config["optim"], image_shape=tuple(image_shape),
         seed=int(cfg.seed), nan_policy=run_config["nan_policy"], nan_max_consecutive=int(cfg.nan_max_consecutive),
         channels_last=cfg.channels_last,
@@ -143,6 +172,10 @@ def final_samples(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, 
     if n <= 0:
         return {}
     sampler = SamplerConfig.from_node(cfg.sampler)
+    k = module.num_classes
+    # a conditional model: rows of the grid are the classes (image i: class i // per_class), no guidance
+    per_class = max(1, n // k) if k else 0
+    cond = {} if not k else {"labels": torch.arange(n) // per_class % k, "num_classes": k}
     start = time.time()
     steps = sampler.steps or module.diffusion.num_timesteps
     shown = bool(cfg.trainer.enable_progress_bar)
@@ -151,7 +184,7 @@ def final_samples(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, 
         images = model_to_uint8(
             generate(
                 module.model_fn(use_ema=True), module.diffusion, seeds_for(int(cfg.seed), 0, n), module.image_shape,
-                sampler, device=module.device, progress=lambda done, total: bar.set(done),
+                sampler, device=module.device, progress=lambda done, total: bar.set(done), **cond,
             )
         ).cpu()
     out: dict[str, Any] = {
@@ -159,12 +192,16 @@ def final_samples(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, 
         "sample_seconds": round(time.time() - start, 2),
     }
     upscale = max(1, 64 // module.image_shape[-1])
-    grid = make_grid_uint8(images, upscale=upscale)
+    grid = make_grid_uint8(images[: per_class * k] if k else images, nrow=per_class or None, upscale=upscale)
     save_png(grid, output_dir / SAMPLES)
     if getattr(datamodule, "name", "") == "digits":
         from ddpm.metrics.digits_score import flat_digits_scores
 
         out.update(flat_digits_scores(images))  # digits/... (extractor A), digits_b/... (extractor B)
+        if k:
+            from ddpm.metrics.conditional import class_scores
+
+            out.update({f"digits/{key}": v for key, v in class_scores(images, cond["labels"]).items()})
     log_image(trainer, "samples/final", grid, trainer.global_step)
     for lg in trainer.loggers:
         lg.log_metrics({k: v for k, v in out.items() if isinstance(v, float) and "/" in k}, step=trainer.global_step)

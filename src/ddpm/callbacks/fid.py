@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import lightning as L
 import torch
@@ -24,7 +25,7 @@ from omegaconf import OmegaConf
 
 from ddpm.config import SamplerConfig
 from ddpm.data import model_to_uint8
-from ddpm.generate import generate, seeds_for
+from ddpm.generate import check_labels, class_labels, generate, seeds_for
 
 log = logging.getLogger("ddpm.fid")
 
@@ -45,6 +46,8 @@ class FIDCallback(L.Callback):
         use_ema: bool,
         cache_dir: str | None,
         on_train_end: bool,
+        labels: Any,
+        guidance_scale: float,
         prefix: str = "val",
     ) -> None:
         if num_samples < 2:
@@ -59,6 +62,8 @@ class FIDCallback(L.Callback):
         self.use_ema = use_ema
         self.cache_dir = cache_dir
         self.run_on_train_end = on_train_end
+        self.labels = OmegaConf.to_container(labels) if OmegaConf.is_config(labels) else labels
+        self.guidance_scale = float(guidance_scale)
         self.prefix = prefix
         self.metric = None
         self._last_step = None
@@ -110,11 +115,16 @@ class FIDCallback(L.Callback):
         pl_module.eval()
         start = time.time()
         model_fn = pl_module.model_fn(use_ema=self.use_ema)
+        num_classes = getattr(pl_module, "num_classes", None)
+        check_labels(self.labels, self.guidance_scale, num_classes)
         for k in range(0, len(indices), self.batch_size):
             idx = indices[k : k + self.batch_size]
             seeds = [seeds_for(self.seed, i, i + 1)[0] for i in idx]
+            cond = {} if not num_classes else {  # a conditional model: image i's class from (labels, seed, i)
+                "labels": torch.cat([class_labels(self.labels, self.seed, i, i + 1, num_classes) for i in idx]),
+                "guidance_scale": self.guidance_scale, "num_classes": num_classes}
             x = generate(model_fn, pl_module.diffusion, seeds, pl_module.image_shape, self.sampler,
-                         device=pl_module.device)
+                         device=pl_module.device, **cond)
             metric.update(model_to_uint8(x.float()), index=idx)  # IS splits follow the sample order
         result = metric.compute()  # all ranks: collective sum of the states
         metric.reset()

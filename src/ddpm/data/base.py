@@ -60,12 +60,19 @@ def model_to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 class TensorImages(Dataset):
-    """Images held in memory as one uint8 tensor ``[N, C, H, W]``; item ``i`` is ``images[i]``."""
+    """Images held in memory as one uint8 tensor ``[N, C, H, W]``; item ``i`` is ``images[i]``.
 
-    def __init__(self, images: torch.Tensor) -> None:
+    ``labels`` (int64 ``[N]``, optional): the class of each image, for class-conditional training
+    (:class:`ModelImages` with ``with_labels=True``); items stay images only.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"expected uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+        if labels is not None and tuple(labels.shape) != (images.shape[0],):
+            raise ValueError(f"expected labels of shape [{images.shape[0]}], got {tuple(labels.shape)}")
         self.images = images
+        self.labels = None if labels is None else labels.to(torch.int64)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -80,18 +87,26 @@ class ModelImages(Dataset):
     Item ``i`` is image ``i``; item ``(i, True)`` is its mirror image. The training sampler
     (:class:`EpochSampler`) decides the flips, so they are a function of (seed, epoch, index) and not of
     an RNG's history: that is what makes a mid-epoch resume exact, with or without worker processes.
+
+    ``with_labels=True`` (a class-conditional model): item ``i`` is ``(image, label)``, the label read from the
+    source's ``labels`` at the same index, so a label always travels with its image (any order, any rank, any
+    resume); batches are then ``[x, y]``.
     """
 
-    def __init__(self, source: Dataset) -> None:
+    def __init__(self, source: Dataset, with_labels: bool = False) -> None:
         self.source = source
+        self.labels = getattr(source, "labels", None) if with_labels else None
+        if with_labels and self.labels is None:
+            raise ValueError(f"{type(source).__name__} has no class labels")
 
     def __len__(self) -> int:
         return len(self.source)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: int | tuple[int, bool]) -> torch.Tensor:
+    def __getitem__(self, key: int | tuple[int, bool]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         index, flip = key if isinstance(key, tuple) else (key, False)
         x = uint8_to_model(self.source[index])
-        return x.flip(-1) if flip else x
+        x = x.flip(-1) if flip else x
+        return x if self.labels is None else (x, self.labels[index])
 
 
 class EpochSampler(DistributedSampler):
@@ -230,7 +245,7 @@ def per_device_batch(global_batch: int, world_size: int, what: str = "batch_size
 
 
 class ImageDataModule(L.LightningDataModule):
-    """Base LightningDataModule for unconditional image datasets.
+    """Base LightningDataModule for image datasets (unconditional; labelled ones also give class labels).
 
     Args:
         batch_size: GLOBAL training batch (paper: 128 for CIFAR-10, 64 at 256^2); every device gets
@@ -251,6 +266,9 @@ class ImageDataModule(L.LightningDataModule):
 
     name: str = "images"
     image_shape: tuple[int, int, int] = (3, 32, 32)
+    # Class-conditional training (model.num_classes=K): ``train.py`` sets ``with_labels`` before ``setup``, and
+    # the datasets then yield ``(image, label)``. :meth:`class_names` says whether the data have classes.
+    with_labels: bool = False
     shuffle_seed: int = 0
     flip_p: float = 0.5  # tf.image.random_flip_left_right
 
@@ -286,6 +304,11 @@ class ImageDataModule(L.LightningDataModule):
         Raise :class:`DatasetNotFoundError` when the data are missing or empty.
         """
         raise NotImplementedError
+
+    def class_names(self) -> list[str] | None:
+        """The classes of a labelled dataset, in label order (label ``i`` is ``class_names()[i]``); ``None`` for an
+        unlabelled one. Subclasses with labels override it; it may read the data (a folder's subfolders)."""
+        return None
 
     # ----------------------------------------------------------------- batch sizes
     @property
@@ -329,9 +352,10 @@ class ImageDataModule(L.LightningDataModule):
                     f"step. Lower data.batch_size or add images."
                 )
         if self.train_dataset is None:
-            self.train_dataset = ModelImages(splits["train"])
-            self.val_dataset = ModelImages(splits["val"])
-            self.test_dataset = ModelImages(splits["test"])
+            labels = bool(self.with_labels)
+            self.train_dataset = ModelImages(splits["train"], labels)
+            self.val_dataset = ModelImages(splits["val"], labels)
+            self.test_dataset = ModelImages(splits["test"], labels)
 
     def _loader_kwargs(self) -> dict[str, Any]:
         return {
@@ -381,6 +405,10 @@ class ImageDataModule(L.LightningDataModule):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         return self.splits()[split]
+
+    def labels(self, split: str = "train") -> torch.Tensor | None:
+        """int64 class labels of ``split`` in :meth:`iter_uint8`'s order; ``None`` for unlabelled data."""
+        return getattr(self._split(split), "labels", None)
 
     def iter_uint8(
         self, split: str = "train", max_items: int | None = None, batch_size: int = 256

@@ -96,13 +96,22 @@ def _missing_batches(folder: Path, files: tuple[str, ...] = TRAIN_FILES + TEST_F
     return [f for f in files if not (folder / f).is_file()]
 
 
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
 def read_cifar_batches(root: str | os.PathLike, files: tuple[str, ...]) -> torch.Tensor:
     """Read CIFAR pickle batches into one uint8 tensor ``[N, 3, 32, 32]`` (file order, then row order)."""
+    return read_cifar(root, files)[0]
+
+
+def read_cifar(root: str | os.PathLike, files: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images of :func:`read_cifar_batches` and their int64 class labels ``[N]`` (the batches' ``labels``,
+    0..9 in the release's order, :data:`CLASS_NAMES`)."""
     folder = find_cifar10_dir(root)
     missing = _missing_batches(folder, files)
     if missing:
         raise DatasetNotFoundError(_how_to_get(Path(root).expanduser(), f"missing {missing} in {folder}"))
-    arrays = []
+    arrays, labels = [], []
     for f in files:
         path = folder / f
         try:
@@ -110,6 +119,10 @@ def read_cifar_batches(root: str | os.PathLike, files: tuple[str, ...]) -> torch
                 entry = DataOnlyUnpickler(fh, encoding="latin1").load()
             data = entry["data"] if "data" in entry else entry[b"data"]
             data = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
+            label = entry["labels"] if "labels" in entry else entry[b"labels"]
+            label = np.asarray(label, dtype=np.int64).reshape(-1)
+            if label.shape[0] != data.shape[0]:
+                raise ValueError(f"{label.shape[0]} labels for {data.shape[0]} images")
         except UnsafePickleError as e:
             raise UnsafePickleError(
                 f"{path}: {e}. Delete {folder} and get CIFAR-10 again from its official release (data.download=true)."
@@ -120,10 +133,11 @@ def read_cifar_batches(root: str | os.PathLike, files: tuple[str, ...]) -> torch
                 f"delete {folder} and re-download with data.download=true."
             ) from e
         arrays.append(data)
+        labels.append(label)
     images = torch.from_numpy(np.concatenate(arrays, axis=0))
     if images.shape[0] == 0:
         raise DatasetNotFoundError(_how_to_get(Path(root).expanduser(), f"the batches in {folder} are empty"))
-    return images.contiguous()
+    return images.contiguous(), torch.from_numpy(np.concatenate(labels))
 
 
 class CIFAR10DataModule(ImageDataModule):
@@ -180,12 +194,17 @@ class CIFAR10DataModule(ImageDataModule):
             raise DatasetNotFoundError(_how_to_get(root, f"the downloaded archive did not contain {missing}"))
 
     def _build_splits(self) -> dict[str, Dataset]:
-        train = read_cifar_batches(self.root, TRAIN_FILES)
-        test = read_cifar_batches(self.root, TEST_FILES)
+        train, train_y = read_cifar(self.root, TRAIN_FILES)
+        test, test_y = read_cifar(self.root, TEST_FILES)
         if self.val_size is None or self.val_size >= test.shape[0]:
-            val = test
+            val, val_y = test, test_y
         else:
             g = torch.Generator().manual_seed(self.seed)
             idx = torch.randperm(test.shape[0], generator=g)[: self.val_size].sort().values
-            val = test[idx].contiguous()
-        return {"train": TensorImages(train), "val": TensorImages(val), "test": TensorImages(test)}
+            val, val_y = test[idx].contiguous(), test_y[idx].contiguous()
+        return {"train": TensorImages(train, train_y), "val": TensorImages(val, val_y),
+                "test": TensorImages(test, test_y)}
+
+    def class_names(self) -> list[str]:
+        """The ten CIFAR-10 classes in the release's label order."""
+        return list(CLASS_NAMES)

@@ -99,11 +99,15 @@ class DigitsDataModule(ImageDataModule):
         self.name = "digits" if self.upscale == 1 else f"digits_{size}"
 
     def _build_splits(self) -> dict[str, Dataset]:
-        images, _ = load_digits_uint8()  # the same loader (and split rule) as the quality classifier
+        images, labels = load_digits_uint8()  # the same loader (and split rule) as the quality classifier
         if self.upscale > 1:
             images = images.repeat_interleave(self.upscale, dim=2).repeat_interleave(self.upscale, dim=3)
         # The same split as the digits classifier behind the quality score, so its "real held-out digits"
         # are never in the diffusion model's training set.
         train, val, test = digits_split_indices(images.shape[0], self.seed, self.val_fraction, self.test_fraction)
         idx = {"train": train.sort().values, "val": val.sort().values, "test": test.sort().values}
-        return {k: TensorImages(images[v].contiguous()) for k, v in idx.items()}
+        return {k: TensorImages(images[v].contiguous(), labels[v].contiguous()) for k, v in idx.items()}
+
+    def class_names(self) -> list[str]:
+        """The ten digits, label ``i`` = digit ``i`` (sklearn's targets)."""
+        return [str(i) for i in range(10)]

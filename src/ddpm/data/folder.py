@@ -32,6 +32,11 @@ side, bicubic, then center crop; StyleGAN's ``dataset_tool`` for LSUN: center cr
 already prepared at 256x256 (as the paper used) pass through unchanged.
 
 Images are read lazily (LSUN is too large to keep in memory); use ``num_workers`` to decode in parallel.
+
+**Classes** (class-conditional training, ``model.num_classes=K``; torchvision's ``ImageFolder`` convention): when
+every image of a split lies in a subfolder of the split's folder (``root/`` or ``root/train/``...), the
+subfolders are the classes, label ``i`` = the ``i``-th name in sorted order (written into the checkpoint). A
+folder with images directly in it, or ``class_folders=false`` (CelebA-HQ, LSUN), is unlabelled.
 """
 
 from __future__ import annotations
@@ -156,11 +161,13 @@ def verify_images(files: list[Path], threads: int = 8) -> None:
 
 
 class ImageFiles(Dataset):
-    """Dataset of image files; item ``i`` is :func:`load_image` of ``files[i]`` (uint8 ``[3, R, R]``)."""
+    """Dataset of image files; item ``i`` is :func:`load_image` of ``files[i]`` (uint8 ``[3, R, R]``);
+    ``labels`` (int64 ``[N]``, optional) the class of each file."""
 
-    def __init__(self, files: list[Path], resolution: int) -> None:
+    def __init__(self, files: list[Path], resolution: int, labels: torch.Tensor | None = None) -> None:
         self.files = list(files)
         self.resolution = int(resolution)
+        self.labels = labels
 
     def __len__(self) -> int:
         return len(self.files)
@@ -181,6 +188,7 @@ class ImageFolderDataModule(ImageDataModule):
         val_fraction, test_fraction: held-out fractions when there is no ``train/`` subfolder (default 0.01).
         name: dataset name (FID reference-stats cache key); default ``image_folder_<resolution>``.
         how_to_get: how to obtain the data, appended to the "not found" message.
+        class_folders: read the classes from the subfolders (see the module docstring); false: unlabelled.
         verify: open every file's header when the splits are built (threads; about a minute per million
             files), so that a file that is no image stops the run before training, naming the file.
         batch_size: GLOBAL training batch (default 64).
@@ -197,6 +205,7 @@ class ImageFolderDataModule(ImageDataModule):
         how_to_get: str = "",
         verify: bool = True,
         batch_size: int = 64,
+        class_folders: bool = True,
         **loader: Any,
     ) -> None:
         super().__init__(batch_size=batch_size, **loader)
@@ -210,6 +219,8 @@ class ImageFolderDataModule(ImageDataModule):
         self.test_fraction = float(test_fraction)
         self.how_to_get = str(how_to_get or "").strip()
         self.verify = bool(verify)
+        self.class_folders = bool(class_folders)
+        self._classes: list[str] | None = None
         self.image_shape = (3, self.resolution, self.resolution)
         self.name = name if name else f"image_folder_{self.resolution}"
 
@@ -236,6 +247,7 @@ class ImageFolderDataModule(ImageDataModule):
         if not root.is_dir():
             raise self._not_found(f"the folder {root.resolve()} does not exist")
         fractions = {"test": self.test_fraction, "val": self.val_fraction}
+        bases = {k: root for k in ("train", "val", "test")}
         if (root / "train").is_dir():
             train = self._list(root / "train")
             val_dir = next((root / d for d in VAL_DIR_NAMES if (root / d).is_dir()), None)
@@ -253,10 +265,34 @@ class ImageFolderDataModule(ImageDataModule):
                     "val": val if val is not None else test,
                     "test": test if test is not None else val,
                 }
+                bases = {"train": root / "train", "val": val_dir or test_dir, "test": test_dir or val_dir}
+            if val is None and test is None:
+                bases = {k: root / "train" for k in bases}
         else:
             all_files = self._list(root)
             idx = seeded_split(len(all_files), fractions, self.seed)
             files = {k: [all_files[i] for i in v.tolist()] for k, v in idx.items()}
         if self.verify:
             verify_images(sorted({f for v in files.values() for f in v}))
-        return {k: ImageFiles(v, self.resolution) for k, v in files.items()}  # type: ignore[arg-type]
+        labels = self._labels(files, bases) if self.class_folders else None  # type: ignore[arg-type]
+        return {k: ImageFiles(v, self.resolution, None if labels is None else labels[k])  # type: ignore[arg-type]
+                for k, v in files.items()}
+
+    def _labels(self, files: dict[str, list[Path]], bases: dict[str, Path]) -> dict[str, torch.Tensor] | None:
+        """Each split's labels from the first folder under its base, or ``None`` when some image has none."""
+        names = {k: [f.relative_to(bases[k]).parts for f in v] for k, v in files.items()}
+        if any(len(p) < 2 for parts in names.values() for p in parts):
+            return None
+        classes = sorted({p[0] for p in names["train"]})
+        index = {c: i for i, c in enumerate(classes)}
+        for k, parts in names.items():
+            if unknown := sorted({p[0] for p in parts} - set(index)):
+                raise ValueError(f"{self.name}: the {k} split has class folders {unknown[:5]} that the train split "
+                                 f"lacks (its classes: {classes[:10]}); every class needs training images.")
+        self._classes = classes
+        return {k: torch.tensor([index[p[0]] for p in parts], dtype=torch.int64) for k, parts in names.items()}
+
+    def class_names(self) -> list[str] | None:
+        """The class subfolders in label order, ``None`` when the folder is unlabelled (reads the listing)."""
+        self.splits()
+        return self._classes

@@ -53,6 +53,8 @@ def model_card(
     grid: bool,
     reproduce: str | None,
     source: str,
+    num_classes: int | None = None,
+    class_names: list[str] | None = None,
 ) -> str:
     """The Hub model card: YAML header, then what the model is, how it was trained and measured, how to use it."""
     header = {
@@ -103,6 +105,7 @@ def model_card(
         "`DDIMPipeline(pipe.unet, DDIMScheduler.from_config(pipe.scheduler.config))(num_inference_steps=50, "
         "eta=0.0, use_clipped_model_output=True)`." if diffusion.var_type != VarType.LEARNED_RANGE else
         "DDIMScheduler does not split the learned-variance channels; sample with the DDPMScheduler above.", "",
+        *(guided_usage(image_shape, T, num_classes, class_names, diffusion.var_type.is_learned) if num_classes else []),
         "## Reproduce", "",
     ]
     if reproduce:
@@ -110,3 +113,33 @@ def model_card(
     else:
         lines.append("The run's Hydra overrides were not found (`.hydra/overrides.yaml`).")
     return "\n".join(lines) + "\n"
+
+
+def guided_usage(image_shape: tuple[int, int, int], T: int, num_classes: int, class_names: list[str] | None,
+                 learned: bool) -> list[str]:
+    """The card's section for a class-conditional model: a classifier-free guided loop with diffusers'
+    scheduler (one batched pass for the conditional and the unconditional output)."""
+    c, h, w = image_shape
+    names = ", ".join(f"{i}={n}" for i, n in enumerate(class_names or [])) or f"0..{num_classes - 1}"
+    mean = "[:, :C]" if learned else ""
+    guided = ("eps = torch.cat([(1 + w) * cond[:, :C] - w * uncond[:, :C], cond[:, C:]], dim=1)  # GLIDE: "
+              "conditional variance" if learned else "eps = (1 + w) * cond - w * uncond")
+    return [
+        "## Class-conditional sampling with classifier-free guidance", "",
+        f"This model is class-conditional: the UNet takes `class_labels` in 0..{num_classes - 1} ({names}), and "
+        f"{num_classes} is the \"no class\" token it was also trained with (label dropout), for classifier-free "
+        "guidance (Ho & Salimans 2022): `eps = (1 + w) * eps(x, t, c) - w * eps(x, t, null)`. `w = 0` is plain "
+        "conditional sampling; diffusers' (and Stable Diffusion's) `guidance_scale` is `1 + w`.", "",
+        "```python", "import torch", "from diffusers import DDPMScheduler, UNet2DModel", "",
+        'unet = UNet2DModel.from_pretrained("REPO_OR_FOLDER", subfolder="unet").eval()',
+        'scheduler = DDPMScheduler.from_pretrained("REPO_OR_FOLDER", subfolder="scheduler")',
+        f"C, K, w = {c}, {num_classes}, 1.0  # image channels, classes (= the null token), guidance weight",
+        "labels = torch.arange(K)  # one image per class", "null = torch.full_like(labels, K)",
+        f"scheduler.set_timesteps({T})",
+        f"x = torch.randn(len(labels), C, {h}, {w}, generator=torch.Generator().manual_seed(0))",
+        "with torch.no_grad():", "    for t in scheduler.timesteps:",
+        "        out = unet(torch.cat([x, x]), t, class_labels=torch.cat([labels, null])).sample",
+        f"        cond, uncond = out.chunk(2){'  # mean channels [:C], variance [C:]' if mean else ''}",
+        f"        {guided}", "        x = scheduler.step(eps, t, x).prev_sample",
+        "images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # [N, C, H, W]", "```", "",
+    ]

@@ -31,6 +31,7 @@ _SIMPLE = {
     "conv_in": "conv_in",
     "norm_out": "conv_norm_out",
     "conv_out": "conv_out",
+    "class_emb": "class_embedding",  # a class-conditional UNet (num_classes=K): UNet2DModel num_class_embeds=K+1
 }
 _MID = {"mid_block1": "mid_block.resnets.0", "mid_block2": "mid_block.resnets.1"}
 

@@ -88,9 +88,11 @@ def unet_kwargs_from_diffusers_config(config: Mapping[str, Any]) -> dict[str, An
         "mid_block_type must be UNetMidBlock2D",
     )
     _check(config.get("add_attention", True) is True, "add_attention must be true")
-    _check(
-        config.get("class_embed_type") is None and config.get("num_class_embeds") is None, "class embeddings"
-    )
+    _check(config.get("class_embed_type") is None,
+           "class_embed_type must be null (a class-conditional DDPM UNet uses num_class_embeds)")
+    class_embeds = config.get("num_class_embeds")
+    _check(class_embeds is None or int(class_embeds) >= 2,
+           f"num_class_embeds must be null or K + 1 >= 2 (K classes and the null token), got {class_embeds}")
     _check(config.get("time_embedding_dim") in (None, 4 * ch), "time_embedding_dim must be 4 * ch")
     head_dim = config.get("attention_head_dim", 8)
     for i in attn_levels + [n - 1]:  # the mid block attends at the last width too
@@ -116,6 +118,8 @@ def unet_kwargs_from_diffusers_config(config: Mapping[str, Any]) -> dict[str, An
         "dropout": float(config.get("dropout", 0.0)),
         "resolution": size,
         "resamp_with_conv": True,
+        # K classes + the null token (index K): diffusers' num_class_embeds is our num_classes + 1
+        **({"num_classes": int(class_embeds) - 1} if class_embeds is not None else {}),
     }
 
 
@@ -174,7 +178,8 @@ def diffusers_unet_config(unet: UNet) -> dict[str, Any]:
         "mid_block_scale_factor": 1,
         "resnet_time_scale_shift": "default",
         "class_embed_type": None,
-        "num_class_embeds": None,
+        # a class-conditional UNet: K classes and the null token (index K, classifier-free guidance)
+        "num_class_embeds": None if unet.num_classes is None else unet.num_classes + 1,
     }
     stamp_diffusers_version(config)
     # the importer must read back exactly this architecture (attention resolutions that fall on no level are
@@ -214,6 +219,7 @@ def infer_unet_kwargs(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         "dropout": 0.0,
         "resolution": resolution,
         "resamp_with_conv": True,
+        **({"num_classes": int(sd["class_embedding.weight"].shape[0]) - 1} if "class_embedding.weight" in keys else {}),
     }
 
 

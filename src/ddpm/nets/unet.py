@@ -8,6 +8,12 @@ parameter LSUN / CelebA-HQ model.
 The network knows nothing about diffusion: ``forward(x, t)`` maps ``[N, C, H, W]`` and integer timesteps
 ``[N]`` to ``[N, out_channels, H, W]``. The caller decides what the output means
 (``out_channels = 2 * C`` when the variance is learned).
+
+Class-conditional (beyond the paper, opt-in: ``num_classes=K``): ``forward(x, t, y)`` adds a learned class
+embedding (``nn.Embedding(K + 1, 4ch)``, index ``K`` = "no class", the null token of classifier-free guidance)
+to the timestep embedding after its MLP, as improved-diffusion's ``num_classes`` and diffusers'
+``num_class_embeds``. With ``num_classes=None`` (the default) the network, its parameters, their
+initialisation and its state-dict keys are exactly the unconditional ones.
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ class UNet(nn.Module):
     :param resolution: the training image size; only used to place the attention layers.
     :param resamp_with_conv: conv in the down/up samplers (official default); else avg-pool / plain nearest.
     :param grad_checkpointing: recompute ResBlock activations in backward (saves memory at 256x256; opt-in).
+    :param num_classes: ``None`` (unconditional, the paper) or the number of classes ``K``: a class embedding with
+        ``K + 1`` rows, row ``K`` the null token (:attr:`null_label`).
 
     Every GroupNorm has 32 groups and eps 1e-6 (official); only widths that 32 does not divide (small
     non-published presets) use fewer groups, see :func:`ddpm.nets.layers.group_norm`.
@@ -72,6 +80,7 @@ class UNet(nn.Module):
         resolution: int = 32,
         resamp_with_conv: bool = True,
         grad_checkpointing: bool = False,
+        num_classes: int | None = None,
     ):
         super().__init__()
         ch_mult = tuple(int(m) for m in ch_mult)
@@ -88,6 +97,9 @@ class UNet(nn.Module):
         self.attn_resolutions, self.resolution = attn_resolutions, int(resolution)
         self.dropout, self.resamp_with_conv = float(dropout), bool(resamp_with_conv)
         self.grad_checkpointing = bool(grad_checkpointing)
+        if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 1):
+            raise ValueError(f"model.num_classes must be null or an integer >= 1, got {num_classes!r}")
+        self.num_classes = None if num_classes is None else int(num_classes)
         num_levels = len(ch_mult)
         temb_ch = 4 * ch
 
@@ -141,6 +153,14 @@ class UNet(nn.Module):
 
         self.norm_out = group_norm(block_in)
         self.conv_out = conv3x3(block_in, out_channels, init_scale=0.0)
+        # Built last, so every other weight is initialised as in the unconditional network of the same seed.
+        # N(0, 1) rows (nn.Embedding's default, as improved-diffusion and diffusers).
+        self.class_emb = nn.Embedding(self.num_classes + 1, temb_ch) if self.num_classes is not None else None
+
+    @property
+    def null_label(self) -> int | None:
+        """The "no class" index ``K`` (``None`` for an unconditional network)."""
+        return self.num_classes
 
     def config(self) -> dict:
         """Constructor arguments (JSON-serialisable) that rebuild this architecture."""
@@ -155,6 +175,8 @@ class UNet(nn.Module):
             "resolution": self.resolution,
             "resamp_with_conv": self.resamp_with_conv,
             "grad_checkpointing": self.grad_checkpointing,
+            # only for a conditional network: the unconditional config (and what is exported from it) is unchanged
+            **({"num_classes": self.num_classes} if self.num_classes is not None else {}),
         }
 
     def _res(self, block: ResBlock, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
@@ -162,9 +184,11 @@ class UNet(nn.Module):
             return checkpoint(block, h, temb, use_reentrant=False)
         return block(h, temb)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """:param x: ``[N, in_channels, H, W]`` with H, W divisible by ``2**(len(ch_mult)-1)``.
         :param t: ``[N]`` integer timesteps (a scalar is broadcast to the batch).
+        :param y: ``[N]`` integer class labels in ``0..K`` (``K``: no class) for a conditional network; ``None``
+            means no class (the null token). An unconditional network takes none.
         :return: ``[N, out_channels, H, W]``.
         """
         n, c, height, width = x.shape
@@ -180,6 +204,10 @@ class UNet(nn.Module):
 
         temb = timestep_embedding(t, self.ch).to(x.dtype if x.is_floating_point() else torch.float32)
         temb = self.temb_dense1(F.silu(self.temb_dense0(temb)))
+        if self.class_emb is not None:
+            temb = temb + self.class_emb(self._labels(y, n, x.device))
+        elif y is not None:
+            raise ValueError("UNet: class labels given to an unconditional network (model.num_classes=null)")
 
         hs = [self.conv_in(x)]
         for level in self.down:
@@ -206,3 +234,14 @@ class UNet(nn.Module):
         assert not hs
 
         return self.conv_out(F.silu(self.norm_out(h), inplace=not torch.is_grad_enabled()))
+
+    def _labels(self, y: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+        k = self.num_classes
+        assert k is not None
+        if y is None:
+            return torch.full((n,), k, dtype=torch.long, device=device)
+        if y.ndim == 0:
+            y = y.expand(n)
+        if y.shape != (n,):
+            raise ValueError(f"UNet: y must have shape [{n}], got {tuple(y.shape)}")
+        return y.long()
