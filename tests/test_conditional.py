@@ -296,9 +296,9 @@ def test_unconditional_npz_has_no_labels(uncond_ckpt, tmp_path):
 @pytest.mark.parametrize(("which", "overrides", "needle"), [
     ("sample", ["labels=10"], "labels=10: class 10 is outside 0..9"),
     ("sample", ["labels=[1,12]"], "class 12 is outside 0..9"),
-    ("uncond", ["guidance_scale=2"], "guidance_scale=2.0: this model is unconditional"),
+    ("uncond", ["guidance_scale=2"], "guidance_scale=2: this model is unconditional"),
     ("uncond", ["labels=balanced"], "labels='balanced': this model is unconditional"),
-    ("sample", ["guidance_scale=-1"], "guidance_scale=-1.0 is not valid: expected a number >= 0"),
+    ("sample", ["guidance_scale=-1"], "guidance_scale=-1 is not valid: expected a number >= 0"),
     ("sample", ["labels=cats"], "labels='cats' is not valid"),
 ])
 def test_bad_sampling_input_one_message_before_any_work(which, overrides, needle, cond_ckpt, uncond_ckpt, tmp_path,
