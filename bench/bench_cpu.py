@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ddpm.interop import unet_kwargs_from_diffusers_config
+from ddpm.services.interop import unet_kwargs_from_diffusers_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,7 +124,7 @@ def emit(report: str, out: Path | None) -> None:
 
 # ---------------------------------------------------------------------------------------------- models
 def build_ours(cfg: dict, channels_last: bool = False):
-    from ddpm.nets import UNet
+    from ddpm.core.nets import UNet
 
     net = UNet(**cfg)
     if channels_last:
@@ -139,11 +139,11 @@ def build_diffusers(cfg: dict):
 
 
 def same_weights(ours, theirs) -> float | None:
-    """Copy the diffusers weights into ours (ddpm.interop) and return the max abs output difference (eval,
+    """Copy the diffusers weights into ours (ddpm.services.interop) and return the max abs output difference (eval,
     batch 2), or None when the converter is unavailable. Speed does not depend on the weights; this only
     checks that the two networks compute the same function."""
     try:
-        from ddpm.interop import convert_diffusers_state_dict
+        from ddpm.services.interop import convert_diffusers_state_dict
 
         ours.load_state_dict(convert_diffusers_state_dict(theirs.state_dict(), ours))
     except Exception as e:  # noqa: BLE001 - the converter is optional for the benchmark
@@ -173,7 +173,7 @@ def _is_cl(net) -> bool:
 
 
 def _diffusion(T: int = 1000):
-    from ddpm.diffusion import GaussianDiffusion
+    from ddpm.core.diffusion import GaussianDiffusion
 
     return GaussianDiffusion.from_config("linear", T, "eps", "fixed_large", "mse")
 
@@ -279,7 +279,7 @@ class SampleOurs(Impl):
             self.net = self.net.to(memory_format=torch.channels_last)
         self.model_fn = torch.compile(self.net) if "compile" in variants else self.net
         if "compile_frozen" in variants:  # what `python sample.py compile=true` runs
-            from ddpm.runtime import compile_for_sampling
+            from ddpm.services.runtime import compile_for_sampling
 
             self.model_fn = compile_for_sampling(self.net)
         self.grad_ctx = torch.inference_mode if "inference_mode" in variants else torch.no_grad
@@ -557,7 +557,7 @@ def section_sample1000(args, rows: list, notes: list) -> None:
     not depend on them)."""
     from diffusers import UNet2DModel
 
-    from ddpm.diffusion import SAMPLERS
+    from ddpm.core.diffusion import SAMPLERS
 
     steps = 20 if args.quick else 1000
     n = args.digits

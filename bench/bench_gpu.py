@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """GPU benchmark of our DDPM: training images/s + model FLOP utilisation, and sampling images/s.
 
-Depends only on ``torch`` and ``ddpm.nets`` / ``ddpm.diffusion`` (no hydra, omegaconf, lightning, wandb,
+Depends only on ``torch`` and ``ddpm.core.nets`` / ``ddpm.core.diffusion`` (no hydra, omegaconf, lightning, wandb,
 diffusers, torch-fidelity), so it runs on a bare GPU machine with the repository on ``PYTHONPATH``::
 
     PYTHONPATH=src python bench/bench_gpu.py                  # CIFAR-10 35.7M UNet, batch 128, bf16
@@ -39,8 +39,8 @@ try:  # a bare checkout without `pip install -e .`
 except ImportError:  # pragma: no cover
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ddpm.diffusion import GaussianDiffusion  # noqa: E402
-from ddpm.nets import UNet  # noqa: E402
+from ddpm.core.diffusion import GaussianDiffusion  # noqa: E402
+from ddpm.core.nets import UNet  # noqa: E402
 
 # Peak dense (no sparsity) bf16 tensor-core FLOP/s by device-name substring; first match wins.
 PEAK_BF16_FLOPS = (
@@ -121,7 +121,7 @@ class Timer:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="DDPM GPU benchmark (torch + ddpm.nets/ddpm.diffusion only)")
+    p = argparse.ArgumentParser(description="DDPM GPU benchmark (torch + ddpm.core.nets/ddpm.core.diffusion only)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--quick", action="store_true", help="tiny model, batch 4, 2 steps: a smoke test")
     p.add_argument("--batch", type=int, default=None, help="training batch (default 128, the paper's)")

@@ -27,7 +27,7 @@
 
 Every arm is scored the same way: ``--n`` samples from its EMA weights, drawn with the example's sampler (1000
 DDPM steps, ``DDPMScheduler.step``) for diffusers and with the quickstart's own final sampler for ours, then
-:func:`ddpm.metrics.digits_score.digits_scores`: under both digits extractors (A ``ddpm-digits``, B ``ddpm-digits-b``,
+:func:`ddpm.services.metrics.digits_score.digits_scores`: under both digits extractors (A ``ddpm-digits``, B ``ddpm-digits-b``,
 trained apart) FID and unbiased KID in the classifier's feature space against the train split (lower is better), the
 class mix (KL of the predicted classes from the train split's), confidence and class entropy (A). Reference scores at
 the same n (real held-out digits, noise) give the scale. Prints a Markdown table; ``--out FILE`` also writes it.
@@ -89,7 +89,7 @@ def train_diffusers(unet_cfg: dict, seconds: float, n: int, quick: bool, seed: i
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
 
-    from ddpm.data import DigitsDataModule, model_to_uint8, uint8_to_model
+    from ddpm.core.data import DigitsDataModule, model_to_uint8, uint8_to_model
 
     torch.manual_seed(seed)
     # the quickstart's train split, in its order, scaled to [-1, 1] (the example's Normalize([0.5]) does the same)
@@ -136,7 +136,7 @@ def train_diffusers(unet_cfg: dict, seconds: float, n: int, quick: bool, seed: i
 
 def arm_result(images, net: torch.nn.Module, steps: int, fit_seconds: float, sample_seconds: float, **extra) -> dict:
     """One arm's row: the digits score of its uint8 samples, its steps, times and parameter count."""
-    from ddpm.metrics.digits_score import digits_scores
+    from ddpm.services.metrics.digits_score import digits_scores
 
     q = digits_scores(images)
     return {**q["digits"], "b": q["digits_b"], "steps": steps, "fit_seconds": round(fit_seconds, 1),
@@ -172,8 +172,8 @@ def train_lucidrains(own_unet: bool, seconds: float, n: int, quick: bool, seed: 
     from denoising_diffusion_pytorch import GaussianDiffusion, Unet
     from ema_pytorch import EMA
 
-    from ddpm.data import DigitsDataModule, model_to_uint8
-    from ddpm.nets import UNet
+    from ddpm.core.data import DigitsDataModule, model_to_uint8
+    from ddpm.core.nets import UNet
 
     torch.manual_seed(seed)
     images = DigitsDataModule().splits()["train"].images.float() / 255.0  # type: ignore[union-attr]  # its [0, 1]
@@ -230,8 +230,8 @@ def main() -> None:
 
     from bench_cpu import SMALL_DIFFUSERS, emit
 
-    from ddpm.metrics.digits_classifier import DigitsExtractorB
-    from ddpm.metrics.digits_score import digits_reference_scores
+    from ddpm.services.metrics.digits_classifier import DigitsExtractorB
+    from ddpm.services.metrics.digits_score import digits_reference_scores
 
     ours, budget = run_ours(args.quick)
     print(f"[bench] ours: {ours.get('global_step')} steps in {budget:.0f} s, FID {ours.get('digits/fid')}",

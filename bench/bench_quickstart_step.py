@@ -17,7 +17,7 @@ per-step wall time is the median over rounds of each round's median interval bet
 * **Lightning, now**: the same loop with the current module and recipe; at batch 64 (per-step comparison
   with *before*) and at the recipe's own batch when it differs (what ``python train.py`` runs).
 
-The Lightning arms run ``ddpm.training.train`` itself with the default config (its callbacks, logger and
+The Lightning arms run ``ddpm.commands.training.train`` itself with the default config (its callbacks, logger and
 progress bar), with validation, periodic grids, checkpoints and final samples switched off (those are not
 per-step costs; the whole-run wall time is ``bench/bench_quickstart.py``'s). ``--profile`` adds Lightning's
 ``SimpleProfiler`` (time per hook of the current step) and a ``torch.profiler`` table of the raw step (time per
@@ -69,7 +69,7 @@ def module_at(rev: str) -> type:
     """``DiffusionModule`` as ``src/ddpm/module.py`` was at git revision ``rev``."""
     src = subprocess.run(["git", "show", f"{rev}:src/ddpm/module.py"], cwd=ROOT, check=True, capture_output=True,
                          text=True).stdout
-    src = src.replace("from ddpm.diffusion.noise import derive_seed", "from ddpm.seeds import derive_seed")  # moved
+    src = src.replace("from ddpm.core.diffusion.noise import derive_seed", "from ddpm.core.seeds import derive_seed")  # moved
     mod = types.ModuleType(f"ddpm_module_{rev}")
     mod.__file__ = f"{rev}:src/ddpm/module.py"
     exec(compile(src, mod.__file__, "exec"), mod.__dict__)
@@ -88,8 +88,8 @@ def module_at(rev: str) -> type:
 def lightning_intervals(overrides: list[str], steps: int, warmup: int, module_cls: type | None = None,
                         profiler: str | None = None) -> tuple[list[float], object]:
     """Run ``train()`` for ``steps`` steps; the step-to-step intervals after ``warmup`` steps, and the trainer."""
-    from ddpm import training
-    from ddpm.config import compose
+    from ddpm.commands import training
+    from ddpm.core.config import compose
 
     with tempfile.TemporaryDirectory(prefix="ddpm-step-") as tmp:
         extra = [f"paths.output_dir={tmp}", f"trainer.max_steps={steps}", *QUIET,
@@ -118,9 +118,9 @@ class RawLoop:
     def __init__(self, overrides: list[str]) -> None:
         from hydra.utils import instantiate
 
-        from ddpm.config import compose, to_container
-        from ddpm.data import uint8_to_model
-        from ddpm.module import DiffusionModule
+        from ddpm.core.config import compose, to_container
+        from ddpm.core.data import uint8_to_model
+        from ddpm.core.module import DiffusionModule
 
         cfg = compose("train", [*overrides, "paths.output_dir=unused"])  # nothing is written
         run = to_container(cfg)
@@ -206,7 +206,7 @@ def main() -> None:
         args.rounds, args.steps, args.warmup = 2, 8, 2
     from bench_cpu import emit
 
-    from ddpm.config import compose
+    from ddpm.core.config import compose
 
     base = QUICK_MODEL if args.quick else []
     recipe_batch = int(compose("train", base).data.batch_size)

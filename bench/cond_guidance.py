@@ -52,15 +52,15 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
 
-    from ddpm.config import SamplerConfig
-    from ddpm.data import model_to_uint8
-    from ddpm.generate import class_labels, generate, seeds_for
-    from ddpm.loading import load_model
-    from ddpm.metrics.conditional import class_scores
-    from ddpm.metrics.digits_classifier import DigitsExtractor
-    from ddpm.metrics.digits_score import digits_quality
-    from ddpm.metrics.features import extract_all
-    from ddpm.metrics.fid import inception_score
+    from ddpm.core.config import SamplerConfig
+    from ddpm.core.data import model_to_uint8
+    from ddpm.services.generate import class_labels, generate, seeds_for
+    from ddpm.services.loading import load_model
+    from ddpm.services.metrics.conditional import class_scores
+    from ddpm.services.metrics.digits_classifier import DigitsExtractor
+    from ddpm.services.metrics.digits_score import digits_quality
+    from ddpm.services.metrics.features import extract_all
+    from ddpm.services.metrics.fid import inception_score
 
     runs = {}
     for name, given, extra in (("uncond", args.uncond, []), ("cond", args.cond, ["model.num_classes=10"])):

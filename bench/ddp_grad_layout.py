@@ -1,5 +1,5 @@
 """Two-process gloo DDP training steps of the quickstart UNet: 1x1 convs as plain ``nn.Conv2d`` (before issue 29)
-vs the network's own 1x1 convs (``ddpm.nets.layers.Conv1x1``, whose weight gradients keep the weights' strides).
+vs the network's own 1x1 convs (``ddpm.core.nets.layers.Conv1x1``, whose weight gradients keep the weights' strides).
 
     python bench/ddp_grad_layout.py                        # the quickstart: batch 256 = 128 per rank, ch=32
     python bench/ddp_grad_layout.py --out bench/results/ddp_grad_layout_<date>.md
@@ -34,9 +34,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from ddpm.diffusion import GaussianDiffusion  # noqa: E402
-from ddpm.nets import UNet  # noqa: E402
-from ddpm.nets.layers import Conv1x1  # noqa: E402
+from ddpm.core.diffusion import GaussianDiffusion  # noqa: E402
+from ddpm.core.nets import UNet  # noqa: E402
+from ddpm.core.nets.layers import Conv1x1  # noqa: E402
 
 STRIDES_WARNING = "Grad strides do not match bucket view strides"
 

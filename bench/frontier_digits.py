@@ -4,7 +4,7 @@
     python bench/frontier_digits.py --study --quick                        # seconds: a smoke test (random net)
 
 The frontier itself (every sampler against the full chain on pooled seed sets) is ``python -m ddpm.frontier``
-(:mod:`ddpm.frontier`, scored by :mod:`ddpm.metrics.pooled`); this script's former frontier mode is gone, so
+(:mod:`ddpm.commands.frontier`, scored by :mod:`ddpm.services.metrics.pooled`); this script's former frontier mode is gone, so
 pooled FIDs are computed in one place.
 
 **Study** (``--study``): DPM-Solver++ at ``--study-steps`` (default 10, 15, 20, 50) with four choices of the
@@ -12,7 +12,7 @@ evaluated timesteps, clipped and not, scored the same way; and, as a check of th
 standard deviation of its samples on 1-D Gaussian data N(0.3, 0.2^2) with the exact denoiser (4000 samples, no
 clipping; the exact probability-flow map gives 0.2 times the std of x_T):
 
-* ``logsnr`` (the sampler's choice, :func:`ddpm.diffusion.dpm_solver_timesteps`): uniform in
+* ``logsnr`` (the sampler's choice, :func:`ddpm.core.diffusion.dpm_solver_timesteps`): uniform in
   lambda = log(alpha/sigma) from T-1 to 0 (diffusers' ``use_lu_lambdas``);
 * ``uniform_t``: evenly spaced in t from T-1 down to 0 included (``space_timesteps(T, steps)``);
 * ``linspace``: diffusers' default ``timestep_spacing="linspace"``: ``round(linspace(0, T-1, steps+1))[::-1]``
@@ -33,8 +33,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from ddpm.data import model_to_uint8 as to_uint8  # noqa: E402
-from ddpm.diffusion import (  # noqa: E402
+from ddpm.core.data import model_to_uint8 as to_uint8  # noqa: E402
+from ddpm.core.diffusion import (  # noqa: E402
     GaussianDiffusion,
     SeededNoise,
     dpm_solver,
@@ -42,7 +42,7 @@ from ddpm.diffusion import (  # noqa: E402
     final_sample,
     space_timesteps,
 )
-from ddpm.generate import seeds_for  # noqa: E402
+from ddpm.services.generate import seeds_for  # noqa: E402
 
 
 def distinct_descending(ts: np.ndarray) -> list[int]:
@@ -86,7 +86,7 @@ def gaussian_std(name: str, steps: int, m: float = 0.3, s: float = 0.2, n: int =
 def score(x: torch.Tensor) -> tuple[float, float]:
     """Digits FID of float samples in [-1, 1] under digits extractor A (``ddpm-digits``) and B
     (``ddpm-digits-b``)."""
-    from ddpm.metrics.digits_score import digits_scores
+    from ddpm.services.metrics.digits_score import digits_scores
 
     q = digits_scores(to_uint8(x))
     return float(q["digits"]["fid"]), float(q["digits_b"]["fid"])
@@ -94,13 +94,13 @@ def score(x: torch.Tensor) -> tuple[float, float]:
 
 def load(args):
     if args.quick:
-        from ddpm.nets import UNet
+        from ddpm.core.nets import UNet
 
         torch.manual_seed(0)
         net = UNet(in_channels=1, out_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
                    dropout=0.0, resolution=8).eval()  # fmt: skip
         return net, GaussianDiffusion.from_config("linear", 1000), (1, 8, 8), "random tiny UNet (--quick)"
-    from ddpm.loading import load_model
+    from ddpm.services.loading import load_model
 
     m = load_model(ckpt_path=args.ckpt)
     prov = f"{m.provenance['model_path']} (global_step {m.provenance['global_step']}, EMA)"

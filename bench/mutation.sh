@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The math layer's mutation score: mutmut over src/ddpm/diffusion/* with the core tests
+# The math layer's mutation score: mutmut over src/ddpm/core/diffusion/* with the core tests
 # (pyproject.toml [tool.mutmut]: test_diffusion, test_samplers, test_solvers, test_reference_samplers,
 # test_resample; -m "not slow"). Results and the list of equivalent mutants: bench/results/mutation_diffusion.md.
 #

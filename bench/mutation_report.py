@@ -6,7 +6,7 @@ bench/results/mutation_diffusion.md: mutants, killed, survived, equivalent (each
 A surviving mutant is either killed by a new test (then it no longer survives) or listed below as equivalent:
 ``EQUIVALENT`` (no input changes the result), ``CPU_ONLY`` (only a device argument changes: every tensor of this
 run is on the CPU, so the two agree here; a GPU run would tell them apart) or ``IMPORT_TIME`` (code that runs
-when ``ddpm.diffusion`` is imported, before mutmut's trampoline selects the mutant, so no test can see it).
+when ``ddpm.core.diffusion`` is imported, before mutmut's trampoline selects the mutant, so no test can see it).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-P = "ddpm.diffusion."
+P = "ddpm.core.diffusion."
 S, G, SM, SC, L, R, N = (P + m for m in ("solvers.", "gaussian.", "samplers.", "schedules.", "losses.",
                                          "resample.", "noise."))
 GD = G + "xǁGaussianDiffusionǁ"
@@ -102,7 +102,7 @@ CPU_ONLY = {
 CPU_REASON = "only a device argument (or the mps branch) changes; every tensor of this run is on the CPU"
 
 IMPORT_TIME = re.compile(re.escape(P + "registry.x_register__mutmut_"))
-IMPORT_REASON = ("@register runs when ddpm.diffusion is imported, before the mutant is selected; the registry's "
+IMPORT_REASON = ("@register runs when ddpm.core.diffusion is imported, before the mutant is selected; the registry's "
                  "contents are checked by test_solvers.py::test_every_registered_sampler_has_its_config_and_the_"
                  "other_way_round")
 
@@ -125,7 +125,7 @@ NOTES = """## How the score was reached
 * `restart_plan`'s check "the main pass has no step between restart_t_max and restart_t_min" can never fire:
   `ts[at] <= t_min < t_max` by construction, and `at == 0` would need `ts[0] = T-1 <= t_min`, which
   `check_restart` already refuses (`t_min < t_max < T`). Harmless dead code; mutants _30, _33, _34 below.
-* No bug in `src/ddpm/diffusion/` was found: every killed survivor was a gap in the tests.
+* No bug in `src/ddpm/core/diffusion/` was found: every killed survivor was a gap in the tests.
 * Not covered by this run: the training step's loss path in `module.py` (the importance-sampling step has its
   own mutation tests in tests/test_resample.py); a GPU run would also see the 35 device-only mutants.
 """
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> str:
     non_eq = total - len(equivalent)
     kinds = Counter(c[0] for c in equivalent.values())
     lines = [
-        "# Mutation score of the math layer (`src/ddpm/diffusion/*`)",
+        "# Mutation score of the math layer (`src/ddpm/core/diffusion/*`)",
         "",
         "Command: `bench/mutation.sh` (mutmut 3, `[tool.mutmut]` in pyproject.toml: the core tests "
         "test_diffusion, test_samplers, test_solvers, test_reference_samplers, test_resample with "

@@ -11,7 +11,7 @@ with the verdict rule (the README's quickstart table): restated from stored seed
 
 Each argument is a sample.py output directory (its ``samples.npz``), one independent draw each. Per draw and per
 extractor (A ``ddpm-digits``, B ``ddpm-digits-b``): FID and unbiased KID against the train split and the class KL;
-the real held-out digits at the same n beside them; then :func:`ddpm.metrics.digits_score.against_real`'s verdict
+the real held-out digits at the same n beside them; then :func:`ddpm.services.metrics.digits_score.against_real`'s verdict
 on "the samples score worse than real digits": stated only when both extractors' intervals (over the draws) lie
 above 0.
 """
@@ -64,7 +64,7 @@ def main(argv=None) -> None:
     p.add_argument("dirs", nargs="+", type=Path, help="sample.py output directories, one draw (seed) each")
     p.add_argument("--out", type=Path, default=None, help="also write the Markdown to this file")
     args = p.parse_args(argv)
-    from ddpm.metrics.digits_score import against_real
+    from ddpm.services.metrics.digits_score import against_real
 
     missing = [str(d) for d in args.dirs if not (d / "samples.npz").is_file()]
     if missing:

@@ -2,7 +2,7 @@
 code (issue 27: one sampler API) leaves every tensor it produces unchanged.
 
 For each registered sampler (and step counts, DDIM's eta, three objectives: eps / fixed_large, mu /
-fixed_small, eps / learned_range) on a small random network: x_0 from :func:`ddpm.generate.generate`, and every
+fixed_small, eps / learned_range) on a small random network: x_0 from :func:`ddpm.services.generate.generate`, and every
 network call's input ``(x_t, t)`` and output on the way (so every intermediate of the chain), plus the
 figures' chains (progressive x0-hat frames at every evaluation, interpolation, shared_xt). Only public services
 are called, so the same script runs before and after a refactor of the samplers::
@@ -18,10 +18,10 @@ import sys
 import torch
 from torch import nn
 
-from ddpm.config import SamplerConfig
-from ddpm.diffusion import GaussianDiffusion
-from ddpm.figures import interpolation, progressive_chain, shared_xt
-from ddpm.generate import generate
+from ddpm.commands.figures import interpolation, progressive_chain, shared_xt
+from ddpm.core.config import SamplerConfig
+from ddpm.core.diffusion import GaussianDiffusion
+from ddpm.services.generate import generate
 
 SHAPE = (1, 4, 4)
 T = 50

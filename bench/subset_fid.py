@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ddpm.metrics.pooled import featurise, pooled_scores
-from ddpm.report.findings import Scorers, set_images
-from ddpm.report.jobs import read_job
+from ddpm.commands.report.findings import Scorers, set_images
+from ddpm.commands.report.jobs import read_job
+from ddpm.services.metrics.pooled import featurise, pooled_scores
 
 
 def main() -> None:

@@ -53,8 +53,8 @@ def build(objective: str, overrides: list[str]):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from ddpm.config import compose
-    from ddpm.module import DiffusionModule
+    from ddpm.core.config import compose
+    from ddpm.core.module import DiffusionModule
 
     cfg = compose("train", [f"objective={objective}", *overrides])
     run = {k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True)
@@ -70,7 +70,7 @@ def build(objective: str, overrides: list[str]):
 
 
 def train_images(dm) -> torch.Tensor:
-    from ddpm.data.base import uint8_to_model
+    from ddpm.core.data.base import uint8_to_model
 
     return uint8_to_model(dm.splits()["train"].images)
 

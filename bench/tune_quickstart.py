@@ -12,7 +12,7 @@ several budgets come from one run: ``EMASnapshots`` copies the EMA weights at ea
 also keeps EMAs with the other decays of ``--ema`` (updated after every optimizer step exactly as
 ``DiffusionModule.update_ema``; the EMA never feeds back into training). Every (step, decay, sampler) is then
 scored like the quickstart's final samples: ``final_samples`` (256) images from the run's seeds, then
-:func:`ddpm.metrics.digits_score.digits_scores` (FID under digits extractor A, ``ddpm-digits``, and B,
+:func:`ddpm.services.metrics.digits_score.digits_scores` (FID under digits extractor A, ``ddpm-digits``, and B,
 ``ddpm-digits-b``).
 
 Scores depend on the thread count only through the weights (1 and 2 intra-op threads train slightly different
@@ -82,11 +82,11 @@ def parse_samplers(text: str) -> list[dict]:
 
 def tune(name: str, overrides: list[str], eval_steps: list[int], decays: list[float], samplers: list[dict],
          jsonl: Path | None, final_samplers: list[dict] = (), sample_sets: int = 1) -> list[dict]:
-    from ddpm.config import SamplerConfig, compose
-    from ddpm.data import model_to_uint8 as to_uint8
-    from ddpm.generate import generate, seeds_for
-    from ddpm.metrics.digits_score import digits_scores
-    from ddpm.training import train
+    from ddpm.commands.training import train
+    from ddpm.core.config import SamplerConfig, compose
+    from ddpm.core.data import model_to_uint8 as to_uint8
+    from ddpm.services.generate import generate, seeds_for
+    from ddpm.services.metrics.digits_score import digits_scores
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="ddpm-tune-") as tmp:

@@ -5,8 +5,8 @@ evaluations, on tuning seeds disjoint from the frontier's.
     python bench/tune_samplers.py --run outputs/qs --steps 10 20 --grid restart --seed-sets 100 101 102
 
 Every configuration samples the same ``--seed-sets`` x ``--n`` seeds (set ``s`` is what ``sample.py seed=s``
-draws) and is scored like the frontier (:mod:`ddpm.metrics.pooled`, the dataset's FID extractor and, on the
-digits, extractor B beside it: :func:`ddpm.metrics.samples.all_extractors`): the FID of all sets pooled and the
+draws) and is scored like the frontier (:mod:`ddpm.services.metrics.pooled`, the dataset's FID extractor and, on the
+digits, extractor B beside it: :func:`ddpm.services.metrics.samples.all_extractors`): the FID of all sets pooled and the
 per-set FIDs, per extractor. The default tuning seeds (100-102) are not the frontier's (0-2), so the
 frontier measures the chosen settings on fresh seeds. The grid ``restart`` varies the restart interval
 (``restart_t_min``, ``restart_t_max``, code indices), the passes ``restart_k`` and ``restart_share`` (the
@@ -30,12 +30,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from ddpm.config import SamplerConfig, compose  # noqa: E402
-from ddpm.data import model_to_uint8  # noqa: E402
-from ddpm.generate import generate, seeds_for  # noqa: E402
-from ddpm.loading import load_model, model_datamodule  # noqa: E402
-from ddpm.metrics.pooled import featurise, pooled_scores  # noqa: E402
-from ddpm.metrics.samples import all_extractors, load_extractor, reference_for  # noqa: E402
+from ddpm.core.config import SamplerConfig, compose  # noqa: E402
+from ddpm.core.data import model_to_uint8  # noqa: E402
+from ddpm.services.generate import generate, seeds_for  # noqa: E402
+from ddpm.services.loading import load_model, model_datamodule  # noqa: E402
+from ddpm.services.metrics.pooled import featurise, pooled_scores  # noqa: E402
+from ddpm.services.metrics.samples import all_extractors, load_extractor, reference_for  # noqa: E402
 
 RESTART_GRID = {
     "restart_t_min": [20, 60],

@@ -62,7 +62,7 @@ def tiny_overrides(output_dir: Path | str, *, steps: int = 4, timesteps: int = 1
 @pytest.fixture
 def tiny(tmp_path):
     """``tiny(*extra)`` -> a composed, validated config for a tiny run in ``tmp_path/run``."""
-    from ddpm.config import compose
+    from ddpm.core.config import compose
 
     def make(*extra: str, output_dir: Path | None = None, **kw):
         return compose("train", tiny_overrides(output_dir or tmp_path / "run", **kw) + list(extra))

@@ -15,8 +15,8 @@ def tiny_checkpoint(
     """Train the conftest tiny digits model for a few steps (T=10); returns ``.../checkpoints/last.ckpt``."""
     key = f"{steps}-{timesteps}-{'-'.join(extra)}"
     if key not in _CACHE:
-        from ddpm.config import compose
-        from ddpm.training import train
+        from ddpm.commands.training import train
+        from ddpm.core.config import compose
 
         out = tmp_path_factory.mktemp(f"tiny_run_{steps}_{timesteps}")
         cfg = compose(
@@ -30,7 +30,7 @@ def tiny_checkpoint(
 
 
 def sample_cfg(ckpt: Path, out_dir: Path, *extra: str):
-    from ddpm.config import compose
+    from ddpm.core.config import compose
 
     return compose(
         "sample",

@@ -1,15 +1,17 @@
 """The layering of ``src/ddpm`` (README "Layout"), read from the source with ``ast`` (nothing is
 imported): every ``import`` counts, also the ones inside functions.
 
-    entry points   train.py, sample.py (through commands), python -m ddpm.<tool>, the console scripts
-    commands       commands (the Hydra apps of train.py and sample.py)
-    applications   training, sampling, nll, figures, report, frontier, export, convert, build_refstats
-    services       loading, generate, runtime, metrics, callbacks, interop (the diffusers bridge)
-    core           module, data, diffusion, nets, io, config, checks, cli, seeds
+    entry points   train.py, sample.py (through commands.shell), ddpm/<tool>.py (python -m ddpm.<tool>), the
+                   console scripts
+    commands       ddpm/commands/shell.py (the Hydra apps of train.py and sample.py)
+    applications   ddpm/commands/: training, sampling, nll, figures, report, frontier, export, convert,
+                   build_refstats
+    services       ddpm/services/: loading, generate, runtime, builders, resume, metrics, callbacks, interop
+    core           ddpm/core/: module, data, diffusion, nets, io, config, checks, cli, seeds, rundir, presets
 
 A module imports from its own layer or the layers below; no application imports another; no import cycles;
-``ddpm.diffusion`` and ``ddpm.nets`` (the math and the network) import only torch, numpy and the standard
-library, and ``ddpm.seeds`` (the seed hashes) only numpy and the standard library: none of them imports
+``ddpm.core.diffusion`` and ``ddpm.core.nets`` (the math and the network) import only torch, numpy and the standard
+library, and ``ddpm.core.seeds`` (the seed hashes) only numpy and the standard library: none of them imports
 anything else of ``ddpm``; training, callbacks and data never import the sample.py application; data never
 imports metrics or the diffusion math. The checker is also run on
 small made-up import graphs with one back-edge each, so the test is known to fail on one.
@@ -25,22 +27,24 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
+# the folders are the layers: src/ddpm/core, src/ddpm/services, src/ddpm/commands (the applications and the shell
+# of train.py/sample.py), and at the package top one entry module per `python -m ddpm.<tool>`
+APPLICATIONS = ("training", "sampling", "nll", "figures", "report", "frontier", "export", "convert", "build_refstats")
+ENTRY_POINTS = ("nll", "figures", "report", "frontier", "export", "convert", "build_refstats")
 LAYERS: dict[str, tuple[str, ...]] = {
-    "core": ("ddpm", "ddpm.io", "ddpm.config", "ddpm.checks", "ddpm.cli", "ddpm.module", "ddpm.data", "ddpm.diffusion",
-             "ddpm.nets", "ddpm.seeds", "ddpm.rundir", "ddpm.presets"),
-    "services": ("ddpm.loading", "ddpm.generate", "ddpm.runtime", "ddpm.metrics", "ddpm.callbacks", "ddpm.interop",
-                 "ddpm.builders", "ddpm.resume"),
-    "applications": ("ddpm.training", "ddpm.sampling", "ddpm.nll", "ddpm.figures", "ddpm.report", "ddpm.frontier",
-                     "ddpm.export", "ddpm.convert", "ddpm.build_refstats"),
-    "commands": ("ddpm.commands",),
+    "core": ("ddpm", "ddpm.core"),
+    "services": ("ddpm.services",),
+    "applications": ("ddpm.commands", *(f"ddpm.commands.{a}" for a in APPLICATIONS)),
+    "commands": ("ddpm.commands.shell",),
+    "entry points": tuple(f"ddpm.{tool}" for tool in ENTRY_POINTS),
 }
-RANK = {"core": 0, "services": 1, "applications": 2, "commands": 3}
-PURE = ("ddpm.diffusion", "ddpm.nets", "ddpm.seeds")  # torch, numpy and the standard library only, nothing else
-NO_TORCH = ("ddpm.seeds",)  # numpy and the standard library only
+RANK = {"core": 0, "services": 1, "applications": 2, "commands": 3, "entry points": 4}
+PURE = ("ddpm.core.diffusion", "ddpm.core.nets", "ddpm.core.seeds")  # torch, numpy and the standard library only, nothing else
+NO_TORCH = ("ddpm.core.seeds",)  # numpy and the standard library only
 FORBIDDEN = {  # importer prefix -> imported prefixes it must never reach directly
-    "ddpm.training": ("ddpm.sampling",),
-    "ddpm.callbacks": ("ddpm.sampling",),
-    "ddpm.data": ("ddpm.sampling", "ddpm.metrics", "ddpm.diffusion"),  # the seed hash is in ddpm.seeds
+    "ddpm.commands.training": ("ddpm.commands.sampling",),
+    "ddpm.services.callbacks": ("ddpm.commands.sampling",),
+    "ddpm.core.data": ("ddpm.commands.sampling", "ddpm.services.metrics", "ddpm.core.diffusion"),  # the seed hash is in ddpm.core.seeds
 }
 
 
@@ -51,6 +55,20 @@ def module_name(path: Path, src: Path = SRC) -> str:
     return ".".join(parts)
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` except those under ``if TYPE_CHECKING:`` (imports for type checkers only, which
+    run never and so make no import edge)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+
+
 def read_imports(src: Path = SRC) -> dict[str, set[str]]:
     """``{module: {imported names}}`` for every module of ``src/ddpm`` (absolute names; relative imports
     resolved; ``from ddpm import x`` names ``ddpm.x`` when that is a module)."""
@@ -59,7 +77,7 @@ def read_imports(src: Path = SRC) -> dict[str, set[str]]:
     for mod, path in files.items():
         package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
         names: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 names.update(a.name for a in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -167,30 +185,31 @@ def layering_violations(graph: dict[str, set[str]]) -> list[str]:
 
 def test_src_ddpm_keeps_its_layers():
     graph = read_imports()
-    assert "ddpm.sampling" in graph and "ddpm.diffusion.gaussian" in graph  # the reader found the package
+    assert "ddpm.commands.sampling" in graph and "ddpm.core.diffusion.gaussian" in graph  # the reader found the package
     assert layering_violations(graph) == []
 
 
 @pytest.mark.parametrize(
     "graph, expected",
     [
-        ({"ddpm.module": {"ddpm.sampling"}, "ddpm.sampling": {"ddpm.module"}}, "core imports from applications"),
-        ({"ddpm.data.digits": {"ddpm.metrics.digits"}, "ddpm.metrics.digits": set()},
-         "ddpm.data must not import ddpm.metrics"),
-        ({"ddpm.callbacks.fid": {"ddpm.sampling"}, "ddpm.sampling": set()}, "services imports from applications"),
-        ({"ddpm.figures": {"ddpm.sampling"}, "ddpm.sampling": set()}, "an application imports another"),
-        ({"ddpm.metrics.fid": {"ddpm.metrics.refstats"}, "ddpm.metrics.refstats": {"ddpm.metrics.fid"}},
+        ({"ddpm.core.module": {"ddpm.commands.sampling"}, "ddpm.commands.sampling": {"ddpm.core.module"}}, "core imports from applications"),
+        ({"ddpm.core.data.digits": {"ddpm.services.metrics.digits"}, "ddpm.services.metrics.digits": set()},
+         "ddpm.core.data must not import ddpm.services.metrics"),
+        ({"ddpm.services.callbacks.fid": {"ddpm.commands.sampling"}, "ddpm.commands.sampling": set()}, "services imports from applications"),
+        ({"ddpm.commands.figures": {"ddpm.commands.sampling"}, "ddpm.commands.sampling": set()},
+         "an application imports another"),
+        ({"ddpm.services.metrics.fid": {"ddpm.services.metrics.refstats"}, "ddpm.services.metrics.refstats": {"ddpm.services.metrics.fid"}},
          "import cycle"),
-        ({"ddpm.diffusion.gaussian": {"lightning"}}, "imports only torch, numpy"),
-        ({"ddpm.nets.unet": {"ddpm.diffusion"}, "ddpm.diffusion": set()}, "imports only torch, numpy"),
+        ({"ddpm.core.diffusion.gaussian": {"lightning"}}, "imports only torch, numpy"),
+        ({"ddpm.core.nets.unet": {"ddpm.core.diffusion"}, "ddpm.core.diffusion": set()}, "imports only torch, numpy"),
         ({"ddpm.newthing": set()}, "in no layer"),
-        ({"ddpm.training": {"ddpm.commands"}, "ddpm.commands": set()}, "applications imports from commands"),
-        ({"ddpm.data.base": {"ddpm.diffusion.noise"}, "ddpm.diffusion.noise": set()},
-         "ddpm.data must not import ddpm.diffusion"),
-        ({"ddpm.seeds": {"torch"}}, "imports only torch, numpy"),
-        ({"ddpm.seeds": {"ddpm.diffusion"}, "ddpm.diffusion": set()}, "imports only torch, numpy"),
-        ({"ddpm.diffusion.noise": {"ddpm.seeds"}, "ddpm.seeds": set()}, "imports only torch, numpy"),
-        ({"ddpm.nets.unet": {"ddpm.seeds"}, "ddpm.seeds": set()}, "imports only torch, numpy"),
+        ({"ddpm.commands.training": {"ddpm.commands.shell"}, "ddpm.commands.shell": set()}, "applications imports from commands"),
+        ({"ddpm.core.data.base": {"ddpm.core.diffusion.noise"}, "ddpm.core.diffusion.noise": set()},
+         "ddpm.core.data must not import ddpm.core.diffusion"),
+        ({"ddpm.core.seeds": {"torch"}}, "imports only torch, numpy"),
+        ({"ddpm.core.seeds": {"ddpm.core.diffusion"}, "ddpm.core.diffusion": set()}, "imports only torch, numpy"),
+        ({"ddpm.core.diffusion.noise": {"ddpm.core.seeds"}, "ddpm.core.seeds": set()}, "imports only torch, numpy"),
+        ({"ddpm.core.nets.unet": {"ddpm.core.seeds"}, "ddpm.core.seeds": set()}, "imports only torch, numpy"),
     ],
 )
 def test_the_checker_fails_on_a_back_edge(graph, expected):
@@ -199,15 +218,17 @@ def test_the_checker_fails_on_a_back_edge(graph, expected):
 
 def test_the_checker_reads_function_level_and_relative_imports(tmp_path):
     pkg = tmp_path / "ddpm"
-    (pkg / "diffusion").mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "diffusion" / "__init__.py").write_text("from .gaussian import G\n")
-    (pkg / "diffusion" / "gaussian.py").write_text("G = 1\ndef f():\n    from ddpm.sampling import x\n")
-    (pkg / "sampling.py").write_text("from ddpm import diffusion\n")
+    (pkg / "core" / "diffusion").mkdir(parents=True)
+    (pkg / "commands").mkdir()
+    for init in (pkg, pkg / "core", pkg / "commands"):
+        (init / "__init__.py").write_text("")
+    (pkg / "core" / "diffusion" / "__init__.py").write_text("from .gaussian import G\n")
+    (pkg / "core" / "diffusion" / "gaussian.py").write_text("G = 1\ndef f():\n    from ddpm.commands.sampling import x\n")
+    (pkg / "commands" / "sampling.py").write_text("from ddpm.core import diffusion\n")
     graph = read_imports(tmp_path)
-    assert graph["ddpm.diffusion"] >= {"ddpm.diffusion.gaussian"}
-    assert "ddpm.sampling" in graph["ddpm.diffusion.gaussian"]
-    assert "ddpm.diffusion" in graph["ddpm.sampling"]
+    assert graph["ddpm.core.diffusion"] >= {"ddpm.core.diffusion.gaussian"}
+    assert "ddpm.commands.sampling" in graph["ddpm.core.diffusion.gaussian"]
+    assert "ddpm.core.diffusion" in graph["ddpm.commands.sampling"]
     assert any("core imports from applications" in v for v in layering_violations(graph))
 
 
@@ -336,9 +357,9 @@ def test_the_private_api_checker_leaves_our_own_and_modules_alone():
 
 
 # ------------------------------------------------------------------------------- one spelling of each thing
-RUN_LAYOUT = ("checkpoints", "last.ckpt")  # ddpm.rundir's names
+RUN_LAYOUT = ("checkpoints", "last.ckpt")  # ddpm.core.rundir's names
 LAYOUT_ALLOWED = {
-    "ddpm/rundir.py",
+    "ddpm/core/rundir.py",
 }
 
 
@@ -347,23 +368,23 @@ def _sources() -> dict[str, str]:
 
 
 def layout_spellings(files: dict[str, str]) -> list[str]:
-    """``file:line`` of every string ``"checkpoints"`` / ``"last.ckpt"`` outside ddpm.rundir (docstrings aside)."""
+    """``file:line`` of every string ``"checkpoints"`` / ``"last.ckpt"`` outside ddpm.core.rundir (docstrings aside)."""
     bad = []
     for path, text in files.items():
         if path in LAYOUT_ALLOWED:
             continue
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.Constant) and node.value in RUN_LAYOUT:
-                bad.append(f"{path}:{node.lineno}: {node.value!r} (use ddpm.rundir)")
+                bad.append(f"{path}:{node.lineno}: {node.value!r} (use ddpm.core.rundir)")
     return bad
 
 
 def argv_parsing(files: dict[str, str]) -> list[str]:
-    """``file:line`` of every read of ``sys.argv`` outside ddpm.cli (the Hydra apps' shell): a command takes its
+    """``file:line`` of every read of ``sys.argv`` outside ddpm.core.cli (the Hydra apps' shell): a command takes its
     settings through Hydra, or its paths through argparse, never through a parser of its own."""
     bad = []
     for path, text in files.items():
-        if path == "ddpm/cli.py":
+        if path == "ddpm/core/cli.py":
             continue
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.Attribute) and node.attr == "argv" and ast.unparse(node.value) == "sys":
@@ -374,7 +395,7 @@ def argv_parsing(files: dict[str, str]) -> list[str]:
 def test_the_run_directory_layout_is_spelled_only_in_rundir():
     assert layout_spellings(_sources()) == []
     assert sorted(layout_spellings({"ddpm/x.py": 'p = run / "checkpoints" / "last.ckpt"\n'})) == [
-        "ddpm/x.py:1: 'checkpoints' (use ddpm.rundir)", "ddpm/x.py:1: 'last.ckpt' (use ddpm.rundir)"]
+        "ddpm/x.py:1: 'checkpoints' (use ddpm.core.rundir)", "ddpm/x.py:1: 'last.ckpt' (use ddpm.core.rundir)"]
 
 
 def test_no_command_parses_sys_argv_itself():
@@ -404,7 +425,7 @@ def bench_private_uses(files: dict[str, str]) -> list[str]:
                     if private(f"{node.module}.{a.name}"):
                         bad.append(f"{path}:{node.lineno}: from {node.module} import {a.name}")
                     else:
-                        aliases.add(a.asname or a.name)  # may be a module (from ddpm.metrics import fid)
+                        aliases.add(a.asname or a.name)  # may be a module (from ddpm.services.metrics import fid)
             elif isinstance(node, ast.Import):
                 for a in node.names:
                     if a.name.split(".")[0] == "ddpm":
@@ -424,10 +445,10 @@ def test_bench_uses_only_public_ddpm_names():
 
 
 @pytest.mark.parametrize("source, expected", [
-    ("from ddpm.report.findings import _Scorers, set_images\n", "from ddpm.report.findings import _Scorers"),
-    ("import ddpm.metrics._private as p\n", "import ddpm.metrics._private"),
+    ("from ddpm.commands.report.findings import _Scorers, set_images\n", "from ddpm.commands.report.findings import _Scorers"),
+    ("import ddpm.services.metrics._private as p\n", "import ddpm.services.metrics._private"),
     ("from ddpm import frontier\nx = frontier._fmt_spread({})\n", "frontier._fmt_spread"),
-    ("import ddpm.frontier\nx = ddpm.frontier._plot\n", "ddpm.frontier._plot"),
+    ("import ddpm.commands.frontier\nx = ddpm.commands.frontier._plot\n", "ddpm.commands.frontier._plot"),
 ])
 def test_the_bench_checker_fails_on_one(source, expected):
     found = bench_private_uses({"bench/x.py": source})
@@ -435,6 +456,6 @@ def test_the_bench_checker_fails_on_one(source, expected):
 
 
 def test_the_bench_checker_leaves_public_names_and_other_packages_alone():
-    source = ("import torch\nfrom ddpm.metrics import pooled\nfrom ddpm.report.findings import Scorers\n"
+    source = ("import torch\nfrom ddpm.services.metrics import pooled\nfrom ddpm.commands.report.findings import Scorers\n"
               "x = torch._foreach_norm\ny = pooled.verdict\nclass A:\n    def f(self):\n        return self._z\n")
     assert bench_private_uses({"bench/x.py": source}) == []

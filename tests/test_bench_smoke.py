@@ -132,7 +132,7 @@ def test_bench_convs_winograd_is_a_convolution_and_the_table_prints(tmp_path):
 @pytest.mark.slow  # over 5 s on 2 cores: the fast tier stays under 3 minutes
 def test_nets_and_diffusion_import_no_app_dependencies():
     code = (
-        "import sys, ddpm.nets, ddpm.diffusion; "
+        "import sys, ddpm.core.nets, ddpm.core.diffusion; "
         "bad = [m for m in ('hydra', 'omegaconf', 'lightning', 'wandb', 'diffusers', 'torch_fidelity') "
         "if m in sys.modules]; assert not bad, bad"
     )

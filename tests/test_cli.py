@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, cli_env, tiny_overrides
 from sampling_helpers import tiny_checkpoint
 
-from ddpm import cli
+from ddpm.core import cli
 
 
 def run(args: list[str], cwd: Path, **env: str):

@@ -6,16 +6,15 @@ Hydra starts the job; the commands that take only paths end their errors without
 from __future__ import annotations
 
 import importlib
-import runpy
 import sys
 import tomllib
 
 import pytest
 from conftest import ROOT
 
-from ddpm import cli
-from ddpm.checks import CHECKS
-from ddpm.config import CONF_DIR, SCHEMAS
+from ddpm.core import cli
+from ddpm.core.checks import CHECKS
+from ddpm.core.config import CONF_DIR, SCHEMAS
 
 SCRIPTS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
 HYDRA_COMMANDS = sorted(SCHEMAS.values())  # every conf/<name>.yaml with a command's schema
@@ -51,7 +50,7 @@ def test_each_console_script_target_answers_help(name, monkeypatch, capsys):
         assert out.startswith(f"usage: python -m ddpm.{script}") and "takes only paths" in out
 
 
-# one bad value per Hydra command (a key that only the value checks of ddpm.checks refuse, typed correctly)
+# one bad value per Hydra command (a key that only the value checks of ddpm.core.checks refuse, typed correctly)
 BAD_VALUES = {
     "train": ("optim.ema_decay=1.5", "optim.ema_decay=1.5 is not valid"),
     "sample": ("shard_size=0", "shard_size=0 is not valid"),
@@ -97,7 +96,7 @@ def test_each_hydra_command_refuses_a_bad_value_and_an_unknown_key(script, capsy
 
 def test_the_value_checks_pass_every_default_and_name_the_first_bad_key():
     """Each command's defaults pass; a bad value is refused at composition, naming its key."""
-    from ddpm.config import compose
+    from ddpm.core.config import compose
 
     for script in HYDRA_COMMANDS:
         compose(script, [])
@@ -114,7 +113,7 @@ def test_the_value_checks_pass_every_default_and_name_the_first_bad_key():
 
 
 def test_a_paths_command_ends_a_user_error_without_hydras_hint(tmp_path, monkeypatch, capsys):
-    """``ddpm-export`` calls ``ddpm.export:main`` without the ``__main__`` block: a user error still ends the
+    """``ddpm-export`` calls ``ddpm.commands.export:main`` without the ``__main__`` block: a user error still ends the
     command as one ``Error:`` line (through the hook the real command line installs), with the hint that works
     where Hydra never ran."""
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
@@ -130,10 +129,3 @@ def test_a_paths_command_ends_a_user_error_without_hydras_hint(tmp_path, monkeyp
     monkeypatch.setenv("DDPM_DEBUG", "1")  # the traceback, as promised
     sys.excepthook(info.type, info.value, info.tb)
     assert "Traceback" in capsys.readouterr().err
-
-
-def test_the_old_build_refstats_path_points_to_the_command(capsys):
-    with pytest.raises(SystemExit) as info:
-        runpy.run_module("ddpm.metrics.build_refstats", run_name="__main__")
-    assert str(info.value.code).startswith("Error: python -m ddpm.metrics.build_refstats moved: run python -m "
-                                           "ddpm.build_refstats")

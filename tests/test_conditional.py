@@ -17,11 +17,11 @@ import pytest
 import torch
 from sampling_helpers import sample_cfg, tiny_checkpoint
 
-from ddpm.config import SamplerConfig, compose
-from ddpm.diffusion import SAMPLERS, GaussianDiffusion
-from ddpm.diffusion.guidance import guided, with_labels
-from ddpm.generate import class_labels, generate, seeds_for
-from ddpm.nets import UNet
+from ddpm.core.config import SamplerConfig, compose
+from ddpm.core.diffusion import SAMPLERS, GaussianDiffusion
+from ddpm.core.diffusion.guidance import guided, with_labels
+from ddpm.core.nets import UNet
+from ddpm.services.generate import class_labels, generate, seeds_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def test_label_specs_depend_on_seed_and_index_only():
 def test_digits_labels_are_sklearns_targets_and_travel_with_their_images():
     from sklearn.datasets import load_digits
 
-    from ddpm.data import DigitsDataModule, EpochSampler
+    from ddpm.core.data import DigitsDataModule, EpochSampler
 
     dm = DigitsDataModule(batch_size=8)
     dm.with_labels = True
@@ -165,7 +165,7 @@ def test_digits_labels_are_sklearns_targets_and_travel_with_their_images():
 def test_image_folder_classes_are_the_sorted_subfolders(tmp_path):
     from PIL import Image
 
-    from ddpm.data import ImageFolderDataModule
+    from ddpm.core.data import ImageFolderDataModule
 
     for cls, n in (("zebra", 3), ("ant", 4)):
         (tmp_path / "cls" / cls).mkdir(parents=True)
@@ -190,9 +190,9 @@ def test_image_folder_classes_are_the_sorted_subfolders(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ training
 def _module(cond_drop_prob: float):
-    from ddpm.module import DiffusionModule
+    from ddpm.core.module import DiffusionModule
 
-    model = {"_target_": "ddpm.nets.UNet", "ch": 64, "ch_mult": [1], "num_res_blocks": 1, "attn_resolutions": [],
+    model = {"_target_": "ddpm.core.nets.UNet", "ch": 64, "ch_mult": [1], "num_res_blocks": 1, "attn_resolutions": [],
              "dropout": 0.0, "num_classes": 10}
     objective = {"mean_type": "eps", "var_type": "fixed_large", "loss_type": "mse", "cond_drop_prob": cond_drop_prob}
     optim = {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "warmup_steps": 0,
@@ -229,7 +229,7 @@ def test_label_dropout_rate_and_seed_address():
 @pytest.mark.parametrize("objective", ["simple", "hybrid", *(pytest.param(o, marks=pytest.mark.slow) for o in (
     "eps_vlb_fixed", "eps_vlb_learned", "mu_vlb_fixed", "mu_vlb_learned", "mu_mse"))])
 def test_every_objective_trains_conditionally_with_ema(tmp_path, tiny, objective):
-    from ddpm.training import train
+    from ddpm.commands.training import train
 
     # ch=64, one level: GroupNorm groups of 2 channels, so the class embedding gets a gradient (see tiny_unet)
     cfg = tiny(f"objective={objective}", "model.num_classes=10", "final_samples=10", "model.ch=64", "model.ch_mult=[1]",
@@ -267,7 +267,7 @@ def _npz(path):
 
 
 def test_sample_py_balanced_guided_labels_in_the_npz(cond_ckpt, tmp_path):
-    from ddpm.sampling import sample
+    from ddpm.commands.sampling import sample
 
     m = sample(sample_cfg(cond_ckpt, tmp_path / "a", "num_samples=12", "batch_size=5", "shard_size=7",
                           "guidance_scale=1.5", "sampler=ddim", "sampler.steps=5"))
@@ -286,7 +286,7 @@ def test_sample_py_balanced_guided_labels_in_the_npz(cond_ckpt, tmp_path):
 
 
 def test_unconditional_npz_has_no_labels(uncond_ckpt, tmp_path):
-    from ddpm.sampling import sample
+    from ddpm.commands.sampling import sample
 
     m = sample(sample_cfg(uncond_ckpt, tmp_path, "num_samples=3", "sampler=ddim", "sampler.steps=3"))
     assert list(_npz(tmp_path / "samples.npz")) == ["arr_0"] and "labels" not in m
@@ -303,7 +303,7 @@ def test_unconditional_npz_has_no_labels(uncond_ckpt, tmp_path):
 ])
 def test_bad_sampling_input_one_message_before_any_work(which, overrides, needle, cond_ckpt, uncond_ckpt, tmp_path,
                                                         monkeypatch):
-    from ddpm import sampling
+    from ddpm.commands import sampling
 
     monkeypatch.setattr(sampling, "generate", lambda *a, **k: pytest.fail("sampled before refusing"))
     ckpt = uncond_ckpt if which == "uncond" else cond_ckpt
@@ -319,7 +319,7 @@ def test_bad_sampling_input_one_message_before_any_work(which, overrides, needle
     (["model.num_classes=0"], "model.num_classes=0 is not valid"),
 ])
 def test_bad_training_input(overrides, needle, tiny, monkeypatch):
-    from ddpm import training
+    from ddpm.commands import training
 
     monkeypatch.setattr(training, "build_trainer", lambda *a, **k: pytest.fail("built a trainer before refusing"))
     with pytest.raises(ValueError) as e:
@@ -330,7 +330,7 @@ def test_bad_training_input(overrides, needle, tiny, monkeypatch):
 def test_num_classes_on_an_unlabelled_folder_is_refused(tiny, tmp_path, monkeypatch):
     from PIL import Image
 
-    from ddpm import training
+    from ddpm.commands import training
 
     for i in range(8):
         Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"{i}.png")
@@ -356,7 +356,7 @@ def test_the_cli_says_error_in_one_line(tmp_path, uncond_ckpt):
 
 @pytest.mark.slow
 def test_two_processes_give_the_same_images_and_labels(cond_ckpt, tmp_path):
-    from ddpm.sampling import sample
+    from ddpm.commands.sampling import sample
 
     sample(sample_cfg(cond_ckpt, tmp_path / "one", "num_samples=7", "batch_size=3", "shard_size=2",
                       "labels=random", "guidance_scale=1", "sampler=ddim", "sampler.steps=4"))
@@ -376,7 +376,7 @@ def test_two_processes_give_the_same_images_and_labels(cond_ckpt, tmp_path):
 
 @pytest.mark.slow
 def test_frontier_counts_a_guided_step_as_two_evaluations(cond_ckpt, uncond_ckpt, tmp_path):
-    from ddpm.frontier import frontier
+    from ddpm.commands.frontier import frontier
 
     base = ["samplers=[ddim]", "steps=[5]", "num_samples=10", "batch_size=10", "seed_sets=1", "num_boot=5",
             "fid.feature_extractor=digits", "progress=false", "device=cpu"]
@@ -385,7 +385,7 @@ def test_frontier_counts_a_guided_step_as_two_evaluations(cond_ckpt, uncond_ckpt
     assert [e["network_evaluations"] for e in guided_run["entries"]] == [20, 10]  # full chain T=10, ddim 5
     with np.load(tmp_path / "g" / "entries" / "ddim5" / "set0.npz") as z:  # the same images as sample.py's
         images = z["images"]
-    from ddpm.sampling import sample
+    from ddpm.commands.sampling import sample
 
     sample(sample_cfg(cond_ckpt, tmp_path / "s", "num_samples=10", "guidance_scale=2", "labels=[1,2]",
                       "sampler=ddim", "sampler.steps=5"))
@@ -400,8 +400,8 @@ def test_frontier_counts_a_guided_step_as_two_evaluations(cond_ckpt, uncond_ckpt
 
 @pytest.mark.slow
 def test_figure_classes_rows_are_classes_and_the_sweep_shares_noise(cond_ckpt, tmp_path):
-    from ddpm.figures import classes_figure, make_figure
-    from ddpm.loading import load_model
+    from ddpm.commands.figures import classes_figure, make_figure
+    from ddpm.services.loading import load_model
 
     loaded = load_model(cond_ckpt)
     fn, diff, shape = loaded.model_fn(), loaded.diffusion, loaded.image_shape
@@ -424,9 +424,9 @@ def test_figure_classes_rows_are_classes_and_the_sweep_shares_noise(cond_ckpt, t
 def test_fid_callback_takes_labels_and_guidance_as_sample_py(tmp_path):
     from conftest import tiny_overrides
 
-    from ddpm.callbacks.fid import FIDCallback
-    from ddpm.sampling import sample
-    from ddpm.training import train
+    from ddpm.commands.sampling import sample
+    from ddpm.commands.training import train
+    from ddpm.services.callbacks.fid import FIDCallback
 
     cfg = compose("train", tiny_overrides(tmp_path / "run", steps=4) + [
         "final_samples=0", "logger=none", "~callbacks.lr_monitor", "callbacks=fid", "model.num_classes=10",
@@ -446,7 +446,7 @@ def test_cifar10_labels_come_from_the_batches(tmp_path):
 
     from test_data import write_fake_cifar
 
-    from ddpm.data import CIFAR10DataModule
+    from ddpm.core.data import CIFAR10DataModule
 
     write_fake_cifar(tmp_path)
     folder = tmp_path / "cifar-10-batches-py"

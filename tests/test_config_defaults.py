@@ -1,9 +1,9 @@
 """Each default is written once (issue 21): what a user configures has its default in ``conf/``.
 
-* The callbacks (``_target_: ddpm.callbacks...``) have no Python default for an argument that their YAML sets
+* The callbacks (``_target_: ddpm.services.callbacks...``) have no Python default for an argument that their YAML sets
   (it is a required argument): checked on every option of every config group of every command.
 * Any other Python default of a class that a config instantiates (``_target_: ddpm...``: the UNet, the data
-  modules) and of the sampler's dataclass (``ddpm.config.SamplerConfig``) equals the YAML value where both exist, on the
+  modules) and of the sampler's dataclass (``ddpm.core.config.SamplerConfig``) equals the YAML value where both exist, on the
   paper's configurations (``train.py data=cifar10``, with ``callbacks=fid``; ``sample.py``; the tools'
   defaults): the code's defaults are the paper's, as the presets that differ (the quickstart's small UNet)
   say in their own YAML."""
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ddpm.config import CONF_DIR, compose
+from ddpm.core.config import CONF_DIR, compose
 
 # the primaries, and the group options each one takes (the rest of conf/ is reached through them)
 PRIMARIES = {"train": ("data", "model", "objective", "diffusion", "optim", "trainer", "sampler", "callbacks",
@@ -102,17 +102,17 @@ def disagreements(cfg: DictConfig, prefix: str = "ddpm") -> list[str]:
 
 
 def written_twice(cfg: DictConfig) -> list[str]:
-    """``key: target`` for every argument of a ``ddpm.callbacks`` target that its YAML sets and that also has a
+    """``key: target`` for every argument of a ``ddpm.services.callbacks`` target that its YAML sets and that also has a
     Python default."""
     return [f"{where}{name}: {node._target_} has a default ({default!r}) for a setting its YAML holds"
-            for where, node in _targets(cfg) if node._target_.startswith("ddpm.callbacks.")
+            for where, node in _targets(cfg) if node._target_.startswith("ddpm.services.callbacks.")
             for name, default in _python_defaults(node._target_).items() if name in node]
 
 
 def schema_disagreements(cfg: DictConfig) -> list[str]:
     """The same for the dataclass with Python defaults that types a node of ``cfg`` (the sampler's; the other
-    schemas are read from the YAML itself, ``ddpm.config.build_schemas``, so they cannot drift)."""
-    from ddpm import config as C
+    schemas are read from the YAML itself, ``ddpm.core.config.build_schemas``, so they cannot drift)."""
+    from ddpm.core import config as C
 
     bad = []
     schemas = {"sampler": C.SamplerConfig}
@@ -158,11 +158,11 @@ def test_the_check_fails_on_a_drifted_default():
     cfg = OmegaConf.create({"grid": {"_target_": f"{__name__}.Drifted", "every_n_steps": 10000, "seed": 0}})
     assert disagreements(cfg, prefix=__name__) == [
         f"grid.every_n_steps: {__name__}.Drifted default 5000 != YAML 10000"]
-    assert written_twice(OmegaConf.create({"cb": {"_target_": "ddpm.callbacks.SampleGrid", "seed": 0}})) == []
+    assert written_twice(OmegaConf.create({"cb": {"_target_": "ddpm.services.callbacks.SampleGrid", "seed": 0}})) == []
     sampler = compose("sample", ["paths.output_dir=/unused", "sampler.clip_denoised=false"])
     assert any("sampler.clip_denoised" in d for d in schema_disagreements(sampler))
     unet = compose("train", ["paths.output_dir=/unused", "data=cifar10", "model.dropout=0.2"])
-    assert any("model.dropout: ddpm.nets.UNet default 0.1 != YAML 0.2" in d for d in disagreements(unet))
+    assert any("model.dropout: ddpm.core.nets.UNet default 0.1 != YAML 0.2" in d for d in disagreements(unet))
 
 
 class Drifted:

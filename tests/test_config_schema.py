@@ -1,5 +1,5 @@
 """A setting is written once (issue 27): its YAML line gives its name, default and type, and the one validation
-pass (ddpm.config.validate_config, ddpm.checks) covers it. Composition only (no model, no data): fast."""
+pass (ddpm.core.config.validate_config, ddpm.core.checks) covers it. Composition only (no model, no data): fast."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hydra.errors import HydraException
 from omegaconf.errors import ValidationError
 
-from ddpm import cli
-from ddpm.config import CONF_DIR, compose, register_configs
+from ddpm.core import cli
+from ddpm.core.config import CONF_DIR, compose, register_configs
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_a_key_only_some_options_write_has_its_default_written_once(scratch_conf
         register_configs(scratch_conf)
 
 def test_the_types_come_from_the_yaml_values_or_the_keys_checks():
-    """``null`` types an optional string; a key with a check in ddpm.checks takes what its check allows (an
+    """``null`` types an optional string; a key with a check in ddpm.core.checks takes what its check allows (an
     integer, ``auto`` or a list for trainer.devices); lists keep their element type."""
     base = ["paths.output_dir=/unused"]
     assert compose("sample", [*base, "ckpt_path=123"]).ckpt_path == "123"  # str | None: a path, as text

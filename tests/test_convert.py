@@ -15,10 +15,11 @@ import diffusers  # noqa: E402  (a test extra: pip install -e .[test])
 import pytest
 import torch
 
-import ddpm.convert
-import ddpm.interop
-from ddpm.convert import main
-from ddpm.interop import (
+import ddpm.commands.convert
+import ddpm.services.interop
+from ddpm.commands.convert import main
+from ddpm.core.nets import UNet
+from ddpm.services.interop import (
     PRETRAINED,
     convert_diffusers_state_dict,
     load_converted,
@@ -28,7 +29,6 @@ from ddpm.interop import (
     save_converted,
     unet_kwargs_from_diffusers_config,
 )
-from ddpm.nets import UNet
 
 CIFAR10_CONFIG = dict(
     sample_size=32,
@@ -287,7 +287,7 @@ def test_resolve_pretrained_never_downloads_by_default(tmp_path):
     with pytest.raises(FileNotFoundError, match="local path"):
         resolve_pretrained(str(tmp_path / "nope" / "weights.safetensors"))
     # the bridge and its commands import huggingface_hub (and diffusers) lazily, never at module level
-    files = [Path(ddpm.convert.__file__), *Path(ddpm.interop.__file__).parent.glob("*.py")]
+    files = [Path(ddpm.commands.convert.__file__), *Path(ddpm.services.interop.__file__).parent.glob("*.py")]
     assert len(files) >= 8
     for file in files:
         tree = ast.parse(file.read_text())

@@ -1,4 +1,4 @@
-"""ddpm.data: paper scaling, splits, per-device batches, flips, CIFAR-10 and image folders from fake files.
+"""ddpm.core.data: paper scaling, splits, per-device batches, flips, CIFAR-10 and image folders from fake files.
 
 Nothing here downloads: CIFAR-10 and the image folders are tiny fakes written into tmp_path.
 """
@@ -18,7 +18,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from ddpm.data import (
+from ddpm.core.data import (
     CIFAR10DataModule,
     DatasetNotFoundError,
     DigitsDataModule,
@@ -110,7 +110,7 @@ def test_digits_shape_name_and_paper_scaling(digits: DigitsDataModule) -> None:
 
 def test_digits_splits_disjoint_and_deterministic(digits: DigitsDataModule) -> None:
     sizes = [digits.num_images(s) for s in ("train", "val", "test")]
-    assert sizes == [1437, 179, 181]  # ddpm.data.digits.digits_split_indices, shared with the classifier
+    assert sizes == [1437, 179, 181]  # ddpm.core.data.digits.digits_split_indices, shared with the classifier
     imgs = {s: digits.splits()[s].images.flatten(1) for s in ("train", "val", "test")}  # type: ignore[union-attr]
     # the same images again for the same seed, different ones for another seed
     again = DigitsDataModule(seed=0).splits()["val"].images  # type: ignore[union-attr]
@@ -118,7 +118,7 @@ def test_digits_splits_disjoint_and_deterministic(digits: DigitsDataModule) -> N
     other = DigitsDataModule(seed=1).splits()["val"].images  # type: ignore[union-attr]
     assert not torch.equal(other.flatten(1), imgs["val"])
     # disjoint by index: rebuild the index split the same way the module does
-    from ddpm.data.digits import digits_split_indices
+    from ddpm.core.data.digits import digits_split_indices
 
     sets = [set(i.tolist()) for i in digits_split_indices(1797, 0)]
     assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
@@ -306,7 +306,7 @@ class _RunsCode:
 
 def test_cifar10_batches_are_unpickled_without_running_code(tmp_path: Path) -> None:
     """The CIFAR-10 batches are somebody else's pickles: only arrays, lists and strings may come out of them."""
-    from ddpm.data.cifar10 import DataOnlyUnpickler, UnsafePickleError, read_cifar_batches
+    from ddpm.core.data.cifar10 import DataOnlyUnpickler, UnsafePickleError, read_cifar_batches
 
     train, _ = write_fake_cifar(tmp_path)
     folder = tmp_path / "cifar-10-batches-py"
@@ -369,7 +369,7 @@ def test_cifar10_download_only_when_asked(tmp_path: Path, monkeypatch: pytest.Mo
         raise RuntimeError("File not found or corrupted.")  # torchvision's md5 check on a proxy's HTML page
 
     monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", html_instead_of_archive)
-    from ddpm.io import DownloadError
+    from ddpm.core.io import DownloadError
 
     with pytest.raises(DownloadError) as err:
         CIFAR10DataModule(root=str(tmp_path / "elsewhere"), download=True).prepare_data()
@@ -389,7 +389,7 @@ def test_image_folder_mixed_files(tmp_path: Path) -> None:
     batch = next(iter(dm.train_dataloader()))
     assert batch.shape == (2, 3, 12, 12) and batch.dtype == torch.float32
     # grayscale -> 3 equal channels; exact-size image unchanged (RGBA on white: the test below, per pixel)
-    from ddpm.data.folder import load_image
+    from ddpm.core.data.folder import load_image
 
     gray = load_image(tmp_path / "imgs" / "sub" / "deeper" / "c.jpeg", 12)
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
@@ -405,7 +405,7 @@ def check_resize_short_side_then_center_crop(tmp_path: Path) -> None:
     Linear ramps make it a closed form: bicubic resampling reproduces a linear function, so resized pixel j (center
     at source coordinate 2 j + 0.5) holds the ramp's value there; crop column i is resized column i + 5. (A crop
     without the resize gives 6 (i + 15) in blue and 12 (i + 5) in red, an off-center crop other offsets.)"""
-    from ddpm.data.folder import load_image
+    from ddpm.core.data.folder import load_image
 
     arr = np.zeros((20, 40, 3), dtype=np.uint8)  # 40 wide, 20 high
     arr[..., 2] = 6 * np.arange(40)[None, :]  # blue: 6 x column
@@ -420,7 +420,7 @@ def check_resize_short_side_then_center_crop(tmp_path: Path) -> None:
 def check_composites_transparency_on_white(tmp_path: Path) -> None:
     """RGBA pixels come out as alpha c + (1 - alpha) 255 (alpha in [0, 1]), rounded: checked per pixel on an
     image of the exact size (no resize), from fully transparent (white) to opaque (the colour)."""
-    from ddpm.data.folder import load_image
+    from ddpm.core.data.folder import load_image
 
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 256, size=(12, 12, 4), dtype=np.uint8)
@@ -465,7 +465,7 @@ IMAGE_MUTATIONS = {
 def test_image_checks_catch_mutations(tmp_path: Path, monkeypatch, mutation: str) -> None:
     """The two checks above fail for a crop without the resize, a corner crop, a dropped alpha channel and
     compositing on black."""
-    from ddpm.data import folder
+    from ddpm.core.data import folder
 
     name, fn, check = IMAGE_MUTATIONS[mutation]
     monkeypatch.setattr(folder, name, fn)
@@ -489,7 +489,7 @@ def test_undecodable_file_is_named(tmp_path: Path) -> None:
     dm = ImageFolderDataModule(root=str(tmp_path), resolution=8, val_fraction=0, test_fraction=0)
     with pytest.raises(ImageDecodeError, match="broken.jpg"):
         list(dm.iter_uint8("train"))
-    from ddpm.data.folder import load_image
+    from ddpm.core.data.folder import load_image
 
     with pytest.raises(ImageDecodeError, match="quota.png") as err:
         load_image(tmp_path / "quota.png", 8)
@@ -528,7 +528,7 @@ def test_yaml_matches_class(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DDPM_DATA", raising=False)
     cfg = OmegaConf.load(CONF_DATA / f"{name}.yaml")
     cls = get_class(cfg._target_)
-    assert cfg._target_ == f"ddpm.data.{cls.__name__}"
+    assert cfg._target_ == f"ddpm.core.data.{cls.__name__}"
     keys = {k for k in cfg if k not in ("_target_", "defaults")}
     params: set[str] = set()
     for c in cls.__mro__:  # the class's own arguments, then its base's where it forwards **loader
@@ -549,7 +549,7 @@ def test_yaml_matches_class(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_failed_cifar10_download_says_how_and_leaves_no_empty_folder(tmp_path: Path, monkeypatch) -> None:
     import torchvision.datasets.utils
 
-    from ddpm.io import DownloadError
+    from ddpm.core.io import DownloadError
 
     def offline(url, root, filename=None, md5=None, **_):
         (Path(root) / filename).write_bytes(b"<html>partial")  # what a failed transfer may leave
@@ -563,7 +563,7 @@ def test_failed_cifar10_download_says_how_and_leaves_no_empty_folder(tmp_path: P
 
 
 def test_a_file_that_is_no_image_stops_the_run_before_training(tmp_path: Path, tiny) -> None:
-    from ddpm.training import train
+    from ddpm.commands.training import train
 
     root = tmp_path / "imgs"
     for i in range(6):
@@ -580,7 +580,7 @@ def test_a_file_that_is_no_image_stops_the_run_before_training(tmp_path: Path, t
 def test_more_workers_than_cpus_are_capped(monkeypatch) -> None:
     import os
 
-    from ddpm.data.base import usable_workers
+    from ddpm.core.data.base import usable_workers
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     assert usable_workers(4) == 2 and usable_workers(1) == 1 and usable_workers(0) == 0

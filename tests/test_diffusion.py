@@ -1,4 +1,4 @@
-"""Tests of ddpm.diffusion math against closed forms and independent computations (CPU, fast)."""
+"""Tests of ddpm.core.diffusion math against closed forms and independent computations (CPU, fast)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from ddpm.diffusion import (
+from ddpm.core.diffusion import (
     GaussianDiffusion,
     LossType,
     MeanType,
@@ -20,7 +20,7 @@ from ddpm.diffusion import (
     mean_flat,
     normal_kl,
 )
-from ddpm.diffusion.schedules import schedule_name
+from ddpm.core.diffusion.schedules import schedule_name
 
 LN2 = math.log(2.0)
 
@@ -473,7 +473,7 @@ def test_bpd_by_hand_tiny_case():
 
 
 def test_calc_bpd_loop_one_forward_per_t_and_t_batch():
-    from ddpm.diffusion import SeededNoise
+    from ddpm.core.diffusion import SeededNoise
 
     T = 10
     d = GaussianDiffusion.from_config("linear", T, loss_type="mse")

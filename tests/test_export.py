@@ -22,24 +22,24 @@ import yaml
 from conftest import ROOT, cli_env
 from sampling_helpers import tiny_checkpoint
 
-from ddpm import interop
-from ddpm.convert import main as convert_main
-from ddpm.diffusion import (
+from ddpm.commands.convert import main as convert_main
+from ddpm.commands.export import main
+from ddpm.core.diffusion import (
     SAMPLERS,
     GaussianDiffusion,
     respace,
     space_timesteps,
 )
-from ddpm.export import main
-from ddpm.interop import (
+from ddpm.core.nets import UNet
+from ddpm.services import interop
+from ddpm.services.interop import (
     NotExportableError,
     check_exportable,
     diffusers_scheduler_config,
     diffusers_unet_config,
     export_pipeline,
 )
-from ddpm.loading import load_model
-from ddpm.nets import UNet
+from ddpm.services.loading import load_model
 
 diffusers.utils.logging.set_verbosity_error()
 diffusers.utils.logging.disable_progress_bar()
@@ -327,7 +327,7 @@ def run_dir(tmp_path_factory):
     (run / "eval" / "nll").mkdir(parents=True)
     (run / "eval" / "nll" / "nll.json").write_text(json.dumps(
         {"bpd": 1.987, "num_images": 64, "split": "test", "num_timesteps": 10}))
-    from ddpm.io import save_png
+    from ddpm.core.io import save_png
     save_png(torch.zeros(10, 10, 3, dtype=torch.uint8), run / "samples.png")
     return run
 
@@ -383,7 +383,7 @@ def test_export_command_writes_a_hub_folder(run_dir, tmp_path, capsys):
 
 @pytest.mark.slow  # over 5 s on 2 cores: the fast tier stays under 3 minutes
 def test_mu_run_is_refused_with_one_line(run_dir, tmp_path):
-    from ddpm.io import safe_load_checkpoint
+    from ddpm.core.io import safe_load_checkpoint
 
     ckpt = safe_load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     ckpt["hyper_parameters"]["objective"] = {"mean_type": "mu", "var_type": "fixed_large", "loss_type": "mse"}

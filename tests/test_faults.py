@@ -26,11 +26,11 @@ import torch
 from conftest import ROOT, cli_env, tiny_overrides
 from sampling_helpers import sample_cfg, tiny_checkpoint
 
-from ddpm import cli
-from ddpm.io import safe_load_checkpoint
-from ddpm.training import train
+from ddpm.commands.training import train
+from ddpm.core import cli
+from ddpm.core.io import safe_load_checkpoint
 
-TEMP = re.compile(r"^\..+\.[^.]+\.tmp(\.\w+)?$")  # ddpm.io.atomic_write's temporary names
+TEMP = re.compile(r"^\..+\.[^.]+\.tmp(\.\w+)?$")  # ddpm.core.io.atomic_write's temporary names
 
 
 class _FullFile:
@@ -101,7 +101,7 @@ def temp_files_under(root: Path) -> list[Path]:
 
 
 def fails_cleanly(fn) -> None:
-    """``fn()`` run as a command runs it (ddpm.cli): a user error is one ``Error:`` line and exit status 1."""
+    """``fn()`` run as a command runs it (ddpm.core.cli): a user error is one ``Error:`` line and exit status 1."""
     with pytest.raises(SystemExit) as info, cli.user_errors():
         fn()
     assert info.value.code == 1
@@ -155,7 +155,7 @@ def ckpt(tmp_path_factory):
 def test_full_disk_in_sample_py(ckpt, tmp_path, full_disk, capsys, name):
     """sample.py: a shard, samples.npz, metrics.json, the grid: one line naming it; the earlier complete outputs
     stay (a rerun continues from the shards), no temp file."""
-    from ddpm.sampling import sample
+    from ddpm.commands.sampling import sample
 
     out = tmp_path / "samples"
     cfg = sample_cfg(ckpt, out, "num_samples=6", "batch_size=3", "shard_size=3")
@@ -172,12 +172,12 @@ def test_full_disk_at_the_frontier_report_and_export(ckpt, tmp_path, full_disk, 
     """The sampler frontier's table, the report's output file, an exported pipeline's files."""
     from test_report import write_job
 
-    from ddpm.config import compose
-    from ddpm.diffusion import GaussianDiffusion
-    from ddpm.export import export_pipeline
-    from ddpm.frontier import frontier
-    from ddpm.nets import UNet
-    from ddpm.report import options, report
+    from ddpm.commands.export import export_pipeline
+    from ddpm.commands.frontier import frontier
+    from ddpm.commands.report import options, report
+    from ddpm.core.config import compose
+    from ddpm.core.diffusion import GaussianDiffusion
+    from ddpm.core.nets import UNet
 
     frontier_cfg = compose("frontier", [f"ckpt_path={ckpt}", "samplers=[ddim]", "steps=[3]", "num_samples=6",
                                         "batch_size=6", "seed_sets=1", "num_boot=5", "fid.feature_extractor=digits",

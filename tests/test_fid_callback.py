@@ -6,15 +6,15 @@ import pytest
 from conftest import tiny_overrides
 from sampling_helpers import sample_cfg
 
-from ddpm.callbacks.fid import FIDCallback
-from ddpm.sampling import sample
+from ddpm.commands.sampling import sample
+from ddpm.services.callbacks.fid import FIDCallback
 
 
 def _fid_callback(*overrides: str) -> FIDCallback:
     """The callback of ``callbacks=fid`` (its settings from conf/callbacks/fid.yaml) with ``overrides``."""
     from hydra.utils import instantiate
 
-    from ddpm.config import compose
+    from ddpm.core.config import compose
 
     cfg = compose("train", ["paths.output_dir=/unused", "callbacks=fid", *overrides])
     return instantiate(cfg.callbacks.fid)
@@ -38,8 +38,8 @@ def test_callback_key_names():
 def test_callback_agrees_with_sample_py(tmp_path):
     """Train a tiny model with callbacks=fid (FID at the last step, raw weights), then sample.py on the final
     checkpoint with the same seed/N/sampler: the same images, hence the same FID and IS."""
-    from ddpm.config import compose
-    from ddpm.training import train
+    from ddpm.commands.training import train
+    from ddpm.core.config import compose
 
     steps, n = 4, 12
     cfg = compose(

@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 from sampling_helpers import tiny_checkpoint
 
-from ddpm import figures
-from ddpm.data import model_to_uint8 as to_uint8
-from ddpm.generate import generate, seeds_for
-from ddpm.loading import load_model, model_datamodule
+from ddpm.commands import figures
+from ddpm.core.data import model_to_uint8 as to_uint8
+from ddpm.services.generate import generate, seeds_for
+from ddpm.services.loading import load_model, model_datamodule
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def model(tmp_path_factory):
 
 def _figure(*overrides: str):
     """``python -m ddpm.figures OVERRIDES`` in this process."""
-    from ddpm.config import compose
+    from ddpm.core.config import compose
 
     return figures.make_figure(compose("figures", list(overrides)))
 
@@ -147,7 +147,7 @@ def test_figure_commands(model, tmp_path):
 def test_progressive_and_interpolation_with_dpm_solver_by_name(model, tmp_path):
     """sampler=dpm_solver steps=N: the progressive figure's last column is what sample.py's dpm_solver draws
     for the same seeds; its columns are x0-hat at the solver's own timesteps; shared_xt refuses it."""
-    from ddpm.config import SamplerConfig
+    from ddpm.core.config import SamplerConfig
 
     ckpt, m = model
     x, ts = figures.progressive_chain(m.model_fn(), m.diffusion, m.image_shape, num_images=3, frames=4, seed=4,
@@ -252,7 +252,7 @@ def test_labelled_grid_warns_nothing_and_draws_each_label_over_its_own_cell(tmp_
 
 def test_interpolation_command_with_a_bad_t_is_one_clean_error(model, tmp_path, capsys, monkeypatch):
     """python -m ddpm.figures figure=interpolation ckpt_path=RUN figure.t=5000 ended in an IndexError."""
-    from ddpm.cli import user_errors
+    from ddpm.core.cli import user_errors
 
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     ckpt, _ = model

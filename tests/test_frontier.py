@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sampling_helpers import sample_cfg, tiny_checkpoint
 
-from ddpm.config import compose
-from ddpm.frontier import frontier, summarise
-from ddpm.sampling import sample
+from ddpm.commands.frontier import frontier, summarise
+from ddpm.commands.sampling import sample
+from ddpm.core.config import compose
 
 
 def test_summary_finds_the_smallest_steps_within_tolerance():
@@ -80,10 +80,10 @@ def test_frontier_on_a_tiny_model(tmp_path_factory, tmp_path, monkeypatch):
         with np.load(out / "entries" / "full_chain" / f"set{k}.npz") as z:
             np.testing.assert_array_equal(z["images"].transpose(0, 2, 3, 1), images[-1][..., :1])
             pooled.append(z["images"])
-    # the pooled FID is sample.py's scorer (ddpm.metrics.samples, not the frontier's pooling) on the 24 images of
+    # the pooled FID is sample.py's scorer (ddpm.services.metrics.samples, not the frontier's pooling) on the 24 images of
     # both sets together; the mean of the per-set FIDs (what a frontier that did not pool would report) is not it
-    from ddpm.loading import load_model, model_datamodule
-    from ddpm.metrics.samples import load_extractor, score_samples
+    from ddpm.services.loading import load_model, model_datamodule
+    from ddpm.services.metrics.samples import load_extractor, score_samples
 
     cfg = compose("frontier", args)
     datamodule = model_datamodule(load_model(ckpt, None, True), None, "test")
@@ -103,7 +103,7 @@ def test_frontier_on_a_tiny_model(tmp_path_factory, tmp_path, monkeypatch):
 
     # the restating command: the same command on a finished directory rescores the stored samples and samples
     # nothing (every extractor's figures and every verdict come back the same)
-    import ddpm.frontier as frontier_module
+    import ddpm.commands.frontier as frontier_module
 
     def no_sampling(*a, **k):
         raise AssertionError("the restating run sampled")
@@ -115,8 +115,8 @@ def test_frontier_on_a_tiny_model(tmp_path_factory, tmp_path, monkeypatch):
 
 
 def test_frontier_includes_every_registered_sampler_by_default():
-    from ddpm.diffusion import SAMPLERS
-    from ddpm.frontier import entries_for
+    from ddpm.commands.frontier import entries_for
+    from ddpm.core.diffusion import SAMPLERS
 
     cfg = compose("frontier", ["ckpt_path=x"])
     names = [s.name for s in entries_for(cfg, 1000)]

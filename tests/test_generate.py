@@ -1,13 +1,13 @@
-"""The seeds -> images service (ddpm.generate): how each sampler reads each kind of network."""
+"""The seeds -> images service (ddpm.services.generate): how each sampler reads each kind of network."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ddpm.config import SamplerConfig
-from ddpm.diffusion import GaussianDiffusion
-from ddpm.generate import generate
+from ddpm.core.config import SamplerConfig
+from ddpm.core.diffusion import GaussianDiffusion
+from ddpm.services.generate import generate
 
 T = 50
 SHAPE = (1, 4, 4)
@@ -74,9 +74,9 @@ def test_fixed_variance_on_a_learned_variance_network_uses_its_mean_channels(var
 
 
 def test_dpm_solver_by_name_is_the_core_solver_and_ignores_a_learned_variance():
-    """sampler=dpm_solver runs ddpm.diffusion's DPM-Solver++(2M) on the full chain (no respacing) with the
+    """sampler=dpm_solver runs ddpm.core.diffusion's DPM-Solver++(2M) on the full chain (no respacing) with the
     sampler's steps; a learned-variance network's variance channels are not used."""
-    from ddpm.diffusion import SAMPLERS, SeededNoise
+    from ddpm.core.diffusion import SAMPLERS, SeededNoise
 
     eps_diff = GaussianDiffusion.from_config("linear", T, "eps", "fixed_large", "mse")
     learned = GaussianDiffusion.from_config("linear", T, "eps", "learned_range", "hybrid")

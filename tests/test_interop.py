@@ -1,4 +1,4 @@
-"""The diffusers bridge both ways (:mod:`ddpm.interop`): one name table, and round trips that are bit-identical.
+"""The diffusers bridge both ways (:mod:`ddpm.services.interop`): one name table, and round trips that are bit-identical.
 
 ``convert(export(run))`` starts from our network and diffusion; ``export(convert(weights))`` starts from a folder
 that diffusers itself wrote (``UNet2DModel`` + ``DDPMScheduler`` with a named schedule, no ``trained_betas``),
@@ -18,13 +18,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddpm import interop
-from ddpm.convert import main as convert_main
-from ddpm.diffusion import GaussianDiffusion, get_beta_schedule
-from ddpm.export import main as export_main
-from ddpm.interop import PREDICTIONS, SCHEDULES, VARIANCES, NotExportableError
-from ddpm.loading import load_model
-from ddpm.nets import UNet
+from ddpm.commands.convert import main as convert_main
+from ddpm.commands.export import main as export_main
+from ddpm.core.diffusion import GaussianDiffusion, get_beta_schedule
+from ddpm.core.nets import UNet
+from ddpm.services import interop
+from ddpm.services.interop import PREDICTIONS, SCHEDULES, VARIANCES, NotExportableError
+from ddpm.services.loading import load_model
 
 diffusers.utils.logging.set_verbosity_error()
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -200,8 +200,8 @@ def test_export_of_convert_is_bit_identical(schedule, mean_type, var_type, tmp_p
 
 @pytest.mark.parametrize("main", [convert_main, export_main], ids=["convert", "export"])
 def test_the_commands_fail_with_one_error_line_and_write_nothing(main, tmp_path, capsys, monkeypatch):
-    """As ``python -m ddpm.convert`` / ``ddpm.export`` run them (``__main__``: ``ddpm.cli.user_errors``)."""
-    from ddpm.cli import user_errors
+    """As ``python -m ddpm.convert`` / ``ddpm.commands.export`` run them (``__main__``: ``ddpm.core.cli.user_errors``)."""
+    from ddpm.core.cli import user_errors
 
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.delenv("DDPM_DEBUG", raising=False)

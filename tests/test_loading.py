@@ -1,4 +1,4 @@
-"""``ddpm.loading`` reading a training checkpoint: what it needs is in the checkpoint, or one clean error."""
+"""``ddpm.services.loading`` reading a training checkpoint: what it needs is in the checkpoint, or one clean error."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ddpm.io import CheckpointError
-from ddpm.loading import load_model
-from ddpm.module import DiffusionModule
+from ddpm.core.io import CheckpointError
+from ddpm.core.module import DiffusionModule
+from ddpm.services.loading import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

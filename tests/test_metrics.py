@@ -1,4 +1,4 @@
-"""ddpm.metrics: float64 FID/IS, RefStats files, streaming metric, torch-fidelity agreement, digits extractor.
+"""ddpm.services.metrics: float64 FID/IS, RefStats files, streaming metric, torch-fidelity agreement, digits extractor.
 
 Offline: the only network is the digits CNN, trained once per session into a temporary cache dir (seconds).
 The Inception network is never constructed here.
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.data import model_to_uint8
-from ddpm.data.digits import digits_split, digits_split_indices
-from ddpm.metrics import (
+from ddpm.core.data import model_to_uint8
+from ddpm.core.data.digits import digits_split, digits_split_indices
+from ddpm.services.metrics import (
     RefStats,
     StreamingFIDIS,
     build_ref_stats,
@@ -32,8 +32,8 @@ from ddpm.metrics import (
     stats_from_features,
     to_nchw_uint8,
 )
-from ddpm.metrics.digits_classifier import CLASSIFIER_VERSION
-from ddpm.metrics.digits_score import digits_train_ref_stats
+from ddpm.services.metrics.digits_classifier import CLASSIFIER_VERSION
+from ddpm.services.metrics.digits_score import digits_train_ref_stats
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +75,7 @@ def test_fewer_samples_than_dimensions_use_the_exact_low_rank_trace(n):
     leading eigenvectors) equals scipy's d x d sqrtm; n >= d keeps the sqrtm path (no factor)."""
     import scipy.linalg
 
-    from ddpm.metrics.fid import low_rank_factor
+    from ddpm.services.metrics.fid import low_rank_factor
 
     rng = np.random.default_rng(n)
     d = 48
@@ -338,8 +338,8 @@ def test_load_or_build_builds_once(tmp_path, ext):
 
 
 def test_refstats_command_digits(tmp_path, cache_dir, monkeypatch, ext):
-    from ddpm.build_refstats import build_refstats
-    from ddpm.config import compose
+    from ddpm.commands.build_refstats import build_refstats
+    from ddpm.core.config import compose
 
     monkeypatch.setenv("DDPM_CACHE", str(cache_dir))
     path = build_refstats(compose("build_refstats", ["data=digits", "split=train", "feature_extractor=digits",
@@ -373,12 +373,12 @@ def test_digits_quality_on_sampler_output(ext):
 
 
 def test_refstats_command_folder_and_batch_iterables(tmp_path, cache_dir, monkeypatch, ext):
-    """An image folder is read by the data layer's reader (ddpm.data.folder), all of it with no held-out
+    """An image folder is read by the data layer's reader (ddpm.core.data.folder), all of it with no held-out
     fractions."""
     from PIL import Image
 
-    from ddpm.build_refstats import build_refstats
-    from ddpm.config import compose
+    from ddpm.commands.build_refstats import build_refstats
+    from ddpm.core.config import compose
 
     monkeypatch.setenv("DDPM_CACHE", str(cache_dir))
     x = digits_split("val")[0][:12]

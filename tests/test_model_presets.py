@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ddpm.config import compose, to_container
+from ddpm.core.config import compose, to_container
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -67,7 +67,7 @@ def test_the_users_choice_still_wins():
     (["model=for_resolution"], ["no data.resolution", "model=NAME"]),  # digits: 8x8 without that key
 ])
 def test_a_resolution_without_a_network_is_one_clean_error(overrides, needles, capsys, monkeypatch):
-    from ddpm import cli
+    from ddpm.core import cli
 
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(SystemExit) as info:

@@ -11,12 +11,12 @@ import pytest
 import torch
 from sampling_helpers import tiny_checkpoint
 
-from ddpm.nll import evaluate_nll
+from ddpm.commands.nll import evaluate_nll
 
 
 def nll_cfg(ckpt, out_dir, *extra: str):
     """conf/nll.yaml composed for ``ckpt`` on the CPU, as ``python -m ddpm.nll`` composes it."""
-    from ddpm.config import compose
+    from ddpm.core.config import compose
 
     return compose("nll", [f"ckpt_path={ckpt}", f"out_dir={out_dir}", "progress=false", "trainer.accelerator=cpu",
                            *extra])
@@ -28,10 +28,10 @@ def ckpt(tmp_path_factory):
 
 
 def test_nll_command_equals_calc_bpd_loop(ckpt, tmp_path):
-    from ddpm.data.base import uint8_to_model
-    from ddpm.diffusion import SeededNoise
-    from ddpm.generate import seeds_for
-    from ddpm.loading import load_model, model_datamodule
+    from ddpm.core.data.base import uint8_to_model
+    from ddpm.core.diffusion import SeededNoise
+    from ddpm.services.generate import seeds_for
+    from ddpm.services.loading import load_model, model_datamodule
 
     summary = evaluate_nll(nll_cfg(ckpt, tmp_path, "max_images=5", "batch_size=2", "seed=3"))
     # the same images, the same noise, one batch of 5 (the command used batches of 2)

@@ -14,9 +14,9 @@ import yaml
 from conftest import ROOT, TINY_MODEL, cli_env, run_cli
 from test_report import SIMPLE, _noisy, legend, main, rows_by_objective, write_job, write_seed_set
 
-from ddpm import cli
-from ddpm.config import compose
-from ddpm.report.jobs import EXTENDED_ROWS, objective_name
+from ddpm.commands.report.jobs import EXTENDED_ROWS, objective_name
+from ddpm.core import cli
+from ddpm.core.config import compose
 
 SWEEP = yaml.safe_load((ROOT / "conf" / "sweep" / "objectives_digits.yaml").read_text())
 ROWS = SWEEP["hydra"]["sweeper"]["params"]["+row"].split(",")
@@ -65,7 +65,7 @@ def test_extended_rows_are_reported_and_paired_against_l_simple(tmp_path):
     """Hand-built rows on the same seeds: a row of real digits is better than L_simple (noisy digits) on every set,
     a noisier row worse; the table lists each extended row with its fields, and finding (5) states each one's paired
     verdict against the paper's row; the Table 2 findings whose rows were not run are left out."""
-    from ddpm.data.digits import digits_split
+    from ddpm.core.data.digits import digits_split
 
     real = digits_split("train")[0].numpy()
     base = [real[np.random.default_rng(k).choice(len(real), 32, replace=False)] for k in range(3)]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ddpm.metrics.fid import frechet_distance
-from ddpm.metrics.pooled import (
+from ddpm.services.metrics.fid import frechet_distance
+from ddpm.services.metrics.pooled import (
     OPPOSITE,
     REPRODUCED,
     UNRESOLVED,
@@ -17,7 +17,7 @@ from ddpm.metrics.pooled import (
     verdict,
     verdict_interval,
 )
-from ddpm.metrics.refstats import RefStats, stats_from_features
+from ddpm.services.metrics.refstats import RefStats, stats_from_features
 
 
 def _ref(d=4):
@@ -92,7 +92,7 @@ def test_paired_bootstrap_of_another_statistic():
 
 
 def test_pooled_scores_with_the_reference_features_add_kid_fid_inf_and_the_class_mix():
-    from ddpm.metrics.classmix import kid_and_class_mix
+    from ddpm.services.metrics.classmix import kid_and_class_mix
 
     rng = np.random.default_rng(5)
     sets = _sets(rng, 0.2, k=2, n=150)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ddpm.metrics.classmix import class_histogram, class_kl, class_weights, kid_and_class_mix, weighted_stats
-from ddpm.metrics.fid import frechet_distance
-from ddpm.metrics.kid import fid_infinity, kid, mmd2_unbiased
-from ddpm.metrics.pooled import (
+from ddpm.services.metrics.classmix import class_histogram, class_kl, class_weights, kid_and_class_mix, weighted_stats
+from ddpm.services.metrics.fid import frechet_distance
+from ddpm.services.metrics.kid import fid_infinity, kid, mmd2_unbiased
+from ddpm.services.metrics.pooled import (
     EXTRACTOR_DEPENDENT,
     OPPOSITE,
     REPRODUCED,
@@ -18,7 +18,7 @@ from ddpm.metrics.pooled import (
     verdict,
     verdict_interval,
 )
-from ddpm.metrics.refstats import stats_from_features
+from ddpm.services.metrics.refstats import stats_from_features
 
 
 # --- KID -------------------------------------------------------------------------------------------------------
@@ -186,9 +186,9 @@ def test_verdict_needs_a_sign():
 def test_extractor_b_is_accurate_cached_and_not_extractor_a(tmp_path):
     import torch
 
-    from ddpm.data.digits import digits_split
-    from ddpm.metrics import get_extractor
-    from ddpm.metrics.digits_classifier import CLASSIFIER_B_VERSION, DigitsExtractor, classifier_metadata
+    from ddpm.core.data.digits import digits_split
+    from ddpm.services.metrics import get_extractor
+    from ddpm.services.metrics.digits_classifier import CLASSIFIER_B_VERSION, DigitsExtractor, classifier_metadata
 
     meta = classifier_metadata(variant="b")
     assert meta["version"] == CLASSIFIER_B_VERSION
@@ -208,7 +208,7 @@ def test_extractor_b_is_accurate_cached_and_not_extractor_a(tmp_path):
 def test_extractor_b_training_is_deterministic():
     import torch
 
-    from ddpm.metrics.digits_classifier import train_digits_classifier_b
+    from ddpm.services.metrics.digits_classifier import train_digits_classifier_b
 
     (n1, acc1), (n2, acc2) = train_digits_classifier_b(), train_digits_classifier_b()
     assert acc1 == acc2
@@ -216,8 +216,8 @@ def test_extractor_b_training_is_deterministic():
 
 
 def test_digits_scores_name_both_extractors_and_keep_a_unchanged():
-    from ddpm.data.digits import digits_split
-    from ddpm.metrics.digits_score import digits_quality, flat_digits_scores
+    from ddpm.core.data.digits import digits_split
+    from ddpm.services.metrics.digits_score import digits_quality, flat_digits_scores
 
     x, _ = digits_split("val")
     flat = flat_digits_scores(x[:120])
@@ -239,9 +239,9 @@ def test_quickstart_vs_real_restates_from_stored_sets_with_both_extractors(tmp_p
     import sys
     from pathlib import Path
 
-    from ddpm.data.digits import digits_split
-    from ddpm.metrics.digits_classifier import DigitsExtractorB
-    from ddpm.metrics.digits_score import against_real, digits_quality
+    from ddpm.core.data.digits import digits_split
+    from ddpm.services.metrics.digits_classifier import DigitsExtractorB
+    from ddpm.services.metrics.digits_score import against_real, digits_quality
 
     real = digits_split("train")[0].numpy()  # [N, 1, 8, 8]
     dirs, sets = [], []

@@ -56,8 +56,8 @@ def test_default_train_py_makes_digits(tmp_path):
     assert (run_dir / "samples.png").is_file()
     metrics = json.loads((run_dir / "metrics.json").read_text())
 
-    from ddpm.config import compose
-    from ddpm.metrics.digits_score import digits_reference_scores
+    from ddpm.core.config import compose
+    from ddpm.services.metrics.digits_score import digits_reference_scores
 
     recipe = compose("train", ["paths.output_dir=unused"])
     assert recipe.trainer.max_time is None  # a step budget, not a time cap: the same model on every machine

@@ -1,7 +1,7 @@
 """Every shell command in README.md's fenced ``bash``/``sh``/``shell``/``console`` blocks is checked against the
 project, without running it (issue 30): a Hydra command (``python train.py``, ``python sample.py``,
 ``python -m ddpm.<tool>`` with a ``conf/<tool>.yaml``, or its ``ddpm-<tool>`` console script) is composed with
-its overrides through Hydra's compose API and the project's checks (:func:`ddpm.config.compose`), so every key
+its overrides through Hydra's compose API and the project's checks (:func:`ddpm.core.config.compose`), so every key
 it names must exist in the config it composes and every value must pass the checks a run makes first; a
 multirun is composed once per swept value. Every ``python -m`` module must import; a ``python some/file.py``
 must exist; every ``pip install '.[extra]'`` extra must be in pyproject.toml. Placeholders (``RUN``, ``OUT``,
@@ -125,8 +125,8 @@ def _composes(config: str, args: list[str]) -> list[str]:
     """Compose ``conf/<config>.yaml`` with the command's overrides (each swept value once for ``-m``)."""
     from hydra.errors import HydraException
 
-    from ddpm.cli import _composition_message, sweep_variants
-    from ddpm.config import compose
+    from ddpm.core.cli import _composition_message, sweep_variants
+    from ddpm.core.config import compose
 
     kept, skip = [], False
     for a in args:  # Hydra's own flags (--cfg job, --help, ...) are not overrides
@@ -174,7 +174,7 @@ def test_extraction_joins_continuations_splits_chains_and_drops_comments():
     ("python train.py optim.lrr=1", "optim.lrr: no such option"),
     ("python train.py -m sweep=table2_digits objective=simple,simpel", "objective=simpel: no such option"),
     ("python sample.py ckpt_path=RUN sampler=ddm", "sampler=ddm: no such option"),
-    ("python -m ddpm.metrics.build_refstats data=cifar10 fid.inception_weights=PATH", "fid.inception_weights"),
+    ("python -m ddpm.build_refstats data=cifar10 fid.inception_weights=PATH", "fid.inception_weights"),
     ("python -m ddpm.no_such_tool x", "does not import"),
     ("python bench/no_such_bench.py", "no such file"),
     ("pip install -e '.[nosuchextra]'", "pip extra [nosuchextra]"),
@@ -190,7 +190,7 @@ def test_a_wrong_command_is_reported(command, needle):
     "python train.py -m sweep=table2 data=cifar10 hydra/launcher=submitit_slurm hydra.launcher.gpus_per_node=8",
     "python -m ddpm.report multirun_dir=multirun/table2/cifar10 evaluate=true devices=8",
     "OMP_NUM_THREADS=1 python sample.py ckpt_path=RUN sampler=ddim sampler.steps=50 --cfg job",
-    "python -m ddpm.metrics.build_refstats data=cifar10 split=train inception_weights=PATH",
+    "python -m ddpm.build_refstats data=cifar10 split=train inception_weights=PATH",
 ])
 def test_a_right_command_passes(command):
     assert check(command) == []

@@ -1,4 +1,4 @@
-"""One reading of a run directory's metric files (:mod:`ddpm.metrics.records`), shared by the report's table and
+"""One reading of a run directory's metric files (:mod:`ddpm.services.metrics.records`), shared by the report's table and
 the export's model card: the same files give the same figures with the same protocol in both."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm.metrics.records import evaluations, sampler_text, train_records, train_summary
+from ddpm.services.metrics.records import evaluations, sampler_text, train_records, train_summary
 
 
 def _run(tmp_path: Path) -> Path:
@@ -55,8 +55,8 @@ def test_records_read_every_figure_once_with_its_protocol(tmp_path):
 
 
 def test_the_report_and_the_model_card_show_the_same_figures(tmp_path):
-    from ddpm.export import run_metrics
-    from ddpm.report.jobs import read_job
+    from ddpm.commands.export import run_metrics
+    from ddpm.commands.report.jobs import read_job
 
     run = _run(tmp_path)
     (run / ".hydra").mkdir()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.diffusion import (
+from ddpm.core.diffusion import (
     SAMPLERS,
     GaussianDiffusion,
     SeededNoise,
@@ -23,7 +23,7 @@ from ddpm.diffusion import (
     respace,
     space_timesteps,
 )
-from ddpm.diffusion import solvers as S
+from ddpm.core.diffusion import solvers as S
 
 T = 1000
 SHAPE = (6, 1, 4, 4)

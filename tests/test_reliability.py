@@ -22,9 +22,9 @@ import torch
 from conftest import cli_env
 from PIL import Image
 
-from ddpm.config import compose
-from ddpm.io import atomic_torch_save, safe_load_checkpoint
-from ddpm.training import train
+from ddpm.commands.training import train
+from ddpm.core.config import compose
+from ddpm.core.io import atomic_torch_save, safe_load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def _resume_overrides(tmp_path: Path, total: int, accumulate: int) -> list[str]:
 def test_resume_is_bit_identical_to_a_straight_run(tmp_path, tiny, accumulate, batch, total, every, monkeypatch):
     """2N steps straight == N steps, stop, ckpt_path=last, N more: weights, EMA, optimizer, LR, step, data.
 
-    Also when N falls inside an epoch: the training loader is stateful (ddpm.data.ResumableDataLoader), so the
+    Also when N falls inside an epoch: the training loader is stateful (ddpm.core.data.ResumableDataLoader), so the
     resumed run continues that epoch with exactly the batches, order and flips the straight run trains on.
     """
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -218,7 +218,7 @@ def test_unknown_preemption_signal_is_a_clear_error(tiny):
 # ------------------------------------------------------------------------------------------- atomic writes
 _WRITER = """
 import sys, torch
-from ddpm.io import atomic_torch_save
+from ddpm.core.io import atomic_torch_save
 path = sys.argv[1]
 i = 0
 while True:
@@ -244,7 +244,7 @@ def test_kill_9_while_writing_leaves_a_complete_checkpoint(tmp_path, delay):
     ckpt = safe_load_checkpoint(target)
     assert ckpt["version"] >= 1
     assert torch.equal(ckpt["data"], torch.full((2_000_000,), float(ckpt["version"])))
-    from ddpm.resume import resolve_ckpt_path
+    from ddpm.services.resume import resolve_ckpt_path
 
     assert resolve_ckpt_path("last", tmp_path) == str(target)
     assert all(p.name.startswith(".last.ckpt.") and ".tmp" in p.name for p in target.parent.iterdir() if p != target)
@@ -254,7 +254,7 @@ def test_kill_9_while_writing_leaves_a_complete_checkpoint(tmp_path, delay):
 def test_a_run_removes_the_temp_files_a_killed_write_left_in_its_checkpoints(tiny, tmp_path):
     """What test_kill_9_while_writing_... leaves (a hidden .last.ckpt.*.tmp) is removed when a run starts in
     that run directory; the checkpoints and anything else there are kept."""
-    from ddpm.io import atomic_write
+    from ddpm.core.io import atomic_write
 
     run = tmp_path / "run"
     ckpts = run / "checkpoints"
@@ -308,7 +308,7 @@ class _PoisonAt:
 
 
 def _train_with(cfg, callback):
-    from ddpm import training
+    from ddpm.commands import training
 
     orig = training.build_callbacks
     training.build_callbacks = lambda c: orig(c) + [callback]
@@ -351,7 +351,7 @@ def test_nan_policy_skip_leaves_weights_unchanged_and_finishes(tiny, tmp_path, w
 
 
 def test_nonfinite_weights_are_never_checkpointed(tiny, tmp_path):
-    from ddpm.module import DiffusionModule
+    from ddpm.core.module import DiffusionModule
 
     _, objs = train(tiny(steps=2))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -420,7 +420,7 @@ def test_invalid_objective_combination_is_refused_before_training(tiny, tmp_path
 
 
 def test_missing_or_empty_dataset_folder_says_how_to_get_the_data(tiny, tmp_path):
-    from ddpm.data.base import DatasetNotFoundError
+    from ddpm.core.data.base import DatasetNotFoundError
 
     with pytest.raises(DatasetNotFoundError, match="does not exist.*data.root="):
         train(tiny("data=image_folder", f"data.root={tmp_path / 'nowhere'}", "data.num_workers=0"))
@@ -448,7 +448,7 @@ def test_images_of_any_size_mode_and_channels_are_converted(tiny, tmp_path):
     assert batch.shape[1:] == (3, 8, 8) and batch.dtype == torch.float32
 
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    from ddpm.data.folder import ImageDecodeError
+    from ddpm.core.data.folder import ImageDecodeError
 
     with pytest.raises(ImageDecodeError, match="broken.png"):
         dm = objs["datamodule"].__class__(root=str(root), resolution=8, num_workers=0, val_fraction=0.0, batch_size=4,
@@ -482,7 +482,7 @@ def test_checkpoint_from_another_model_preset_is_refused_naming_the_key(tiny, tm
 def test_global_batch_not_divisible_by_devices_is_a_clear_error():
     from types import SimpleNamespace
 
-    from ddpm.data import DigitsDataModule
+    from ddpm.core.data import DigitsDataModule
 
     dm = DigitsDataModule(batch_size=8)
     dm.trainer = SimpleNamespace(world_size=3)
@@ -491,7 +491,7 @@ def test_global_batch_not_divisible_by_devices_is_a_clear_error():
 
 
 def test_sample_num_samples_must_be_positive(tmp_path):
-    from ddpm.sampling import sample
+    from ddpm.commands.sampling import sample
 
     for n in (0, -5):  # refused when the config is composed (python sample.py: before Hydra starts the job)
         with pytest.raises(ValueError, match=f"num_samples={n} is not valid: expected an integer >= 1"):

@@ -13,12 +13,12 @@ import pytest
 import yaml
 from conftest import ROOT, TINY_MODEL, cli_env, run_cli
 
-from ddpm import report as report_app
+from ddpm.commands import report as report_app
 
 
 def main(overrides: list[str]) -> str:
     """``python -m ddpm.report OVERRIDES`` in this process (conf/report.yaml composed with the overrides)."""
-    from ddpm.config import compose
+    from ddpm.core.config import compose
 
     text = report_app.report(report_app.options(compose("report", overrides)))
     print(text)  # as the command does
@@ -34,7 +34,7 @@ def write_job(root: Path, name: str, objective: dict, *, lr: float = 2e-3, train
     (job / ".hydra").mkdir(parents=True)
     cfg = {
         "objective": objective,
-        "data": {"_target_": "ddpm.data.DigitsDataModule", "batch_size": 128},
+        "data": {"_target_": "ddpm.core.data.DigitsDataModule", "batch_size": 128},
         "model": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1},
         "diffusion": {"schedule": "linear", "num_timesteps": 1000},
         "optim": {"lr": lr, "warmup_steps": 100, "ema_decay": 0.999, "t_sampler": "loss_second_moment"},
@@ -54,7 +54,7 @@ def fid_metrics(n: int, sampler: dict, label: str, fid: float, inception: float,
     sfx = f"_{label}" if label else ""
     return {"num_samples": n, "sampler": sampler, "sampler_label": label or "full_chain", "fid_extractor": "digits",
             "ref_split": "train", f"fid_{n}{sfx}": fid, f"is_{n}{sfx}": inception, f"is_{n}{sfx}_std": std,
-            "is_splits": 10, "fid_library": "ddpm.metrics (float64)", "images_per_second": 55.0}
+            "is_splits": 10, "fid_library": "ddpm.services.metrics (float64)", "images_per_second": 55.0}
 
 
 def rows_by_objective(table: str) -> dict[str, list[str]]:
@@ -180,10 +180,10 @@ def _noisy(x: np.ndarray, sigma: float, seed: int) -> np.ndarray:
 def test_seed_sets_are_pooled_and_findings_are_paired(tmp_path):
     """Rows on the same seeds: the report pools each row's sets (pooled FID/IS, per-set values, confidence,
     class entropy), and states each finding from the paired per-set differences with the numbers behind it."""
-    from ddpm.data.digits import digits_split
-    from ddpm.metrics.digits_classifier import DigitsExtractor
-    from ddpm.metrics.digits_score import digits_train_ref_stats, scores_from_logits
-    from ddpm.metrics.pooled import featurise, pooled_scores
+    from ddpm.core.data.digits import digits_split
+    from ddpm.services.metrics.digits_classifier import DigitsExtractor
+    from ddpm.services.metrics.digits_score import digits_train_ref_stats, scores_from_logits
+    from ddpm.services.metrics.pooled import featurise, pooled_scores
 
     real = digits_split("train")[0].numpy()
     base = [real[np.random.default_rng(k).choice(len(real), 64, replace=False)] for k in range(3)]  # "seeds"
@@ -228,8 +228,8 @@ def test_seed_sets_are_pooled_and_findings_are_paired(tmp_path):
     # every extractor's view of the pooled sets: extractor B's figures, KID and the class mix, named
     import torch
 
-    from ddpm.data import DigitsDataModule
-    from ddpm.metrics.digits_classifier import DigitsExtractorB
+    from ddpm.core.data import DigitsDataModule
+    from ddpm.services.metrics.digits_classifier import DigitsExtractorB
 
     ext_b = DigitsExtractorB()
     rf = featurise(torch.cat(list(DigitsDataModule().iter_uint8("train"))), ext_b)  # the reference, as the data has it
@@ -271,7 +271,7 @@ def test_seed_sets_are_pooled_and_findings_are_paired(tmp_path):
 
 
 def test_opposite_sign_on_every_set_is_the_opposite(tmp_path):
-    from ddpm.data.digits import digits_split
+    from ddpm.core.data.digits import digits_split
 
     real = digits_split("train")[0].numpy()
     # three sets: the interval must cover the spread between them (a t-interval; two sets' is 12.7 sd wide)
@@ -289,7 +289,7 @@ def test_opposite_sign_on_every_set_is_the_opposite(tmp_path):
 def test_evaluate_samples_each_seed_set_in_its_own_resumable_run(tmp_path, monkeypatch):
     """``evaluate=true``: one sample.py run per seed set (seed=k) and one NLL run per finished row; a rerun skips
     every finished output and redoes only what is missing, set by set."""
-    import ddpm.report as report
+    import ddpm.commands.report as report
 
     job = write_job(tmp_path, "simple", SIMPLE, train={"global_step": 8000})
     (job / "checkpoints").mkdir()
@@ -309,7 +309,7 @@ def test_evaluate_samples_each_seed_set_in_its_own_resumable_run(tmp_path, monke
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(report.subprocess, "run", fake_run)
-    from ddpm.config import compose
+    from ddpm.core.config import compose
 
     opts = report.options(compose("report", [f"multirun_dir={tmp_path}", "evaluate=true", "seed_sets=3",
                                              "fid_samples=512"]))
@@ -330,8 +330,8 @@ def test_evaluate_samples_each_seed_set_in_its_own_resumable_run(tmp_path, monke
 
 def _evaluation_calls(tmp_path, monkeypatch, data_target: str, *overrides: str) -> list[dict[str, str]]:
     """The sample.py command lines ``evaluate=true`` runs for one finished row on ``data_target``."""
-    import ddpm.report as report
-    from ddpm.config import compose
+    import ddpm.commands.report as report
+    from ddpm.core.config import compose
 
     job = write_job(tmp_path, "simple", SIMPLE, train={"global_step": 6000})
     cfg_file = job / ".hydra" / "config.yaml"
@@ -359,25 +359,25 @@ def test_cifar10_rows_are_evaluated_with_the_papers_protocol(tmp_path, monkeypat
     """issue 30 item 2: on CIFAR-10 ``evaluate=true`` alone is the paper's protocol: one set of 50k samples from
     the full chain scored with Inception (sample.py's fid.feature_extractor=auto on CIFAR-10), the NLL bound on the
     whole test split; ``devices=N`` spreads each of those sample.py runs over N devices."""
-    calls = _evaluation_calls(tmp_path, monkeypatch, "ddpm.data.CIFAR10DataModule", "devices=8")
+    calls = _evaluation_calls(tmp_path, monkeypatch, "ddpm.core.data.CIFAR10DataModule", "devices=8")
     assert len(calls) == 2
     fid, nll = calls
     assert fid["num_samples"] == "50000" and fid["seed"] == "0" and fid["compute_fid"] == "true"
     assert fid["sampler"] == "ancestral" and fid["sampler.steps"] == "null"  # the full 1000-step chain
-    assert "fid.feature_extractor" not in fid  # auto: Inception for CIFAR-10 (ddpm.metrics.samples)
+    assert "fid.feature_extractor" not in fid  # auto: Inception for CIFAR-10 (ddpm.services.metrics.samples)
     assert nll["split"] == "test" and nll["max_images"] == "null"  # python -m ddpm.nll
     assert fid["trainer.devices"] == nll["trainer.devices"] == "8"
     assert nll["out_dir"].endswith("nll_testall") and fid["out_dir"].endswith("fid50000_ancestral_seed0")
 
 
 def test_a_setting_on_the_command_line_wins_over_the_data_protocol(tmp_path, monkeypatch):
-    calls = _evaluation_calls(tmp_path, monkeypatch, "ddpm.data.CIFAR10DataModule", "fid_samples=16", "seed_sets=2")
+    calls = _evaluation_calls(tmp_path, monkeypatch, "ddpm.core.data.CIFAR10DataModule", "fid_samples=16", "seed_sets=2")
     assert [(c.get("num_samples"), c.get("seed")) for c in calls[:2]] == [("16", "0"), ("16", "1")]
     assert calls[2]["max_images"] == "null" and calls[0]["trainer.devices"] == "1"
 
 
 def test_other_data_keep_the_miniature_protocol(tmp_path, monkeypatch):
-    calls = _evaluation_calls(tmp_path, monkeypatch, "ddpm.data.ImageFolderDataModule")
+    calls = _evaluation_calls(tmp_path, monkeypatch, "ddpm.core.data.ImageFolderDataModule")
     assert [c.get("num_samples") for c in calls] == ["512", "512", "512", None]
     assert calls[3]["max_images"] == "64"
 
@@ -385,8 +385,8 @@ def test_other_data_keep_the_miniature_protocol(tmp_path, monkeypatch):
 def test_rows_evaluates_and_reports_only_the_chosen_rows(tmp_path, monkeypatch):
     """``rows=[...]``: one report process per row evaluates rows in parallel; the others are left alone, a
     mistyped row names the valid ones, and a row with no job names the rows there are."""
-    import ddpm.report as report
-    from ddpm.config import compose
+    import ddpm.commands.report as report
+    from ddpm.core.config import compose
 
     jobs = {}
     for name, obj in (("simple", SIMPLE), ("mu_vlb_fixed", MU_L)):
@@ -425,7 +425,7 @@ def test_rows_evaluates_and_reports_only_the_chosen_rows(tmp_path, monkeypatch):
 
 def test_help_documents_the_seed_sets():
     """``python -m ddpm.report --help``: every option with its default and comment (conf/report.yaml)."""
-    from ddpm.cli import help_text
+    from ddpm.core.cli import help_text
 
     text = help_text("report", [])
     assert text.startswith("python -m ddpm.report [KEY=VALUE ...]")
@@ -438,7 +438,7 @@ def test_help_documents_the_seed_sets():
 
 
 def test_bad_options_are_one_clean_error_naming_the_key(tmp_path, capsys, monkeypatch):
-    from ddpm import cli
+    from ddpm.core import cli
 
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     for argv, needle in (([], "multirun_dir=PATH is required"),
@@ -508,8 +508,8 @@ def test_the_whole_table_in_two_commands_and_a_rerun_does_nothing(tmp_path):
 
 
 def test_an_unresolved_comparison_says_what_budget_would_resolve_it():
-    from ddpm.metrics.pooled import REPRODUCED, UNRESOLVED
-    from ddpm.report.render import _budget
+    from ddpm.commands.report.render import _budget
+    from ddpm.services.metrics.pooled import REPRODUCED, UNRESOLVED
 
     r = {"verdict": UNRESOLVED, "interval": (-1.0, 0.5), "pooled": -0.25, "units": (3, "seed sets of 512")}
     assert "about 27 seed sets of 512 would make the interval exclude 0: an extrapolation" in _budget(r)
@@ -525,11 +525,11 @@ def test_subset_fid_scores_the_first_images_of_each_seed_set(tmp_path, capsys, m
     check that a model is the one an earlier single-set report measured)."""
     import runpy
 
-    from ddpm.data.digits import digits_split
-    from ddpm.metrics.digits_classifier import DigitsExtractor, DigitsExtractorB
-    from ddpm.metrics.digits_score import digits_train_ref_stats
-    from ddpm.metrics.fid import compute_fid_is
-    from ddpm.metrics.pooled import featurise
+    from ddpm.core.data.digits import digits_split
+    from ddpm.services.metrics.digits_classifier import DigitsExtractor, DigitsExtractorB
+    from ddpm.services.metrics.digits_score import digits_train_ref_stats
+    from ddpm.services.metrics.fid import compute_fid_is
+    from ddpm.services.metrics.pooled import featurise
 
     real = digits_split("train")[0].numpy()
     sets = [_noisy(real[np.random.default_rng(k).choice(len(real), 64, replace=False)], 30, k) for k in range(2)]

@@ -1,4 +1,4 @@
-"""The training step's t samplers (ddpm.diffusion.resample) and their opt-in hook in the LightningModule."""
+"""The training step's t samplers (ddpm.core.diffusion.resample) and their opt-in hook in the LightningModule."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ddpm.diffusion.resample import LossSecondMomentTSampler, UniformTSampler, make_t_sampler
+from ddpm.core.diffusion.resample import LossSecondMomentTSampler, UniformTSampler, make_t_sampler
 
 
 def fill(sampler: LossSecondMomentTSampler, loss_of_t) -> None:
@@ -92,7 +92,7 @@ def test_unknown_t_sampler_lists_the_valid_names():
 def _module(cfg):
     from omegaconf import OmegaConf
 
-    from ddpm.module import DiffusionModule
+    from ddpm.core.module import DiffusionModule
 
     c = {k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True)
          for k in ("model", "diffusion", "objective", "optim")}  # fmt: skip

@@ -14,9 +14,9 @@ import pytest
 import torch
 from sampling_helpers import sample_cfg, tiny_checkpoint
 
-from ddpm.config import SamplerConfig
-from ddpm.data import model_to_uint8
-from ddpm.sampling import sample
+from ddpm.commands.sampling import sample
+from ddpm.core.config import SamplerConfig
+from ddpm.core.data import model_to_uint8
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,9 +69,9 @@ def test_batch_size_does_not_change_images(reference_run, ckpt, tmp_path):
 
 def test_matches_generate_and_seed_rule(reference_run, ckpt):
     """Image i is generate() with seeds_for(seed, i, i+1), the same service as the callbacks."""
-    from ddpm.data import model_to_uint8 as to_uint8
-    from ddpm.generate import generate, seeds_for
-    from ddpm.loading import load_model
+    from ddpm.core.data import model_to_uint8 as to_uint8
+    from ddpm.services.generate import generate, seeds_for
+    from ddpm.services.loading import load_model
 
     out, _ = reference_run
     m = load_model(ckpt, None, True)
@@ -176,9 +176,9 @@ def test_samplers_and_raw_weights(reference_run, ckpt, tmp_path):
 
     # the images themselves, drawn again straight from the math layer (no sample.py, no generate): the run's
     # per-image seeds, the respaced / DDIM chains built by hand, the raw (non-EMA) network, no clipping
-    from ddpm.diffusion import SAMPLERS, SeededNoise, respace, space_timesteps
-    from ddpm.loading import load_model
-    from ddpm.seeds import image_seeds
+    from ddpm.core.diffusion import SAMPLERS, SeededNoise, respace, space_timesteps
+    from ddpm.core.seeds import image_seeds
+    from ddpm.services.loading import load_model
 
     def by_hand(path, use_ema: bool, draw) -> np.ndarray:
         loaded = load_model(str(path), None, use_ema)
@@ -210,8 +210,8 @@ def test_the_stochastic_solvers_through_sample_py(reference_run, ckpt, tmp_path)
     """sampler=dpm_solver_sde and sampler=restart as a user writes them (T=10 here, so the restart interval is
     given in this model's code indices); metrics.json records every setting; the same command gives the same
     images; the restart interval is checked against the model's T before any image is drawn."""
-    from ddpm.generate import generate, seeds_for
-    from ddpm.loading import load_model
+    from ddpm.services.generate import generate, seeds_for
+    from ddpm.services.loading import load_model
 
     restart = ("sampler=restart", "sampler.steps=6", "sampler.restart_t_min=2", "sampler.restart_t_max=7")
     m = sample(sample_cfg(ckpt, tmp_path / "sde", "num_samples=3", "sampler=dpm_solver_sde", "sampler.steps=5"))
@@ -246,9 +246,9 @@ def test_fid_through_sample_py(reference_run, ckpt, tmp_path):
     paths agree), and grows as the images are corrupted."""
     import shutil
 
-    from ddpm.metrics.extractors import get_extractor
-    from ddpm.metrics.fid import compute_fid_is
-    from ddpm.metrics.refstats import build_ref_stats
+    from ddpm.services.metrics.extractors import get_extractor
+    from ddpm.services.metrics.fid import compute_fid_is
+    from ddpm.services.metrics.refstats import build_ref_stats
 
     out, _ = reference_run
     # more images: extend the reference run's shards to N=24 (resume samples only the new ones)
@@ -268,8 +268,8 @@ def test_fid_through_sample_py(reference_run, ckpt, tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["fid_24"] == m["fid_24"] and saved["fid_extractor"] == "ddpm-digits"
     # every digits score names both extractors (A: digits/..., B: digits_b/...), against the train split
-    from ddpm.metrics.digits_classifier import DigitsExtractorB
-    from ddpm.metrics.digits_score import digits_quality
+    from ddpm.services.metrics.digits_classifier import DigitsExtractorB
+    from ddpm.services.metrics.digits_score import digits_quality
 
     q_b = digits_quality(imgs[..., 0], extractor=DigitsExtractorB())
     for key in ("fid", "kid", "class_kl", "fid_classmix", "kid_classmix"):
@@ -316,8 +316,8 @@ def test_two_processes_equal_one(reference_run, ckpt, tmp_path):
 
 def test_pretrained_converted_weights(tmp_path):
     """pretrained=FILE from `python -m ddpm.convert` (safetensors + metadata): no model flags needed."""
-    from ddpm.interop import save_converted
-    from ddpm.nets import UNet
+    from ddpm.core.nets import UNet
+    from ddpm.services.interop import save_converted
 
     torch.manual_seed(0)
     unet = UNet(in_channels=3, out_channels=3, resolution=8, ch=8, ch_mult=[1, 2], num_res_blocks=1,
@@ -325,7 +325,7 @@ def test_pretrained_converted_weights(tmp_path):
     info = {"schedule": "linear", "num_timesteps": 10, "mean_type": "eps", "var_type": "fixed_small",
             "clip_denoised": True, "source": "unit-test"}
     path = save_converted(unet, info, tmp_path / "w.safetensors")
-    from ddpm.config import compose
+    from ddpm.core.config import compose
 
     cfg = compose("sample", [f"pretrained={path}", f"out_dir={tmp_path / 'o'}", "num_samples=3",
                              "progress=false", "trainer.accelerator=cpu"])
@@ -336,8 +336,8 @@ def test_pretrained_converted_weights(tmp_path):
     # the images are those of the network that was saved, in memory, with the schedule and variance the file
     # names, drawn straight from the math layer with the run's per-image seeds (wrong weights, a wrong schedule
     # or variance, or random init would change them)
-    from ddpm.diffusion import SAMPLERS, GaussianDiffusion, SeededNoise
-    from ddpm.seeds import image_seeds
+    from ddpm.core.diffusion import SAMPLERS, GaussianDiffusion, SeededNoise
+    from ddpm.core.seeds import image_seeds
 
     diffusion = GaussianDiffusion.from_config("linear", 10, "eps", "fixed_small", "mse")
     with torch.no_grad():
@@ -353,9 +353,9 @@ def test_pretrained_converted_weights(tmp_path):
 
 def test_build_refstats_command(tmp_path):
     """python -m ddpm.build_refstats data=digits split=train feature_extractor=digits out_dir=..."""
-    from ddpm.build_refstats import build_refstats
-    from ddpm.config import compose
-    from ddpm.metrics.refstats import RefStats
+    from ddpm.commands.build_refstats import build_refstats
+    from ddpm.core.config import compose
+    from ddpm.services.metrics.refstats import RefStats
 
     cfg = compose("build_refstats", ["data=digits", "split=test", "feature_extractor=digits", f"out_dir={tmp_path}"])
     path = build_refstats(cfg)

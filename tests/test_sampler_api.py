@@ -12,10 +12,18 @@ import pytest
 import torch
 from sampling_helpers import sample_cfg, tiny_checkpoint
 
-from ddpm.config import SamplerConfig, compose
-from ddpm.diffusion import SAMPLERS, SPACINGS, GaussianDiffusion, SeededNoise, final_sample, get_timesteps, register
-from ddpm.diffusion.spacing import num_evaluations
-from ddpm.generate import generate, seeds_for
+from ddpm.core.config import SamplerConfig, compose
+from ddpm.core.diffusion import (
+    SAMPLERS,
+    SPACINGS,
+    GaussianDiffusion,
+    SeededNoise,
+    final_sample,
+    get_timesteps,
+    register,
+)
+from ddpm.core.diffusion.spacing import num_evaluations
+from ddpm.services.generate import generate, seeds_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -139,10 +147,10 @@ def outside_sampler(tmp_path):
 @pytest.mark.slow  # sample.py, a frontier and a figure on the tiny checkpoint
 def test_a_sampler_registered_from_a_test_module_works_in_sample_frontier_and_figures(
         outside_sampler, tmp_path_factory, tmp_path):
-    from ddpm.figures import make_figure
-    from ddpm.frontier import frontier
-    from ddpm.loading import load_model
-    from ddpm.sampling import sample
+    from ddpm.commands.figures import make_figure
+    from ddpm.commands.frontier import frontier
+    from ddpm.commands.sampling import sample
+    from ddpm.services.loading import load_model
 
     ckpt = tiny_checkpoint(tmp_path_factory)  # T=10
     m = sample(sample_cfg(ckpt, tmp_path / "s", "num_samples=5", "batch_size=2", "sampler=test_ddim_on_chain",

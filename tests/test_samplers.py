@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.diffusion import (
+from ddpm.core.diffusion import (
     SAMPLERS,
     GaussianDiffusion,
     SeededNoise,
@@ -22,7 +22,7 @@ from ddpm.diffusion import (
     respace,
     space_timesteps,
 )
-from ddpm.seeds import image_seed, image_seeds
+from ddpm.core.seeds import image_seed, image_seeds
 
 M, S = 0.3, 0.2  # data distribution N(M, S^2): small enough that clipping to [-1, 1] never matters
 N = 4000

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.config import CONF_DIR, SamplerConfig, sampler_defaults
-from ddpm.diffusion import SAMPLERS, GaussianDiffusion, SeededNoise, forward_jump, lambda_timesteps
-from ddpm.diffusion.solvers import check_restart, dpm_solver_timesteps, restart_plan
-from ddpm.generate import generate
+from ddpm.core.config import CONF_DIR, SamplerConfig, sampler_defaults
+from ddpm.core.diffusion import SAMPLERS, GaussianDiffusion, SeededNoise, forward_jump, lambda_timesteps
+from ddpm.core.diffusion.solvers import check_restart, dpm_solver_timesteps, restart_plan
+from ddpm.services.generate import generate
 
 T = 1000
 SHAPE = (1, 4, 4)
@@ -187,7 +187,7 @@ RESTART_MUTATIONS = {
 def test_restart_gaussian_check_catches_mutations(mutation, monkeypatch):
     """The Gaussian-data check above fails for a wrong jump variance (0.0089 at 80 steps, against 0.0023) and for a
     wrong restart interval (restarting one main step below t_min: 0.011; jumping short of t_max: 0.23)."""
-    from ddpm.diffusion import solvers
+    from ddpm.core.diffusion import solvers
 
     name, fn = RESTART_MUTATIONS[mutation]
     monkeypatch.setattr(solvers, name, fn)
@@ -295,7 +295,7 @@ def test_lambda_timesteps_edges():
 
 
 def test_explicit_timesteps_agree_with_the_spacing_or_fail():
-    from ddpm.diffusion import dpm_solver, final_sample
+    from ddpm.core.diffusion import dpm_solver, final_sample
 
     d = GaussianDiffusion.from_config("linear", 100)
     x_T = torch.randn(3, 1, generator=torch.Generator().manual_seed(0))
@@ -338,7 +338,7 @@ def test_a_generator_alone_drives_every_draw(name, kw):
     assert not torch.allclose(run(1, 0), run(2, 0))
     if name == "dpm_solver_sde":  # also with explicit timesteps
         torch.manual_seed(5)
-        from ddpm.diffusion import dpm_solver, final_sample
+        from ddpm.core.diffusion import dpm_solver, final_sample
 
         g = torch.Generator().manual_seed(1)
         x_T = torch.randn((2, *SHAPE), generator=g)

@@ -57,7 +57,7 @@ def test_the_table2_sweep_resumes_into_one_directory_per_row_and_data():
     would; the digits rows of this sweep do not share table2_digits's directories (another recipe)."""
     from omegaconf import OmegaConf
 
-    from ddpm.config import compose
+    from ddpm.core.config import compose
 
     cfg = compose("train", ["sweep=table2", "data=cifar10", "objective=mu_mse", "hydra.mode=RUN"])
     assert cfg.ckpt_path == "last" and cfg.trainer.max_steps == 800000

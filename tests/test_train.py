@@ -15,8 +15,8 @@ from conftest import run_cli
 from PIL import Image
 from test_data import write_fake_cifar  # the torchvision layout, written by the data tests' helper
 
-from ddpm.config import compose
-from ddpm.training import train
+from ddpm.commands.training import train
+from ddpm.core.config import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJECTIVES = ["simple", "eps_vlb_fixed", "eps_vlb_learned", "mu_vlb_fixed", "mu_vlb_learned", "mu_mse", "hybrid"]
@@ -46,7 +46,7 @@ def data_overrides(name: str, tmp_path: Path) -> list[str]:
 # ----------------------------------------------------------------------------------------------- configs
 def test_cifar10_config_has_every_paper_value():
     cfg = compose("train", ["data=cifar10", "objective=simple", "paths.output_dir=/tmp/unused"])
-    assert cfg.model._target_ == "ddpm.nets.UNet"
+    assert cfg.model._target_ == "ddpm.core.nets.UNet"
     assert (cfg.model.ch, list(cfg.model.ch_mult), cfg.model.num_res_blocks) == (128, [1, 2, 2, 2], 2)
     assert list(cfg.model.attn_resolutions) == [16] and cfg.model.dropout == 0.1
     assert (cfg.diffusion.schedule, cfg.diffusion.num_timesteps) == ("linear", 1000)
@@ -209,7 +209,7 @@ def test_ema_is_the_paper_average_and_validation_leaves_raw_weights_alone(tmp_pa
             after = pl_module.net.state_dict()
             self.identical = all(torch.equal(self.before[k], after[k]) for k in after)
 
-    from ddpm import training
+    from ddpm.commands import training
 
     cb = Trace()
     orig_build = training.build_callbacks
@@ -250,7 +250,7 @@ def test_compile_is_opt_in_and_leaves_weights_and_checkpoints_as_eager(tmp_path,
     """compile=true compiles the training network in place: the same checkpoint keys and (aot_eager, which
     replays the same aten ops without a C++ compiler) the same trained weights as the eager run; sample.py
     loads it eagerly."""
-    from ddpm.loading import load_checkpoint_model
+    from ddpm.services.loading import load_checkpoint_model
 
     assert compose("train").compile is False  # the paper's eager run by default
     _, eager = train(tiny(steps=3, output_dir=tmp_path / "eager"))
@@ -305,7 +305,7 @@ def test_wandb_offline_run_dir_has_config_and_summary(tmp_path, tiny, monkeypatc
     # wandb >= 0.19 keeps config, history and summary as protobuf records in run-<id>.wandb (what `wandb sync`
     # uploads); look for the resolved config values and the logged metric names in it.
     # the final samples and their score reach W&B too
-    needles = (b"fixed_large", b"ddpm.nets.UNet", b"train/loss", b"val/bpd", b"train/grad_norm", b"samples/final",
+    needles = (b"fixed_large", b"ddpm.core.nets.UNet", b"train/loss", b"val/bpd", b"train/grad_norm", b"samples/final",
                b"digits/fid")
     # wandb's service process may still be writing the record file when wandb.finish() has returned (seen under
     # load: only the file header was there yet); give it up to a minute
@@ -328,7 +328,7 @@ def test_ddp_two_cpu_processes_identical_ema_one_output_dir(tmp_path):
 
     out = tmp_path / "ddp_run"
     args = [str(ROOT / "train.py"), *tiny_overrides(out, steps=4), "trainer=ddp", "trainer.devices=2",
-            "trainer.accelerator=cpu", "+callbacks.ema_hash._target_=ddpm.callbacks.EMAHash",
+            "trainer.accelerator=cpu", "+callbacks.ema_hash._target_=ddpm.services.callbacks.EMAHash",
             "callbacks.sample_grid.every_n_steps=2", f"hydra.run.dir={out}"]  # rank 0 samples grids: no hang
     run_cli(args, cwd=tmp_path)
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_00000002.png", "step_00000004.png"]

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddpm.nets import UNet, timestep_embedding
-from ddpm.nets.layers import AttnBlock, Downsample
+from ddpm.core.nets import UNet, timestep_embedding
+from ddpm.core.nets.layers import AttnBlock, Downsample
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 NEAR_ZERO = ("conv2.weight", "proj_out.weight", "conv_out.weight")  # official init_scale=0 layers
@@ -30,7 +30,7 @@ def preset(name: str, **fill) -> UNet:
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(CONF / f"{name}.yaml")
-    assert cfg._target_ == "ddpm.nets.UNet"
+    assert cfg._target_ == "ddpm.core.nets.UNet"
     assert not {"in_channels", "out_channels", "resolution"} & set(cfg), "filled by the training code"
     return instantiate(cfg, **fill)
 
@@ -239,7 +239,7 @@ def test_1x1_conv_weight_gradients_keep_the_weight_strides_and_the_values(batch)
     gradients as nn.Conv2d (so trained weights and the quickstart's FID do not move)."""
     import copy
 
-    from ddpm.nets.layers import Conv1x1
+    from ddpm.core.nets.layers import Conv1x1
 
     net = randomise_near_zero(small())
     plain = copy.deepcopy(net)

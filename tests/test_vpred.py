@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm import cli
-from ddpm.diffusion import (
+from ddpm.core import cli
+from ddpm.core.diffusion import (
     SAMPLERS,
     GaussianDiffusion,
     dpm_solver_timesteps,
@@ -282,8 +282,8 @@ RESTART = {"restart_t_min": 5, "restart_t_max": 20, "restart_k": 2, "restart_sha
 def test_every_sampler_reads_a_v_network_as_the_x0_network_it_implies(name, steps, params, clip):
     """Every registered sampler through the one conversion: a v network (v = (x_t sqrt(abar) - x0) / sqrt(1-abar)
     of a fixed x0 network, formed here from the schedule in float64) gives the images of that x0 network."""
-    from ddpm.config import SamplerConfig
-    from ddpm.generate import generate
+    from ddpm.core.config import SamplerConfig
+    from ddpm.services.generate import generate
 
     Tn = 50
     abar = abar64("linear", Tn)
@@ -311,7 +311,7 @@ def test_min_snr_composes_with_importance_sampled_t(tiny):
     unbiased estimate of the weighted loss, and the sampler's history learns the weighted per-t losses."""
     from test_resample import _module, fill
 
-    from ddpm.diffusion.resample import make_t_sampler
+    from ddpm.core.diffusion.resample import make_t_sampler
 
     m = _module(tiny("objective=v_min_snr", "optim.t_sampler=loss_second_moment"))
     assert (m.diffusion.mean_type.value, m.diffusion.loss_weight.value) == ("v", "min_snr")
@@ -337,10 +337,10 @@ def test_a_v_run_exports_as_v_prediction_and_converts_back_bit_identical(tmp_pat
     from safetensors.torch import load_file
     from sampling_helpers import tiny_checkpoint
 
-    from ddpm import interop
-    from ddpm.convert import main as convert_main
-    from ddpm.export import main as export_main
-    from ddpm.loading import load_model
+    from ddpm.commands.convert import main as convert_main
+    from ddpm.commands.export import main as export_main
+    from ddpm.services import interop
+    from ddpm.services.loading import load_model
 
     ckpt = tiny_checkpoint(tmp_path_factory, extra=("objective=v_min_snr", "model.ch=32"))  # 32: exportable
     run = load_model(ckpt_path=ckpt)
