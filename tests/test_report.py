@@ -61,7 +61,8 @@ def rows_by_objective(table: str) -> dict[str, list[str]]:
     out = {}
     for line in table.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 9 and re.match(r"\w+ \(\w+/\w+/\w+\)", cells[1]):  # "simple (eps/fixed_large/mse)"
+        # a row is "name (mean/variance/loss[/weight])" with its steps; the header's steps cell is "steps"
+        if len(cells) == 9 and cells[2] != "steps" and re.match(r"\w+ \(\w+(/\w+){2,}\)", cells[1]):
             out[cells[1].split(" ")[0]] = cells
     return out
 
