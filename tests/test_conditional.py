@@ -350,7 +350,7 @@ def test_the_cli_says_error_in_one_line(tmp_path, uncond_ckpt):
                        text=True, timeout=300)
     assert r.returncode == 1
     errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "guidance_scale=3.0: this model is unconditional" in errors[0]
+    assert len(errors) == 1 and "guidance_scale=3: this model is unconditional" in errors[0]
     assert "Traceback" not in r.stderr
 
 

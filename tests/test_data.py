@@ -82,7 +82,7 @@ def write_mixed_folder(root: Path) -> None:
 def from_yaml(name: str, **settings) -> ImageDataModule:
     """The data module of the Hydra option ``conf/data/<name>.yaml`` (its ``_target_`` with its settings)."""
     cfg = OmegaConf.load(CONF_DATA / f"{name}.yaml")
-    del cfg["defaults"]
+    cfg.pop("defaults", None)
     return instantiate(OmegaConf.merge(cfg, settings))
 
 
@@ -543,7 +543,9 @@ def test_yaml_matches_class(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
         assert resolved["root"].startswith("./data/")
     if name in ("digits", "cifar10", "image_folder"):  # the class used directly behaves as its own option
         dm = cls(**{"root": "x"} if "root" in keys else {})
-        assert all(resolved[k] == getattr(dm, k) for k in ("batch_size", "random_flip"))
+        # digits' YAML carries the quickstart's batch (256, written once there); the class keeps the generic 128
+        keys_same = ("random_flip",) if name == "digits" else ("batch_size", "random_flip")
+        assert all(resolved[k] == getattr(dm, k) for k in keys_same)
 
 
 def test_failed_cifar10_download_says_how_and_leaves_no_empty_folder(tmp_path: Path, monkeypatch) -> None:

@@ -74,7 +74,7 @@ def test_frontier_on_a_tiny_model(tmp_path_factory, tmp_path, monkeypatch):
     for k in range(2):
         m = sample(sample_cfg(ckpt, tmp_path / f"s{k}", "num_samples=12", "compute_fid=true", f"seed={k}",
                               "fid.feature_extractor=digits"))
-        assert m["fid_12"] == pytest.approx(saved[0]["fid_sets"][k], rel=1e-9)
+        assert m["fid_12"] == pytest.approx(saved[0]["fid_sets"][k], rel=1e-7)  # n < d: the low-rank trace, from sigma here and from features there
         with np.load(tmp_path / f"s{k}" / "samples.npz") as z:
             images.append(z["arr_0"])
         with np.load(out / "entries" / "full_chain" / f"set{k}.npz") as z:
@@ -90,7 +90,7 @@ def test_frontier_on_a_tiny_model(tmp_path_factory, tmp_path, monkeypatch):
     extractor = load_extractor(cfg.fid, datamodule.name, "cpu")
     union = score_samples(np.concatenate(pooled), fid_cfg=cfg.fid, extractor=extractor, datamodule=datamodule,
                           cache_dir=cfg.paths.cache_dir)  # fmt: skip
-    assert saved[0]["fid"] == pytest.approx(union["fid_24"], rel=1e-9)
+    assert saved[0]["fid"] == pytest.approx(union["fid_24"], rel=1e-7)
     assert abs(saved[0]["fid"] - np.mean(saved[0]["fid_sets"])) > 1e-3 * saved[0]["fid"]
 
     # resumable: a finished set is not sampled again, a missing one is
