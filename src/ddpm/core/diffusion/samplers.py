@@ -46,6 +46,12 @@ def _on_chain(diffusion: GaussianDiffusion, timesteps: Sequence[int]) -> tuple[G
     return respace(diffusion, ts), len(ts) - 1
 
 
+def _chain_steps(t_start: int, batch: int, device: torch.device) -> Iterator[tuple[int, int, Tensor]]:
+    """``(steps done, code index i, t)`` for ``i = t_start .. 0`` on a chain, ``t`` the batch's index tensor."""
+    for done, i in enumerate(range(t_start, -1, -1), start=1):
+        yield done, i, torch.full((batch,), i, dtype=torch.long, device=device)
+
+
 @register("respaced", spacing="even", respaces=True, uses_variance=True, starts_anywhere=False,
           summary="ancestral on `steps` evenly spaced timesteps, betas recomputed")
 @register("ancestral", spacing="full", full_chain=True, uses_variance=True,
@@ -76,8 +82,7 @@ def ancestral(
     chain, t_start = _on_chain(diffusion, timesteps)
     device = x.device
     total = t_start + 1
-    for done, i in enumerate(range(t_start, -1, -1), start=1):
-        t = torch.full((x.shape[0],), i, dtype=torch.long, device=device)
+    for done, i, t in _chain_steps(t_start, x.shape[0], device):
         out = chain.p_mean_variance(model_fn, x, t, clip_denoised=clip_denoised)
         z = randn(x.shape, noise, generator, device)
         if i > 0:
@@ -114,8 +119,7 @@ def ddim(
     chain, t_start = _on_chain(diffusion, timesteps)
     device = x.device
     total = t_start + 1
-    for done, i in enumerate(range(t_start, -1, -1), start=1):
-        t = torch.full((x.shape[0],), i, dtype=torch.long, device=device)
+    for done, i, t in _chain_steps(t_start, x.shape[0], device):
         out = chain.p_mean_variance(model_fn, x, t, clip_denoised=clip_denoised)
         eps = chain.predict_eps_from_xstart(x, t, out["pred_xstart"])
         abar = extract(chain.alphas_cumprod, t, x.shape)
