@@ -2,8 +2,9 @@
 
 * It trains a fixed number of optimizer steps, so two runs of the same command train the same model bit for bit
   (same CPU type, library versions and torch thread count) and write the same figures to ``metrics.json``.
-* Its samples look like digits: the digits-classifier FID of its final samples is at most the recipe's target
-  and far below that of noise, and its samples cover the ten classes.
+* Its samples look like digits: ``bench/quickstart_check.py`` runs the README command itself (about 6 minutes on 2
+  cores, half the suite's budget, so not in the suite) and checks the recipe's bounds; here, that those bounds refuse
+  each bad figure.
 """
 
 from __future__ import annotations
@@ -48,40 +49,31 @@ def test_quickstart_recipe_is_deterministic(tmp_path):
     }
 
 
-@pytest.mark.slow
-def test_default_train_py_makes_digits(tmp_path):
-    run_dir = tmp_path / "run"
-    run_cli([str(ROOT / "train.py"), f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=1200)
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    assert (run_dir / "samples.png").is_file()
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+def test_the_default_is_a_step_budget_and_the_acceptance_check_can_fail():
+    """The quickstart's full run (``python train.py``, then its NLL) is ``bench/quickstart_check.py``, kept out of the
+    suite for time; here: the recipe it runs is a step budget, and its bounds refuse each bad figure on its own."""
+    import importlib.util
 
     from ddpm.core.config import compose
-    from ddpm.services.metrics.digits_score import digits_reference_scores
 
     recipe = compose("train", ["paths.output_dir=unused"])
-    assert recipe.trainer.max_time is None  # a step budget, not a time cap: the same model on every machine
-    assert metrics["global_step"] == recipe.trainer.max_steps
-    ref = digits_reference_scores()
-    noise_fid = min(ref["uniform_noise"]["fid"], ref["blurred_noise"]["fid"])
-    print(f"quickstart digits FID {metrics['digits/fid']:.2f} (real held-out {ref['real_test']['fid']:.2f}, "
-          f"noise {noise_fid:.1f}); confidence {metrics['digits/confidence']:.3f}, "
-          f"class entropy {metrics['digits/class_entropy']:.3f} bits; {metrics['fit_seconds']} s of training")
-    # The recipe's targets (issue 14): FID <= 5 on 256 samples (real held-out digits: 2.80, noise: ~190) and
-    # all ten classes about equally often (class entropy >= 3.25 of at most log2(10) = 3.32 bits).
-    assert metrics["digits/fid"] <= 5.0
-    assert metrics["digits/class_entropy"] >= 3.25
-    assert metrics["digits/confidence"] > ref["uniform_noise"]["confidence"]
-
-    # The quickstart's NLL bound on held-out digits, all 1000 terms + prior + decoder: finite and far below the
-    # 8 bits/dim of a uniform code.
-    nll_dir = tmp_path / "nll"
-    run_cli(
-        ["-m", "ddpm.nll", f"ckpt_path={run_dir}", "max_images=32", "t_batch=100", "batch_size=32",
-         f"out_dir={nll_dir}", f"hydra.run.dir={nll_dir}", "progress=false"],
-        cwd=tmp_path, timeout=1200,
-    )
-    nll = json.loads((nll_dir / "nll.json").read_text())
-    print(f"quickstart NLL <= {nll['bpd']:.3f} bits/dim on {nll['num_images']} test digits")
-    assert nll["num_images"] == 32 and nll["num_timesteps"] == 1000
-    assert 0 < nll["bpd"] < 6.0
+    assert recipe.trainer.max_time is None and recipe.trainer.max_steps == 750  # the same model on every machine
+    spec = importlib.util.spec_from_file_location("quickstart_check", ROOT / "bench" / "quickstart_check.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ref = {"uniform_noise": {"confidence": 0.4}}
+    good = {"global_step": 750, "digits/fid": 2.66, "digits/class_entropy": 3.30, "digits/confidence": 0.97}
+    nll = {"num_images": 32, "num_timesteps": 1000, "bpd": 2.1}
+    assert bench.check(good, ref, 750, None, nll) == []
+    bad_cases = {
+        "FID": {**good, "digits/fid": 5.01},
+        "entropy": {**good, "digits/class_entropy": 3.2},
+        "confidence": {**good, "digits/confidence": 0.4},
+        "global_step": {**good, "global_step": 749},
+    }
+    for needle, metrics in bad_cases.items():
+        failures = bench.check(metrics, ref, 750, None, nll)
+        assert len(failures) == 1 and needle in failures[0], (needle, failures)
+    assert "time cap" in bench.check(good, ref, 750, "00:00:03:00", nll)[0]
+    assert "bits/dim" in bench.check(good, ref, 750, None, {**nll, "bpd": float("nan")})[0]
+    assert len(bench.check({}, ref, 750, None, nll)) == 4  # a run that wrote no figure fails every bound
