@@ -21,10 +21,81 @@ def cli_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "WANDB_MODE": "offline", **extra}
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
-    """Run ``python *args`` (env: :func:`cli_env` plus ``env``) and require exit status 0."""
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=cli_env(**env), capture_output=True, text=True,
-                          timeout=timeout)
+class _ForkServer:
+    """The client of ``tests/_forkserver.py``: one server per test session, started on first use (about 10 s, the
+    cost of importing torch and Lightning once instead of once per process)."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.dir = ""
+
+    def _start(self) -> None:
+        import atexit
+        import tempfile
+
+        self.dir = tempfile.mkdtemp(prefix="ddpm-fork-")
+        env = {k: v for k, v in cli_env().items() if k != "OMP_NUM_THREADS"}
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "_forkserver.py"), self.sock],
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the test fork server did not start")
+        atexit.register(self.proc.kill)
+
+    @property
+    def sock(self) -> str:
+        return os.path.join(self.dir, "s")
+
+    def run(self, args: list[str], cwd: Path, env: dict[str, str], timeout: float,
+            merge: bool = False) -> subprocess.CompletedProcess:
+        import json
+        import signal
+        import socket
+        import tempfile
+
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        with tempfile.TemporaryDirectory(dir=self.dir) as tmp:
+            out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn.connect(self.sock)
+            conn.settimeout(timeout)
+            req = {"args": [str(a) for a in args], "cwd": str(cwd), "env": env, "stdout": out,
+                   "stderr": out if merge else err}
+            conn.sendall((json.dumps(req) + "\n").encode())
+            reader = conn.makefile("r")
+            try:
+                pid = int(reader.readline())
+                line = reader.readline().strip()
+            except (TimeoutError, socket.timeout):
+                os.killpg(pid, signal.SIGKILL)
+                raise subprocess.TimeoutExpired([sys.executable, *args], timeout) from None
+            finally:
+                conn.close()
+            code = int(line) if line else -9  # no status: the child was killed
+            text = [open(f, errors="replace").read() if os.path.exists(f) and not (merge and f == err) else ""
+                    for f in (out, err)]
+        return subprocess.CompletedProcess([sys.executable, *args], code, text[0], text[1])
+
+
+_FORK_SERVER = _ForkServer()
+
+
+def run_python(args: list[str], cwd: Path, timeout: float = 600, fresh: bool = False, merge: bool = False,
+               **env: str) -> subprocess.CompletedProcess:
+    """``python *args`` (env: :func:`cli_env` plus ``env``) as a real process with its own pid, cwd, environment,
+    stdout, stderr and exit status, forked from the suite's fork server (``tests/_forkserver.py``: torch and Lightning
+    already imported), or, with ``fresh=True``, started from a new interpreter (a test of what happens at import
+    time). ``merge=True``: stderr into stdout, as ``stderr=subprocess.STDOUT``."""
+    if fresh or args[0] == "-c":
+        return subprocess.run([sys.executable, *args], cwd=cwd, env=cli_env(**env), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT if merge else subprocess.PIPE, text=True, timeout=timeout)
+    return _FORK_SERVER.run(args, cwd, cli_env(**env), timeout, merge)
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 600, fresh: bool = False,
+            **env: str) -> subprocess.CompletedProcess:
+    """:func:`run_python`, requiring exit status 0."""
+    proc = run_python(args, cwd, timeout, fresh, **env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 

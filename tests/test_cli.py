@@ -6,23 +6,21 @@ checks of the same rules in the fast tier."""
 from __future__ import annotations
 
 import json
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, cli_env, tiny_overrides
+from conftest import ROOT, tiny_overrides
 from sampling_helpers import tiny_checkpoint
 
 from ddpm.core import cli
 
 
-def run(args: list[str], cwd: Path, **env: str):
-    import subprocess
+def run(args: list[str], cwd: Path, fresh: bool = False, **env: str):
+    from conftest import run_python
 
     env = {"HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1", **env}
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env=cli_env(**env))
+    return run_python(args, cwd, 600, fresh, **env)
 
 
 # ------------------------------------------------------------------------------------- in-process (fast)
@@ -279,7 +277,7 @@ def test_default_recipe_console_has_no_warning_and_no_line_twice(tmp_path):
     broken on the console, and the CSV log is written all the same."""
     out = tmp_path / "run"
     proc = run([str(ROOT / "train.py"), "trainer.max_steps=20", "final_samples=16", f"hydra.run.dir={out}"],
-               tmp_path, OMP_NUM_THREADS="2")
+               tmp_path, fresh=True, OMP_NUM_THREADS="2")  # a new interpreter: import-time warnings count too
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-3000:]
     lowered = text.lower()

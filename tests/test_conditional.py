@@ -7,14 +7,12 @@ Tiny UNets and T=10 throughout. The guidance rule is checked against two separat
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_python
 from sampling_helpers import sample_cfg, tiny_checkpoint
 
 from ddpm.core.config import SamplerConfig, compose
@@ -343,11 +341,8 @@ def test_num_classes_on_an_unlabelled_folder_is_refused(tiny, tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_the_cli_says_error_in_one_line(tmp_path, uncond_ckpt):
-    r = subprocess.run([sys.executable, str(ROOT / "sample.py"), f"ckpt_path={uncond_ckpt}", "guidance_scale=3",
-                        f"out_dir={tmp_path}", f"hydra.run.dir={tmp_path}", "trainer.accelerator=cpu"],
-                       cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "HYDRA_FULL_ERROR": "0"},
-                       capture_output=True,
-                       text=True, timeout=300)
+    r = run_python([str(ROOT / "sample.py"), f"ckpt_path={uncond_ckpt}", "guidance_scale=3", f"out_dir={tmp_path}",
+                    f"hydra.run.dir={tmp_path}", "trainer.accelerator=cpu"], ROOT, 300, HYDRA_FULL_ERROR="0")
     assert r.returncode == 1
     errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "guidance_scale=3: this model is unconditional" in errors[0]
@@ -360,12 +355,11 @@ def test_two_processes_give_the_same_images_and_labels(cond_ckpt, tmp_path):
 
     sample(sample_cfg(cond_ckpt, tmp_path / "one", "num_samples=7", "batch_size=3", "shard_size=2",
                       "labels=random", "guidance_scale=1", "sampler=ddim", "sampler.steps=4"))
-    cmd = [sys.executable, str(ROOT / "sample.py"), f"ckpt_path={cond_ckpt}", "num_samples=7", "batch_size=3",
+    cmd = [str(ROOT / "sample.py"), f"ckpt_path={cond_ckpt}", "num_samples=7", "batch_size=3",
            "shard_size=2", "labels=random", "guidance_scale=1", "sampler=ddim", "sampler.steps=4",
            "trainer.devices=2", "trainer.accelerator=cpu", "progress=false", f"out_dir={tmp_path / 'two'}",
            f"hydra.run.dir={tmp_path / 'two'}"]
-    r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")},
-                       capture_output=True, text=True, timeout=600)
+    r = run_python(cmd, ROOT, 600, OMP_NUM_THREADS="1")
     assert r.returncode == 0, r.stderr[-3000:]
     one, two = _npz(tmp_path / "one" / "samples.npz"), _npz(tmp_path / "two" / "samples.npz")
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["world_size"] == 2

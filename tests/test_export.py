@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import diffusers  # a test extra: pip install -e .[test]
 import pytest
 import torch
 import yaml
-from conftest import ROOT, cli_env
+from conftest import ROOT, run_python
 from sampling_helpers import tiny_checkpoint
 
 from ddpm.commands.convert import main as convert_main
@@ -390,9 +388,8 @@ def test_mu_run_is_refused_with_one_line(run_dir, tmp_path):
     mu = tmp_path / "mu.ckpt"
     torch.save(ckpt, mu)
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "ddpm.export", str(mu), str(out)], cwd=tmp_path,
-                          env=cli_env(HYDRA_FULL_ERROR="0", DDPM_DEBUG="0"),
-                          capture_output=True, text=True, timeout=300)
+    proc = run_python(["-m", "ddpm.export", str(mu), str(out)], tmp_path, 300, HYDRA_FULL_ERROR="0",
+                      DDPM_DEBUG="0")
     assert proc.returncode == 1, proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
     assert len(errors) == 1 and "mean_type=mu" in errors[0] and "diffusers" in errors[0], proc.stderr

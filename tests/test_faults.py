@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, cli_env, tiny_overrides
+from conftest import ROOT, cli_env, run_python, tiny_overrides
 from sampling_helpers import sample_cfg, tiny_checkpoint
 
 from ddpm.commands.training import train
@@ -249,8 +249,10 @@ def ddp_env() -> dict[str, str]:
 
 
 def run_ddp(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=cwd, env=ddp_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout)
+    """``args`` (from :func:`ddp_args`) run to the end, stdout and stderr together; rank 0 forked from the suite's
+    fork server (conftest.run_python), rank 1 started by Lightning as a new interpreter."""
+    return run_python(args[1:], cwd, timeout, merge=True, PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}",
+                      OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="0")
 
 
 def rank_pids(run: Path, deadline_s: float, proc: subprocess.Popen) -> list[int]:

@@ -5,13 +5,11 @@ paired, with the paper's L_simple row, the same way as Table 2's findings."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, TINY_MODEL, cli_env, run_cli
+from conftest import ROOT, TINY_MODEL, run_cli, run_python
 from test_report import SIMPLE, _noisy, legend, main, rows_by_objective, write_job, write_seed_set
 
 from ddpm.commands.report.jobs import EXTENDED_ROWS, objective_name
@@ -134,10 +132,9 @@ def test_the_extended_table_in_two_commands(tmp_path):
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["simple", "v_min_snr"]
     saved = yaml.safe_load((sweep / "v_min_snr" / ".hydra" / "config.yaml").read_text())
     assert (saved["objective"]["mean_type"], saved["objective"]["loss_weight"]) == ("v", "min_snr")
-    proc = subprocess.run([sys.executable, "-m", "ddpm.report", f"multirun_dir={sweep}", "evaluate=true",
-                           "seed_sets=2", "fid_samples=8", "nll_images=2", "batch_size=8", "num_boot=10",
-                           f"hydra.run.dir={tmp_path}/rep"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=900, env=cli_env())
+    proc = run_python(["-m", "ddpm.report", f"multirun_dir={sweep}", "evaluate=true", "seed_sets=2",
+                       "fid_samples=8", "nll_images=2", "batch_size=8", "num_boot=10", f"hydra.run.dir={tmp_path}/rep"],
+                      tmp_path, 900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = rows_by_objective(proc.stdout)
     assert rows["v_min_snr"][1] == "v_min_snr (v/fixed_large/mse/min_snr)" and rows["v_min_snr"][2] == "3"

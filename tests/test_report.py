@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, TINY_MODEL, cli_env, run_cli
+from conftest import ROOT, TINY_MODEL, run_cli, run_python
 
 from ddpm.commands import report as report_app
 
@@ -473,7 +473,7 @@ def test_the_whole_table_in_two_commands_and_a_rerun_does_nothing(tmp_path):
                   "fid_samples=8", "nll_images=4", "batch_size=8", "num_boot=10", f"hydra.run.dir={tmp_path}/rep"]
     run_cli(train_cmd, cwd=tmp_path)
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["mu_vlb_learned", "simple"]
-    proc = subprocess.run(report_cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=cli_env())
+    proc = run_python(report_cmd[1:], tmp_path, 600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = rows_by_objective(proc.stdout)
     letters = legend(proc.stdout)
@@ -502,7 +502,7 @@ def test_the_whole_table_in_two_commands_and_a_rerun_does_nothing(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in outputs}
     again = run_cli(train_cmd, cwd=tmp_path)
     assert (again.stdout + again.stderr).count("nothing to do") == 2
-    proc = subprocess.run(report_cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=cli_env())
+    proc = run_python(report_cmd[1:], tmp_path, 600)
     assert proc.returncode == 0 and proc.stderr.count("exists, skipped") == 6, proc.stderr[-2000:]
     assert proc.stdout == table
     assert {p: p.stat().st_mtime_ns for p in outputs} == before

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_python
 from sampling_helpers import sample_cfg, tiny_checkpoint
 
 from ddpm.commands.sampling import sample
@@ -303,11 +304,10 @@ def test_fid_reference_from_data_and_torch_fidelity(reference_run, ckpt, tmp_pat
 def test_two_processes_equal_one(reference_run, ckpt, tmp_path):
     """python sample.py ... trainer.devices=2 (two CPU processes, gloo): the same npz as one process."""
     out, _ = reference_run
-    cmd = [sys.executable, os.path.join(ROOT, "sample.py"), f"ckpt_path={ckpt}", "num_samples=7",
+    cmd = [os.path.join(ROOT, "sample.py"), f"ckpt_path={ckpt}", "num_samples=7",
            "batch_size=3", "shard_size=2", "trainer.devices=2", "trainer.accelerator=cpu", "progress=false",
            f"out_dir={tmp_path}", f"hydra.run.dir={tmp_path}"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    r = run_python(cmd, ROOT, 600, OMP_NUM_THREADS="1")
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["num_samples"] == 7

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY_MODEL, cli_env, run_cli
+from conftest import ROOT, TINY_MODEL, cli_env, run_cli, run_python
 from test_data import write_fake_cifar
 from test_report import rows_by_objective
 
@@ -100,7 +100,7 @@ def test_table2_at_cifar10_scale_on_a_cpu_stand_in(tmp_path):
               "seed_sets=2", "fid_samples=4", "nll_images=2", "batch_size=4", "num_boot=10",
               f"sample_args=['fid.inception_weights={weights}']", f"out={tmp_path / 'table2.md'}",
               f"hydra.run.dir={tmp_path / 'report'}"]
-    proc = subprocess.run(report, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=cli_env(**env))
+    proc = run_python(report[1:], tmp_path, 900, **env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     for row in ROWS:
         for k in range(2):
