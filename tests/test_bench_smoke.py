@@ -168,6 +168,7 @@ def test_frontier_digits_study_quick_writes_the_timesteps_and_gaussian_tables(tm
     assert "relative to the exact ODE map" in text
 
 
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_table2_gradients_quick_prints_weights_snr_and_minibatch_tables(tmp_path):
     bench = _load("table2_gradients")
     out = tmp_path / "g.md"

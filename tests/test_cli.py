@@ -66,6 +66,7 @@ def run(args: list[str], cwd: Path, fresh: bool = False, **env: str):
         ("nll", ["nll_split=train"], ["nll_split=...", "python -m ddpm.nll split=..."]),
     ],
 )
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_preflight_refuses_with_one_clean_message(script, argv, needles, capsys, monkeypatch):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(SystemExit) as info:

@@ -75,6 +75,7 @@ def test_every_hydra_command_has_a_bad_value_case():
 
 
 @pytest.mark.parametrize("script", HYDRA_COMMANDS)
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_each_hydra_command_refuses_a_bad_value_and_an_unknown_key(script, capsys, monkeypatch):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.delenv("DDPM_DEBUG", raising=False)
@@ -94,6 +95,7 @@ def test_each_hydra_command_refuses_a_bad_value_and_an_unknown_key(script, capsy
     _one_clean_line(capsys, "paths.output_dri: no such option", "Did you mean 'paths.output_dir'")
 
 
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_the_value_checks_pass_every_default_and_name_the_first_bad_key():
     """Each command's defaults pass; a bad value is refused at composition, naming its key."""
     from ddpm.core.config import compose

@@ -224,8 +224,8 @@ def test_label_dropout_rate_and_seed_address():
     assert torch.equal(dropped, module.drop_labels(y, 0)) and not torch.equal(dropped, module.drop_labels(y, 1))
 
 
-@pytest.mark.parametrize("objective", ["simple", "hybrid", *(pytest.param(o, marks=pytest.mark.slow) for o in (
-    "eps_vlb_fixed", "eps_vlb_learned", "mu_vlb_fixed", "mu_vlb_learned", "mu_mse"))])
+@pytest.mark.parametrize("objective", ["simple", *(pytest.param(o, marks=pytest.mark.slow) for o in (
+    "hybrid", "eps_vlb_fixed", "eps_vlb_learned", "mu_vlb_fixed", "mu_vlb_learned", "mu_mse"))])
 def test_every_objective_trains_conditionally_with_ema(tmp_path, tiny, objective):
     from ddpm.commands.training import train
 
@@ -264,6 +264,7 @@ def _npz(path):
         return {k: z[k] for k in z.files}
 
 
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_sample_py_balanced_guided_labels_in_the_npz(cond_ckpt, tmp_path):
     from ddpm.commands.sampling import sample
 

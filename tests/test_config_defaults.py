@@ -141,6 +141,7 @@ PAPER = [("train", ["data=cifar10"]), ("train", ["data=cifar10", "callbacks=fid"
 
 @pytest.mark.parametrize(("primary", "overrides"), compositions(), ids=lambda v: v if isinstance(v, str) else
                          " ".join(v) or "defaults")
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_callback_settings_have_their_default_only_in_yaml(primary, overrides):
     cfg = compose(primary, ["paths.output_dir=/unused", *overrides])
     assert written_twice(cfg) == []

@@ -128,6 +128,7 @@ def _assert_same_weights(a: UNet, b: UNet) -> None:
         assert torch.equal(sa[k], sb[k]), k
 
 
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_safetensors_folder_matches_diffusers(cifar, converted):
     theirs, root = cifar
     assert (root / "st" / "diffusion_pytorch_model.safetensors").is_file()

@@ -93,6 +93,7 @@ def exported(tmp_path: Path, net: UNet, diffusion: GaussianDiffusion, clip: bool
 
 @pytest.mark.parametrize("learned", [False, True], ids=["fixed", "learned_range"])
 @pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_exported_unet_equals_ours(arch, learned, tmp_path):
     net = random_unet(arch, learned)
     out, pipe = exported(tmp_path, net, diffusion_for("learned_range" if learned else "fixed_large"))
@@ -209,6 +210,7 @@ def test_one_scheduler_step_equals_our_reverse_step(var_type, clip, tmp_path):
 
 
 @pytest.mark.parametrize("var_type", ["fixed_large", "learned_range"])
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_the_whole_pipeline_equals_our_ancestral_sampler(var_type, tmp_path):
     """DDPMPipeline as a user calls it (x_T and every z from one generator, in the same order as ours), T=100."""
     net = random_unet("unet_small", var_type == "learned_range", seed=2)
@@ -397,6 +399,7 @@ def test_mu_run_is_refused_with_one_line(run_dir, tmp_path):
     assert not out.exists() and list(tmp_path.iterdir()) == [mu]
 
 
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_an_exported_v_model_samples_in_ddpm_pipeline(tmp_path):
     """issue 33: a v network exports as prediction_type="v_prediction", and DDPMPipeline as a user calls it samples
     it as our ancestral sampler does (same x_T and z from one generator), T=100."""
@@ -456,6 +459,7 @@ def test_conditional_unet_exports_with_class_embeddings_and_converts_back(learne
 
 
 @pytest.mark.parametrize("objective", ["simple", "hybrid"])
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_conditional_run_card_shows_a_guided_loop_that_runs(objective, tmp_path_factory, tmp_path):
     ckpt = tiny_checkpoint(tmp_path_factory, extra=("model.ch=32", "model.num_classes=10", f"objective={objective}"))
     out = tmp_path / "hub"

@@ -109,6 +109,7 @@ def fails_cleanly(fn) -> None:
 
 # ----------------------------------------------------------------------------------------------- full disk
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_full_disk_at_a_checkpoint_names_the_file_the_space_and_the_resume(tiny, tmp_path, full_disk, capsys, code):
     """The step-4 checkpoint cannot be written: one line with the file, the bytes it needs and those free, the
     last good checkpoint (step 2) and the command that resumes from it; that checkpoint loads; no temp file."""
@@ -152,6 +153,7 @@ def ckpt(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", [r"shards/.*\.npz", "samples.npz", "metrics.json", "samples.png"])
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_full_disk_in_sample_py(ckpt, tmp_path, full_disk, capsys, name):
     """sample.py: a shard, samples.npz, metrics.json, the grid: one line naming it; the earlier complete outputs
     stay (a rerun continues from the shards), no temp file."""

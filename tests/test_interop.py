@@ -114,6 +114,7 @@ def test_names_that_cannot_cross_say_why():
 
 
 @pytest.mark.parametrize(("schedule", "mean_type", "var_type"), EXPORTABLE)
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_convert_of_export_is_bit_identical(schedule, mean_type, var_type, tmp_path, capsys):
     learned = var_type == "learned_range"
     net = _randomise(UNet(in_channels=1, out_channels=2 if learned else 1, **TINY), seed=3)
@@ -165,6 +166,7 @@ def _diffusers_folder(root: Path, schedule: str, mean_type: str, var_type: str) 
 
 
 @pytest.mark.parametrize(("schedule", "mean_type", "var_type"), EXPORTABLE)
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_export_of_convert_is_bit_identical(schedule, mean_type, var_type, tmp_path):
     src = _diffusers_folder(tmp_path / "src", schedule, mean_type, var_type)
     convert_main([str(src), str(tmp_path / "ours.safetensors")])

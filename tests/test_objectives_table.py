@@ -59,6 +59,7 @@ def _job(root, name: str, objective: dict, schedule: str = "linear"):
     return job
 
 
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_extended_rows_are_reported_and_paired_against_l_simple(tmp_path):
     """Hand-built rows on the same seeds: a row of real digits is better than L_simple (noisy digits) on every set,
     a noisier row worse; the table lists each extended row with its fields, and finding (5) states each one's paired

@@ -157,6 +157,7 @@ def test_the_readme_has_commands_to_check():
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[:80])
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_readme_command_matches_the_configs(command):
     assert check(command) == []
 

@@ -257,6 +257,7 @@ def _convergence_errors() -> tuple[list[float], float]:
     return [float(e) for e in errs], float((ddim(coarse) - ode).abs().max())
 
 
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_dpm_solver_converges_to_the_ode_solution_second_order() -> None:
     """DPM-Solver++ approaches the DDIM (eta=0) ODE solution from the same x_T, the error falling ~4x per
     doubling of the steps (second order; a first-order solver's falls 2x), and with 500 evaluations it is within
@@ -267,6 +268,7 @@ def test_dpm_solver_converges_to_the_ode_solution_second_order() -> None:
     assert errs[3] < 5e-4 and errs[3] < ddim1000 / 10, (errs, ddim1000)
 
 
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_dpm_solver_convergence_test_catches_a_first_order_solver(monkeypatch) -> None:
     monkeypatch.setattr(S, "_dpm_pp_update", _first_order_only)
     errs, _ = _convergence_errors()

@@ -229,6 +229,7 @@ while True:
 
 
 @pytest.mark.parametrize("delay", [0.7, 1.3, 2.1])
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_kill_9_while_writing_leaves_a_complete_checkpoint(tmp_path, delay):
     """SIGKILL at a random moment of repeated 8 MB checkpoint writes: the file always loads and is one whole
     version; the temp file a kill leaves behind is hidden and never taken for the checkpoint."""
@@ -334,6 +335,7 @@ def test_nan_policy_stop_names_the_step_and_keeps_the_good_checkpoint(tiny, tmp_
 
 
 @pytest.mark.parametrize("what", ["batch", "grad"])
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_nan_policy_skip_leaves_weights_unchanged_and_finishes(tiny, tmp_path, what):
     poison = _PoisonAt(2, what)
     _, objs = _train_with(tiny("nan_policy=skip", steps=5), poison)

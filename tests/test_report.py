@@ -271,6 +271,7 @@ def test_seed_sets_are_pooled_and_findings_are_paired(tmp_path):
     assert "**Rows differ" not in table
 
 
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_opposite_sign_on_every_set_is_the_opposite(tmp_path):
     from ddpm.core.data.digits import digits_split
 

@@ -80,6 +80,7 @@ def test_matches_generate_and_seed_rule(reference_run, ckpt):
     np.testing.assert_array_equal(_arr(out / "samples.npz")[5:7, ..., 0], x[:, 0].numpy())
 
 
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_resume_after_lost_shard(reference_run, ckpt, tmp_path):
     import shutil
 
@@ -153,6 +154,7 @@ def test_compile_option_samples_the_same_images(reference_run, ckpt, tmp_path):
     np.testing.assert_array_equal(_arr(tmp_path / "samples.npz"), _arr(out / "samples.npz"))
 
 
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_samplers_and_raw_weights(reference_run, ckpt, tmp_path):
     out, _ = reference_run
     ref = _arr(out / "samples.npz")
@@ -242,6 +244,7 @@ def test_bad_input(ckpt, tmp_path):
         sample(sample_cfg(tmp_path / "missing.ckpt", tmp_path / "o", "num_samples=2"))
 
 
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_fid_through_sample_py(reference_run, ckpt, tmp_path):
     """FID of a set against its own statistics is ~0 (computed by sample.py, the ddpm and torch-fidelity
     paths agree), and grows as the images are corrupted."""

@@ -97,13 +97,13 @@ def test_table2_at_cifar10_scale_on_a_cpu_stand_in(tmp_path):
 
     # the report: every evaluation spread over 2 processes, Inception features, the test split's NLL
     report = [sys.executable, "-m", "ddpm.report", f"multirun_dir={sweep}", "evaluate=true", "devices=2",
-              "seed_sets=2", "fid_samples=4", "nll_images=2", "batch_size=4", "num_boot=10",
+              "seed_sets=1", "fid_samples=4", "nll_images=2", "batch_size=4", "num_boot=10",
               f"sample_args=['fid.inception_weights={weights}']", f"out={tmp_path / 'table2.md'}",
               f"hydra.run.dir={tmp_path / 'report'}"]
     proc = run_python(report[1:], tmp_path, 900, **env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     for row in ROWS:
-        for k in range(2):
+        for k in range(1):  # one seed set: pooling over several is test_report's (digits, 1 process)
             m = json.loads((sweep / row / "eval" / f"fid4_ancestral_seed{k}" / "metrics.json").read_text())
             assert m["fid_extractor"] == "inception-v3-compat" and m["num_samples"] == 4 and m["seed"] == k
             assert math.isfinite(m["fid_4"]) and m["is_4"] >= 1.0
@@ -117,7 +117,7 @@ def test_table2_at_cifar10_scale_on_a_cpu_stand_in(tmp_path):
     for row in ROWS:
         assert rows[row][2] == "3", rows[row]  # trained steps
         assert all(re.search(r"\d", cell) for cell in rows[row][3:6]), rows[row]  # IS, FID, NLL
-    assert "pooled over 2 seed set(s) (seeds 0, 1)" in table and "inception" in table.lower()
+    assert "pooled over 1 seed set(s) (seeds 0)" in table and "inception" in table.lower()
     assert "- FID simple − eps_vlb_fixed" in table
 
 

@@ -135,6 +135,7 @@ PAIRS = sorted({(d, "simple") for d in DATASETS} | {("digits", o) for o in OBJEC
 
 
 @pytest.mark.parametrize("data,objective", PAIRS)
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_fast_dev_run_every_dataset_and_every_objective(tmp_path, tiny, data, objective):
     cfg = tiny(f"objective={objective}", *data_overrides(data, tmp_path), "trainer.fast_dev_run=true",
                "final_samples=0", batch=4)
@@ -177,6 +178,7 @@ def test_run_leaves_checkpoint_grid_metrics_and_config(tmp_path, tiny):
 @pytest.mark.parametrize("sampler", [("sampler=dpm_solver_sde", "sampler.steps=4"),
                                      ("sampler=restart", "sampler.steps=6", "sampler.restart_t_min=2",
                                       "sampler.restart_t_max=7")])
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_final_samples_and_grids_with_the_stochastic_solvers(tmp_path, tiny, sampler):
     """train.py's final samples and sample grids take every registered sampler the same way (T=10 here)."""
     metrics, objs = train(tiny(*sampler, "final_samples=4", "callbacks.sample_grid.every_n_steps=2", steps=4))
@@ -188,6 +190,7 @@ def test_final_samples_and_grids_with_the_stochastic_solvers(tmp_path, tiny, sam
     assert grid.sampler.name == name
 
 
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_ema_is_the_paper_average_and_validation_leaves_raw_weights_alone(tmp_path, tiny):
     """EMA after k steps equals the closed-form average of the raw weights seen after each step."""
     import lightning as L
@@ -295,6 +298,7 @@ def test_tensorboard_logger(tmp_path, tiny):
     assert "hp_metric" not in acc.Tags()["scalars"]  # no placeholder -1
 
 
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_wandb_offline_run_dir_has_config_and_summary(tmp_path, tiny, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     _, objs = train(tiny("logger=wandb", "logger.wandb.offline=true", steps=3))

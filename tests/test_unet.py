@@ -82,6 +82,7 @@ def test_preset_parameter_counts():
     ],
 )
 @torch.no_grad()
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_preset_output_shapes(name, fill, size):
     net = preset(name, **fill).eval()
     x = torch.randn(1, fill["in_channels"], size, size)

@@ -186,6 +186,7 @@ def test_hybrid_weights_only_its_mse_part():
     (["objective.mean_type=v", "objective.loss_weight=p2"], ["objective.loss_weight=p2", "eps"]),
     (["objective.loss_weight=p2", "objective.p2_k=0"], ["objective.p2_k=0", "> 0"]),
 ])
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_a_bad_loss_weight_is_one_error_line_naming_the_key(argv, needles, capsys, monkeypatch):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(SystemExit) as info:
@@ -213,6 +214,7 @@ def _ddpm(variance: str, clip: bool) -> diffusers.DDPMScheduler:
 
 @pytest.mark.parametrize("variance", ["fixed_large", "fixed_small"])
 @pytest.mark.parametrize("clip", [True, False])
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_v_reverse_step_equals_diffusers_ddpm_scheduler_in_float64(variance, clip):
     """Every one of the T steps from the same x_t and z: our p_theta step against DDPMScheduler.step holding our
     float64 abar (float64 arithmetic on its side), <= 1e-5; and the whole float32 chain to float rounding."""
