@@ -8,7 +8,10 @@ What it does not see are import-time effects (a warning printed while importing)
 interpreter (``run_python(..., fresh=True)`` in ``conftest.py``), as do tests that signal or kill their process.
 
 Protocol, one Unix-socket connection per request: the client sends one JSON line ``{"args", "cwd", "env",
-"stdout", "stderr"}`` (the same file for both: stderr into stdout); the child answers its pid, then, when it is done, its exit status, one line each.
+"stdout", "stderr"}`` (the same file for both: stderr into stdout); the child answers its pid, then, when it is
+done, its exit status, one line each. A forked process's ``sys.executable`` is the shim ``python`` written next to
+the socket (:data:`SHIM`), so the ``python ...`` processes it starts itself (the report's evaluations) fork from
+here too; DDP ranks that Lightning starts get the real interpreter.
 """
 
 from __future__ import annotations
@@ -58,26 +61,28 @@ def _serve(conn: socket.socket, default_threads: int) -> None:
         os.dup2(f, fd)
     for f in {out, err}:
         os.close(f)
-    for entry in reversed(req["env"].get("PYTHONPATH", "").split(os.pathsep)):  # as a new interpreter would
-        if entry and entry not in sys.path:
-            sys.path.insert(1, entry)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
 
+    if os.environ.get("DDPM_TEST_FORK_SHIM"):  # its own `python ...` children fork from this server too
+        sys.executable = os.environ["DDPM_TEST_FORK_SHIM"]
     import torch
 
     torch.set_num_threads(int(req["env"].get("OMP_NUM_THREADS", default_threads)))
     args = req["args"]
+    # sys.path as a new interpreter would have it: the script's folder (the working directory for -m), then
+    # PYTHONPATH, then what the server has (PYTHONPATH of its own start, the standard library, site-packages)
+    head = [os.getcwd() if args[0] == "-m" else os.path.dirname(os.path.abspath(args[0]))]
+    head += [e for e in req["env"].get("PYTHONPATH", "").split(os.pathsep) if e]
+    sys.path[:] = list(dict.fromkeys(head + sys.path))
     code: int = 0
     try:
         if args[0] == "-m":
             sys.argv = [args[1], *args[2:]]
-            sys.path[0] = os.getcwd()
             runpy.run_module(args[1], run_name="__main__", alter_sys=True)
         else:
             sys.argv = list(args)
-            sys.path[0] = os.path.dirname(os.path.abspath(args[0]))
             runpy.run_path(args[0], run_name="__main__")
     except SystemExit as e:  # as the interpreter does: None -> 0, an int, anything else printed -> 1
         if e.code is None:
@@ -109,8 +114,46 @@ def _serve(conn: socket.socket, default_threads: int) -> None:
     os._exit(code & 0xFF)
 
 
+SHIM = """#!{python} -S
+# `python ARGS` for a process forked from the test fork server: runs ARGS there (tests/_forkserver.py) and relays
+# stdout, stderr and the exit status; anything but `SCRIPT.py ...` or `-m MODULE ...`, or a DDP rank that Lightning
+# starts (LOCAL_RANK set), gets the real python.
+import json, os, signal, socket, sys, tempfile
+REAL, SOCK = {python!r}, {sock!r}
+args = sys.argv[1:]
+if (not args or not (args[0] == "-m" or args[0].endswith(".py")) or "LOCAL_RANK" in os.environ
+        or not os.path.exists(SOCK)):  # interpreter options (-u, -c...), a DDP rank: the real python
+    os.execv(REAL, [REAL, *args])
+tmp = tempfile.mkdtemp(dir=os.path.dirname(SOCK))
+out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
+conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+conn.connect(SOCK)
+conn.sendall((json.dumps({{"args": args, "cwd": os.getcwd(), "env": dict(os.environ), "stdout": out,
+                           "stderr": err}}) + "\\n").encode())
+reader = conn.makefile("r")
+pid = int(reader.readline())
+for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+    signal.signal(sig, lambda s, f: os.kill(pid, s))
+line = reader.readline().strip()
+for path, stream in ((out, sys.stdout), (err, sys.stderr)):
+    if os.path.exists(path):
+        with open(path, errors="replace") as f:
+            stream.write(f.read())
+        os.remove(path)
+os.rmdir(tmp)
+stream.flush()
+sys.stdout.flush()
+sys.exit(int(line) if line else 137)
+"""
+
+
 def main(path: str) -> None:
+    sys.path.pop(0)  # this file's folder (tests/): not on a CLI process's path
     default_threads = _preload()
+    shim = os.path.join(os.path.dirname(path), "python")
+    with open(shim, "w") as f:
+        f.write(SHIM.format(python=sys.executable, sock=path))
+    os.chmod(shim, 0o755)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     server.listen(16)

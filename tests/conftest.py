@@ -39,7 +39,23 @@ class _ForkServer:
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError("the test fork server did not start")
-        atexit.register(self.proc.kill)
+        atexit.register(self._stop)
+
+    def _stop(self) -> None:
+        import shutil
+
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def shim(self) -> str:
+        """A ``python`` that runs its arguments in the fork server: ``sys.executable`` of the forked processes, so
+        the processes they start (the report's evaluations) fork from the server too."""
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        return os.path.join(self.dir, "python")
 
     @property
     def sock(self) -> str:
@@ -63,11 +79,13 @@ class _ForkServer:
                    "stderr": out if merge else err}
             conn.sendall((json.dumps(req) + "\n").encode())
             reader = conn.makefile("r")
+            pid = None
             try:
                 pid = int(reader.readline())
                 line = reader.readline().strip()
-            except (TimeoutError, socket.timeout):
-                os.killpg(pid, signal.SIGKILL)
+            except TimeoutError:
+                if pid is not None:
+                    os.killpg(pid, signal.SIGKILL)
                 raise subprocess.TimeoutExpired([sys.executable, *args], timeout) from None
             finally:
                 conn.close()
@@ -89,7 +107,7 @@ def run_python(args: list[str], cwd: Path, timeout: float = 600, fresh: bool = F
     if fresh or args[0] == "-c":
         return subprocess.run([sys.executable, *args], cwd=cwd, env=cli_env(**env), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT if merge else subprocess.PIPE, text=True, timeout=timeout)
-    return _FORK_SERVER.run(args, cwd, cli_env(**env), timeout, merge)
+    return _FORK_SERVER.run(args, cwd, cli_env(DDPM_TEST_FORK_SHIM=_FORK_SERVER.shim, **env), timeout, merge)
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 600, fresh: bool = False,

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cli_env
+from conftest import cli_env, run_python
 from PIL import Image
 
 from ddpm.commands.training import train
@@ -192,8 +192,7 @@ def test_signal_writes_last_ckpt_exits_zero_and_resumes(tmp_path, sig):
     assert not list(run.glob("samples.png"))  # no final sampling in the grace period
 
     resume = [a if not a.startswith("trainer.max_steps=") else f"trainer.max_steps={stopped + 2}" for a in args]
-    done = subprocess.run([*resume, "ckpt_path=last"], cwd=tmp_path, env=cli_env(), capture_output=True,
-                          text=True, timeout=300)
+    done = run_python([*resume[1:], "ckpt_path=last"], tmp_path, 300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert load(run / "checkpoints" / "last.ckpt")["global_step"] == stopped + 2
     assert "Restoring states from the checkpoint" in done.stdout + done.stderr

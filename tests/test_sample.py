@@ -130,7 +130,7 @@ def test_kill_9_halfway_then_rerun_gives_the_uninterrupted_npz(ckpt, tmp_path):
     kept = sorted(p.name for p in (killed / "shards").glob("shard_*.npz"))
     assert 2 <= len(kept) < 20 and not (killed / "samples.npz").exists()
 
-    r = subprocess.run([*args, "batch_size=50"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    r = run_python([*args[1:], "batch_size=50"], ROOT, 600, OMP_NUM_THREADS="1")
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((killed / "metrics.json").read_text())
     assert m["newly_sampled"] == 400 - 20 * len(kept)

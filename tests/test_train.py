@@ -397,7 +397,8 @@ def test_submitit_local_launcher_runs_a_tiny_job(tmp_path):
     overrides = [o for o in tiny_overrides("X", steps=2) if not o.startswith("paths.output_dir")]
     sweep_dir = tmp_path / "sweep"
     run_cli([str(ROOT / "train.py"), "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
-             *overrides, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
+             *overrides, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path,
+            fresh=True)  # submitit's job processes are not the fork server's (tests/README.md, Processes)
     (metrics,) = sweep_dir.rglob("metrics.json")
     assert list(sweep_dir.rglob(".submitit/*/*_log.out"))  # submitit ran it (the basic launcher writes no log)
     # the job is the run itself: the same weights as the same overrides trained here in-process
