@@ -28,6 +28,7 @@ class _ForkServer:
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
         self.dir = ""
+        self.shim_path = ""
 
     def _start(self) -> None:
         import atexit
@@ -40,6 +41,11 @@ class _ForkServer:
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError("the test fork server did not start")
         atexit.register(self._stop)
+        self.shim_path = os.path.join(self.dir, "python")
+        try:  # a temp folder mounted noexec: the processes' own children start new interpreters, as before
+            subprocess.run([self.shim_path, "-c", "pass"], check=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            self.shim_path = ""
 
     def _stop(self) -> None:
         import shutil
@@ -55,7 +61,7 @@ class _ForkServer:
         the processes they start (the report's evaluations) fork from the server too."""
         if self.proc is None or self.proc.poll() is not None:
             self._start()
-        return os.path.join(self.dir, "python")
+        return self.shim_path
 
     @property
     def sock(self) -> str:
