@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="also write the Markdown report here")
     args = p.parse_args(argv)
 
+    import torch
+
     from ddpm.core.config import compose
     from ddpm.services.metrics.digits_score import digits_reference_scores
 
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# The quickstart's acceptance check",
         "",
-        f"Command: `python bench/quickstart_check.py` (torch threads: {__import__('torch').get_num_threads()})",
+        f"Command: `python bench/quickstart_check.py` (torch threads: {torch.get_num_threads()})",
         "",
         "| what | value | bound |",
         "|---|---|---|",

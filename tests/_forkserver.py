@@ -10,7 +10,7 @@ interpreter (``run_python(..., fresh=True)`` in ``conftest.py``), as do tests th
 Protocol, one Unix-socket connection per request: the client sends one JSON line ``{"args", "cwd", "env",
 "stdout", "stderr"}`` (the same file for both: stderr into stdout); the child answers its pid, then, when it is
 done, its exit status, one line each. A forked process's ``sys.executable`` is the shim ``python`` written next to
-the socket (:data:`SHIM`), so the ``python ...`` processes it starts itself (the report's evaluations) fork from
+the socket (:data:`SHIM`, :func:`shim_main`), so the ``python ...`` processes it starts itself (the report's evaluations) fork from
 here too; DDP ranks that Lightning starts get the real interpreter.
 """
 
@@ -114,36 +114,62 @@ def _serve(conn: socket.socket, default_threads: int) -> None:
     os._exit(code & 0xFF)
 
 
+def request(sock: str, args: list[str], cwd: str, env: dict[str, str], out: str, err: str,
+            timeout: float | None = None, on_pid=None) -> int:
+    """Run ``python *args`` in the server listening on ``sock`` (stdout to ``out``, stderr to ``err``: the same path
+    merges them) and return its exit status (-9 when it died without one). ``on_pid(pid)`` is called once the
+    process exists; on ``timeout`` its process group is killed and :class:`TimeoutError` raised."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(sock)
+    conn.settimeout(timeout)
+    pid = None
+    try:
+        conn.sendall((json.dumps({"args": [str(a) for a in args], "cwd": str(cwd), "env": env, "stdout": out,
+                                  "stderr": err}) + "\n").encode())
+        reader = conn.makefile("r")
+        pid = int(reader.readline())
+        if on_pid is not None:
+            on_pid(pid)
+        line = reader.readline().strip()
+    except TimeoutError:
+        if pid is not None:
+            os.killpg(pid, signal.SIGKILL)
+        raise
+    finally:
+        conn.close()
+    return int(line) if line else -9
+
+
+def shim_main(real: str, sock: str) -> None:
+    """The shim ``python`` (:data:`SHIM`): ``SCRIPT.py ...`` and ``-m MODULE ...`` run in the server, stdout, stderr,
+    signals and the exit status relayed; interpreter options (``-u``, ``-c``...) and DDP ranks that Lightning starts
+    (``LOCAL_RANK`` set) get the real interpreter."""
+    import tempfile
+
+    args = sys.argv[1:]
+    if not args or not (args[0] == "-m" or args[0].endswith(".py")) or "LOCAL_RANK" in os.environ:
+        os.execv(real, [real, *args])
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(sock)) as tmp:
+        out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
+
+        def forward(pid: int) -> None:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+                signal.signal(sig, lambda s, _f: os.kill(pid, s))
+
+        code = request(sock, args, os.getcwd(), dict(os.environ), out, err, on_pid=forward)
+        for path, stream in ((out, sys.stdout), (err, sys.stderr)):
+            if os.path.exists(path):
+                with open(path, errors="replace") as f:
+                    stream.write(f.read())
+                stream.flush()
+    sys.exit(code if code >= 0 else 137)
+
+
 SHIM = """#!{python} -S
-# `python ARGS` for a process forked from the test fork server: runs ARGS there (tests/_forkserver.py) and relays
-# stdout, stderr and the exit status; anything but `SCRIPT.py ...` or `-m MODULE ...`, or a DDP rank that Lightning
-# starts (LOCAL_RANK set), gets the real python.
-import json, os, signal, socket, sys, tempfile
-REAL, SOCK = {python!r}, {sock!r}
-args = sys.argv[1:]
-if (not args or not (args[0] == "-m" or args[0].endswith(".py")) or "LOCAL_RANK" in os.environ
-        or not os.path.exists(SOCK)):  # interpreter options (-u, -c...), a DDP rank: the real python
-    os.execv(REAL, [REAL, *args])
-tmp = tempfile.mkdtemp(dir=os.path.dirname(SOCK))
-out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
-conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-conn.connect(SOCK)
-conn.sendall((json.dumps({{"args": args, "cwd": os.getcwd(), "env": dict(os.environ), "stdout": out,
-                           "stderr": err}}) + "\\n").encode())
-reader = conn.makefile("r")
-pid = int(reader.readline())
-for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-    signal.signal(sig, lambda s, f: os.kill(pid, s))
-line = reader.readline().strip()
-for path, stream in ((out, sys.stdout), (err, sys.stderr)):
-    if os.path.exists(path):
-        with open(path, errors="replace") as f:
-            stream.write(f.read())
-        os.remove(path)
-os.rmdir(tmp)
-stream.flush()
-sys.stdout.flush()
-sys.exit(int(line) if line else 137)
+import sys
+sys.path.insert(0, {here!r})
+from _forkserver import shim_main
+shim_main({python!r}, {sock!r})
 """
 
 
@@ -152,7 +178,7 @@ def main(path: str) -> None:
     default_threads = _preload()
     shim = os.path.join(os.path.dirname(path), "python")
     with open(shim, "w") as f:
-        f.write(SHIM.format(python=sys.executable, sock=path))
+        f.write(SHIM.format(python=sys.executable, sock=path, here=os.path.dirname(os.path.abspath(__file__))))
     os.chmod(shim, 0o755)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -28,12 +29,13 @@ class _ForkServer:
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
         self.dir = ""
-        self.shim_path = ""
 
-    def _start(self) -> None:
+    def _ensure(self) -> None:
         import atexit
         import tempfile
 
+        if self.proc is not None and self.proc.poll() is None:
+            return
         self.dir = tempfile.mkdtemp(prefix="ddpm-fork-")
         env = {k: v for k, v in cli_env().items() if k != "OMP_NUM_THREADS"}
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "_forkserver.py"), self.sock],
@@ -41,63 +43,39 @@ class _ForkServer:
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError("the test fork server did not start")
         atexit.register(self._stop)
-        self.shim_path = os.path.join(self.dir, "python")
-        try:  # a temp folder mounted noexec: the processes' own children start new interpreters, as before
-            subprocess.run([self.shim_path, "-c", "pass"], check=True, timeout=60)
-        except (OSError, subprocess.SubprocessError):
-            self.shim_path = ""
 
     def _stop(self) -> None:
         import shutil
 
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
+        self.proc.kill()
+        self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    @property
-    def shim(self) -> str:
-        """A ``python`` that runs its arguments in the fork server: ``sys.executable`` of the forked processes, so
-        the processes they start (the report's evaluations) fork from the server too."""
-        if self.proc is None or self.proc.poll() is not None:
-            self._start()
-        return self.shim_path
 
     @property
     def sock(self) -> str:
         return os.path.join(self.dir, "s")
 
+    @property
+    def shim(self) -> str:
+        """The ``python`` that runs its arguments in the server (``sys.executable`` of the forked processes, so the
+        processes they start fork from the server too); empty on a temp folder mounted noexec."""
+        return "" if os.statvfs(self.dir).f_flag & os.ST_NOEXEC else os.path.join(self.dir, "python")
+
     def run(self, args: list[str], cwd: Path, env: dict[str, str], timeout: float,
             merge: bool = False) -> subprocess.CompletedProcess:
-        import json
-        import signal
-        import socket
         import tempfile
 
-        if self.proc is None or self.proc.poll() is not None:
-            self._start()
+        from _forkserver import request
+
+        self._ensure()
+        env = {**env, "DDPM_TEST_FORK_SHIM": self.shim}
         with tempfile.TemporaryDirectory(dir=self.dir) as tmp:
             out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
-            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            conn.connect(self.sock)
-            conn.settimeout(timeout)
-            req = {"args": [str(a) for a in args], "cwd": str(cwd), "env": env, "stdout": out,
-                   "stderr": out if merge else err}
-            conn.sendall((json.dumps(req) + "\n").encode())
-            reader = conn.makefile("r")
-            pid = None
             try:
-                pid = int(reader.readline())
-                line = reader.readline().strip()
+                code = request(self.sock, args, cwd, env, out, out if merge else err, timeout)
             except TimeoutError:
-                if pid is not None:
-                    os.killpg(pid, signal.SIGKILL)
                 raise subprocess.TimeoutExpired([sys.executable, *args], timeout) from None
-            finally:
-                conn.close()
-            code = int(line) if line else -9  # no status: the child was killed
-            text = [open(f, errors="replace").read() if os.path.exists(f) and not (merge and f == err) else ""
-                    for f in (out, err)]
+            text = [open(f, errors="replace").read() if os.path.exists(f) else "" for f in (out, err)]
         return subprocess.CompletedProcess([sys.executable, *args], code, text[0], text[1])
 
 
@@ -113,7 +91,17 @@ def run_python(args: list[str], cwd: Path, timeout: float = 600, fresh: bool = F
     if fresh or args[0] == "-c":
         return subprocess.run([sys.executable, *args], cwd=cwd, env=cli_env(**env), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT if merge else subprocess.PIPE, text=True, timeout=timeout)
-    return _FORK_SERVER.run(args, cwd, cli_env(DDPM_TEST_FORK_SHIM=_FORK_SERVER.shim, **env), timeout, merge)
+    return _FORK_SERVER.run(args, cwd, cli_env(**env), timeout, merge)
+
+
+def load_bench(name: str):
+    """``bench/NAME.py`` as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 600, fresh: bool = False,
@@ -177,9 +165,18 @@ def _isolated_cache(tmp_path_factory):
 def one_thread():
     """Tiny tensors: one intra-op thread is faster and avoids OpenMP thrashing on a shared 2-core machine
     (a module uses it with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    with torch_threads(1):
+        yield
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count set to ``n`` inside the block, restored after it."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

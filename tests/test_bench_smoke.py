@@ -5,7 +5,6 @@ No timing is asserted; these only keep the scripts working.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,15 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_bench_cpu_quick_prints_tables(capsys, tmp_path):
     import diffusers  # noqa: F401  (a test extra)
 
-    bench = _load("bench_cpu")
+    bench = load_bench("bench_cpu")
     out = tmp_path / "cpu.md"
     bench.main(
         ["--quick", "--skip-e2e", "--skip-memory", "--repeats", "1", "--warmup", "0", "--digits", "4",
@@ -49,7 +42,7 @@ def test_bench_cpu_quick_prints_tables(capsys, tmp_path):
 def test_bench_cpu_profile(capsys):
     import diffusers  # noqa: F401  (a test extra)
 
-    bench = _load("bench_cpu")
+    bench = load_bench("bench_cpu")
     bench.main(["--quick", "--sections", "sample", "--skip-memory", "--repeats", "1", "--warmup", "0", "--profile"])
     text = capsys.readouterr().out
     assert "Profile of one step, sample ours" in text and "Profile of one step, sample diffusers" in text
@@ -60,7 +53,7 @@ def test_bench_cpu_memory_child(monkeypatch):
     """The memory figure is the peak over the steps above the RSS before them: an implementation whose step
     allocates (and touches) 64 MiB and frees it again reads ~64 MiB, although the RSS after the step is back where
     it was (a figure from the RSS after, or from a peak that was not reset, would not); the real one runs."""
-    bench = _load("bench_cpu")
+    bench = load_bench("bench_cpu")
 
     class Allocates:
         def step(self):
@@ -98,7 +91,7 @@ def test_gpu_suite_rows_are_valid_bench_gpu_runs(tmp_path):
     must run (here on the CPU, tiny model) and differ from the default in what they say they switch off."""
     import shlex
 
-    bench = _load("bench_gpu")
+    bench = load_bench("bench_gpu")
     rows = [shlex.split(line.split("#")[0])[1:] for line in (ROOT / "bench" / "gpu_suite.sh").read_text().splitlines()
             if line.startswith("row ")]  # fmt: skip
     assert len(rows) >= 7 and rows[0][0] == "bf16" and rows[0][2:] == []
@@ -120,7 +113,7 @@ def test_gpu_suite_rows_are_valid_bench_gpu_runs(tmp_path):
 def test_bench_convs_winograd_is_a_convolution_and_the_table_prints(tmp_path):
     import torch.nn.functional as F
 
-    bench = _load("bench_convs")
+    bench = load_bench("bench_convs")
     g = torch.Generator().manual_seed(1)
     x, w = torch.randn(3, 5, 6, 10, generator=g, dtype=torch.float64), torch.randn(7, 5, 3, 3, generator=g,
                                                                                    dtype=torch.float64)
@@ -159,7 +152,7 @@ def test_bench_quickstart_quick_prints_our_arm_the_diffusers_arm_and_references(
 
 @pytest.mark.slow  # over 5 s on 2 cores: the fast tier stays under 3 minutes
 def test_frontier_digits_study_quick_writes_the_timesteps_and_gaussian_tables(tmp_path):
-    bench = _load("frontier_digits")
+    bench = load_bench("frontier_digits")
     out = tmp_path / "study.md"
     bench.main(["--study", "--quick", "--out", str(out)])
     text = out.read_text()
@@ -170,7 +163,7 @@ def test_frontier_digits_study_quick_writes_the_timesteps_and_gaussian_tables(tm
 
 @pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_table2_gradients_quick_prints_weights_snr_and_minibatch_tables(tmp_path):
-    bench = _load("table2_gradients")
+    bench = load_bench("table2_gradients")
     out = tmp_path / "g.md"
     bench.main(["--quick", "--out", str(out)])
     text = out.read_text()

@@ -10,15 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, tiny_overrides
+from conftest import ROOT, run_python, tiny_overrides
 from sampling_helpers import tiny_checkpoint
 
 from ddpm.core import cli
 
 
 def run(args: list[str], cwd: Path, fresh: bool = False, **env: str):
-    from conftest import run_python
-
     env = {"HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1", **env}
     return run_python(args, cwd, 600, fresh, **env)
 

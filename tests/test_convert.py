@@ -14,6 +14,7 @@ from pathlib import Path
 import diffusers  # noqa: E402  (a test extra: pip install -e .[test])
 import pytest
 import torch
+from conftest import torch_threads
 
 import ddpm.commands.convert
 import ddpm.services.interop
@@ -320,14 +321,10 @@ def test_save_and_cli_roundtrip(cifar, converted, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_256_config_matches_diffusers(tmp_path):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)  # a 113M-parameter network at 256x256: not a tiny-tensor test
-    try:
+    with torch_threads(os.cpu_count() or 1):  # a 113M-parameter network at 256x256: not a tiny-tensor test
         theirs = _diffusers_unet(CONFIG_256, seed=3)
         theirs.save_pretrained(tmp_path, safe_serialization=True)
         ours, info = load_diffusers_unet(tmp_path)
         assert sum(p.numel() for p in ours.parameters()) == 113_673_219
         assert info["var_type"] == "fixed_small"
         _assert_same_outputs(ours, theirs, batch=1, size=256, timesteps=[[7], [900]])
-    finally:
-        torch.set_num_threads(threads)

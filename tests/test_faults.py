@@ -244,17 +244,19 @@ def ddp_args(run: Path, steps: int, *extra: str) -> list[str]:
             "+callbacks.rank_info._target_=fault_callbacks.RankInfo", *extra]
 
 
+# tests/ importable (fault_callbacks), one thread per rank, and the user's view of errors (no traceback)
+DDP_ENV = {"PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1",
+           "HYDRA_FULL_ERROR": "0"}
+
+
 def ddp_env() -> dict[str, str]:
-    """tests/ importable (fault_callbacks), one thread per rank, and the user's view of errors (no traceback)."""
-    return cli_env(PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}", OMP_NUM_THREADS="1",
-                   HYDRA_FULL_ERROR="0")
+    return cli_env(**DDP_ENV)
 
 
 def run_ddp(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     """``args`` (from :func:`ddp_args`) run to the end, stdout and stderr together; rank 0 forked from the suite's
     fork server (conftest.run_python), rank 1 started by Lightning as a new interpreter."""
-    return run_python(args[1:], cwd, timeout, merge=True, PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}",
-                      OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="0")
+    return run_python(args[1:], cwd, timeout, merge=True, **DDP_ENV)
 
 
 def rank_pids(run: Path, deadline_s: float, proc: subprocess.Popen) -> list[int]:

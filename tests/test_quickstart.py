@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, load_bench, run_cli
 
 # metrics.json fields that are wall times, not results
 WALL_TIME_KEYS = {"fit_seconds", "sample_seconds"}
@@ -52,15 +52,11 @@ def test_quickstart_recipe_is_deterministic(tmp_path):
 def test_the_default_is_a_step_budget_and_the_acceptance_check_can_fail():
     """The quickstart's full run (``python train.py``, then its NLL) is ``bench/quickstart_check.py``, kept out of the
     suite for time; here: the recipe it runs is a step budget, and its bounds refuse each bad figure on its own."""
-    import importlib.util
-
     from ddpm.core.config import compose
 
     recipe = compose("train", ["paths.output_dir=unused"])
     assert recipe.trainer.max_time is None and recipe.trainer.max_steps == 750  # the same model on every machine
-    spec = importlib.util.spec_from_file_location("quickstart_check", ROOT / "bench" / "quickstart_check.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("quickstart_check")
     ref = {"uniform_noise": {"confidence": 0.4}}
     good = {"global_step": 750, "digits/fid": 2.66, "digits/class_entropy": 3.30, "digits/confidence": 0.97}
     nll = {"num_images": 32, "num_timesteps": 1000, "bpd": 2.1}
