@@ -7,11 +7,13 @@ stderr files, ``sys.argv`` and exit status, and runs the script or module as ``_
 What it does not see are import-time effects (a warning printed while importing): tests of those use a fresh
 interpreter (``run_python(..., fresh=True)`` in ``conftest.py``), as do tests that signal or kill their process.
 
-Protocol, one Unix-socket connection per request: the client sends one JSON line ``{"args", "cwd", "env",
-"stdout", "stderr"}`` (the same file for both: stderr into stdout); the child answers its pid, then, when it is
-done, its exit status, one line each. A forked process's ``sys.executable`` is the shim ``python`` written next to
-the socket (:data:`SHIM`, :func:`shim_main`), so the ``python ...`` processes it starts itself (the report's evaluations) fork from
-here too; DDP ranks that Lightning starts get the real interpreter.
+Protocol, one Unix-socket connection per request: the client passes two open file descriptors (the job's stdout and
+stderr) and one JSON line ``{"args", "cwd", "env"}``. A manager process forks the job and answers its pid, then, when
+it has ended, its wait status as :class:`subprocess.Popen` gives it (``-9``: killed by SIGKILL), one line each; a
+client that goes away first takes the job with it. A forked process's ``sys.executable`` is the shim ``python``
+written next to the socket (:data:`SHIM`, :func:`shim_main`), so the ``python ...`` processes it starts itself (the
+report's evaluations, the DDP ranks that Lightning starts) fork from here too, with the shim's stdout, stderr,
+signals and exit status.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import runpy
 import signal
 import socket
 import sys
+import threading
 import traceback
 
 
@@ -41,8 +44,10 @@ def _preload() -> int:
 
 
 def _serve(conn: socket.socket, default_threads: int) -> None:
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the job's own subprocesses are waited for as usual
-    os.setpgrp()  # the client kills the whole group (DDP ranks included) on a timeout
+    """One request: this process (the manager) forks the job, waits for it and answers its pid and its wait status;
+    when the client goes away first (its process was killed), the job's process group is killed too."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the job (and its own subprocesses) are waited for as usual
+    _, fds, _, _ = socket.recv_fds(conn, 1, 2)
     buf = b""
     while not buf.endswith(b"\n"):
         chunk = conn.recv(65536)
@@ -50,16 +55,46 @@ def _serve(conn: socket.socket, default_threads: int) -> None:
             os._exit(2)
         buf += chunk
     req = json.loads(buf)
-    conn.sendall(f"{os.getpid()}\n".encode())
+    pid = os.fork()
+    if pid == 0:
+        conn.close()
+        try:
+            _job(req, fds, default_threads)
+        finally:
+            os._exit(70)
+    for fd in fds:
+        os.close(fd)
+    conn.sendall(f"{pid}\n".encode())
+
+    def watch() -> None:  # EOF from the client before the answer: it died, and so does the job
+        try:
+            gone = not conn.recv(1)
+        except OSError:
+            gone = True
+        if gone:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    threading.Thread(target=watch, daemon=True).start()
+    _, status = os.waitpid(pid, 0)
+    code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    try:
+        conn.sendall(f"{code}\n".encode())
+    except OSError:
+        pass
+    os._exit(0)
+
+
+def _job(req: dict, fds: list[int], default_threads: int) -> None:
+    os.setpgrp()  # its own group: a timeout kills it with everything it started (DDP ranks included)
     os.chdir(req["cwd"])
     os.environ.clear()
     os.environ.update(req["env"])
-    out = os.open(req["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    err = out if req["stderr"] == req["stdout"] else os.open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                                                               0o644)
-    for fd, f in ((1, out), (2, err)):
+    for fd, f in zip((1, 2), fds):
         os.dup2(f, fd)
-    for f in {out, err}:
+    for f in set(fds):
         os.close(f)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -107,25 +142,22 @@ def _serve(conn: socket.socket, default_threads: int) -> None:
             stream.flush()
         except Exception:  # noqa: BLE001
             pass
-    try:
-        conn.sendall(f"{code}\n".encode())
-    except OSError:
-        pass
     os._exit(code & 0xFF)
 
 
-def request(sock: str, args: list[str], cwd: str, env: dict[str, str], out: str, err: str,
+def request(sock: str, args: list[str], cwd: str, env: dict[str, str], out: int, err: int,
             timeout: float | None = None, on_pid=None) -> int:
-    """Run ``python *args`` in the server listening on ``sock`` (stdout to ``out``, stderr to ``err``: the same path
-    merges them) and return its exit status (-9 when it died without one). ``on_pid(pid)`` is called once the
-    process exists; on ``timeout`` its process group is killed and :class:`TimeoutError` raised."""
+    """Run ``python *args`` in the server listening on ``sock``, its stdout and stderr the open file descriptors
+    ``out`` and ``err`` (passed over the socket: the job writes into them directly), and return its exit status as
+    :class:`subprocess.Popen` does (``-N``: killed by signal N). ``on_pid(pid)`` is called once the process exists;
+    on ``timeout`` its process group is killed and :class:`TimeoutError` raised."""
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.connect(sock)
     conn.settimeout(timeout)
     pid = None
     try:
-        conn.sendall((json.dumps({"args": [str(a) for a in args], "cwd": str(cwd), "env": env, "stdout": out,
-                                  "stderr": err}) + "\n").encode())
+        socket.send_fds(conn, [b"\0"], [out, err])
+        conn.sendall((json.dumps({"args": [str(a) for a in args], "cwd": str(cwd), "env": env}) + "\n").encode())
         reader = conn.makefile("r")
         pid = int(reader.readline())
         if on_pid is not None:
@@ -137,32 +169,28 @@ def request(sock: str, args: list[str], cwd: str, env: dict[str, str], out: str,
         raise
     finally:
         conn.close()
-    return int(line) if line else -9
+    return int(line) if line else -signal.SIGKILL
 
 
 def shim_main(real: str, sock: str) -> None:
-    """The shim ``python`` (:data:`SHIM`): ``SCRIPT.py ...`` and ``-m MODULE ...`` run in the server, stdout, stderr,
-    signals and the exit status relayed; interpreter options (``-u``, ``-c``...) and DDP ranks that Lightning starts
-    (``LOCAL_RANK`` set) get the real interpreter."""
-    import tempfile
-
+    """The shim ``python`` (:data:`SHIM`): ``SCRIPT.py ...`` and ``-m MODULE ...`` run in the server with this
+    process's stdout and stderr; SIGTERM, SIGINT and SIGUSR1 are passed on, and the job's end is this process's end
+    (its exit status, or death by the same signal). When this process is killed, so is the job. Interpreter options
+    (``-u``, ``-c``...) get the real interpreter."""
     args = sys.argv[1:]
-    if not args or not (args[0] == "-m" or args[0].endswith(".py")) or "LOCAL_RANK" in os.environ:
+    if not args or not (args[0] == "-m" or args[0].endswith(".py")):
         os.execv(real, [real, *args])
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(sock)) as tmp:
-        out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
 
-        def forward(pid: int) -> None:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-                signal.signal(sig, lambda s, _f: os.kill(pid, s))
+    def forward(pid: int) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            signal.signal(sig, lambda s, _f: os.kill(pid, s))
 
-        code = request(sock, args, os.getcwd(), dict(os.environ), out, err, on_pid=forward)
-        for path, stream in ((out, sys.stdout), (err, sys.stderr)):
-            if os.path.exists(path):
-                with open(path, errors="replace") as f:
-                    stream.write(f.read())
-                stream.flush()
-    sys.exit(code if code >= 0 else 137)
+    code = request(sock, args, os.getcwd(), dict(os.environ), 1, 2, on_pid=forward)
+    if code < 0:
+        if -code != signal.SIGKILL:
+            signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    sys.exit(code)
 
 
 SHIM = """#!{python} -S

@@ -69,14 +69,25 @@ class _ForkServer:
 
         self._ensure()
         env = {**env, "DDPM_TEST_FORK_SHIM": self.shim}
-        with tempfile.TemporaryDirectory(dir=self.dir) as tmp:
-            out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
+        with tempfile.TemporaryFile("w+", errors="replace") as out, \
+                tempfile.TemporaryFile("w+", errors="replace") as err:
             try:
-                code = request(self.sock, args, cwd, env, out, out if merge else err, timeout)
+                code = request(self.sock, args, cwd, env, out.fileno(), (out if merge else err).fileno(), timeout)
             except TimeoutError:
                 raise subprocess.TimeoutExpired([sys.executable, *args], timeout) from None
-            text = [open(f, errors="replace").read() if os.path.exists(f) else "" for f in (out, err)]
+            text = []
+            for f in (out, err):
+                f.seek(0)
+                text.append(f.read())
         return subprocess.CompletedProcess([sys.executable, *args], code, text[0], text[1])
+
+    def popen(self, args: list[str], **kwargs) -> subprocess.Popen:
+        """:class:`subprocess.Popen` of ``python *args`` through the shim (a real interpreter on a noexec temp
+        folder): its pid is the shim's, which passes signals on and ends as the job does; the job's own pid is what
+        the job reports (a pid file)."""
+        self._ensure()
+        kwargs["env"] = {**kwargs.get("env", os.environ), "DDPM_TEST_FORK_SHIM": self.shim}
+        return subprocess.Popen([self.shim or sys.executable, *args], **kwargs)
 
 
 _FORK_SERVER = _ForkServer()
@@ -92,6 +103,12 @@ def run_python(args: list[str], cwd: Path, timeout: float = 600, fresh: bool = F
         return subprocess.run([sys.executable, *args], cwd=cwd, env=cli_env(**env), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT if merge else subprocess.PIPE, text=True, timeout=timeout)
     return _FORK_SERVER.run(args, cwd, cli_env(**env), timeout, merge)
+
+
+def popen_python(args: list[str], **kwargs) -> subprocess.Popen:
+    """``subprocess.Popen([python, *args], **kwargs)`` with the job forked from the suite's fork server (see
+    :meth:`_ForkServer.popen`: ``proc.pid`` is the shim's, not the job's)."""
+    return _FORK_SERVER.popen(args, **kwargs)
 
 
 def load_bench(name: str):

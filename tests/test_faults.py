@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, cli_env, run_python, tiny_overrides
+from conftest import ROOT, cli_env, popen_python, run_python, tiny_overrides
 from sampling_helpers import sample_cfg, tiny_checkpoint
 
 from ddpm.commands.training import train
@@ -255,7 +255,7 @@ def ddp_env() -> dict[str, str]:
 
 def run_ddp(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     """``args`` (from :func:`ddp_args`) run to the end, stdout and stderr together; rank 0 forked from the suite's
-    fork server (conftest.run_python), rank 1 started by Lightning as a new interpreter."""
+    fork server (conftest.run_python), and so is rank 1, which Lightning starts through the server's python shim."""
     return run_python(args[1:], cwd, timeout, merge=True, **DDP_ENV)
 
 
@@ -293,11 +293,10 @@ def test_a_killed_rank_ends_the_run_with_one_line_and_the_resume_command_works(t
     run = tmp_path / "run"
     args = ddp_args(run, 100_000, "callbacks.model_checkpoint.every_n_train_steps=2",
                     "trainer.val_check_interval=100000")
-    proc = subprocess.Popen(args, cwd=tmp_path, env=ddp_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = popen_python(args[1:], cwd=tmp_path, env=ddp_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                        text=True)
     try:
         rank0, rank1 = rank_pids(run, 240, proc)
-        assert rank0 == proc.pid
         os.kill(rank1, signal.SIGKILL)
         killed = time.time()
         out, _ = proc.communicate(timeout=60)
@@ -357,8 +356,8 @@ def test_sigterm_to_both_ranks_then_resume_is_bit_identical_and_the_console_is_c
     whose console carries no torch warning."""
     run = tmp_path / "run"
     common = ["callbacks.model_checkpoint.every_n_train_steps=2", "trainer.val_check_interval=100000"]
-    proc = subprocess.Popen(ddp_args(run, 100_000, *common), cwd=tmp_path, env=ddp_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = popen_python(ddp_args(run, 100_000, *common)[1:], cwd=tmp_path, env=ddp_env(), stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT, text=True)
     try:
         pids = rank_pids(run, 240, proc)
         for pid in pids:

@@ -106,7 +106,7 @@ def test_table2_at_cifar10_scale_on_a_cpu_stand_in(tmp_path):
         for k in range(1):  # one seed set: pooling over several is test_report's (digits, 1 process)
             m = json.loads((sweep / row / "eval" / f"fid4_ancestral_seed{k}" / "metrics.json").read_text())
             assert m["fid_extractor"] == "inception-v3-compat" and m["num_samples"] == 4 and m["seed"] == k
-            assert math.isfinite(m["fid_4"]) and m["is_4"] >= 1.0
+            assert math.isfinite(m["fid_4"]) and m["is_4"] >= 1.0 - 1e-9  # exp(mean KL) >= 1, up to rounding
             assert m.get("world_size", 2) == 2
         nll = json.loads((sweep / row / "eval" / "nll_test2" / "nll.json").read_text())
         assert nll["split"] == "test" and nll["num_images"] == 2 and math.isfinite(nll["bpd"])
