@@ -116,14 +116,15 @@ def test_a_batch_doubling_guidance_wrapper_works_with_every_sampler(name):
 # ----------------------------------------------------------------------------- a sampler from a test module
 @torch.no_grad()
 def heun_free_ddim(diffusion, model_fn, x, timesteps, *, noise=None, generator=None, clip_denoised=True,
-                   progress=None):
+                   progress=None, gain=1.0):
     """A sampler written outside src/: deterministic DDIM steps on the model's own chain between the given
-    indices (no respacing), the last one to the clean image."""
+    indices (no respacing), the last one to the clean image; a setting of its own, ``gain`` on the predicted noise
+    (1: plain DDIM), whose default only its YAML outside src/ writes."""
     ts = [int(t) for t in timesteps]
     for i, t in enumerate(ts):
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         x0 = diffusion.p_mean_variance(model_fn, x, tt, clip_denoised=clip_denoised)["pred_xstart"]
-        eps = diffusion.predict_eps_from_xstart(x, tt, x0)
+        eps = gain * diffusion.predict_eps_from_xstart(x, tt, x0)
         a_next = float(diffusion.alphas_cumprod_np[ts[i + 1]]) if i + 1 < len(ts) else 1.0
         x = math.sqrt(a_next) * x0 + math.sqrt(1 - a_next) * eps
         if progress is not None:
@@ -135,11 +136,11 @@ def heun_free_ddim(diffusion, model_fn, x, timesteps, *, noise=None, generator=N
 def outside_sampler(tmp_path):
     """``test_ddim_on_chain`` registered from here, its YAML in a scratch conf dir on Hydra's search path; both
     gone afterwards."""
-    register("test_ddim_on_chain", spacing="even", stochastic=False)(heun_free_ddim)
+    register("test_ddim_on_chain", spacing="even", stochastic=False, params={"gain": float})(heun_free_ddim)
     conf = tmp_path / "conf" / "sampler"
     conf.mkdir(parents=True)
     (conf / "test_ddim_on_chain.yaml").write_text(
-        "name: test_ddim_on_chain\nsteps: 4\nclip_denoised: true\nvar_type: null\n")
+        "name: test_ddim_on_chain\nsteps: 4\ngain: 1.0\nclip_denoised: true\nvar_type: null\n")
     yield f"hydra.searchpath=[file://{tmp_path / 'conf'}]"
     SAMPLERS.pop("test_ddim_on_chain")
 
@@ -155,7 +156,8 @@ def test_a_sampler_registered_from_a_test_module_works_in_sample_frontier_and_fi
     ckpt = tiny_checkpoint(tmp_path_factory)  # T=10
     m = sample(sample_cfg(ckpt, tmp_path / "s", "num_samples=5", "batch_size=2", "sampler=test_ddim_on_chain",
                           outside_sampler))
-    assert m["sampler"] == {"name": "test_ddim_on_chain", "steps": 4, "clip_denoised": True, "var_type": None}
+    assert m["sampler"] == {"name": "test_ddim_on_chain", "steps": 4, "clip_denoised": True, "var_type": None,
+                            "gain": 1.0}
     assert m["sampler_label"] == "test_ddim_on_chain4"
     loaded = load_model(ckpt, None, True)
     noise = SeededNoise(seeds_for(0, 0, 5))
@@ -170,7 +172,7 @@ def test_a_sampler_registered_from_a_test_module_works_in_sample_frontier_and_fi
 
     result = frontier(compose("frontier", [f"ckpt_path={ckpt}", "samplers=[test_ddim_on_chain]", "steps=[3]",
                                            "num_samples=6", "batch_size=3", "seed_sets=1", "num_boot=10",
-                                           "progress=false", f"out_dir={tmp_path / 'f'}"]))
+                                           "progress=false", f"out_dir={tmp_path / 'f'}", outside_sampler]))
     entry = next(e for e in result["entries"] if e["sampler"] == "test_ddim_on_chain")
     assert entry["label"] == "test_ddim_on_chain3" and entry["network_evaluations"] == 3
     assert entry["stochastic"] is False and (tmp_path / "f" / "entries" / "test_ddim_on_chain3" / "set0.npz").is_file()

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm.core.config import SamplerConfig
+from ddpm.core.config import SamplerConfig, searchpath_of
 from ddpm.core.data import model_to_uint8
 from ddpm.core.diffusion import SAMPLERS
 from ddpm.core.io import atomic_savez, atomic_write, check_writable, write_json
@@ -75,7 +75,8 @@ def entries_for(cfg: DictConfig, num_timesteps: int) -> list[SamplerConfig]:
     out = [SamplerConfig(name=next(n for n, s in SAMPLERS.items() if s.full_chain), clip_denoised=cfg.clip_denoised)]
     for steps in sorted({int(s) for s in cfg.steps}):  # the cheap entries first: a stopped run has them all
         if steps <= num_timesteps:
-            out += [SamplerConfig(name=str(name), steps=steps, clip_denoised=cfg.clip_denoised) for name in names]
+            out += [SamplerConfig.named(str(name), searchpath_of(cfg), steps=steps, clip_denoised=cfg.clip_denoised)
+                    for name in names]
     return out
 
 

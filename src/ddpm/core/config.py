@@ -57,6 +57,12 @@ class SamplerConfig:
     var_type: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def named(cls, name: str, searchpath: Any = (), **common: Any) -> SamplerConfig:
+        """The sampler ``name`` with its defaults as the command's Hydra search path finds them (a sampler registered
+        outside ``src/`` with its YAML on ``hydra.searchpath``); ``common``: ``steps``, ``clip_denoised``..."""
+        return cls(name=name, params=sampler_defaults(name, searchpath) if name in SAMPLERS else {}, **common)
+
     def __post_init__(self) -> None:  # what can be checked without the model (its T comes with check)
         defaults = sampler_defaults(self.name) if self.name in SAMPLERS else {}
         self.params = validate_sampler(self.name, self.steps, {**defaults, **self.params}, self.var_type)
@@ -115,17 +121,40 @@ def sampler_names() -> list[str]:
 
 
 @functools.cache
-def _sampler_yaml(name: str) -> dict[str, Any]:
-    import yaml
+def _sampler_option(name: str, searchpath: tuple[str, ...]) -> dict[str, Any]:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import MissingConfigException
 
-    path = CONF_DIR / "sampler" / f"{name}.yaml"
-    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+    overrides = [f"+sampler={name}", *([f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else [])]
+    try:
+        if GlobalHydra.instance().is_initialized():  # inside a command: its own config loader
+            cfg = hydra_compose(overrides=overrides)
+        else:
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                cfg = hydra_compose(overrides=overrides)
+    except MissingConfigException:
+        return {}
+    return OmegaConf.to_container(cfg.sampler, resolve=True) if "sampler" in cfg else {}
 
 
-def sampler_defaults(name: str) -> dict[str, Any]:
-    """The sampler's own settings as ``conf/sampler/NAME.yaml`` writes them (the one place of their defaults)."""
-    yaml_node = _sampler_yaml(name)
-    return {k: yaml_node[k] for k in SAMPLERS[name].all_params if k in yaml_node}
+def sampler_defaults(name: str, searchpath: Any = ()) -> dict[str, Any]:
+    """The sampler's own settings as Hydra composes its option of the ``sampler`` group (``conf/sampler/NAME.yaml``,
+    the one place of their defaults); ``searchpath``: the command's ``hydra.searchpath`` (:func:`searchpath_of`),
+    where a sampler added outside ``src/`` keeps its YAML."""
+    node = _sampler_option(name, tuple(str(p) for p in searchpath))
+    return {k: node[k] for k in SAMPLERS[name].all_params if k in node}
+
+
+def searchpath_of(cfg: Any) -> tuple[str, ...]:
+    """The ``hydra.searchpath`` a command's config was composed with (its ``hydra`` node, or the running app's)."""
+    found = OmegaConf.select(cfg, "hydra.searchpath") if isinstance(cfg, DictConfig) and "hydra" in cfg else None
+    if found is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        found = HydraConfig.get().searchpath if HydraConfig.initialized() else []
+    return tuple(str(p) for p in found)
 
 
 # ------------------------------------------------------------------------------------------------ the schemas
