@@ -169,3 +169,44 @@ def test_table2_gradients_quick_prints_weights_snr_and_minibatch_tables(tmp_path
     text = out.read_text()
     assert "SNR" in text or "signal-to-noise" in text
     assert "| simple | init |" in text
+
+
+@pytest.mark.slow  # two tiny runs, then 3 x 2 x 20 samples scored by both extractors
+def test_cond_guidance_scores_both_extractors_pairs_each_w_and_rescores_kept_samples(tmp_path_factory, tmp_path,
+                                                                                   capsys):
+    import json
+
+    import numpy as np
+    from sampling_helpers import tiny_checkpoint
+
+    uncond = tiny_checkpoint(tmp_path_factory).parents[1]
+    cond = tiny_checkpoint(tmp_path_factory, extra=("model.num_classes=10",)).parents[1]
+    bench = load_bench("cond_guidance")
+    out = tmp_path / "guidance.md"
+    argv = ["--uncond", str(uncond), "--cond", str(cond), "--work", str(tmp_path / "work"), "--sets", "2", "--n", "20",
+            "--w", "0", "2", "--steps", "5", "--num-boot", "5", "--out", str(out)]
+    bench.main(argv)
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(r["model"], r["w"]) for r in rows] == [("uncond", None), ("cond", 0.0), ("cond", 2.0)]
+    for r in rows:
+        for prefix in ("digits", "digits_b"):
+            assert np.isfinite(r[prefix]["fid"]) and 0 <= r[prefix].get("accuracy", 0.5) <= 1
+        if r["w"] is not None:
+            assert r["verdict_lower_than_uncond"] in ("reproduced", "the opposite", "extractor-dependent",
+                                                      "not established")
+            lo, hi = r["digits_b"]["fid_minus_uncond_interval"]
+            assert lo <= hi and len(r["digits"]["accuracy_sets"]) == 2
+    assert rows[1]["evals_per_image"] == 5 and rows[2]["evals_per_image"] == 10
+    text = out.read_text()
+    assert "| cond | 2 | 3 |" in text and "accuracy B" in text  # diffusers' guidance_scale = 1 + w
+    kept = sorted(p.name for p in (tmp_path / "work" / "samples").iterdir())
+    assert len(kept) == 6 and "cond_w2.0_set1_n20.npz" in kept
+    with np.load(tmp_path / "work" / "samples" / "cond_w2.0_set1_n20.npz") as z:
+        assert z["arr_0"].shape == (20, 1, 8, 8) and list(z["arr_1"][:11]) == [*range(10), 0]
+
+    # a rerun rescores the kept samples: nothing sampled, the same figures
+    capsys.readouterr()
+    bench.main(argv)
+    again = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert all(r["sample_seconds"] == 0.0 for r in again)
+    assert [r["digits_b"]["fid"] for r in again] == [r["digits_b"]["fid"] for r in rows]
