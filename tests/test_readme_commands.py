@@ -204,3 +204,17 @@ def test_the_documented_row_sequence_is_checked_row_by_row():
     commands = fenced_commands(text)
     assert [c.split("objective=")[1].split()[0] for c in commands] == ["simple", "simpel"]
     assert check(commands[0]) == [] and "objective=simpel: no such option" in " ".join(check(commands[1]))
+
+
+def test_the_readme_is_under_15_kb_with_the_quick_start_first_and_its_grid():
+    """Issue 30: a newcomer's page, short; the quick start is the first task, with its sample grid; every image and
+    file it links exists."""
+    text = README.read_text()
+    assert len(text.encode()) < 15_000, len(text.encode())
+    tasks = re.findall(r"^## (.+)$", text, re.M)
+    assert tasks[:2] == ["Install", "Quick start"], tasks
+    quick = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    assert "python train.py\n" in quick and "![quickstart samples](docs/quickstart_samples.png)" in quick
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    missing = [link for link in links if "://" not in link and not (ROOT / link).exists()]
+    assert links and not missing, missing
