@@ -42,3 +42,21 @@ class NaNLossOnRank(L.Callback):
             return loss + float("nan") if pl_module.global_step == self.step else loss
 
         pl_module.training_step = training_step
+
+
+class LabelLog(L.Callback):
+    """Each rank writes ``labels_rank<r>.jsonl``: per training batch, the step and each image's bytes (uint8, hex)
+    with the label it came with, and the labels after the null-token dropout that the step trained on."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import json
+
+        import torch
+
+        x, y = pl_module.split_batch(batch)
+        images = ((x.detach().cpu() + 1) * 127.5).round().to(torch.uint8)
+        dropped = pl_module.drop_labels(y, batch_idx)
+        line = {"step": int(trainer.global_step), "images": [im.numpy().tobytes().hex() for im in images],
+                "labels": y.tolist(), "trained": dropped.tolist()}
+        with open(Path(trainer.default_root_dir, f"labels_rank{trainer.global_rank}.jsonl"), "a") as f:
+            f.write(json.dumps(line) + "\n")

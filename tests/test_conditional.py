@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_python
+from conftest import run_python, tiny_overrides
 from sampling_helpers import sample_cfg, tiny_checkpoint
 
 from ddpm.core.config import SamplerConfig, compose
@@ -246,6 +246,60 @@ def test_every_objective_trains_conditionally_with_ema(tmp_path, tiny, objective
 
     with Image.open(tmp_path / "run" / "samples.png") as grid:  # one row per class: 10 rows of 1 image (8x8, x8)
         assert grid.size == (1 * 66 + 2, 10 * 66 + 2)
+
+
+@pytest.mark.slow  # a 2-process gloo run
+def test_ddp_keeps_each_label_with_its_image_and_the_ranks_in_step(tmp_path):
+    """2 gloo processes, a conditional model: on every rank and step each image arrives with its own sklearn
+    target, the null-token dropout only ever replaces a label by K, the ranks train on different images, and both
+    end with the same weights, EMA and EMA count."""
+    import os
+
+    from sklearn.datasets import load_digits
+
+    run = tmp_path / "run"
+    args = [str(ROOT / "train.py"), *tiny_overrides(run, steps=3, batch=16), "final_samples=0", "model.num_classes=10",
+            "trainer=ddp", "trainer.devices=2", f"hydra.run.dir={run}",
+            "+callbacks.rank_info._target_=fault_callbacks.RankInfo",
+            "+callbacks.labels._target_=fault_callbacks.LabelLog"]
+    proc = run_python(args, tmp_path, 300, merge=True, OMP_NUM_THREADS="1",
+                      PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    raw = load_digits()
+    target_of = {np.rint(im * 255 / 16).astype(np.uint8).tobytes().hex(): int(t)
+                 for im, t in zip(raw.images, raw.target)}
+    logs = {r: [json.loads(line) for line in (run / f"labels_rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)}
+    dropped = 0
+    for lines in logs.values():
+        assert [line["step"] for line in lines] == [0, 1, 2]
+        for line in lines:
+            assert len(line["images"]) == 8  # the global batch of 16 over 2 ranks
+            assert [target_of[h] for h in line["images"]] == line["labels"]
+            assert all(t in (y, 10) for t, y in zip(line["trained"], line["labels"]))
+            dropped += sum(t == 10 for t in line["trained"])
+    assert dropped < 48 // 2  # cond_drop_prob 0.1 of 48 labels
+    for step in range(3):
+        assert not set(logs[0][step]["images"]) & set(logs[1][step]["images"])
+    assert (run / "weights_sha_rank0.txt").read_text() == (run / "weights_sha_rank1.txt").read_text()
+
+
+@pytest.mark.slow  # three tiny runs
+def test_a_conditional_run_resumes_bit_for_bit(tmp_path, tiny):
+    """4 steps straight == 2 steps, stop, ckpt_path=last, 2 more (mid-epoch): the labels, their dropout coins and
+    the class embedding continue where they stopped."""
+    from ddpm.commands.training import train
+
+    common = ["model.num_classes=10", "objective.cond_drop_prob=0.5", "trainer.val_check_interval=2",
+              "trainer.deterministic=true", "callbacks.model_checkpoint.every_n_train_steps=1", "final_samples=0",
+              "logger=none", "~callbacks.lr_monitor"]
+    train(tiny(*common, output_dir=tmp_path / "straight", steps=4))
+    train(tiny(*common, output_dir=tmp_path / "resumed", steps=2))
+    train(tiny(*common, "ckpt_path=last", output_dir=tmp_path / "resumed", steps=4))
+    a, b = (torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=True) for d in ("straight", "resumed"))
+    assert a["global_step"] == b["global_step"] == 4
+    assert "net.class_emb.weight" in a["state_dict"]
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
 
 
 # ------------------------------------------------------------------------------------------------ sample.py
