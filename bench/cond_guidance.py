@@ -100,17 +100,17 @@ def main(argv: list[str] | None = None) -> None:
         images, y = np.concatenate(sets), np.concatenate(labels)
         row = {"model": name, "w": w, "sample_seconds": round(secs, 1), "evals_per_image": args.steps * (2 if w else 1)}
         for prefix, extractor in extractors.items():
-            feats[(name, w, prefix)] = [featurise(s, extractor) for s in sets]
-            q = digits_quality(images, extractor=extractor)
+            feats[(name, w, prefix)] = per_set = [featurise(s, extractor) for s in sets]
+            q = digits_quality(images, extractor=extractor, ref=refs[prefix])
             c = class_scores(images, y, extractor)
-            logits = np.concatenate([f.logits for f in feats[(name, w, prefix)]])
+            logits = np.concatenate([f.logits for f in per_set])
             row[prefix] = {"fid": q["fid"], "kid": q.get("kid"), "class_kl": q.get("class_kl"),
                            "is": inception_score(logits, splits=10)[0], "confidence": q["confidence"],
                            "class_entropy": q["class_entropy"], "fid_balanced": c["fid_balanced"]}
-            if w is not None:
+            if w is not None:  # each set's accuracy from the logits already extracted
                 row[prefix].update(accuracy=c["class_accuracy"],
-                                   accuracy_sets=[class_scores(s, l, extractor)["class_accuracy"]
-                                                  for s, l in zip(sets, labels)])
+                                   accuracy_sets=[float((f.logits.argmax(axis=1) == l).mean())
+                                                  for f, l in zip(per_set, labels)])
         if w is not None:  # FID(cond at w) - FID(uncond), paired on the same seeds, under each extractor
             readings = {}
             for prefix in extractors:

@@ -105,6 +105,12 @@ def run_python(args: list[str], cwd: Path, timeout: float = 600, fresh: bool = F
     return _FORK_SERVER.run(args, cwd, cli_env(**env), timeout, merge)
 
 
+# A multi-process run's env extras: tests/ importable (its callbacks, fault_callbacks.py), one thread per rank, and
+# the user's view of errors (no traceback)
+DDP_ENV = {"PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1",
+           "HYDRA_FULL_ERROR": "0"}
+
+
 def popen_python(args: list[str], **kwargs) -> subprocess.Popen:
     """``subprocess.Popen([python, *args], **kwargs)`` with the job forked from the suite's fork server (see
     :meth:`_ForkServer.popen`: ``proc.pid`` is the shim's, not the job's)."""

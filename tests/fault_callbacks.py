@@ -1,13 +1,15 @@
-"""Callbacks that tests/test_faults.py adds to a real ``train.py`` run (``+callbacks.NAME._target_=fault_callbacks.X``,
-with tests/ on PYTHONPATH): each rank's pid and weights, and a non-finite loss on one rank."""
+"""Callbacks that tests add to a real ``train.py`` run (``+callbacks.NAME._target_=fault_callbacks.X``, with tests/ on
+PYTHONPATH: ``conftest.DDP_ENV``): each rank's pid and weights, a non-finite loss on one rank, each batch's labels."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
 import lightning as L
+import torch
 
 
 class RankInfo(L.Callback):
@@ -49,10 +51,6 @@ class LabelLog(L.Callback):
     with the label it came with, and the labels after the null-token dropout that the step trained on."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        import json
-
-        import torch
-
         x, y = pl_module.split_batch(batch)
         images = ((x.detach().cpu() + 1) * 127.5).round().to(torch.uint8)
         dropped = pl_module.drop_labels(y, batch_idx)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_python, tiny_overrides
+from conftest import DDP_ENV, run_python, tiny_overrides
 from sampling_helpers import sample_cfg, tiny_checkpoint
 
 from ddpm.core.config import SamplerConfig, compose
@@ -253,8 +253,6 @@ def test_ddp_keeps_each_label_with_its_image_and_the_ranks_in_step(tmp_path):
     """2 gloo processes, a conditional model: on every rank and step each image arrives with its own sklearn
     target, the null-token dropout only ever replaces a label by K, the ranks train on different images, and both
     end with the same weights, EMA and EMA count."""
-    import os
-
     from sklearn.datasets import load_digits
 
     run = tmp_path / "run"
@@ -262,8 +260,7 @@ def test_ddp_keeps_each_label_with_its_image_and_the_ranks_in_step(tmp_path):
             "trainer=ddp", "trainer.devices=2", f"hydra.run.dir={run}",
             "+callbacks.rank_info._target_=fault_callbacks.RankInfo",
             "+callbacks.labels._target_=fault_callbacks.LabelLog"]
-    proc = run_python(args, tmp_path, 300, merge=True, OMP_NUM_THREADS="1",
-                      PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}")
+    proc = run_python(args, tmp_path, 300, merge=True, **DDP_ENV)
     assert proc.returncode == 0, proc.stdout[-3000:]
     raw = load_digits()
     target_of = {np.rint(im * 255 / 16).astype(np.uint8).tobytes().hex(): int(t)

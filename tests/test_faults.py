@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, cli_env, popen_python, run_python, tiny_overrides
+from conftest import DDP_ENV, ROOT, cli_env, popen_python, run_python, tiny_overrides
 from sampling_helpers import sample_cfg, tiny_checkpoint
 
 from ddpm.commands.training import train
@@ -242,11 +242,6 @@ def ddp_args(run: Path, steps: int, *extra: str) -> list[str]:
     return [sys.executable, str(ROOT / "train.py"), *tiny_overrides(run, steps=steps, batch=32), "final_samples=0",
             "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", f"hydra.run.dir={run}",
             "+callbacks.rank_info._target_=fault_callbacks.RankInfo", *extra]
-
-
-# tests/ importable (fault_callbacks), one thread per rank, and the user's view of errors (no traceback)
-DDP_ENV = {"PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1",
-           "HYDRA_FULL_ERROR": "0"}
 
 
 def ddp_env() -> dict[str, str]:

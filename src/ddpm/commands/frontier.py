@@ -73,9 +73,10 @@ def entries_for(cfg: DictConfig, num_timesteps: int) -> list[SamplerConfig]:
     are left out). ``samplers`` null: every registered sampler that does not always run the full chain."""
     names = cfg.samplers if cfg.samplers is not None else [n for n, s in SAMPLERS.items() if not s.full_chain]
     out = [SamplerConfig(name=next(n for n, s in SAMPLERS.items() if s.full_chain), clip_denoised=cfg.clip_denoised)]
+    searchpath = searchpath_of(cfg)
     for steps in sorted({int(s) for s in cfg.steps}):  # the cheap entries first: a stopped run has them all
         if steps <= num_timesteps:
-            out += [SamplerConfig.named(str(name), searchpath_of(cfg), steps=steps, clip_denoised=cfg.clip_denoised)
+            out += [SamplerConfig.named(str(name), searchpath, steps=steps, clip_denoised=cfg.clip_denoised)
                     for name in names]
     return out
 

@@ -64,7 +64,9 @@ class SamplerConfig:
         return cls(name=name, params=sampler_defaults(name, searchpath) if name in SAMPLERS else {}, **common)
 
     def __post_init__(self) -> None:  # what can be checked without the model (its T comes with check)
-        defaults = sampler_defaults(self.name) if self.name in SAMPLERS else {}
+        # only settings left unset are looked up (a composed node, or SamplerConfig.named, has them all)
+        missing = self.name in SAMPLERS and set(SAMPLERS[self.name].all_params) - set(self.params)
+        defaults = sampler_defaults(self.name) if missing else {}
         self.params = validate_sampler(self.name, self.steps, {**defaults, **self.params}, self.var_type)
 
     def check(self, diffusion: Any) -> None:
