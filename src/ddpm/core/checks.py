@@ -19,6 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from ddpm.core.diffusion import SAMPLERS
 from ddpm.core.diffusion.resample import T_SAMPLERS
 from ddpm.core.diffusion.schedules import SCHEDULE_NAMES
+from ddpm.core.lr import LR_DECAYS
 
 __all__ = ["CHECKS", "COMBINATIONS", "check_command", "check_values", "group_norm_warning", "is_int", "is_num"]
 
@@ -81,6 +82,7 @@ TRAIN: list[Check] = [
     ("optim.eps", lambda v: is_num(v) and v > 0, "a positive number (the paper: 1e-8)"),
     ("optim.weight_decay", lambda v: is_num(v) and v >= 0, "a number >= 0"),
     ("optim.warmup_steps", *_at_least(0, " (optimizer steps)")),
+    ("optim.lr_decay", lambda v: v in LR_DECAYS, " | ".join(LR_DECAYS) + " (none: the paper's constant lr)"),
     ("optim.ema_decay", lambda v: is_num(v) and 0 <= v <= 1, "a number in [0, 1] (the paper: 0.9999)"),
     ("optim.t_sampler", lambda v: v in T_SAMPLERS,
      f"one of {sorted(T_SAMPLERS)} (uniform: the paper's; loss_second_moment: importance-sampled t)"),
@@ -210,6 +212,13 @@ def _callbacks(cfg: DictConfig) -> None:
                              "(0: never).")
 
 
+def _lr_decay(cfg: DictConfig) -> None:
+    decay = OmegaConf.select(cfg, "optim.lr_decay", default="none")
+    if decay != "none" and OmegaConf.select(cfg, "trainer.max_steps", default=-1) == -1:
+        raise ValueError(f"optim.lr_decay={decay} decays the lr to 0 at trainer.max_steps, which is -1 (no limit): "
+                         "set trainer.max_steps=N, or optim.lr_decay=none.")
+
+
 def _fid_count(cfg: DictConfig) -> None:
     if cfg.compute_fid and cfg.num_samples < cfg.min_fid_samples:
         raise ValueError(f"compute_fid=true needs at least min_fid_samples={cfg.min_fid_samples} samples, got "
@@ -217,7 +226,7 @@ def _fid_count(cfg: DictConfig) -> None:
 
 
 # conf/<name>.yaml -> the checks that read several keys, run after its CHECKS
-COMBINATIONS: dict[str, list[Callable[[DictConfig], None]]] = {"train": [_callbacks], "sample": [_fid_count]}
+COMBINATIONS: dict[str, list[Callable[[DictConfig], None]]] = {"train": [_callbacks, _lr_decay], "sample": [_fid_count]}
 
 
 def check_command(name: str, cfg: DictConfig) -> None:

@@ -29,6 +29,7 @@ from ddpm.core.diffusion import GaussianDiffusion
 from ddpm.core.diffusion.guidance import with_labels
 from ddpm.core.diffusion.resample import make_t_sampler
 from ddpm.core.diffusion.types import VarType
+from ddpm.core.lr import lr_factor
 from ddpm.core.seeds import derive_seed
 
 
@@ -68,7 +69,8 @@ class DiffusionModule(L.LightningModule):
     :param objective: ``{mean_type, var_type, loss_type}`` (strings), and optionally the loss weight
         (``loss_weight``, ``snr_gamma``, ``p2_k``, ``p2_gamma``; absent: the paper's unweighted loss).
     :param optim: ``{lr, betas, eps, weight_decay, warmup_steps, ema_decay, fused, t_sampler}``, all required (the
-        values and their meaning: conf/optim/adam.yaml; ``t_sampler``: :mod:`ddpm.core.diffusion.resample`).
+        values and their meaning: conf/optim/adam.yaml; ``t_sampler``: :mod:`ddpm.core.diffusion.resample`), and
+        optionally ``lr_decay`` (:mod:`ddpm.core.lr`; absent: ``none``, the paper's constant lr).
     :param image_shape: ``(C, H, W)`` of the data.
     :param seed: the run's seed; each training batch's randomness (t, noise, dropout) is drawn from
         ``(seed, step, micro-batch, rank)``.
@@ -385,11 +387,11 @@ class DiffusionModule(L.LightningModule):
         if fused:
             kwargs["fused"] = True
         optimizer = torch.optim.Adam(self.net.parameters(), **kwargs)
-        warmup = int(o["warmup_steps"])
+        warmup, decay = int(o["warmup_steps"]), o.get("lr_decay", "none")  # checkpoints before lr_decay: none
+        total = int(trainer.max_steps) if trainer is not None and decay != "none" else None
 
-        def lr_lambda(step: int) -> float:
-            # Official: lr * min(global_step / warmup, 1), global_step counted before the update (0 first).
-            return 1.0 if warmup <= 0 else min(step / warmup, 1.0)
+        def lr_lambda(step: int) -> float:  # official: lr * min(global_step / warmup, 1), then constant
+            return lr_factor(step, warmup, total, decay)
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
