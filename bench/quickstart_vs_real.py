@@ -13,7 +13,9 @@ Each argument is a sample.py output directory (its ``samples.npz``), one indepen
 extractor (A ``ddpm-digits``, B ``ddpm-digits-b``): FID and unbiased KID against the train split and the class KL;
 the real held-out digits at the same n beside them; then :func:`ddpm.services.metrics.digits_score.against_real`'s verdict
 on "the samples score worse than real digits": stated only when both extractors' intervals (over the draws) lie
-above 0.
+above 0. Last, what real digits score at that n draw to draw (:func:`ddpm.services.metrics.digits_score.real_draws`,
+random subsets of all 360 held-out digits), where the test split's one draw ranks among them, and the samples'
+median beside them.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def load_set(path: Path) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :1].transpose(0, 3, 1, 2))
 
 
-def table(dirs: list[Path], result: dict) -> str:
+def table(dirs: list[Path], result: dict, draws: dict | None = None) -> str:
     names = {"digits": "A", "digits_b": "B"}
     lines = [f"Samples against the real held-out digits at n={result['n']} (FID and KID against the train split; "
              "A = ddpm-digits, B = ddpm-digits-b; class KL: of the predicted classes from the train split's, nats).",
@@ -56,6 +58,20 @@ def table(dirs: list[Path], result: dict) -> str:
                      f"{len(d['per_set'])} draws, 95% interval over the draws [{lo:+.2f}, {hi:+.2f}].")
     lines += ["", f"Verdict on \"the samples score worse than real digits\": **{result['verdict']}** (the verdict "
               "rule: stated only when both extractors' intervals exclude 0 on one side)."]
+    if draws:
+        import numpy as np
+
+        lines += ["", f"What real digits score at n={result['n']}, draw to draw: {len(draws['digits']['fids'])} random "
+                  f"{result['n']}-subsets of the 360 held-out digits (val + test; `real_draws`) against the samples' "
+                  f"{len(dirs)} draws:", "",
+                  "| extractor | real subsets: median (range) | the test split's draw above: its rank | samples: "
+                  "median (range) |", "|---|---|---|---|"]
+        for prefix, d in draws.items():
+            fids = [q[prefix]["fid"] for q in result["sets"]]
+            below = sum(f < result["real"][prefix]["fid"] for f in d["fids"])
+            lines.append(f"| {names.get(prefix, prefix)} | {d['median']:.2f} ({d['min']:.2f}-{d['max']:.2f}) | "
+                         f"{below} of {len(d['fids'])} subsets lower | {np.median(fids):.2f} "
+                         f"({min(fids):.2f}-{max(fids):.2f}) |")
     return "\n".join(lines) + "\n"
 
 
@@ -64,12 +80,13 @@ def main(argv=None) -> None:
     p.add_argument("dirs", nargs="+", type=Path, help="sample.py output directories, one draw (seed) each")
     p.add_argument("--out", type=Path, default=None, help="also write the Markdown to this file")
     args = p.parse_args(argv)
-    from ddpm.services.metrics.digits_score import against_real
+    from ddpm.services.metrics.digits_score import against_real, real_draws
 
     missing = [str(d) for d in args.dirs if not (d / "samples.npz").is_file()]
     if missing:
         raise SystemExit(f"Error: no samples.npz in {', '.join(missing)}; give sample.py output directories")
-    text = table(args.dirs, against_real([load_set(d) for d in args.dirs]))
+    result = against_real([load_set(d) for d in args.dirs])
+    text = table(args.dirs, result, real_draws(result["n"]) if result["n"] <= 360 else None)
     print(text, end="")
     if args.out:
         args.out.write_text(text)

@@ -80,8 +80,40 @@ def parse_samplers(text: str) -> list[dict]:
     return out
 
 
+def score_equal_n(module, sampler, sets: int, set_seed: int, set_size: int = 181, guidance: float = 0.0) -> dict:
+    """The equal-n protocol of ``bench/results/quickstart_equal_n_2026-12-06.md`` on TUNING seeds: ``sets`` draws of
+    ``set_size`` images, draw k with the run seed ``set_seed + k`` (``sample.py seed=set_seed+k``; the evaluation
+    uses seeds 0-7, so tune with ``set_seed`` >= 8), scored under both extractors beside the real held-out digits
+    (:func:`ddpm.services.metrics.digits_score.against_real`). A class-conditional model samples balanced labels
+    (``sample.py``'s default) with the guidance weight ``guidance``."""
+    from ddpm.core.data import model_to_uint8 as to_uint8
+    from ddpm.services.generate import class_labels, generate, seeds_for
+    from ddpm.services.metrics.digits_score import against_real
+
+    t0 = time.time()
+    k_classes = getattr(module.ema, "num_classes", None)
+    cond = {} if k_classes is None else {"labels": class_labels(None, 0, 0, set_size, k_classes),
+                                         "guidance_scale": guidance, "num_classes": k_classes}
+    draws = [to_uint8(generate(module.model_fn(use_ema=True), module.diffusion, seeds_for(set_seed + k, 0, set_size),
+                               module.image_shape, sampler, **cond)).cpu() for k in range(sets)]
+    sample_seconds = (time.time() - t0) / sets
+    r = against_real(draws)
+    out = {"set_size": set_size, "set_seeds": [set_seed, set_seed + sets - 1], "guidance": guidance if cond else None,
+           "sample_seconds_per_set": round(sample_seconds, 1)}
+    for prefix, tag in (("digits", "a"), ("digits_b", "b")):
+        fids = [q[prefix]["fid"] for q in r["sets"]]
+        out |= {f"median_{tag}": round(statistics.median(fids), 3), f"fid_{tag}_sets": [round(f, 3) for f in fids],
+                f"real_{tag}": round(r["real"][prefix]["fid"], 3),
+                f"confidence_{tag}": round(statistics.mean(q[prefix]["confidence"] for q in r["sets"]), 4),
+                f"real_confidence_{tag}": round(r["real"][prefix]["confidence"], 4),
+                f"entropy_{tag}": round(statistics.mean(q[prefix]["class_entropy"] for q in r["sets"]), 3),
+                f"real_entropy_{tag}": round(r["real"][prefix]["class_entropy"], 3)}
+    return out
+
+
 def tune(name: str, overrides: list[str], eval_steps: list[int], decays: list[float], samplers: list[dict],
-         jsonl: Path | None, final_samplers: list[dict] = (), sample_sets: int = 1) -> list[dict]:
+         jsonl: Path | None, final_samplers: list[dict] = (), sample_sets: int = 1, equal_n: int = 0,
+         set_seed: int = 100, set_size: int = 181, guidance: list[float] = (0.0,)) -> list[dict]:
     from ddpm.commands.training import train
     from ddpm.core.config import SamplerConfig, compose
     from ddpm.core.data import model_to_uint8 as to_uint8
@@ -112,6 +144,19 @@ def tune(name: str, overrides: list[str], eval_steps: list[int], decays: list[fl
             module.ema.load_state_dict(state)
             for kw in samplers + (final_samplers if (step, decay) == (last, module.ema_decay) else []):
                 sampler = SamplerConfig.from_node(kw)
+                for w in (guidance if equal_n else ()):
+                    row = {"name": name, "overrides": overrides, "step": step, "ema_decay": decay,
+                           "sampler": sampler.label + (f"/{kw['var_type']}" if kw.get("var_type") else ""),
+                           "fit_seconds": round(fit_seconds, 1), "final_step": int(metrics["global_step"]),
+                           "threads": torch.get_num_threads(), "final_loss": metrics.get("train/loss"),
+                           **score_equal_n(module, sampler, equal_n, set_seed, set_size, w)}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    if jsonl:
+                        with open(jsonl, "a") as f:
+                            f.write(json.dumps(row) + "\n")
+                if equal_n:
+                    continue
                 t0 = time.time()
                 images = generate(module.model_fn(use_ema=True), module.diffusion, seeds, module.image_shape, sampler)
                 sample_seconds = (time.time() - t0) / sample_sets
@@ -169,6 +214,11 @@ def main() -> None:
     p.add_argument("--final-samplers", default="", help="also scored at the last step with the recipe's decay")
     p.add_argument("--sample-sets", type=int, default=1,
                    help="score this many disjoint sets of final_samples seeds (set 0 is the quickstart's)")
+    p.add_argument("--equal-n", type=int, default=0, metavar="K",
+                   help="score instead K draws of --set-size images with run seeds --set-seed+k (the equal-n protocol)")
+    p.add_argument("--set-seed", type=int, default=100, help="the first draw's run seed (evaluation uses 0-7)")
+    p.add_argument("--set-size", type=int, default=181)
+    p.add_argument("--guidance", default="0", help="a class-conditional run: the guidance weights w to score")
     p.add_argument("--jsonl", type=Path, default=None, help="append one JSON line per score")
     p.add_argument("--table", type=Path, default=None, help="print the table of a --jsonl file and exit")
     p.add_argument("--out", type=Path, default=None)
@@ -182,7 +232,8 @@ def main() -> None:
         p.error("a run name is needed (or --table FILE)")
     tune(args.name, args.overrides, [int(s) for s in args.eval_steps.split(",")],
          [float(d) for d in args.ema.split(",")], parse_samplers(args.samplers), args.jsonl,
-         parse_samplers(args.final_samplers) if args.final_samplers else [], args.sample_sets)
+         parse_samplers(args.final_samplers) if args.final_samplers else [], args.sample_sets, args.equal_n,
+         args.set_seed, args.set_size, [float(w) for w in args.guidance.split(",")])
 
 
 if __name__ == "__main__":

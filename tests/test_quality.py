@@ -271,3 +271,35 @@ def test_quickstart_vs_real_restates_from_stored_sets_with_both_extractors(tmp_p
     assert res["verdict"] == "reproduced" and all(d["interval"][0] > 0 for d in res["diff"].values())
     with pytest.raises(ValueError, match="one size"):
         against_real([sets[0], sets[1][:30]])
+    # real digits at n=60, draw to draw, beside the samples' median: the noisy samples are far above every subset
+    row = next(ln for ln in text.splitlines() if ln.startswith("| A | "))
+    real_med, rank, samples_med = row.split(" | ")[1:4]
+    a_fids = [q["digits"]["fid"] for q in res["sets"]]
+    assert samples_med.startswith(f"{np.median(a_fids):.2f} (") and float(samples_med.split()[0]) > 1.5 * float(
+        real_med.split()[0])
+    assert rank.endswith("of 50 subsets lower")
+
+
+@pytest.mark.slow  # both extractors on 7 subsets: over 5 s on 2 cores
+def test_real_draws_are_subsets_of_the_held_out_digits():
+    """real_draws(n): FIDs of random n-subsets of the 360 held-out digits; at n=360 every subset is the whole pool,
+    so every draw scores the same, digits_quality's figure for that pool; smaller draws score higher (FID's bias)."""
+    import torch
+
+    from ddpm.core.data.digits import digits_split
+    from ddpm.services.metrics.digits_classifier import DigitsExtractorB
+    from ddpm.services.metrics.digits_score import digits_quality, real_draws
+
+    pool = torch.cat([digits_split("val")[0], digits_split("test")[0]])
+    whole = real_draws(360, draws=2)
+    assert whole["digits"]["fids"][0] == pytest.approx(digits_quality(pool)["fid"], rel=1e-9)
+    assert whole["digits_b"]["fids"][1] == pytest.approx(digits_quality(pool, extractor=DigitsExtractorB())["fid"],
+                                                         rel=1e-9)
+    small = real_draws(90, draws=5, seed=1)
+    for prefix in ("digits", "digits_b"):
+        d = small[prefix]
+        assert len(set(d["fids"])) == 5 and d["min"] <= d["median"] <= d["max"]
+        assert d["min"] > whole[prefix]["median"]
+    assert real_draws(90, draws=5, seed=1) == small  # depends on (n, draws, seed) only
+    with pytest.raises(ValueError, match="2 <= n <= 360"):
+        real_draws(361)

@@ -189,3 +189,29 @@ def against_real(sets, *, level: float = 0.95) -> dict:
                                "interval": draws_interval(per_set, level)}
     out["verdict"] = verdict({k: (d["mean"], d["interval"]) for k, d in out["diff"].items()}, +1)
     return out
+
+
+def real_draws(n: int, draws: int = 50, *, seed: int = 0) -> dict:
+    """What real digits score at ``n``, draw to draw: the FID (against the train split) of ``draws`` random
+    ``n``-subsets of the 360 held-out digits (the val and test splits, never trained on), under both extractors.
+
+    The test split's own first ``n`` (:func:`against_real`'s "real") is one such draw. At the quickstart's n=181
+    it is a lucky one (below all but a few of these subsets on both extractors: bench/results/quickstart_real_*),
+    so a model's draws are held to the median here, not to that one figure. The subsets share images (the pool
+    is 360), so their range understates the spread of independent draws; their median is the reference.
+
+    Returns ``{prefix: {"fids": [...], "median", "min", "max"}}``; subset ``k`` is the first ``n`` of a permutation
+    seeded ``(seed, k)``, so the figures depend on nothing else.
+    """
+    pool = torch.cat([digits_split("val")[0], digits_split("test")[0]])
+    if not 2 <= n <= pool.shape[0]:
+        raise ValueError(f"real_draws needs 2 <= n <= {pool.shape[0]} (the held-out digits), got n={n}")
+    subsets = [torch.randperm(pool.shape[0], generator=torch.Generator().manual_seed(seed * 100_003 + k))[:n]
+               for k in range(draws)]
+    out = {}
+    for prefix, cls in DIGITS_SCORERS.items():
+        ext = cls()
+        ref = digits_train_ref_stats(ext)
+        fids = [float(digits_quality(pool[idx], extractor=ext, ref=ref)["fid"]) for idx in subsets]
+        out[prefix] = {"fids": fids, "median": float(np.median(fids)), "min": min(fids), "max": max(fids)}
+    return out
