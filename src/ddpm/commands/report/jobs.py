@@ -55,7 +55,7 @@ def row_names() -> list[str]:
 # Training settings shown above the table (dotted paths into the job's config); rows should differ only in objective.
 SETTINGS = [
     "data._target_", "data.batch_size", "model.ch", "model.ch_mult", "model.num_res_blocks", "diffusion.schedule",
-    "diffusion.num_timesteps", "optim.lr", "optim.warmup_steps", "optim.ema_decay", "optim.t_sampler",
+    "diffusion.num_timesteps", "optim.lr", "optim.lr_decay", "optim.warmup_steps", "optim.ema_decay", "optim.t_sampler",
     "trainer.max_steps", "trainer.max_time", "trainer.gradient_clip_val", "seed",
 ]
 
@@ -163,6 +163,7 @@ def read_job(path: Path) -> Job | None:
     data = str(_get(cfg, "data._target_") or "?").rsplit(".", 1)[-1].replace("DataModule", "")
     settings = {k: _get(cfg, k) for k in SETTINGS}
     settings["optim.t_sampler"] = settings["optim.t_sampler"] or "uniform"
+    settings["optim.lr_decay"] = settings["optim.lr_decay"] or "none"  # jobs written before the option: none
     job = Job(path=path, objective=name, fields=fields, data=data, settings=settings)
     train = train_summary(path)
     job.steps = train.get("global_step")
