@@ -184,8 +184,41 @@ def tune(name: str, overrides: list[str], eval_steps: list[int], decays: list[fl
     return rows
 
 
-def table(jsonl: Path) -> str:
+def equal_n_table(rows: list[dict], baseline: str) -> str:
+    """The equal-n rows (``--equal-n``): per run, median FID over the draws under A and B, the real held-out
+    digits' one draw beside them, confidence and class entropy, and each run paired draw by draw (same seeds)
+    with ``baseline``'s row of the same step, EMA, sampler and guidance under the verdict rule."""
+    from ddpm.services.metrics.pooled import draws_interval, verdict
+
+    key = lambda r: (r["step"], r["ema_decay"], r["sampler"], r.get("guidance"))  # noqa: E731
+    base = {key(r): r for r in rows if r["name"] == baseline}
+    real = rows[0]
+    lines = [f"Draws of {real['set_size']} images, run seeds {real['set_seeds'][0]}-{real['set_seeds'][1]} (tuning "
+             f"seeds; the evaluation uses 0-7). The real held-out digits' one draw (the test split): FID "
+             f"{real['real_a']:.2f} / {real['real_b']:.2f}, confidence {real['real_confidence_a']:.3f}, entropy "
+             f"{real['real_entropy_a']:.3f} bits. Paired: the run's FID minus `{baseline}`'s, draw by draw, mean "
+             "and 95% interval over the draws; the verdict rule on \"lower than the baseline\".", "",
+             "| run | overrides | step | EMA | w | median FID A / B | minus baseline A | minus baseline B | verdict "
+             "| confidence A | entropy A |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        b, paired, cells = base.get(key(r)), {}, ["-", "-", "-"]
+        if b is not None and b is not r:
+            for tag, prefix in (("a", "digits"), ("b", "digits_b")):
+                d = [x - y for x, y in zip(r[f"fid_{tag}_sets"], b[f"fid_{tag}_sets"])]
+                paired[prefix] = (statistics.mean(d), draws_interval(d))
+            cells = [f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]" for m, (lo, hi) in paired.values()]
+            cells.append(verdict(paired, -1))
+        w = "-" if r.get("guidance") is None else f"{r['guidance']:g}"
+        lines.append(f"| {r['name']} | `{' '.join(r['overrides']) or '-'}` | {r['step']} | {r['ema_decay']} | {w} | "
+                     f"{r['median_a']:.2f} / {r['median_b']:.2f} | {' | '.join(cells)} | {r['confidence_a']:.3f} | "
+                     f"{r['entropy_a']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def table(jsonl: Path, baseline: str | None = None) -> str:
     rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    if rows and "median_a" in rows[0]:
+        return equal_n_table([r for r in rows if "median_a" in r], baseline or rows[0]["name"])
     lines = [
         "| run | overrides | step | EMA | sampler | FID A (n=256), seeds 0-255 | FID A mean +- sd over sets (sets) "
         "| FID B, seeds 0-255 | entropy | s/step (1 thread) |",
@@ -221,12 +254,13 @@ def main() -> None:
     p.add_argument("--guidance", default="0", help="a class-conditional run: the guidance weights w to score")
     p.add_argument("--jsonl", type=Path, default=None, help="append one JSON line per score")
     p.add_argument("--table", type=Path, default=None, help="print the table of a --jsonl file and exit")
+    p.add_argument("--baseline", default=None, help="--table of equal-n rows: the run each row is paired with")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     if args.table:
         from bench_cpu import emit
 
-        emit(table(args.table), args.out)
+        emit(table(args.table, args.baseline), args.out)
         return
     if not args.name:
         p.error("a run name is needed (or --table FILE)")

@@ -210,3 +210,31 @@ def test_cond_guidance_scores_both_extractors_pairs_each_w_and_rescores_kept_sam
     again = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert all(r["sample_seconds"] == 0.0 for r in again)
     assert [r["digits_b"]["fid"] for r in again] == [r["digits_b"]["fid"] for r in rows]
+
+
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier stays under 3 minutes
+def test_quickstart_pooled_pairs_per_set_and_pooled_groups_under_both_extractors(tmp_path_factory, tmp_path):
+    import numpy as np
+    from sampling_helpers import tiny_checkpoint
+
+    from ddpm.core.data.digits import digits_split
+
+    bench = load_bench("quickstart_pooled")
+    real = digits_split("train")[0][:360].reshape(6, 60, 1, 8, 8)
+    rng = np.random.default_rng(0)
+    noisy = torch.from_numpy(np.clip(real.numpy() + rng.normal(0, 60, real.shape), 0, 255).round().astype(np.uint8))
+    res = bench.compare(real, noisy, group=2)  # real digits against noisy ones: lower on every set and group
+    assert res["per_set"]["verdict"] == res["pooled"]["verdict"] == "reproduced"
+    for prefix in ("digits", "digits_b"):
+        assert res["per_set"][prefix]["lower"] == 6 and res["pooled"][prefix]["of"] == 3
+        assert res["pooled"][prefix]["new"][0] < res["per_set"][prefix]["new"][0]  # 120 images: less FID bias
+    assert bench.compare(noisy, real, group=2)["pooled"]["verdict"] == "the opposite"
+
+    run = tiny_checkpoint(tmp_path_factory).parents[1]
+    out = tmp_path / "pooled.md"
+    bench.main([str(run), str(run), "--sets", "4", "--group", "2", "--n", "30", "--steps", "5", "--out", str(out)])
+    text = out.read_text()  # one model against itself: every difference is 0
+    assert "| pooled | B |" in text and "+0.00 [+0.00, +0.00] | 0 of 2 |" in text
+    assert 'per set **not established**, pooled **not established**' in text
+    with pytest.raises(SystemExit):
+        bench.main([str(run), str(run), "--sets", "3", "--group", "2"])
