@@ -40,22 +40,24 @@ def draws(run: str, sets: int, set_seed: int, n: int = 181, steps: int = 200) ->
 
 
 def compare(new: torch.Tensor, old: torch.Tensor, group: int) -> dict:
-    from ddpm.services.metrics.digits_score import DIGITS_SCORERS, digits_quality, digits_train_ref_stats
+    """Each set's features extracted once per extractor; the per-set and pooled FIDs both come from them."""
+    import numpy as np
+
+    from ddpm.services.metrics.digits_score import DIGITS_SCORERS, digits_fid, digits_train_ref_stats
+    from ddpm.services.metrics.features import extract_all
     from ddpm.services.metrics.pooled import draws_interval, verdict
 
     out: dict = {"per_set": {}, "pooled": {}}
     for prefix, cls in DIGITS_SCORERS.items():
         ext = cls()
         ref = digits_train_ref_stats(ext)
-
-        def fid(x):
-            return float(digits_quality(x, extractor=ext, ref=ref)["fid"])
-
-        for kind, chunks in (("per_set", 1), ("pooled", group)):
-            a = [fid(new[i:i + chunks].flatten(0, 1)) for i in range(0, new.shape[0] - chunks + 1, chunks)]
-            b = [fid(old[i:i + chunks].flatten(0, 1)) for i in range(0, old.shape[0] - chunks + 1, chunks)]
-            d = [x - y for x, y in zip(a, b)]
-            out[kind][prefix] = {"new": a, "old": b, "mean": statistics.mean(d), "interval": draws_interval(d),
+        feats = {arm: [np.asarray(extract_all(s, ext, device="cpu")[0], np.float64) for s in sets]
+                 for arm, sets in (("new", new), ("old", old))}
+        for kind, size in (("per_set", 1), ("pooled", group)):
+            fids = {arm: [digits_fid(np.concatenate(f[i:i + size]), ref) for i in range(0, len(f) - size + 1, size)]
+                    for arm, f in feats.items()}
+            d = [x - y for x, y in zip(fids["new"], fids["old"])]
+            out[kind][prefix] = {**fids, "mean": statistics.mean(d), "interval": draws_interval(d),
                                  "lower": sum(x < 0 for x in d), "of": len(d)}
     for kind in ("per_set", "pooled"):
         out[kind]["verdict"] = verdict({p: (v["mean"], v["interval"]) for p, v in out[kind].items()}, -1)

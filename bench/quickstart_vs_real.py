@@ -59,8 +59,6 @@ def table(dirs: list[Path], result: dict, draws: dict | None = None) -> str:
     lines += ["", f"Verdict on \"the samples score worse than real digits\": **{result['verdict']}** (the verdict "
               "rule: stated only when both extractors' intervals exclude 0 on one side)."]
     if draws:
-        import numpy as np
-
         lines += ["", f"What real digits score at n={result['n']}, draw to draw: {len(draws['digits']['fids'])} random "
                   f"{result['n']}-subsets of the 360 held-out digits (val + test; `real_draws`) against the samples' "
                   f"{len(dirs)} draws:", "",
@@ -80,13 +78,13 @@ def main(argv=None) -> None:
     p.add_argument("dirs", nargs="+", type=Path, help="sample.py output directories, one draw (seed) each")
     p.add_argument("--out", type=Path, default=None, help="also write the Markdown to this file")
     args = p.parse_args(argv)
-    from ddpm.services.metrics.digits_score import against_real, real_draws
+    from ddpm.services.metrics.digits_score import against_real, held_out_digits, real_draws
 
     missing = [str(d) for d in args.dirs if not (d / "samples.npz").is_file()]
     if missing:
         raise SystemExit(f"Error: no samples.npz in {', '.join(missing)}; give sample.py output directories")
     result = against_real([load_set(d) for d in args.dirs])
-    text = table(args.dirs, result, real_draws(result["n"]) if result["n"] <= 360 else None)
+    text = table(args.dirs, result, real_draws(result["n"]) if result["n"] <= len(held_out_digits()) else None)
     print(text, end="")
     if args.out:
         args.out.write_text(text)

@@ -140,22 +140,24 @@ def tune(name: str, overrides: list[str], eval_steps: list[int], decays: list[fl
         n = int(compose("train", overrides).get("final_samples", 256))
         seeds = seeds_for(int(cfg.seed), 0, n * sample_sets)  # set 0: the quickstart's own final samples
         last = max(eval_steps)
+        def emit(row: dict) -> None:
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if jsonl:
+                with open(jsonl, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+
         for (step, decay), state in sorted(snaps.items()):
             module.ema.load_state_dict(state)
             for kw in samplers + (final_samplers if (step, decay) == (last, module.ema_decay) else []):
                 sampler = SamplerConfig.from_node(kw)
-                for w in (guidance if equal_n else ()):
-                    row = {"name": name, "overrides": overrides, "step": step, "ema_decay": decay,
-                           "sampler": sampler.label + (f"/{kw['var_type']}" if kw.get("var_type") else ""),
-                           "fit_seconds": round(fit_seconds, 1), "final_step": int(metrics["global_step"]),
-                           "threads": torch.get_num_threads(), "final_loss": metrics.get("train/loss"),
-                           **score_equal_n(module, sampler, equal_n, set_seed, set_size, w)}
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-                    if jsonl:
-                        with open(jsonl, "a") as f:
-                            f.write(json.dumps(row) + "\n")
+                head = {"name": name, "overrides": overrides, "step": step, "ema_decay": decay,
+                        "sampler": sampler.label + (f"/{kw['var_type']}" if kw.get("var_type") else ""),
+                        "fit_seconds": round(fit_seconds, 1), "final_step": int(metrics["global_step"]),
+                        "threads": torch.get_num_threads(), "final_loss": metrics.get("train/loss")}
                 if equal_n:
+                    for w in guidance:
+                        emit(head | score_equal_n(module, sampler, equal_n, set_seed, set_size, w))
                     continue
                 t0 = time.time()
                 images = generate(module.model_fn(use_ema=True), module.diffusion, seeds, module.image_shape, sampler)
@@ -163,24 +165,15 @@ def tune(name: str, overrides: list[str], eval_steps: list[int], decays: list[fl
                 both = [digits_scores(to_uint8(chunk).cpu()) for chunk in images.split(n)]
                 qs = [q["digits"] for q in both]  # extractor A (ddpm-digits); B (ddpm-digits-b) in fid_b
                 fids = [q["fid"] for q in qs]
-                row = {
-                    "name": name, "overrides": overrides, "step": step, "ema_decay": decay,
-                    "sampler": sampler.label + (f"/{kw['var_type']}" if kw.get("var_type") else ""),
+                emit(head | {
                     "fid": round(fids[0], 3), "confidence": round(qs[0]["confidence"], 4),
                     "class_entropy": round(qs[0]["class_entropy"], 3), "n": qs[0]["n"],
                     "fid_sets": [round(f, 3) for f in fids],
                     "fid_b": round(both[0]["digits_b"]["fid"], 3),
                     "fid_b_sets": [round(q["digits_b"]["fid"], 3) for q in both],
                     "entropy_sets": [round(q["class_entropy"], 3) for q in qs],
-                    "sample_seconds": round(sample_seconds, 1), "fit_seconds": round(fit_seconds, 1),
-                    "final_step": int(metrics["global_step"]), "threads": torch.get_num_threads(),
-                    "final_loss": metrics.get("train/loss"),
-                }
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                if jsonl:
-                    with open(jsonl, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    "sample_seconds": round(sample_seconds, 1),
+                })
     return rows
 
 

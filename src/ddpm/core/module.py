@@ -29,7 +29,7 @@ from ddpm.core.diffusion import GaussianDiffusion
 from ddpm.core.diffusion.guidance import with_labels
 from ddpm.core.diffusion.resample import make_t_sampler
 from ddpm.core.diffusion.types import VarType
-from ddpm.core.lr import lr_factor
+from ddpm.core.lr import lr_schedule
 from ddpm.core.seeds import derive_seed
 
 
@@ -389,11 +389,8 @@ class DiffusionModule(L.LightningModule):
         optimizer = torch.optim.Adam(self.net.parameters(), **kwargs)
         warmup, decay = int(o["warmup_steps"]), o.get("lr_decay", "none")  # checkpoints before lr_decay: none
         total = int(trainer.max_steps) if trainer is not None and decay != "none" else None
-
-        def lr_lambda(step: int) -> float:  # official: lr * min(global_step / warmup, 1), then constant
-            return lr_factor(step, warmup, total, decay)
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        # official: lr * min(global_step / warmup, 1), then constant; checked once, before the first step
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(warmup, total, decay))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoints
