@@ -15,7 +15,7 @@ the real held-out digits at the same n beside them; then :func:`ddpm.services.me
 on "the samples score worse than real digits": stated only when both extractors' intervals (over the draws) lie
 above 0. Last, what real digits score at that n draw to draw (:func:`ddpm.services.metrics.digits_score.real_draws`,
 random subsets of all 360 held-out digits), where the test split's one draw ranks among them, and the samples'
-median beside them.
+median beside them; then all draws pooled as one sample, and the confidence and class entropy per draw.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def load_set(path: Path) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :1].transpose(0, 3, 1, 2))
 
 
-def table(dirs: list[Path], result: dict, draws: dict | None = None) -> str:
+def table(dirs: list[Path], result: dict, draws: dict | None = None, pooled: dict | None = None) -> str:
     names = {"digits": "A", "digits_b": "B"}
     lines = [f"Samples against the real held-out digits at n={result['n']} (FID and KID against the train split; "
              "A = ddpm-digits, B = ddpm-digits-b; class KL: of the predicted classes from the train split's, nats).",
@@ -58,6 +58,16 @@ def table(dirs: list[Path], result: dict, draws: dict | None = None) -> str:
                      f"{len(d['per_set'])} draws, 95% interval over the draws [{lo:+.2f}, {hi:+.2f}].")
     lines += ["", f"Verdict on \"the samples score worse than real digits\": **{result['verdict']}** (the verdict "
               "rule: stated only when both extractors' intervals exclude 0 on one side)."]
+    if pooled:
+        def mean(key: str, prefix: str) -> float:
+            return float(np.mean([q[prefix][key] for q in result["sets"]]))
+
+        lines += ["", f"All {len(dirs)} draws as one sample ({pooled['digits']['n']} images): FID A "
+                  f"{pooled['digits']['fid']:.2f} / B {pooled['digits_b']['fid']:.2f}. Per draw on average: confidence "
+                  f"A {mean('confidence', 'digits'):.3f} / B {mean('confidence', 'digits_b'):.3f}, class entropy (A) "
+                  f"{mean('class_entropy', 'digits'):.3f} bits; the real held-out digits: "
+                  f"{result['real']['digits']['confidence']:.3f} / {result['real']['digits_b']['confidence']:.3f}, "
+                  f"{result['real']['digits']['class_entropy']:.3f} bits."]
     if draws:
         lines += ["", f"What real digits score at n={result['n']}, draw to draw: {len(draws['digits']['fids'])} random "
                   f"{result['n']}-subsets of the 360 held-out digits (val + test; `real_draws`) against the samples' "
@@ -78,13 +88,15 @@ def main(argv=None) -> None:
     p.add_argument("dirs", nargs="+", type=Path, help="sample.py output directories, one draw (seed) each")
     p.add_argument("--out", type=Path, default=None, help="also write the Markdown to this file")
     args = p.parse_args(argv)
-    from ddpm.services.metrics.digits_score import against_real, held_out_digits, real_draws
+    from ddpm.services.metrics.digits_score import against_real, digits_scores, held_out_digits, real_draws
 
     missing = [str(d) for d in args.dirs if not (d / "samples.npz").is_file()]
     if missing:
         raise SystemExit(f"Error: no samples.npz in {', '.join(missing)}; give sample.py output directories")
-    result = against_real([load_set(d) for d in args.dirs])
-    text = table(args.dirs, result, real_draws(result["n"]) if result["n"] <= len(held_out_digits()) else None)
+    sets = [load_set(d) for d in args.dirs]
+    result = against_real(sets)
+    text = table(args.dirs, result, real_draws(result["n"]) if result["n"] <= len(held_out_digits()) else None,
+                 digits_scores(np.concatenate(sets)) if len(sets) > 1 else None)
     print(text, end="")
     if args.out:
         args.out.write_text(text)

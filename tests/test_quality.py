@@ -241,7 +241,7 @@ def test_quickstart_vs_real_restates_from_stored_sets_with_both_extractors(tmp_p
 
     from ddpm.core.data.digits import digits_split
     from ddpm.services.metrics.digits_classifier import DigitsExtractorB
-    from ddpm.services.metrics.digits_score import against_real, digits_quality
+    from ddpm.services.metrics.digits_score import against_real, digits_quality, digits_scores
 
     real = digits_split("train")[0].numpy()  # [N, 1, 8, 8]
     dirs, sets = [], []
@@ -278,6 +278,10 @@ def test_quickstart_vs_real_restates_from_stored_sets_with_both_extractors(tmp_p
     assert samples_med.startswith(f"{np.median(a_fids):.2f} (") and float(samples_med.split()[0]) > 1.5 * float(
         real_med.split()[0])
     assert rank.endswith("of 50 subsets lower")
+    pooled = digits_scores(np.concatenate(sets))  # the three draws as one sample of 180
+    assert (f"All 3 draws as one sample (180 images): FID A {pooled['digits']['fid']:.2f} / B "
+            f"{pooled['digits_b']['fid']:.2f}. Per draw on average: confidence A "
+            f"{np.mean([q['digits']['confidence'] for q in res['sets']]):.3f}") in text
 
 
 @pytest.mark.slow  # both extractors on 7 subsets: over 5 s on 2 cores
