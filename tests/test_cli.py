@@ -30,6 +30,9 @@ def run(args: list[str], cwd: Path, fresh: bool = False, **env: str):
         ("train", ["trainer.max_steps=abc"], ["trainer.max_steps='abc'", "integer"]),
         ("train", ["trainer.max_stpes=5"], ["trainer.max_stpes", "Did you mean 'trainer.max_steps'"]),
         ("train", ["data=cifar100"], ["data=cifar100", "cifar10", "digits"]),
+        # an optional group (conf/train.yaml's `optional sweep`): Hydra alone would run the default silently
+        ("train", ["sweep=tabel2"], ["sweep=tabel2: no such option", "table2_digits", "Did you mean 'table2'"]),
+        ("train", ["-m", "sweep=tabel2_digits"], ["sweep=tabel2_digits", "Did you mean 'table2_digits'"]),
         ("train", ["final_sampler.steps=5"], ["final_sampler.steps", "use sampler.steps"]),
         ("train", ["nan_policy=maybe"], ["nan_policy='maybe' is not valid", "stop | skip"]),
         ("train", ["hydra.run.dir=/dev/null/run"], ["hydra.run.dir=", "not a folder"]),

@@ -7,6 +7,8 @@ diffusers 0.42.1 (``DDPMScheduler``, ``DPMSolverMultistepScheduler`` and ``get_v
 
 from __future__ import annotations
 
+import re
+
 import diffusers  # a test extra: pip install -e .[test]
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from ddpm.core.diffusion import (
     get_beta_schedule,
     mean_flat,
 )
+from ddpm.core.diffusion.types import validate_objective
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -196,6 +199,13 @@ def test_a_bad_loss_weight_is_one_error_line_naming_the_key(argv, needles, capsy
     assert [ln.startswith("Error: ") for ln in err.splitlines()].count(True) == 1, err
     for needle in needles:
         assert needle in err, err
+
+
+def test_an_unknown_loss_weight_lists_each_valid_weight_once():
+    with pytest.raises(ValueError) as info:
+        validate_objective("eps", "fixed_large", "mse", "snr")
+    listed = re.search(r"valid: \[(.*?)\]", str(info.value)).group(1)
+    assert [w.strip(" '") for w in listed.split(",")] == ["none", "min_snr", "p2"], str(info.value)
 
 
 def test_good_weights_and_v_compose():

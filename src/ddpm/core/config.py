@@ -335,8 +335,36 @@ def compose(config_name: str = "train", overrides: list[str] | None = None, conf
 
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=True)
+        _check_optional_choices(cfg, config_name, list(overrides or []), conf_dir)
     validate_config(cfg)
     return cfg
+
+
+def _optional_groups(config_name: str, conf_dir: Path) -> list[str]:
+    """The groups that ``conf/<config_name>.yaml`` lists as ``optional GROUP: ...`` in its defaults."""
+    path = conf_dir / f"{config_name}.yaml"
+    node = OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else {}
+    return [next(iter(e)).removeprefix("optional ").strip() for e in (node or {}).get("defaults", [])
+            if isinstance(e, dict) and len(e) == 1 and next(iter(e)).startswith("optional ")]
+
+
+def _check_optional_choices(cfg: DictConfig, config_name: str, overrides: list[str], conf_dir: Path) -> None:
+    """Hydra skips an ``optional`` group's option that does not exist (``optional sweep: null`` in conf/train.yaml),
+    so ``sweep=tabel2`` would silently run the default: refuse it with the valid options (on the search path)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ddpm.core.cli import suggest
+
+    choices = cfg.hydra.runtime.choices
+    for group in _optional_groups(config_name, conf_dir):
+        option = choices.get(group)
+        if option is None:
+            continue
+        valid = GlobalHydra.instance().config_loader().get_group_options(
+            group, config_name=config_name, overrides=overrides)
+        if option not in valid:
+            raise ValueError(f"{group}={option}: no such option. Valid {group} options: {', '.join(valid)}."
+                             f"{suggest(option, valid)}")
 
 
 def to_container(cfg: DictConfig) -> dict:

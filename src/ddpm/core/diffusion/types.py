@@ -86,7 +86,7 @@ def validate_objective(
       their own weights), and not the ``mu`` target (no SNR weight is defined for it); ``p2`` is the eps
       target's; ``snr_gamma`` and ``p2_k`` must be > 0, ``p2_gamma`` >= 0.
     """
-    valid_weights = [w.value for w in LossWeight.__members__.values() if w.name.islower()]
+    valid_weights = [w.value for w in LossWeight]  # iteration skips the upper-case aliases
     if str(getattr(loss_weight, "value", loss_weight)) not in valid_weights:
         raise ValueError(f"objective.loss_weight={getattr(loss_weight, 'value', loss_weight)!r} is not a loss "
                          f"weight; valid: {valid_weights} (none: the paper's unweighted loss)")
