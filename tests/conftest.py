@@ -150,6 +150,7 @@ def tiny_overrides(output_dir: Path | str, *, steps: int = 4, timesteps: int = 1
         f"paths.output_dir={output_dir}",
         *TINY_MODEL,
         f"diffusion.num_timesteps={timesteps}",
+        f"sampler.steps={timesteps}",  # the quickstart's 200 would exceed T
         f"data.batch_size={batch}",
         f"trainer.max_steps={steps}",
         "trainer.accelerator=cpu",

@@ -33,6 +33,13 @@ def run(args: list[str], cwd: Path, fresh: bool = False, **env: str):
         # an optional group (conf/train.yaml's `optional sweep`): Hydra alone would run the default silently
         ("train", ["sweep=tabel2"], ["sweep=tabel2: no such option", "table2_digits", "Did you mean 'table2'"]),
         ("train", ["-m", "sweep=tabel2_digits"], ["sweep=tabel2_digits", "Did you mean 'table2_digits'"]),
+        # what the trained model allows is refused before training, not after it (steps against T)
+        ("train", ["sampler.steps=2000"], ["sampler.steps=2000 exceeds the model's T=1000"]),
+        ("train", ["diffusion.num_timesteps=100"], ["sampler.steps=200 exceeds the model's T=100"]),
+        ("train", ["trainer.devices=0"], ["trainer.devices=0 is not valid", "an integer >= 1, auto"]),
+        ("train", ["optim.fused=maybe"], ["optim.fused='maybe' is not valid", "true or false"]),
+        ("train", ["callbacks.sample_grid.sampler.steps=50"], ["callbacks.sample_grid.sampler is ${sampler}",
+                                                               "set sampler.steps=...", "its own node"]),
         ("train", ["final_sampler.steps=5"], ["final_sampler.steps", "use sampler.steps"]),
         ("train", ["nan_policy=maybe"], ["nan_policy='maybe' is not valid", "stop | skip"]),
         ("train", ["hydra.run.dir=/dev/null/run"], ["hydra.run.dir=", "not a folder"]),
@@ -77,6 +84,17 @@ def test_preflight_refuses_with_one_clean_message(script, argv, needles, capsys,
     assert err.startswith("Error: ") and "Traceback" not in err
     for needle in needles:
         assert needle in err, err
+
+
+def test_lightning_refusing_a_trainer_setting_is_one_user_error_naming_trainer(tmp_path):
+    from ddpm.core.config import compose
+    from ddpm.services.builders import build_trainer
+
+    cfg = compose("train", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=[0,1]",
+                            f"paths.output_dir={tmp_path}"])
+    with pytest.raises(ValueError, match=r"^trainer: .*devices.* \(trainer.accelerator=cpu, trainer.devices=\[0, 1\]"):
+        build_trainer(cfg, [], [])
+    assert cli.user_message(ValueError("trainer: x")) == "trainer: x"
 
 
 def test_preflight_lets_a_good_command_through_and_sweeps_to_hydra(monkeypatch):

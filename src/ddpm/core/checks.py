@@ -11,6 +11,7 @@ sampling or training.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Any
 
@@ -86,6 +87,8 @@ TRAIN: list[Check] = [
     ("optim.ema_decay", lambda v: is_num(v) and 0 <= v <= 1, "a number in [0, 1] (the paper: 0.9999)"),
     ("optim.t_sampler", lambda v: v in T_SAMPLERS,
      f"one of {sorted(T_SAMPLERS)} (uniform: the paper's; loss_second_moment: importance-sampled t)"),
+    ("optim.fused", lambda v: v is None or isinstance(v, bool), "null (fused on CUDA), true or false"),
+    *FABRIC,  # trainer.devices / num_nodes: Lightning's own message would come wrapped in Hydra's
     ("trainer.max_steps", lambda v: is_int(v) and (v >= 1 or v == -1), "an integer >= 1 (or -1: no limit)"),
     ("trainer.max_epochs", lambda v: v is None or (is_int(v) and (v >= 1 or v == -1)),
      "an integer >= 1, -1 or null"),
@@ -264,3 +267,9 @@ def group_norm_warning(model: Any) -> str | None:
     return (f"model.ch={ch} with ch_mult={mult}: GroupNorm cannot use the paper's 32 groups at widths {odd} "
             "(it uses gcd(32, width) groups there). Use a multiple of 32 for the paper's architecture, e.g. "
             "model.ch=32.")
+
+
+def suggest(word: str, valid: list[str]) -> str:
+    """`` Did you mean 'x'?`` for a close match among ``valid``, else ``""``."""
+    close = difflib.get_close_matches(word, valid, n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""

@@ -14,7 +14,6 @@ that lists only what the script takes.
 from __future__ import annotations
 
 import argparse
-import difflib
 import logging
 import os
 import re
@@ -399,6 +398,7 @@ def _composition_message(script: str, e: BaseException, overrides: list[str]) ->
     """Hydra's composition error as one block: the key and value, what is valid, the fix."""
     from omegaconf import OmegaConf
 
+    from ddpm.core.checks import suggest
     from ddpm.core.config import CONF_DIR, SamplerConfig, compose
 
     text = f"{e}\n{e.__cause__ or ''}".strip()
@@ -413,6 +413,12 @@ def _composition_message(script: str, e: BaseException, overrides: list[str]) ->
         except Exception:  # noqa: BLE001 - the suggestion is a courtesy
             composed, keys = None, []
         parent = key.rpartition(".")[0]
+        if composed is not None and (link := _interpolated_prefix(composed, key)) is not None:
+            node, target = link  # e.g. callbacks.sample_grid.sampler: ${sampler}
+            rest = key[len(node) + 1:]
+            return (f"{key}: {node} is ${{{target}}}, the run's {target}, so it has no keys of its own: set "
+                    f"{target}.{rest}=... (for both), or give {node} its own node, e.g. "
+                    f"'{node}={{name: respaced, steps: 50}}'.")
         if composed is not None and parent.rpartition(".")[2] == "sampler":  # each sampler has its own keys
             node = OmegaConf.select(composed, parent)
             if node is not None and "name" in node:  # the sampler's own check says what is valid
@@ -444,7 +450,21 @@ def _composition_message(script: str, e: BaseException, overrides: list[str]) ->
     return text.split("\nConfig search path")[0]
 
 
-def suggest(word: str, valid: list[str]) -> str:
-    """`` Did you mean 'x'?`` for a close match among ``valid``, else ``""``."""
-    close = difflib.get_close_matches(word, valid, n=1, cutoff=0.6)
-    return f" Did you mean {close[0]!r}?" if close else ""
+def _interpolated_prefix(cfg: Any, key: str) -> tuple[str, str] | None:
+    """``(prefix, target)`` for the first prefix of ``key`` whose value in ``cfg`` is an interpolation
+    ``${target}`` (an override below it cannot be applied), else ``None``."""
+    from omegaconf import DictConfig, OmegaConf
+
+    parts = key.split(".")
+    node = cfg
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, DictConfig) or part not in node:
+            return None
+        if OmegaConf.is_interpolation(node, part):
+            raw = OmegaConf.to_container(node, resolve=False)[part]
+            m = re.fullmatch(r"\$\{([\w.]+)\}", str(raw))
+            return (".".join(parts[: i + 1]), m.group(1)) if m else None
+        node = node[part]
+    return None
+
+

@@ -22,12 +22,13 @@ import functools
 import re
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ddpm.core.checks import CHECKS, check_command
+from ddpm.core.checks import CHECKS, check_command, suggest
 from ddpm.core.diffusion import SAMPLERS, SamplerSpec, validate_sampler
 from ddpm.core.diffusion.registry import COMMON_SAMPLER_KEYS
 from ddpm.core.diffusion.types import LossType, MeanType, VarType, validate_objective
@@ -305,11 +306,14 @@ def objective_kwargs(objective: Any) -> dict[str, Any]:
     return out
 
 
-def check_sampler_settings(node: Any, key: str = "sampler") -> None:
+def check_sampler_settings(node: Any, key: str = "sampler", model: Any = None) -> None:
     """The sampler registry's own check of the sampler node at ``key`` (its name, steps and parameters): the
-    one call of it in the validation pass."""
+    one call of it in the validation pass. ``model``: the config's ``num_timesteps`` and ``var_type`` where it
+    trains one (train.py), so that what the model allows (steps <= T...) is refused before training, not after."""
     try:
-        SamplerConfig.from_node(node)
+        sampler = SamplerConfig.from_node(node)
+        if model is not None:
+            sampler.check(model)
     except ValueError as e:
         raise ValueError(str(e) if key == "sampler" else f"{key}: {e}") from None
 
@@ -321,9 +325,13 @@ def validate_config(cfg: DictConfig) -> None:
         check_model_resolves(cfg.model)
     if "objective" in cfg:
         validate_objective(**objective_kwargs(cfg.objective))
+    model = None
+    if "diffusion" in cfg and "objective" in cfg:  # the model this config trains: its T and variance
+        model = SimpleNamespace(num_timesteps=int(cfg.diffusion.num_timesteps),
+                                var_type=VarType(objective_kwargs(cfg.objective)["var_type"]))
     for key in ("sampler", *(f"callbacks.{name}.sampler" for name in cfg.get("callbacks") or {})):
         if OmegaConf.select(cfg, key, default=None) is not None:
-            check_sampler_settings(OmegaConf.select(cfg, key), key)
+            check_sampler_settings(OmegaConf.select(cfg, key), key, model)
     if (name := SCHEMAS.get(OmegaConf.get_type(cfg))) is not None:  # a command's config: its values (ddpm.core.checks)
         check_command(name, cfg)
 
@@ -352,8 +360,6 @@ def _check_optional_choices(cfg: DictConfig, config_name: str, overrides: list[s
     """Hydra skips an ``optional`` group's option that does not exist (``optional sweep: null`` in conf/train.yaml),
     so ``sweep=tabel2`` would silently run the default: refuse it with the valid options (on the search path)."""
     from hydra.core.global_hydra import GlobalHydra
-
-    from ddpm.core.cli import suggest
 
     choices = cfg.hydra.runtime.choices
     for group in _optional_groups(config_name, conf_dir):

@@ -56,8 +56,18 @@ def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], loggers: list) -
     log_every = cfg.trainer.log_every_n_steps
     if cfg.trainer.max_steps > 0:
         log_every = min(log_every, cfg.trainer.max_steps)
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers if loggers else False,
-                       plugins=[AtomicCheckpointIO()], log_every_n_steps=log_every)
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers if loggers else False,
+                           plugins=[AtomicCheckpointIO()], log_every_n_steps=log_every)
+    except InstantiationException as e:  # Lightning refusing a trainer.* setting (devices for the accelerator...)
+        if not isinstance(e.__cause__, MisconfigurationException | TypeError | ValueError):
+            raise
+        raise ValueError(f"trainer: {e.__cause__} (trainer.accelerator={cfg.trainer.accelerator}, "
+                         f"trainer.devices={cfg.trainer.devices}; python train.py --help lists the trainer.* "
+                         "settings)") from e
 
 
 @contextlib.contextmanager
