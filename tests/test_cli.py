@@ -52,6 +52,7 @@ def run(args: list[str], cwd: Path, fresh: bool = False, **env: str):
         ("sample", ["sampler=restart", "sampler.restart_t_min=400"], ["sampler.restart_t_min=400",
                                                                        "0 < restart_t_min < restart_t_max"]),
         ("sample", ["sampler=restart", "sampler.restart_share=2"], ["sampler.restart_share=2", "(0, 1)"]),
+        ("sample", ["sampler=ddim", "sampler.eta=-1"], ["sampler.eta=-1.0 must be >= 0"]),
         ("sample", ["sampler=restrat"], ["sampler=restrat", "dpm_solver_sde", "Did you mean 'restart'"]),
         ("sample", ["sampler=dpm_solver_sde", "sampler.eta=0.5"], ["sampler.eta is not a setting of "
                                                                    "sampler=dpm_solver_sde; valid: sampler.name"]),

@@ -4,6 +4,7 @@ beside the raw weights and used for validation, loggers, DDP, multirun + report.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 import yaml
 from conftest import run_cli
+from omegaconf import OmegaConf
 from PIL import Image
 from test_data import write_fake_cifar  # the torchvision layout, written by the data tests' helper
 
@@ -440,3 +442,17 @@ def test_slurm_launcher_composes():
     cfg = compose("train", ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu",
                             "paths.output_dir=/tmp/unused"])
     assert cfg.hydra.launcher.partition == "gpu" and "submitit" in cfg.hydra.launcher._target_
+
+def test_an_attention_size_the_unet_never_has_trains_with_a_loud_warning(tiny, caplog):
+    """model=unet_cifar32's attn_resolutions=[16] on 8x8 digits, or a typo: the net silently had no attention."""
+    from ddpm.core.checks import attention_warning
+    from ddpm.core.nets.layers import AttnBlock
+
+    assert attention_warning(OmegaConf.create({"ch_mult": [1, 2], "attn_resolutions": [4]}), 8) is None
+    assert attention_warning(OmegaConf.create({"ch_mult": [1, 2], "attn_resolutions": []}), 8) is None
+    with caplog.at_level(logging.WARNING, logger="ddpm"):
+        _, objs = train(tiny("model.attn_resolutions=[16]", "final_samples=0", steps=1))
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("model.attn_resolutions=[16]" in m and "levels are [8, 4]" in m and "levels have attention nowhere" in m
+               for m in said), said
+    assert sum(isinstance(m, AttnBlock) for m in objs["module"].net.modules()) == 1  # the middle block's only

@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from ddpm.core.checks import group_norm_warning
+from ddpm.core.checks import attention_warning, group_norm_warning
 from ddpm.core.config import SamplerConfig, to_container, validate_config
 from ddpm.core.data import model_to_uint8
 from ddpm.core.io import RankFailedError, check_writable, disk_full, make_grid_uint8, save_png, write_json
@@ -51,6 +51,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             log.info("removed %s (a checkpoint write that a killed process left unfinished)", path)
 
     datamodule = build_datamodule(cfg)
+    if (warning := attention_warning(cfg.model, datamodule.image_shape[-1])) is not None:
+        log.warning(warning)
     class_names = check_classes(cfg, datamodule)
     module = build_module(cfg, datamodule.image_shape, class_names)
     resume = plan_resume(cfg.ckpt_path, output_dir, module.hparams, int(cfg.trainer.max_steps))

@@ -22,7 +22,8 @@ from ddpm.core.diffusion.resample import T_SAMPLERS
 from ddpm.core.diffusion.schedules import SCHEDULE_NAMES
 from ddpm.core.lr import LR_DECAYS
 
-__all__ = ["CHECKS", "COMBINATIONS", "check_command", "check_values", "group_norm_warning", "is_int", "is_num"]
+__all__ = ["CHECKS", "COMBINATIONS", "attention_warning", "check_command", "check_values", "group_norm_warning", "is_int",
+           "is_num", "suggest"]
 
 
 def is_int(v: Any) -> bool:
@@ -267,6 +268,22 @@ def group_norm_warning(model: Any) -> str | None:
     return (f"model.ch={ch} with ch_mult={mult}: GroupNorm cannot use the paper's 32 groups at widths {odd} "
             "(it uses gcd(32, width) groups there). Use a multiple of 32 for the paper's architecture, e.g. "
             "model.ch=32.")
+
+
+def attention_warning(model: Any, resolution: int) -> str | None:
+    """A warning when ``model.attn_resolutions`` names a size that no level of the UNet has at ``resolution`` (the
+    data's), so that no attention is added there (``model=unet_cifar32`` on 8x8 digits, a typo), else ``None``."""
+    if "attn_resolutions" not in model or "ch_mult" not in model:
+        return None  # not the UNet's settings
+    sizes = [int(resolution) // 2**i for i in range(len(model.ch_mult))]
+    asked = [int(r) for r in model.attn_resolutions]
+    if not (unused := [r for r in asked if r not in sizes]):
+        return None
+    kept = [r for r in asked if r in sizes]
+    return (f"model.attn_resolutions={asked}: no level of this UNet is {unused} wide (at resolution {resolution} with "
+            f"ch_mult={list(model.ch_mult)} its levels are {sizes}), so its levels have attention "
+            f"{f'only at {kept}' if kept else 'nowhere'} (the middle block always has it). Name sizes from {sizes}, "
+            "or [] for none.")
 
 
 def suggest(word: str, valid: list[str]) -> str:

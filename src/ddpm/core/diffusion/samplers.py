@@ -21,7 +21,8 @@ Code index ``k`` is paper time ``k+1``; the loops run ``k = T-1 .. 0``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,8 +95,15 @@ def ancestral(
         yield {"t": i, "sample": x, "pred_xstart": out["pred_xstart"]}
 
 
+def check_ddim(params: Mapping[str, Any], steps: int | None, diffusion: GaussianDiffusion | None) -> None:
+    """``eta >= 0``: sigma is ``eta`` times a positive factor, so a negative eta would silently sample as ``|eta|``."""
+    if params.get("eta", 0.0) < 0:
+        raise ValueError(f"sampler.eta={params['eta']} must be >= 0 (0: deterministic DDIM; 1: the ancestral "
+                         "sampler's fixed_small noise)")
+
+
 @register("ddim", params={"eta": float}, stochastic="eta", spacing="ddim", respaces=True, starts_anywhere=False,
-          summary="DDIM (Song et al. 2021) on `steps` strided timesteps; eta=0 is deterministic")
+          check=check_ddim, summary="DDIM (Song et al. 2021) on `steps` strided timesteps; eta=0 is deterministic")
 @torch.no_grad()
 def ddim(
     diffusion: GaussianDiffusion,
