@@ -80,6 +80,18 @@ def table(dirs: list[Path], result: dict, draws: dict | None = None, pooled: dic
             lines.append(f"| {names.get(prefix, prefix)} | {d['median']:.2f} ({d['min']:.2f}-{d['max']:.2f}) | "
                          f"{below} of {len(d['fids'])} subsets lower | {np.median(fids):.2f} "
                          f"({min(fids):.2f}-{max(fids):.2f}) |")
+        lines += ["", "Confidence and class entropy (bits) on the same draws (medians, range), the real subsets "
+                  "against the samples':", "",
+                  "| extractor | confidence: real subsets | confidence: samples | class entropy: real subsets | "
+                  "class entropy: samples |", "|---|---|---|---|---|"]
+        for prefix, d in draws.items():
+            cells = []
+            for key, fmt in (("confidence", ".3f"), ("class_entropy", ".3f")):
+                mine = [q[prefix][key] for q in result["sets"]]
+                r = d[key]
+                cells += [f"{r['median']:{fmt}} ({r['min']:{fmt}}-{r['max']:{fmt}})",
+                          f"{np.median(mine):{fmt}} ({min(mine):{fmt}}-{max(mine):{fmt}})"]
+            lines.append(f"| {names.get(prefix, prefix)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

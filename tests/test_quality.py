@@ -305,5 +305,12 @@ def test_real_draws_are_subsets_of_the_held_out_digits():
         assert len(set(d["fids"])) == 5 and d["min"] <= d["median"] <= d["max"]
         assert d["min"] > whole[prefix]["median"]
     assert real_draws(90, draws=5, seed=1) == small  # depends on (n, draws, seed) only
+    for key in ("confidence", "class_entropy"):  # each subset's own score, recomputed from its images
+        assert whole["digits"][key]["values"][0] == pytest.approx(digits_quality(pool)[key], rel=1e-9)
+        first = torch.randperm(360, generator=torch.Generator().manual_seed(1 * 100_003 + 0))[:90]
+        assert small["digits_b"][key]["values"][0] == pytest.approx(
+            digits_quality(pool[first], extractor=DigitsExtractorB())[key], rel=1e-9)
+        d = small["digits"][key]
+        assert d["min"] <= d["median"] <= d["max"] and len(d["values"]) == 5
     with pytest.raises(ValueError, match="2 <= n <= 360"):
         real_draws(361)

@@ -22,7 +22,6 @@ import functools
 import re
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -30,7 +29,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ddpm.core.checks import CHECKS, check_command, suggest
 from ddpm.core.diffusion import SAMPLERS, SamplerSpec, validate_sampler
-from ddpm.core.diffusion.registry import COMMON_SAMPLER_KEYS
+from ddpm.core.diffusion.registry import COMMON_SAMPLER_KEYS, check_steps_within
 from ddpm.core.diffusion.types import LossType, MeanType, VarType, validate_objective
 from ddpm.core.presets import check_model_resolves, register_resolver
 
@@ -306,14 +305,14 @@ def objective_kwargs(objective: Any) -> dict[str, Any]:
     return out
 
 
-def check_sampler_settings(node: Any, key: str = "sampler", model: Any = None) -> None:
+def check_sampler_settings(node: Any, key: str = "sampler", num_timesteps: int | None = None) -> None:
     """The sampler registry's own check of the sampler node at ``key`` (its name, steps and parameters): the
-    one call of it in the validation pass. ``model``: the config's ``num_timesteps`` and ``var_type`` where it
-    trains one (train.py), so that what the model allows (steps <= T...) is refused before training, not after."""
+    one call of it in the validation pass. ``num_timesteps``: the T of the model the config trains (train.py), so
+    that steps above it are refused before training, not found after it."""
     try:
         sampler = SamplerConfig.from_node(node)
-        if model is not None:
-            sampler.check(model)
+        if num_timesteps is not None:
+            check_steps_within(sampler.name, sampler.steps, num_timesteps)
     except ValueError as e:
         raise ValueError(str(e) if key == "sampler" else f"{key}: {e}") from None
 
@@ -325,13 +324,10 @@ def validate_config(cfg: DictConfig) -> None:
         check_model_resolves(cfg.model)
     if "objective" in cfg:
         validate_objective(**objective_kwargs(cfg.objective))
-    model = None
-    if "diffusion" in cfg and "objective" in cfg:  # the model this config trains: its T and variance
-        model = SimpleNamespace(num_timesteps=int(cfg.diffusion.num_timesteps),
-                                var_type=VarType(objective_kwargs(cfg.objective)["var_type"]))
+    T = int(cfg.diffusion.num_timesteps) if "diffusion" in cfg else None  # the T of the model it trains
     for key in ("sampler", *(f"callbacks.{name}.sampler" for name in cfg.get("callbacks") or {})):
         if OmegaConf.select(cfg, key, default=None) is not None:
-            check_sampler_settings(OmegaConf.select(cfg, key), key, model)
+            check_sampler_settings(OmegaConf.select(cfg, key), key, T)
     if (name := SCHEMAS.get(OmegaConf.get_type(cfg))) is not None:  # a command's config: its values (ddpm.core.checks)
         check_command(name, cfg)
 

@@ -211,8 +211,10 @@ def real_draws(n: int, draws: int = 50, *, seed: int = 0) -> dict:
     so a model's draws are held to the median here, not to that one figure. The subsets share images (the pool
     is 360), so their range understates the spread of independent draws; their median is the reference.
 
-    Returns ``{prefix: {"fids": [...], "median", "min", "max"}}``; subset ``k`` is the first ``n`` of a permutation
-    seeded ``(seed, k)``, so the figures depend on nothing else.
+    Returns ``{prefix: {"fids": [...], "median", "min", "max", "confidence": {...}, "class_entropy": {...}}}``, the
+    last two with the subsets' ``values``, ``median``, ``min`` and ``max`` (:func:`scores_from_logits`: a class
+    entropy at n is biased low by the draw's class mix, as the samples' is); subset ``k`` is the first ``n`` of a
+    permutation seeded ``(seed, k)``, so the figures depend on nothing else.
     """
     pool = held_out_digits()
     if not 2 <= n <= pool.shape[0]:
@@ -223,7 +225,12 @@ def real_draws(n: int, draws: int = 50, *, seed: int = 0) -> dict:
     for prefix, cls in DIGITS_SCORERS.items():
         ext = cls()
         ref = digits_train_ref_stats(ext)
-        feats = np.asarray(extract_all(pool, ext, device="cpu")[0], np.float64)
+        feats, logits = (np.asarray(a, np.float64) for a in extract_all(pool, ext, device="cpu"))
         fids = [digits_fid(feats[idx.numpy()], ref) for idx in subsets]
         out[prefix] = {"fids": fids, "median": float(np.median(fids)), "min": min(fids), "max": max(fids)}
+        per_subset = [scores_from_logits(logits[idx.numpy()]) for idx in subsets]
+        for key in ("confidence", "class_entropy"):
+            values = [q[key] for q in per_subset]
+            out[prefix][key] = {"values": values, "median": float(np.median(values)), "min": min(values),
+                                "max": max(values)}
     return out
