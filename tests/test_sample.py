@@ -242,6 +242,20 @@ def test_bad_input(ckpt, tmp_path):
         sample(sample_cfg(ckpt, blocker / "sub", "num_samples=2"))
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         sample(sample_cfg(tmp_path / "missing.ckpt", tmp_path / "o", "num_samples=2"))
+    # steps above T: said as such, not the full chain's advice to respace to as many steps
+    with pytest.raises(ValueError, match=r"^sampler.steps=50 exceeds the model's T=10"):
+        sample(sample_cfg(ckpt, tmp_path / "o2", "num_samples=2", "sampler=ancestral", "sampler.steps=50"))
+
+
+def test_a_runs_checkpoints_folder_names_its_last_checkpoint(ckpt, tmp_path):
+    from ddpm.services.loading import resolve_checkpoint
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(Path(ckpt).read_bytes())
+    assert resolve_checkpoint(run) == resolve_checkpoint(run / "checkpoints") == run / "checkpoints" / "last.ckpt"
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        resolve_checkpoint(tmp_path)  # a folder with neither
 
 
 @pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes

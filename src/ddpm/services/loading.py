@@ -19,7 +19,7 @@ import torch
 
 from ddpm.core.diffusion import GaussianDiffusion
 from ddpm.core.io import CheckpointError, safe_load_checkpoint
-from ddpm.core.rundir import last_checkpoint
+from ddpm.core.rundir import CHECKPOINTS, LAST, last_checkpoint
 
 
 @dataclass
@@ -73,10 +73,10 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def resolve_checkpoint(ckpt_path: str | os.PathLike) -> Path:
-    """A ``.ckpt`` file, or a run directory (-> its ``checkpoints/last.ckpt``)."""
+    """A ``.ckpt`` file, a run directory (-> its ``checkpoints/last.ckpt``) or that ``checkpoints/`` folder."""
     path = Path(str(ckpt_path)).expanduser()
     if path.is_dir():
-        path = last_checkpoint(path)
+        path = path / LAST if path.name == CHECKPOINTS and (path / LAST).is_file() else last_checkpoint(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"ckpt_path={ckpt_path!r}: no such checkpoint. Pass a .ckpt file or a run directory that has "

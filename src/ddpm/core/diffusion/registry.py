@@ -207,6 +207,8 @@ def check_steps_within(name: str, steps: Any, num_timesteps: int) -> None:
 
 def _check_against_model(spec: SamplerSpec, steps: int | None, var_type: str | None, diffusion: Any) -> None:
     T = diffusion.num_timesteps
+    if steps is not None and int(steps) > T:  # before the full-chain advice, which would suggest as many steps
+        raise ValueError(f"sampler.steps={steps} exceeds the model's T={T}: use at most {T}")
     if spec.full_chain and steps is not None and int(steps) != T:
         raise ValueError(
             f"sampler={spec.name} always runs all T={T} steps; for sampler.steps={steps} use "
