@@ -17,6 +17,7 @@ def get_extractor(
     name: str,
     *,
     weights_path: str | os.PathLike | None = None,
+    weights_key: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
 ) -> Extractor:
@@ -26,11 +27,12 @@ def get_extractor(
     ``weights_path``: local Inception weights (config ``inception_weights``). It only applies to Inception,
     so a globally configured ``inception_weights`` is harmless with the digits extractor; the one exception
     is a ``.safetensors`` path, which the digits extractor takes as an explicit classifier file.
+    ``weights_key``: the option that gave ``weights_path``, as the calling command spells it (for messages).
     ``cache_dir``: digits classifier cache (default ``$DDPM_CACHE`` or ``~/.cache/ddpm``).
     """
     key = name.lower()
     if key in ("inception", "inception-v3-compat", "inception_v3"):
-        ext: Extractor = InceptionExtractor(weights_path)
+        ext: Extractor = InceptionExtractor(weights_path, weights_key)
     elif key in ("digits", "ddpm-digits", "digits-b", "ddpm-digits-b"):
         digits_weights = weights_path if str(weights_path or "").endswith(".safetensors") else None
         cls = DigitsExtractorB if key.endswith("-b") else DigitsExtractor

@@ -32,21 +32,24 @@ class InceptionExtractor(Extractor):
     feature_dim = 2048
     num_classes = 1008
 
-    def __init__(self, weights_path: str | os.PathLike | None = None):
+    def __init__(self, weights_path: str | os.PathLike | None = None, weights_key: str | None = None):
+        """``weights_key``: the option that gave ``weights_path`` as the calling command spells it, for its
+        messages (``None``: sample.py's ``fid.inception_weights``, naming train.py's key too)."""
         super().__init__()
+        key = weights_key or "fid.inception_weights"
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         if weights_path is not None and not os.path.isfile(weights_path):
             raise FileNotFoundError(
-                f"fid.inception_weights={weights_path}: file not found (expected a copy of {INCEPTION_WEIGHTS_URL}; "
-                "for the training FID callback the key is callbacks.fid.metric.inception_weights)"
+                f"{key}={weights_path}: file not found (expected a copy of {INCEPTION_WEIGHTS_URL}"
+                f"{'' if weights_key else '; for the training FID callback the key is callbacks.fid.metric.inception_weights'})"
             )
         if weights_path is not None:
             # torch-fidelity reads the file with weights_only=False; refuse anything that is not plain tensors
             try:
                 torch.load(weights_path, map_location="cpu", weights_only=True)
             except Exception as e:
-                raise ValueError(f"fid.inception_weights={weights_path}: not a plain state dict ({e})") from e
+                raise ValueError(f"{key}={weights_path}: not a plain state dict ({e})") from e
         try:
             self.net = FeatureExtractorInceptionV3(
                 self.name,
@@ -60,8 +63,9 @@ class InceptionExtractor(Extractor):
             raise DownloadError(
                 "Could not obtain the TF-Inception weights for FID/IS "
                 f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). On an offline machine download "
-                f"{INCEPTION_WEIGHTS_URL} elsewhere and pass fid.inception_weights=PATH (sample.py) or "
-                "callbacks.fid.metric.inception_weights=PATH (train.py)."
+                f"{INCEPTION_WEIGHTS_URL} elsewhere and pass "
+                + (f"{weights_key}=PATH." if weights_key else "fid.inception_weights=PATH (sample.py) or "
+                   "callbacks.fid.metric.inception_weights=PATH (train.py).")
             ) from e
         self.net.requires_grad_(False)
         self.eval()
