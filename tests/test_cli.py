@@ -30,6 +30,8 @@ def run(args: list[str], cwd: Path, fresh: bool = False, **env: str):
         ("train", ["trainer.max_steps=abc"], ["trainer.max_steps='abc'", "integer"]),
         ("train", ["trainer.max_stpes=5"], ["trainer.max_stpes", "Did you mean 'trainer.max_steps'"]),
         ("train", ["data=cifar100"], ["data=cifar100", "cifar10", "digits"]),
+        ("train", ["data=image_folder"], ["data.root is required", "data.root=/path/to/images",
+                                          "conf/data/image_folder.yaml"]),  # was OmegaConf's traceback
         # an optional group (conf/train.yaml's `optional sweep`): Hydra alone would run the default silently
         ("train", ["sweep=tabel2"], ["sweep=tabel2: no such option", "table2_digits", "Did you mean 'table2'"]),
         ("train", ["-m", "sweep=tabel2_digits"], ["sweep=tabel2_digits", "Did you mean 'table2_digits'"]),

@@ -320,6 +320,12 @@ def check_sampler_settings(node: Any, key: str = "sampler", num_timesteps: int |
 def validate_config(cfg: DictConfig) -> None:
     """Fail early, with a message naming the key and the valid values, on a config that cannot work: the one
     validation pass over the composed config of every command (its values: :data:`ddpm.core.checks.CHECKS`)."""
+    if "data" in cfg and (missing := sorted(OmegaConf.missing_keys(cfg.data))):  # a `???` the option asks for
+        choice = OmegaConf.select(cfg, "hydra.runtime.choices.data", default=None)
+        where = f" (conf/data/{choice}.yaml says what it is)" if choice else ""
+        key = missing[0] if missing[0].startswith("data.") else f"data.{missing[0]}"
+        example = "/path/to/images" if key == "data.root" else "..."
+        raise ValueError(f"{key} is required and not set: pass {key}={example}{where}")
     if "model" in cfg:  # model=for_resolution: its resolver's message as it is, not wrapped by OmegaConf
         check_model_resolves(cfg.model)
     if "objective" in cfg:
