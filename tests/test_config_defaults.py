@@ -31,7 +31,10 @@ PRIMARIES = {"train": ("data", "model", "objective", "diffusion", "optim", "trai
 # sample.py's "the checkpoint's own data": not a dataset for training or reference statistics
 HIDDEN = {("train", "data", "checkpoint"), ("build_refstats", "data", "checkpoint")}
 # options that need another choice: the network for data.resolution needs data that has one
-NEEDS = {("train", "model", "for_resolution"): ["data=image_folder", "data.root=/unused"]}
+NEEDS = {("train", "model", "for_resolution"): ["data=image_folder", "data.root=/unused"],
+         # its required folder (root: ???), refused by the validation pass when missing
+         **{(primary, "data", "image_folder"): ["data.root=/unused"] for primary in
+            ("train", "sample", "frontier", "figures", "nll", "build_refstats")}}
 
 
 def compositions() -> list[tuple[str, list[str]]]:
