@@ -30,6 +30,9 @@ def run(args: list[str], cwd: Path, fresh: bool = False, **env: str):
         ("train", ["trainer.max_steps=abc"], ["trainer.max_steps='abc'", "integer"]),
         ("train", ["trainer.max_stpes=5"], ["trainer.max_stpes", "Did you mean 'trainer.max_steps'"]),
         ("train", ["data=cifar100"], ["data=cifar100", "cifar10", "digits"]),
+        # a true/false setting given another word: the string would read as true
+        ("train", ["data.random_flip=flase"], ["data.random_flip='flase' is not valid", "true or false"]),
+        ("sample", ["sampler.clip_denoised=maybe"], ["sampler.clip_denoised='maybe' is not valid", "true or false"]),
         ("train", ["data=image_folder"], ["data.root is required", "data.root=/path/to/images",
                                           "conf/data/image_folder.yaml"]),  # was OmegaConf's traceback
         # an optional group (conf/train.yaml's `optional sweep`): Hydra alone would run the default silently
@@ -103,6 +106,7 @@ def test_lightning_refusing_a_trainer_setting_is_one_user_error_naming_trainer(t
 def test_preflight_lets_a_good_command_through_and_sweeps_to_hydra(monkeypatch):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     assert cli.preflight("train", ["optim.lr=1e-3", "sampler=ddim", "sampler.steps=50"]) is None
+    assert cli.preflight("train", ["data.random_flip=true", "paths.output_dir=/tmp/x", "hydra.run.dir=/tmp/y"]) is None
     assert cli.preflight("train", ["-m", "objective=simple,mu_mse"]) is None
     assert cli.preflight("sample", ["data=digits", "data.batch_size=4", "fid.feature_extractor=digits"]) is None
 

@@ -330,6 +330,7 @@ def preflight(script: str, argv: list[str] | None = None) -> None:
             for job in sweep_variants(overrides) if multirun else [overrides]:
                 overrides = job  # the job a message is about
                 cfg = compose(script, job)
+                check_switches(script, job, cfg)
                 if not multirun:  # a multirun writes into hydra.sweep.dir
                     _check_run_dir(cfg)
     except HydraException as e:
@@ -337,6 +338,28 @@ def preflight(script: str, argv: list[str] | None = None) -> None:
             raise
         sys.stderr.write(f"Error: {_composition_message(script, e, overrides)}\n")
         raise SystemExit(1) from None
+
+
+def check_switches(script: str, overrides: list[str], cfg: Any) -> None:
+    """A ``ValueError`` for a true/false setting given a word that is neither: ``data.random_flip=flase`` composes
+    as the string ``'flase'``, which Python reads as true. The settings given a string are looked up in the config
+    composed without them (the defaults), once, only when there are such settings."""
+    from omegaconf import OmegaConf
+
+    from ddpm.core.config import compose
+
+    given = {}
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        if eq and "." in key and not key.startswith(("+", "~", "hydra.")) and isinstance(
+                OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False), str):
+            given[o] = (key, value)
+    if not given:
+        return
+    base = compose(script, [o for o in overrides if o not in given], validate=False)
+    for key, value in given.values():
+        if isinstance(OmegaConf.select(base, key, default=None, throw_on_resolution_failure=False), bool):
+            raise ValueError(f"{key}={value!r} is not valid: expected true or false.")
 
 
 def check_override_syntax(overrides: list[str]) -> None:

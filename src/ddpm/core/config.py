@@ -338,15 +338,19 @@ def validate_config(cfg: DictConfig) -> None:
         check_command(name, cfg)
 
 
-def compose(config_name: str = "train", overrides: list[str] | None = None, conf_dir: Path = CONF_DIR) -> DictConfig:
-    """Compose and validate a config from ``conf_dir`` outside of ``@hydra.main`` (tests, notebooks)."""
+def compose(config_name: str = "train", overrides: list[str] | None = None, conf_dir: Path = CONF_DIR,
+            validate: bool = True) -> DictConfig:
+    """Compose and validate a config from ``conf_dir`` outside of ``@hydra.main`` (tests, notebooks);
+    ``validate=False``: as Hydra composes it, unchecked (what the settings' defaults are)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=True)
-        _check_optional_choices(cfg, config_name, list(overrides or []), conf_dir)
-    validate_config(cfg)
+        if validate:
+            _check_optional_choices(cfg, config_name, list(overrides or []), conf_dir)
+    if validate:
+        validate_config(cfg)
     return cfg
 
 
