@@ -33,6 +33,7 @@ def run(args: list[str], cwd: Path, fresh: bool = False, **env: str):
         # a true/false setting given another word: the string would read as true
         ("train", ["data.random_flip=flase"], ["data.random_flip='flase' is not valid", "true or false"]),
         ("sample", ["sampler.clip_denoised=maybe"], ["sampler.clip_denoised='maybe' is not valid", "true or false"]),
+        ("figures", ["figure.name=shared_xt"], ["figure.name='shared_xt' is not valid", "figure=shared_xt"]),
         ("train", ["data=image_folder"], ["data.root is required", "data.root=/path/to/images",
                                           "conf/data/image_folder.yaml"]),  # was OmegaConf's traceback
         # an optional group (conf/train.yaml's `optional sweep`): Hydra alone would run the default silently

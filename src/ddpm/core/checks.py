@@ -230,7 +230,16 @@ def _fid_count(cfg: DictConfig) -> None:
 
 
 # conf/<name>.yaml -> the checks that read several keys, run after its CHECKS
-COMBINATIONS: dict[str, list[Callable[[DictConfig], None]]] = {"train": [_callbacks, _lr_decay], "sample": [_fid_count]}
+def _figure_name(cfg: DictConfig) -> None:
+    chosen = OmegaConf.select(cfg, "hydra.runtime.choices.figure", default=None)
+    name = OmegaConf.select(cfg, "figure.name", default=None)
+    if chosen is not None and name != chosen:
+        raise ValueError(f"figure.name={name!r} is not valid: it names the figure of figure={chosen}, whose settings "
+                         f"these are. Choose the figure with figure=NAME instead (figure={name} if it is one).")
+
+
+COMBINATIONS: dict[str, list[Callable[[DictConfig], None]]] = {"train": [_callbacks, _lr_decay], "sample": [_fid_count],
+                                                              "figures": [_figure_name]}
 
 
 def check_command(name: str, cfg: DictConfig) -> None:
