@@ -107,7 +107,8 @@ def test_lightning_refusing_a_trainer_setting_is_one_user_error_naming_trainer(t
 def test_preflight_lets_a_good_command_through_and_sweeps_to_hydra(monkeypatch):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     assert cli.preflight("train", ["optim.lr=1e-3", "sampler=ddim", "sampler.steps=50"]) is None
-    assert cli.preflight("train", ["data.random_flip=true", "paths.output_dir=/tmp/x", "hydra.run.dir=/tmp/y"]) is None
+    assert cli.preflight("train", ["data.random_flip=true", "paths.output_dir=/tmp/x", "hydra.run.dir=/tmp/y",
+                                   "trainer.deterministic=warn", "callbacks.model_checkpoint.save_last=link"]) is None
     assert cli.preflight("train", ["-m", "objective=simple,mu_mse"]) is None
     assert cli.preflight("sample", ["data=digits", "data.batch_size=4", "fid.feature_extractor=digits"]) is None
 

@@ -22,8 +22,8 @@ from ddpm.core.diffusion.resample import T_SAMPLERS
 from ddpm.core.diffusion.schedules import SCHEDULE_NAMES
 from ddpm.core.lr import LR_DECAYS
 
-__all__ = ["CHECKS", "COMBINATIONS", "attention_warning", "check_command", "check_values", "group_norm_warning", "is_int",
-           "is_num", "suggest"]
+__all__ = ["CHECKS", "COMBINATIONS", "attention_warning", "check_command", "check_values", "group_norm_warning",
+           "is_int", "is_num", "suggest"]
 
 
 def is_int(v: Any) -> bool:

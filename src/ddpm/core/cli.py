@@ -340,6 +340,11 @@ def preflight(script: str, argv: list[str] | None = None) -> None:
         raise SystemExit(1) from None
 
 
+# true/false settings that Lightning also takes a word for: Trainer(deterministic="warn"),
+# ModelCheckpoint(save_last="link")
+SWITCH_WORDS = {"trainer.deterministic": ("warn",), "callbacks.model_checkpoint.save_last": ("link",)}
+
+
 def check_switches(script: str, overrides: list[str], cfg: Any) -> None:
     """A ``ValueError`` for a true/false setting given a word that is neither: ``data.random_flip=flase`` composes
     as the string ``'flase'``, which Python reads as true. The settings given a string are looked up in the config
@@ -358,8 +363,11 @@ def check_switches(script: str, overrides: list[str], cfg: Any) -> None:
         return
     base = compose(script, [o for o in overrides if o not in given], validate=False)
     for key, value in given.values():
-        if isinstance(OmegaConf.select(base, key, default=None, throw_on_resolution_failure=False), bool):
-            raise ValueError(f"{key}={value!r} is not valid: expected true or false.")
+        words = SWITCH_WORDS.get(key, ())
+        default = OmegaConf.select(base, key, default=None, throw_on_resolution_failure=False)
+        if value not in words and isinstance(default, bool):
+            also = "".join(f" or {w}" for w in words)
+            raise ValueError(f"{key}={value!r} is not valid: expected true or false{also}.")
 
 
 def check_override_syntax(overrides: list[str]) -> None:

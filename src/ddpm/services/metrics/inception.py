@@ -42,7 +42,8 @@ class InceptionExtractor(Extractor):
         if weights_path is not None and not os.path.isfile(weights_path):
             raise FileNotFoundError(
                 f"{key}={weights_path}: file not found (expected a copy of {INCEPTION_WEIGHTS_URL}"
-                f"{'' if weights_key else '; for the training FID callback the key is callbacks.fid.metric.inception_weights'})"
+                + ("" if weights_key else "; for the training FID callback the key is "
+                   "callbacks.fid.metric.inception_weights") + ")"
             )
         if weights_path is not None:
             # torch-fidelity reads the file with weights_only=False; refuse anything that is not plain tensors
