@@ -42,7 +42,7 @@ def run(args: list[str], cwd: Path, fresh: bool = False, **env: str):
         # what the trained model allows is refused before training, not after it (steps against T)
         ("train", ["sampler.steps=2000"], ["sampler.steps=2000 exceeds the model's T=1000"]),
         ("train", ["diffusion.num_timesteps=100"], ["sampler.steps=200 exceeds the model's T=100"]),
-        ("train", ["trainer.devices=0"], ["trainer.devices=0 is not valid", "an integer >= 1, auto"]),
+        ("train", ["trainer.devices=0"], ["trainer.devices=0 is not valid", "an integer >= 1, -1 (every device)"]),
         ("train", ["optim.fused=maybe"], ["optim.fused='maybe' is not valid", "true or false"]),
         ("train", ["callbacks.sample_grid.sampler.steps=50"], ["callbacks.sample_grid.sampler is ${sampler}",
                                                                "set sampler.steps=...", "its own node"]),
@@ -108,7 +108,8 @@ def test_preflight_lets_a_good_command_through_and_sweeps_to_hydra(monkeypatch):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     assert cli.preflight("train", ["optim.lr=1e-3", "sampler=ddim", "sampler.steps=50"]) is None
     assert cli.preflight("train", ["data.random_flip=true", "paths.output_dir=/tmp/x", "hydra.run.dir=/tmp/y",
-                                   "trainer.deterministic=warn", "callbacks.model_checkpoint.save_last=link"]) is None
+                                   "trainer.deterministic=warn", "callbacks.model_checkpoint.save_last=link",
+                                   "trainer.devices=-1"]) is None
     assert cli.preflight("train", ["-m", "objective=simple,mu_mse"]) is None
     assert cli.preflight("sample", ["data=digits", "data.batch_size=4", "fid.feature_extractor=digits"]) is None
 

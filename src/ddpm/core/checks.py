@@ -60,11 +60,12 @@ GUIDANCE: Check = ("guidance_scale", lambda v: is_num(v) and v >= 0,
 SEED: Check = ("seed", lambda v: is_int(v) and 0 <= v < 2**32, "an integer in [0, 2**32 - 1]")
 DEVICE: Check = ("device", lambda v: isinstance(v, str) and (v in ("auto", "cpu") or v.split(":")[0] == "cuda"),
                  "auto (cuda if available), cpu, cuda or cuda:N")
-# sample.py's and the NLL's devices (Lightning Fabric's arguments; Fabric checks the accelerator and precision)
+# the devices of train.py (Lightning's Trainer), sample.py and the NLL (Fabric): the values both take (the accelerator
+# and precision are theirs to check)
 FABRIC: list[Check] = [
-    ("trainer.devices", lambda v: (is_int(v) and v >= 1) or v == "auto" or (
+    ("trainer.devices", lambda v: (is_int(v) and (v >= 1 or v == -1)) or v == "auto" or (
         isinstance(v, list) and len(v) >= 1 and all(is_int(d) and d >= 0 for d in v)),
-     "an integer >= 1, auto, or a list of device indices such as [0, 1]"),
+     "an integer >= 1, -1 (every device), auto, or a list of device indices such as [0, 1]"),
     ("trainer.num_nodes", *_at_least(1)),
     ("trainer.dist_timeout_s", *_at_least(1, " (seconds)")),
 ]
