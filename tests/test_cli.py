@@ -93,6 +93,19 @@ def test_preflight_refuses_with_one_clean_message(script, argv, needles, capsys,
         assert needle in err, err
 
 
+def test_a_sweep_on_the_search_path_is_valid_and_its_typo_lists_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "mine.yaml").write_text("# @package _global_\nhydra:\n  sweeper:\n    params:\n"
+                                                  "      seed: 0,1\n")
+    path = f"hydra.searchpath=[file://{tmp_path}]"
+    assert cli.preflight("train", [path, "sweep=mine"]) is None
+    with pytest.raises(SystemExit):
+        cli.preflight("train", [path, "sweep=mien"])
+    err = capsys.readouterr().err
+    assert "sweep=mien: no such option" in err and "mine, objectives_digits" in err and "Did you mean 'mine'" in err
+
+
 def test_lightning_refusing_a_trainer_setting_is_one_user_error_naming_trainer(tmp_path):
     from ddpm.core.config import compose
     from ddpm.services.builders import build_trainer
