@@ -123,6 +123,7 @@ def test_preflight_lets_a_good_command_through_and_sweeps_to_hydra(monkeypatch):
     assert cli.preflight("train", ["data.random_flip=true", "paths.output_dir=/tmp/x", "hydra.run.dir=/tmp/y",
                                    "trainer.deterministic=warn", "callbacks.model_checkpoint.save_last=link",
                                    "trainer.devices=-1"]) is None
+    assert cli.preflight("train", ["logger=wandb", "logger.wandb.log_model=all"]) is None
     assert cli.preflight("train", ["-m", "objective=simple,mu_mse"]) is None
     assert cli.preflight("sample", ["data=digits", "data.batch_size=4", "fid.feature_extractor=digits"]) is None
 

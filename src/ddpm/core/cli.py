@@ -341,8 +341,9 @@ def preflight(script: str, argv: list[str] | None = None) -> None:
 
 
 # true/false settings that Lightning also takes a word for: Trainer(deterministic="warn"),
-# ModelCheckpoint(save_last="link")
-SWITCH_WORDS = {"trainer.deterministic": ("warn",), "callbacks.model_checkpoint.save_last": ("link",)}
+# ModelCheckpoint(save_last="link"), WandbLogger(log_model="all")
+SWITCH_WORDS = {"trainer.deterministic": ("warn",), "callbacks.model_checkpoint.save_last": ("link",),
+                "logger.wandb.log_model": ("all",)}
 
 
 def check_switches(script: str, overrides: list[str], cfg: Any) -> None:
