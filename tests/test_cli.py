@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT, run_python, tiny_overrides
 from sampling_helpers import tiny_checkpoint
 
@@ -115,6 +116,9 @@ def test_lightning_refusing_a_trainer_setting_is_one_user_error_naming_trainer(t
     with pytest.raises(ValueError, match=r"^trainer: .*devices.* \(trainer.accelerator=cpu, trainer.devices=\[0, 1\]"):
         build_trainer(cfg, [], [])
     assert cli.user_message(ValueError("trainer: x")) == "trainer: x"
+    if not torch.cuda.is_available():  # trainer=gpu on a machine without one: the way back to its CPU
+        with pytest.raises(ValueError, match=r"^trainer: .*no CUDA GPU: trainer=default .* or trainer=cpu"):
+            build_trainer(compose("train", ["trainer=gpu", f"paths.output_dir={tmp_path}"]), [], [])
 
 
 def test_preflight_lets_a_good_command_through_and_sweeps_to_hydra(monkeypatch):

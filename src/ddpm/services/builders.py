@@ -65,9 +65,13 @@ def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], loggers: list) -
     except InstantiationException as e:  # Lightning refusing a trainer.* setting (devices for the accelerator...)
         if not isinstance(e.__cause__, MisconfigurationException | TypeError | ValueError):
             raise
+        import torch
+
+        no_gpu = "" if torch.cuda.is_available() or cfg.trainer.accelerator in ("auto", "cpu") else (
+            " This machine has no CUDA GPU: trainer=default (accelerator=auto) or trainer=cpu runs on its CPU.")
         raise ValueError(f"trainer: {e.__cause__} (trainer.accelerator={cfg.trainer.accelerator}, "
                          f"trainer.devices={cfg.trainer.devices}; python train.py --help lists the trainer.* "
-                         "settings)") from e
+                         f"settings).{no_gpu}") from e
 
 
 @contextlib.contextmanager
