@@ -86,11 +86,11 @@ def table(dirs: list[Path], result: dict, draws: dict | None = None, pooled: dic
                   "class entropy: samples |", "|---|---|---|---|---|"]
         for prefix, d in draws.items():
             cells = []
-            for key, fmt in (("confidence", ".3f"), ("class_entropy", ".3f")):
+            for key in ("confidence", "class_entropy"):
                 mine = [q[prefix][key] for q in result["sets"]]
                 r = d[key]
-                cells += [f"{r['median']:{fmt}} ({r['min']:{fmt}}-{r['max']:{fmt}})",
-                          f"{np.median(mine):{fmt}} ({min(mine):{fmt}}-{max(mine):{fmt}})"]
+                cells += [f"{r['median']:.3f} ({r['min']:.3f}-{r['max']:.3f})",
+                          f"{np.median(mine):.3f} ({min(mine):.3f}-{max(mine):.3f})"]
             lines.append(f"| {names.get(prefix, prefix)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

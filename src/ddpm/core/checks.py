@@ -230,7 +230,6 @@ def _fid_count(cfg: DictConfig) -> None:
                          f"num_samples={cfg.num_samples} (the paper's protocol is 50000)")
 
 
-# conf/<name>.yaml -> the checks that read several keys, run after its CHECKS
 def _figure_name(cfg: DictConfig) -> None:
     chosen = OmegaConf.select(cfg, "hydra.runtime.choices.figure", default=None)
     name = OmegaConf.select(cfg, "figure.name", default=None)
@@ -239,6 +238,7 @@ def _figure_name(cfg: DictConfig) -> None:
                          f"these are. Choose the figure with figure=NAME instead (figure={name} if it is one).")
 
 
+# conf/<name>.yaml -> the checks that read several keys, run after its CHECKS
 COMBINATIONS: dict[str, list[Callable[[DictConfig], None]]] = {"train": [_callbacks, _lr_decay], "sample": [_fid_count],
                                                               "figures": [_figure_name]}
 

@@ -323,7 +323,7 @@ def validate_config(cfg: DictConfig) -> None:
     if "data" in cfg and (missing := sorted(OmegaConf.missing_keys(cfg.data))):  # a `???` the option asks for
         choice = OmegaConf.select(cfg, "hydra.runtime.choices.data", default=None)
         where = f" (conf/data/{choice}.yaml says what it is)" if choice else ""
-        key = missing[0] if missing[0].startswith("data.") else f"data.{missing[0]}"
+        key = missing[0]  # the full path, data.root
         example = "/path/to/images" if key == "data.root" else "..."
         raise ValueError(f"{key} is required and not set: pass {key}={example}{where}")
     if "model" in cfg:  # model=for_resolution: its resolver's message as it is, not wrapped by OmegaConf
@@ -354,12 +354,13 @@ def compose(config_name: str = "train", overrides: list[str] | None = None, conf
     return cfg
 
 
-def _optional_groups(config_name: str, conf_dir: Path) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def _optional_groups(config_name: str, conf_dir: Path) -> tuple[str, ...]:
     """The groups that ``conf/<config_name>.yaml`` lists as ``optional GROUP: ...`` in its defaults."""
     path = conf_dir / f"{config_name}.yaml"
     node = OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else {}
-    return [next(iter(e)).removeprefix("optional ").strip() for e in (node or {}).get("defaults", [])
-            if isinstance(e, dict) and len(e) == 1 and next(iter(e)).startswith("optional ")]
+    return tuple(next(iter(e)).removeprefix("optional ").strip() for e in (node or {}).get("defaults", [])
+                 if isinstance(e, dict) and len(e) == 1 and next(iter(e)).startswith("optional "))
 
 
 def _check_optional_choices(cfg: DictConfig, config_name: str, overrides: list[str], conf_dir: Path) -> None:

@@ -198,24 +198,27 @@ def validate_sampler(name: Any, steps: Any, params: Mapping[str, Any], var_type:
     return typed
 
 
+def _refuse_steps_above(steps: Any, num_timesteps: int) -> None:
+    if steps is not None and int(steps) > num_timesteps:
+        raise ValueError(f"sampler.steps={steps} exceeds the model's T={num_timesteps}: use at most {num_timesteps}")
+
+
 def check_steps_within(name: str, steps: Any, num_timesteps: int) -> None:
     """``sampler.steps`` of a sampler that takes them at most the model's T (a full-chain sampler runs all T
     whatever ``steps`` says; :func:`validate_sampler` checks the rest with the model)."""
-    if not SAMPLERS[name].full_chain and steps is not None and int(steps) > num_timesteps:
-        raise ValueError(f"sampler.steps={steps} exceeds the model's T={num_timesteps}: use at most {num_timesteps}")
+    if not SAMPLERS[name].full_chain:
+        _refuse_steps_above(steps, num_timesteps)
 
 
 def _check_against_model(spec: SamplerSpec, steps: int | None, var_type: str | None, diffusion: Any) -> None:
     T = diffusion.num_timesteps
-    if steps is not None and int(steps) > T:  # before the full-chain advice, which would suggest as many steps
-        raise ValueError(f"sampler.steps={steps} exceeds the model's T={T}: use at most {T}")
+    _refuse_steps_above(steps, T)  # before the full-chain advice, which would suggest as many steps
     if spec.full_chain and steps is not None and int(steps) != T:
         raise ValueError(
             f"sampler={spec.name} always runs all T={T} steps; for sampler.steps={steps} use "
             f"sampler=respaced sampler.steps={steps} (ancestral on a subset of timesteps) or another of "
             f"{[n for n, s in SAMPLERS.items() if not s.full_chain]}"
         )
-    check_steps_within(spec.name, steps, T)
     raw_learned = (var_type or diffusion.var_type.value) == "learned"
     if spec.uses_variance and raw_learned and spec.respaces and steps is not None and int(steps) < T:
         raise ValueError(

@@ -34,16 +34,15 @@ class InceptionExtractor(Extractor):
 
     def __init__(self, weights_path: str | os.PathLike | None = None, weights_key: str | None = None):
         """``weights_key``: the option that gave ``weights_path`` as the calling command spells it, for its
-        messages (``None``: sample.py's ``fid.inception_weights``, naming train.py's key too)."""
+        messages (``None``: sample.py's ``fid.inception_weights``, and train.py's key beside it)."""
         super().__init__()
         key = weights_key or "fid.inception_weights"
+        train_key = "" if weights_key else " (train.py's FID callback: callbacks.fid.metric.inception_weights)"
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         if weights_path is not None and not os.path.isfile(weights_path):
             raise FileNotFoundError(
-                f"{key}={weights_path}: file not found (expected a copy of {INCEPTION_WEIGHTS_URL}"
-                + ("" if weights_key else "; for the training FID callback the key is "
-                   "callbacks.fid.metric.inception_weights") + ")"
+                f"{key}={weights_path}: file not found (expected a copy of {INCEPTION_WEIGHTS_URL}){train_key}"
             )
         if weights_path is not None:
             # torch-fidelity reads the file with weights_only=False; refuse anything that is not plain tensors
@@ -64,9 +63,7 @@ class InceptionExtractor(Extractor):
             raise DownloadError(
                 "Could not obtain the TF-Inception weights for FID/IS "
                 f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). On an offline machine download "
-                f"{INCEPTION_WEIGHTS_URL} elsewhere and pass "
-                + (f"{weights_key}=PATH." if weights_key else "fid.inception_weights=PATH (sample.py) or "
-                   "callbacks.fid.metric.inception_weights=PATH (train.py).")
+                f"{INCEPTION_WEIGHTS_URL} elsewhere and pass {key}=PATH{train_key}."
             ) from e
         self.net.requires_grad_(False)
         self.eval()
