@@ -43,6 +43,8 @@ def run(args: list[str], cwd: Path, fresh: bool = False, **env: str):
         # what the trained model allows is refused before training, not after it (steps against T)
         ("train", ["sampler.steps=2000"], ["sampler.steps=2000 exceeds the model's T=1000"]),
         ("train", ["diffusion.num_timesteps=100"], ["sampler.steps=200 exceeds the model's T=100"]),
+        # a T that is not one is named itself, not as a sampler.steps above it
+        ("train", ["diffusion.num_timesteps=0"], ["diffusion.num_timesteps=0 is not valid", "integer >= 1"]),
         ("train", ["trainer.devices=0"], ["trainer.devices=0 is not valid", "an integer >= 1, -1 (every device)"]),
         ("train", ["optim.fused=maybe"], ["optim.fused='maybe' is not valid", "true or false"]),
         ("train", ["callbacks.sample_grid.sampler.steps=50"], ["callbacks.sample_grid.sampler is ${sampler}",
@@ -66,6 +68,12 @@ def run(args: list[str], cwd: Path, fresh: bool = False, **env: str):
         ("train", ["sampler=ddim", "sampler.restart_k=1"], ["sampler.restart_k is not a setting of sampler=ddim",
                                                             "sampler.eta"]),
         ("sample", ["fid.feature_extractr=digits"], ["Did you mean 'fid.feature_extractor'"]),
+        # a setting under a node the command does not have: the node is named (was "Valid keys under diffusion: .")
+        ("sample", ["diffusion.num_timesteps=10"], ["it has no diffusion settings", "the checkpoint's own",
+                                                    "Valid keys at the top level: ckpt_path"]),
+        ("nll", ["model.ch=64"], ["it has no model settings", "the checkpoint's own"]),
+        ("sample", ["sampler.foo.bar=1"], ["it has no sampler.foo settings", "Valid keys under sampler: sampler.name"]),
+        ("report", ["model.ch=3"], ["python -m ddpm.report: it has no model settings. Valid keys at the top level"]),
         # every command that takes settings answers the same way (issue 21)
         ("figures", ["figure=foo"], ["figure=foo", "interpolation, progressive, shared_xt"]),
         ("figures", ["figure.frame=3"], ["figure.frame: no such option of python -m ddpm.figures",
@@ -92,6 +100,15 @@ def test_preflight_refuses_with_one_clean_message(script, argv, needles, capsys,
     assert err.startswith("Error: ") and "Traceback" not in err
     for needle in needles:
         assert needle in err, err
+
+
+@pytest.mark.slow  # a composition: over 2 s on 2 cores
+def test_a_mistyped_key_is_not_told_to_mean_its_own_parent(capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit):
+        cli.preflight("sample", ["fid.foo=1"])
+    err = capsys.readouterr().err
+    assert "Valid keys under fid: fid.feature_extractor" in err and "Did you mean 'fid'?" not in err, err
 
 
 def test_a_sweep_on_the_search_path_is_valid_and_its_typo_lists_it(tmp_path, capsys, monkeypatch):

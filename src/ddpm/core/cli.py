@@ -426,6 +426,11 @@ def _check_run_dir(cfg: Any) -> None:
                               "place: hydra.run.dir=PATH.")
 
 
+# The groups a checkpoint brings with it: commands that read one (sample.py, the NLL, the frontier, the figures)
+# have no such settings of their own.
+FROM_RUN = ("model", "diffusion", "objective", "optim")
+
+
 def _composition_message(script: str, e: BaseException, overrides: list[str]) -> str:
     """Hydra's composition error as one block: the key and value, what is valid, the fix."""
     from omegaconf import OmegaConf
@@ -458,11 +463,19 @@ def _composition_message(script: str, e: BaseException, overrides: list[str]) ->
                     SamplerConfig.from_node({**OmegaConf.to_container(node), key.rpartition(".")[2]: None})
                 except ValueError as err:
                     return str(err)
+        absent = ""  # the outermost node of `key` that this command lacks (`diffusion` of sample.py's T)
+        while parent and parent not in keys:
+            absent, parent = parent, parent.rpartition(".")[0]
+        lacking = f": it has no {absent} settings" if absent else ""
+        if absent.split(".")[0] in FROM_RUN and composed is not None and "ckpt_path" in composed:
+            lacking += " (the network, noise schedule and objective are the checkpoint's own, set when it was trained)"
         valid = [k for k in keys if k.rpartition(".")[0] == parent and k != "hydra"]
         where = f"under {parent}" if parent else "at the top level"
-        return (f"{key}: no such option of {command(script)}.{suggest(key, keys)} Valid keys {where}: "
-                f"{', '.join(valid)}. (`{command(script)} --help` lists the options and their defaults; "
-                "+key=value adds a key that is not in the config.)")
+        ancestors = {key.rsplit(".", n)[0] for n in range(1, key.count(".") + 1)}  # `fid.foo` is not near `fid`
+        return (f"{key}: no such option of {command(script)}{lacking}."
+                f"{suggest(key, [k for k in keys if k not in ancestors])} Valid keys {where}: {', '.join(valid)}. "
+                f"(`{command(script)} --help` lists the options and their defaults; +key=value adds a key that is "
+                "not in the config.)")
     if m := re.search(r"Could not find '([^']+)/([^']+)'", text):
         group, option = m.groups()
         valid = re.findall(r"^\t(\S+)$", text, re.M)

@@ -330,7 +330,8 @@ def validate_config(cfg: DictConfig) -> None:
         check_model_resolves(cfg.model)
     if "objective" in cfg:
         validate_objective(**objective_kwargs(cfg.objective))
-    T = int(cfg.diffusion.num_timesteps) if "diffusion" in cfg else None  # the T of the model it trains
+    T = OmegaConf.select(cfg, "diffusion.num_timesteps", default=None)  # the T of the model it trains; a T that
+    T = T if isinstance(T, int) and not isinstance(T, bool) and T >= 1 else None  # is not one: CHECKS names it below
     for key in ("sampler", *(f"callbacks.{name}.sampler" for name in cfg.get("callbacks") or {})):
         if OmegaConf.select(cfg, key, default=None) is not None:
             check_sampler_settings(OmegaConf.select(cfg, key), key, T)
