@@ -325,8 +325,13 @@ def test_tensorboard_logger(tmp_path, tiny):
 
 @pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_wandb_offline_run_dir_has_config_and_summary(tmp_path, tiny, monkeypatch):
+    import wandb
+
     monkeypatch.setenv("WANDB_MODE", "offline")
+    warned = []  # W&B's console warnings (the suite runs W&B silent): a normal run has none
+    monkeypatch.setattr(wandb, "termwarn", lambda message, *a, **k: warned.append(str(message)))
     _, objs = train(tiny("logger=wandb", "logger.wandb.offline=true", steps=3))
+    assert not [w for w in warned if "anonymous" in w], warned  # Lightning's anonymous=None is left out
     runs = list((objs["output_dir"] / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     run_id = (objs["output_dir"] / "wandb_run_id.txt").read_text().strip()
@@ -347,6 +352,30 @@ def test_wandb_offline_run_dir_has_config_and_summary(tmp_path, tiny, monkeypatc
     for needle in needles:
         assert needle in records, needle
     assert list(runs[0].rglob("samples/final_*.png"))
+
+
+@pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
+def test_wandb_online_without_an_api_key_is_one_error_with_both_fixes(tmp_path, monkeypatch):
+    """A fresh process (W&B reads its mode once per process): online, no key on this machine -> one line, not
+    W&B's 45-line traceback."""
+    from conftest import run_python, tiny_overrides
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    res = run_python([str(ROOT / "train.py"), *tiny_overrides(tmp_path / "run", steps=1), "logger=wandb"], tmp_path,
+                     120, True, WANDB_MODE="online", HOME=str(tmp_path), HYDRA_FULL_ERROR="0",
+                     WANDB_CONFIG_DIR=str(tmp_path / "wandb_config"))
+    assert res.returncode == 1, res.stderr[-2000:]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and errors[0].startswith("Error: logger=wandb: ") and "API key" in errors[0], res.stderr
+    assert "logger.wandb.offline=true, and `wandb sync`" in errors[0] and "Traceback" not in res.stderr
+
+
+@pytest.mark.slow  # a composition: over 2 s on 2 cores
+def test_lightning_refusing_a_callback_setting_names_the_callback(tiny):
+    from ddpm.services.builders import build_callbacks
+
+    with pytest.raises(ValueError, match=r"^callbacks\.model_checkpoint: Invalid value for every_n_train_steps=-1"):
+        build_callbacks(tiny("callbacks.model_checkpoint.every_n_train_steps=-1"))
 
 
 # ----------------------------------------------------------------------------------------------- processes

@@ -24,7 +24,7 @@ from ddpm.core.data import model_to_uint8
 from ddpm.core.io import RankFailedError, check_writable, disk_full, make_grid_uint8, save_png, write_json
 from ddpm.core.module import DiffusionModule
 from ddpm.core.rundir import METRICS, SAMPLES, checkpoints_dir, last_checkpoint, remove_stale_temp_files
-from ddpm.services.builders import build_callbacks, build_loggers, build_trainer, finishing
+from ddpm.services.builders import build_callbacks, build_loggers, build_trainer, finishing, log_hyperparams
 from ddpm.services.callbacks import SaveLastAtEnd
 from ddpm.services.callbacks.sample_grid import log_image
 from ddpm.services.generate import generate, seeds_for
@@ -65,8 +65,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     callbacks = [*build_callbacks(cfg), SaveLastAtEnd(checkpoints_dir(output_dir))]
     loggers = build_loggers(cfg, output_dir, resume.step)
     trainer = objects["trainer"] = build_trainer(cfg, callbacks, loggers)
-    for lg in loggers:
-        lg.log_hyperparams(module.config)
+    log_hyperparams(loggers, module.config)
     with finishing(loggers), explained_faults(trainer, output_dir):
         start = time.time()
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume.ckpt_path)

@@ -1,5 +1,6 @@
 """What ``train(cfg)`` builds from the config besides the model: the callbacks, the loggers (the CSV log
-continued on a resume, the W&B run id pinned in the run directory) and the Trainer. Public Lightning API only."""
+continued on a resume, the W&B run id pinned in the run directory) and the Trainer. Public Lightning API only, but
+for one compatibility shim in :func:`build_loggers`."""
 
 from __future__ import annotations
 
@@ -30,8 +31,13 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
         try:
             callbacks.append(instantiate(c))
         except InstantiationException as e:
-            if isinstance(e.__cause__, ValueError | TypeError):  # a bad setting: its own message, not Hydra's wrap
-                raise type(e.__cause__)(f"callbacks.{name}: {e.__cause__}") from e
+            from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+            cause = e.__cause__  # a bad setting: its own message, not Hydra's wrap
+            if isinstance(cause, MisconfigurationException):  # Lightning's ModelCheckpoint: every_n_train_steps=-1
+                raise ValueError(f"callbacks.{name}: {cause}") from e
+            if isinstance(cause, ValueError | TypeError):
+                raise type(cause)(f"callbacks.{name}: {cause}") from e
             raise
     return callbacks
 
@@ -46,8 +52,27 @@ def build_loggers(cfg: DictConfig, output_dir: Path, resume_step: int | None = N
         if name == "wandb":
             lcfg = wandb_config(lcfg, output_dir)
         kwargs = {"resume_step": resume_step} if issubclass(get_class(lcfg._target_), ResumableCSVLogger) else {}
-        loggers.append(instantiate(lcfg, **kwargs))
+        logger = instantiate(lcfg, **kwargs)
+        if name == "wandb" and isinstance(init := getattr(logger, "_wandb_init", None), dict) \
+                and init.get("anonymous") is None:
+            # Lightning's WandbLogger passes anonymous=None to wandb.init, which recent W&B versions answer with a
+            # deprecation WARNING on every run; None is W&B's own default, so the key is left out
+            init.pop("anonymous", None)
+        loggers.append(logger)
     return loggers
+
+
+def log_hyperparams(loggers: list, config: dict) -> None:
+    """Each logger gets the run's config. The first W&B call starts its run: without an API key (and not offline)
+    that is a user error, said in one line with the two fixes, not W&B's traceback."""
+    for lg in loggers:
+        try:
+            lg.log_hyperparams(config)
+        except Exception as e:
+            if type(e).__module__.startswith("wandb") and "API key" in str(e):
+                raise ValueError(f"logger=wandb: {e} Or log offline: logger.wandb.offline=true, and `wandb sync` "
+                                 "the run's wandb/ folder later.") from e
+            raise
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], loggers: list) -> L.Trainer:
