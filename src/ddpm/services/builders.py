@@ -1,6 +1,5 @@
 """What ``train(cfg)`` builds from the config besides the model: the callbacks, the loggers (the CSV log
-continued on a resume, the W&B run id pinned in the run directory) and the Trainer. Public Lightning API only, but
-for one compatibility shim in :func:`build_loggers`."""
+continued on a resume, the W&B run id pinned in the run directory) and the Trainer. Public Lightning API only."""
 
 from __future__ import annotations
 
@@ -52,13 +51,7 @@ def build_loggers(cfg: DictConfig, output_dir: Path, resume_step: int | None = N
         if name == "wandb":
             lcfg = wandb_config(lcfg, output_dir)
         kwargs = {"resume_step": resume_step} if issubclass(get_class(lcfg._target_), ResumableCSVLogger) else {}
-        logger = instantiate(lcfg, **kwargs)
-        if name == "wandb" and isinstance(init := getattr(logger, "_wandb_init", None), dict) \
-                and init.get("anonymous") is None:
-            # Lightning's WandbLogger passes anonymous=None to wandb.init, which recent W&B versions answer with a
-            # deprecation WARNING on every run; None is W&B's own default, so the key is left out
-            init.pop("anonymous", None)
-        loggers.append(logger)
+        loggers.append(instantiate(lcfg, **kwargs))
     return loggers
 
 
