@@ -124,6 +124,15 @@ def test_digits_splits_disjoint_and_deterministic(digits: DigitsDataModule) -> N
     assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
 
 
+@pytest.mark.parametrize("val, test", [(1.5, 0.1), (0.6, 0.6), (-0.1, 0.1)])
+def test_digits_held_out_fractions_that_leave_no_training_set_name_both_keys(val, test) -> None:
+    from ddpm.core.data.digits import digits_split_indices
+
+    with pytest.raises(ValueError, match=rf"^data\.val_fraction={val}, data\.test_fraction={test} is not valid: "
+                                         r"expected two fractions in \[0, 1\) that sum to less than 1"):
+        digits_split_indices(1797, 0, val, test)
+
+
 def test_digits_upscale() -> None:
     dm = DigitsDataModule(upscale=2)
     assert dm.image_shape == (1, 16, 16) and dm.name == "digits_16"

@@ -37,7 +37,8 @@ def digits_split_indices(
     For the 1797 sklearn digits with the defaults: 1437 / 179 / 181.
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}")
+        raise ValueError(f"data.val_fraction={val_fraction}, data.test_fraction={test_fraction} is not valid: expected "
+                         "two fractions in [0, 1) that sum to less than 1 (the held-out shares; the rest trains)")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_train, n_val = int((1.0 - val_fraction - test_fraction) * n + 1e-9), int(val_fraction * n)
     return perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :]
