@@ -252,6 +252,16 @@ def test_malicious_bin_is_refused_without_running_code(tmp_path):
     assert not marker.exists(), "unpickling ran code"
 
 
+def test_a_train_checkpoint_given_to_convert_says_which_command_takes_it(tmp_path):
+    """A Lightning checkpoint of train.py (its weights under net.* and ema.*) is not a diffusers file."""
+    ckpt = tmp_path / "last.ckpt"
+    weights = torch.zeros(2, 1, 3, 3)
+    torch.save({"state_dict": {"net.conv_in.weight": weights, "ema.conv_in.weight": weights}}, ckpt)
+    with pytest.raises(ValueError, match=r"is a train\.py checkpoint, not a diffusers .* ckpt_path=.*ddpm\.export"):
+        main([str(ckpt), str(tmp_path / "out.safetensors")])
+    assert not (tmp_path / "out.safetensors").exists()
+
+
 def test_config_validation():
     ok = unet_kwargs_from_diffusers_config(CIFAR10_CONFIG)
     assert ok == {

@@ -286,8 +286,12 @@ def test_get_extractor_inception_missing_weights_is_clear(tmp_path, cache_dir, m
     with pytest.raises(FileNotFoundError, match=r"^inception_weights=\S*missing.pth: file not found \(expected a copy"):
         get_extractor("inception", weights_path=tmp_path / "missing.pth", weights_key="inception_weights")
     assert get_extractor("digits", weights_path=tmp_path / "inception.pth").name == "ddpm-digits"
-    with pytest.raises(ValueError, match="unknown feature extractor"):
+    with pytest.raises(ValueError, match=r"^fid\.feature_extractor='vgg' is not valid: expected inception \| digits "
+                                         r"\| digits-b \(or auto: the dataset's\)"):
         get_extractor("vgg")
+    with pytest.raises(ValueError, match=r"^feature_extractor='vgg' is not valid: expected inception \| digits \| "
+                                         r"digits-b$"):  # build_refstats spells it so, and has no auto
+        get_extractor("vgg", name_key="feature_extractor")
 
 
 # ------------------------------------------------------------------------------------------------ refstats

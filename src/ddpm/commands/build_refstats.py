@@ -39,7 +39,7 @@ def build_refstats(cfg: DictConfig) -> Path:
     dm = instantiate(OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True))
     device = device_of(cfg.device)
     extractor = get_extractor(cfg.feature_extractor, weights_path=cfg.inception_weights,
-                              weights_key="inception_weights", device=device)
+                              weights_key="inception_weights", name_key="feature_extractor", device=device)
     if extractor.name == "ddpm-digits" and dm.image_shape[-1] != 8:
         warnings.warn(
             "the digits extractor resizes images to 8x8; its FID is only meaningful for 8x8 digits", stacklevel=1

@@ -199,6 +199,10 @@ def infer_unet_kwargs(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """
     keys = {rename_old_attention(k) for k in sd}
     if "conv_in.weight" not in keys or "conv_out.weight" not in keys:
+        if any(k.startswith(("net.", "ema.")) for k in keys):  # a train.py checkpoint handed to ddpm.convert
+            raise ValueError("weights file is a train.py checkpoint, not a diffusers UNet2DModel state dict: "
+                             "sample.py and the other commands read it as ckpt_path=...; `python -m ddpm.export RUN "
+                             "OUT` writes it as a diffusers folder")
         raise ValueError("weights file is not a diffusers UNet2DModel state dict (no conv_in / conv_out)")
     ch, in_ch = sd["conv_in.weight"].shape[:2]
     levels = sorted({int(m.group(1)) for k in keys if (m := re.match(r"down_blocks\.(\d+)\.", k))})

@@ -18,6 +18,7 @@ def get_extractor(
     *,
     weights_path: str | os.PathLike | None = None,
     weights_key: str | None = None,
+    name_key: str = "fid.feature_extractor",
     cache_dir: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
 ) -> Extractor:
@@ -27,7 +28,8 @@ def get_extractor(
     ``weights_path``: local Inception weights (config ``inception_weights``). It only applies to Inception,
     so a globally configured ``inception_weights`` is harmless with the digits extractor; the one exception
     is a ``.safetensors`` path, which the digits extractor takes as an explicit classifier file.
-    ``weights_key``: the option that gave ``weights_path``, as the calling command spells it (for messages).
+    ``weights_key``, ``name_key``: the options that gave ``weights_path`` and ``name``, as the calling command spells
+    them (for messages).
     ``cache_dir``: digits classifier cache (default ``$DDPM_CACHE`` or ``~/.cache/ddpm``).
     """
     key = name.lower()
@@ -38,7 +40,8 @@ def get_extractor(
         cls = DigitsExtractorB if key.endswith("-b") else DigitsExtractor
         ext = cls(cache_dir=cache_dir, weights_path=digits_weights)
     else:
-        raise ValueError(f"unknown feature extractor {name!r} (choose 'inception', 'digits' or 'digits-b')")
+        auto = " (or auto: the dataset's)" if name_key.startswith("fid.") else ""  # the fid group resolves auto
+        raise ValueError(f"{name_key}={name!r} is not valid: expected inception | digits | digits-b{auto}")
     if device is not None:
         ext = ext.to(device)
     return ext.eval()
