@@ -262,3 +262,17 @@ def test_interpolation_command_with_a_bad_t_is_one_clean_error(model, tmp_path, 
     err = capsys.readouterr().err
     assert err.startswith("Error: figure.t=5000") and "0..1000" in err and "Traceback" not in err
     assert len([ln for ln in err.splitlines() if ln.startswith("Error:")]) == 1
+
+
+def test_interpolation_pair_outside_the_split_is_one_clean_error(model, tmp_path, capsys, monkeypatch):
+    """figure.pair=[0,5000] on the digits' 181 test images ended in an IndexError traceback."""
+    from ddpm.core.cli import user_errors
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    ckpt, _ = model
+    with pytest.raises(SystemExit) as info, user_errors():
+        _figure("figure=interpolation", f"ckpt_path={ckpt}", "figure.pair=[0,5000]", f"out={tmp_path}/i.png")
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: figure.pair=[0, 5000] is not valid for the test split of ") and "Traceback" not in err
+    assert "expected two indices in 0.." in err and not (tmp_path / "i.png").exists()

@@ -267,6 +267,9 @@ def make_figure(cfg: DictConfig) -> Path:
 
         imgs = model_datamodule(loaded, cfg.data, "the interpolation figure").splits()[fig.split]
         i, j = fig.pair
+        if max(i, j) >= len(imgs):  # the split's size is known only now, from the data
+            raise ValueError(f"figure.pair=[{i}, {j}] is not valid for the {fig.split} split of {len(imgs)} images: "
+                             f"expected two indices in 0..{len(imgs) - 1} (or figure.split=NAME for another split)")
         a, b = uint8_to_model(imgs[i]), uint8_to_model(imgs[j])
         ts = [1000 * k / 8 for k in range(9)] if fig.sweep else [float(fig.t)]
         rows = [interpolation(fn, diff, a, b, t_paper=t, lambdas=fig.lambdas, **common) for t in ts]
