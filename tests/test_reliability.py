@@ -77,6 +77,20 @@ def _resume_overrides(tmp_path: Path, total: int, accumulate: int) -> list[str]:
 
 
 @pytest.mark.slow  # ~40 s each on 2 loaded CPU cores (three tiny runs)
+@pytest.mark.slow  # two tiny trainings: over 2 s on 2 cores
+def test_resuming_a_checkpoint_past_max_steps_says_that_max_steps_counts_from_the_start(tmp_path, tiny):
+    """A step-4 checkpoint with trainer.max_steps=2 trained nothing and wrote the same model as a new finished run."""
+    first = tmp_path / "first"
+    train(tiny(output_dir=first, steps=4))
+    again = tmp_path / "again"
+    with pytest.raises(ValueError, match=r"^ckpt_path: .*last\.ckpt is at step 4, past trainer\.max_steps=2, so "
+                                         r"nothing would train\. .* for 2 more steps pass trainer\.max_steps=6"):
+        train(tiny(f"ckpt_path={first}", output_dir=again, steps=2))
+    assert not (again / "metrics.json").exists() and not (again / "checkpoints").exists()
+    _, resumed = train(tiny(f"ckpt_path={first}", output_dir=again, steps=6))  # the fix it names works
+    assert resumed["trainer"].global_step == 6
+
+
 @pytest.mark.parametrize(
     ("accumulate", "batch", "total", "every"),
     [

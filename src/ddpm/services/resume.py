@@ -37,7 +37,14 @@ def plan_resume(ckpt_path: str | None, output_dir: Path, hparams: Any, max_steps
     ckpt = safe_load_checkpoint(path)
     check_checkpoint_matches(ckpt, hparams, path)
     step = int(ckpt.get("global_step", 0))
-    return Resume(path, step, finished_run(output_dir, step, max_steps))
+    if (finished := finished_run(output_dir, step, max_steps)) is not None:
+        return Resume(path, step, finished)  # a complete run rerun (a sweep's finished job): nothing to do
+    if 0 < max_steps < step:  # Lightning would stop at once and write the checkpoint's model as a "finished" run
+        raise ValueError(f"ckpt_path: {path} is at step {step}, past trainer.max_steps={max_steps}, so nothing would "
+                         f"train. trainer.max_steps counts from the start of the run, not from the checkpoint: for "
+                         f"{max_steps} more steps pass trainer.max_steps={step + max_steps}. (Sampling it needs no "
+                         "training: python sample.py ckpt_path=....)")
+    return Resume(path, step)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
