@@ -115,6 +115,18 @@ def test_frontier_on_a_tiny_model(tmp_path_factory, tmp_path, monkeypatch):
         assert r["extractors"] == e["extractors"] and r.get("vs_chain") == e.get("vs_chain")
 
 
+@pytest.mark.slow  # a tiny checkpoint: over 2 s on 2 cores
+def test_step_counts_all_above_t_are_refused_before_the_full_chain(tmp_path_factory, tmp_path, capsys):
+    """steps=[5000] on a T=10 model used to sample the whole reference chain and then compare nothing with it."""
+    ckpt = tiny_checkpoint(tmp_path_factory)  # T=10
+    args = [f"ckpt_path={ckpt}", "samplers=[ddim]", "num_samples=12", "progress=false", "device=cpu",
+            f"out_dir={tmp_path / 'f'}"]
+    with pytest.raises(ValueError, match=r"^steps=\[20, 5000\]: every step count is above the model's T=10, .* "
+                                         r"pass step counts up to 10"):
+        frontier(compose("frontier", [*args, "steps=[5000,20]"]))
+    assert not (tmp_path / "f").exists()  # refused before any sampling
+
+
 def test_frontier_includes_every_registered_sampler_by_default():
     from ddpm.commands.frontier import entries_for
     from ddpm.core.diffusion import SAMPLERS

@@ -307,6 +307,12 @@ def frontier(cfg: DictConfig) -> dict:
     T = loaded.diffusion.num_timesteps
     check_labels(cfg.labels, cfg.guidance_scale, loaded.num_classes)
     passes = 2 if loaded.num_classes and float(cfg.guidance_scale) > 0 else 1
+    if above := sorted({int(s) for s in cfg.steps if int(s) > T}):
+        if len(above) == len({int(s) for s in cfg.steps}):  # the frontier would be the full chain alone
+            raise ValueError(f"steps={sorted(above)}: every step count is above the model's T={T}, so no sampler "
+                             f"would be compared with the full chain; pass step counts up to {T}, e.g. "
+                             f"steps=[{max(1, T // 20)},{max(1, T // 10)},{max(1, T // 4)}]")
+        print(f"[ddpm] steps {above} are above the model's T={T}: left out")
     entries_cfg = entries_for(cfg, T)
     for sampler in entries_cfg:
         sampler.check(loaded.diffusion)
