@@ -262,6 +262,16 @@ def test_a_train_checkpoint_given_to_convert_says_which_command_takes_it(tmp_pat
     assert not (tmp_path / "out.safetensors").exists()
 
 
+def test_a_train_run_given_as_pretrained_says_ckpt_path(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"holds none of .*: it is a train\.py run, which the commands read as "
+                                                r"ckpt_path=\.\.\. \(python -m ddpm\.export RUN OUT"):
+        load_diffusers_unet(run)
+    with pytest.raises(FileNotFoundError, match=r"holds none of .*: expected a diffusers folder"):
+        load_diffusers_unet(tmp_path)
+
+
 def test_config_validation():
     ok = unet_kwargs_from_diffusers_config(CIFAR10_CONFIG)
     assert ok == {

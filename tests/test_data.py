@@ -386,6 +386,21 @@ def test_cifar10_download_only_when_asked(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 # ----------------------------------------------------------------------------------------------- folders
+def test_image_folder_too_small_for_its_held_out_splits_names_the_fractions(tmp_path: Path) -> None:
+    root = tmp_path / "two"
+    root.mkdir()
+    for i in range(2):
+        Image.new("RGB", (12, 12), (i * 90, 0, 0)).save(root / f"{i}.png")
+    dm = ImageFolderDataModule(root=str(root), resolution=12, val_fraction=0.1, test_fraction=0.1)
+    with pytest.raises(ValueError, match=r"^only 2 images: nothing is left for training after the held-out splits "
+                                         r"\(data\.test_fraction=0\.1, data\.val_fraction=0\.1, at least one image "
+                                         r"each\); add images, or set the fractions to 0"):
+        dm.setup("fit")
+    trains = ImageFolderDataModule(root=str(root), resolution=12, batch_size=2, val_fraction=0.0, test_fraction=0.0)
+    trains.setup("fit")  # the fix it names
+    assert trains.num_images("train") == 2
+
+
 def test_image_folder_mixed_files(tmp_path: Path) -> None:
     write_mixed_folder(tmp_path / "imgs")
     dm = ImageFolderDataModule(root=str(tmp_path / "imgs"), resolution=12, batch_size=2, val_fraction=0.2)

@@ -209,7 +209,9 @@ def seeded_split(n: int, fractions: dict[str, float], seed: int) -> dict[str, to
         out[name] = perm[start : start + k].sort().values
         start += k
     if start >= n:
-        raise ValueError(f"only {n} images: nothing left for training after the held-out splits {fractions}")
+        held = ", ".join(f"data.{name}_fraction={frac}" for name, frac in fractions.items())
+        raise ValueError(f"only {n} image{'s' if n != 1 else ''}: nothing is left for training after the held-out "
+                         f"splits ({held}, at least one image each); add images, or set the fractions to 0")
     out["train"] = perm[start:].sort().values
     return out
 
