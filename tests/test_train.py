@@ -366,6 +366,19 @@ def test_wandb_online_without_an_api_key_is_one_error_with_both_fixes(tmp_path, 
 
 
 @pytest.mark.slow  # a composition: over 2 s on 2 cores
+def test_a_loggers_unwritable_save_dir_is_one_error_naming_its_key(tiny, tmp_path):
+    """It was "[Errno 2] No such file or directory" from TensorBoard, after the Trainer was built."""
+    from ddpm.services.builders import build_loggers
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    cfg = tiny("logger=tensorboard", f"logger.tensorboard.save_dir={blocker / 'tb'}")
+    with pytest.raises(PermissionError, match=r"^logger\.tensorboard\.save_dir='.*a_file/tb' cannot be created or "
+                                              r"written: .* Choose a writable place: logger\.tensorboard\.save_dir="):
+        build_loggers(cfg, tmp_path / "run")
+
+
+@pytest.mark.slow  # a composition: over 2 s on 2 cores
 def test_lightning_refusing_a_callback_setting_names_the_callback(tiny):
     from ddpm.services.builders import build_callbacks
 

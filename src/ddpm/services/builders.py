@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig
 
+from ddpm.core.io import check_writable
 from ddpm.services.callbacks import AtomicCheckpointIO
 
 
@@ -48,6 +49,9 @@ def build_loggers(cfg: DictConfig, output_dir: Path, resume_step: int | None = N
     for name, lcfg in (cfg.get("logger") or {}).items():
         if lcfg is None or "_target_" not in lcfg:
             continue
+        if lcfg.get("save_dir"):  # a logger's own folder: the same one-line error as paths.output_dir, before training
+            check_writable(lcfg.save_dir, f"logger.{name}.save_dir",
+                           f"Choose a writable place: logger.{name}.save_dir=... (the default is the run directory).")
         if name == "wandb":
             lcfg = wandb_config(lcfg, output_dir)
         kwargs = {"resume_step": resume_step} if issubclass(get_class(lcfg._target_), ResumableCSVLogger) else {}

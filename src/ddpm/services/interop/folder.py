@@ -27,6 +27,7 @@ import torch
 from ddpm.core.diffusion import GaussianDiffusion
 from ddpm.core.io import write_json
 from ddpm.core.nets import UNet
+from ddpm.core.rundir import checkpoints_dir
 from ddpm.services.interop.hub import PRETRAINED
 from ddpm.services.interop.keys import convert_diffusers_state_dict, diffusers_state_dict
 from ddpm.services.interop.scheduler import (
@@ -92,7 +93,7 @@ def _find_files(path: Path) -> tuple[Path, Path | None, Path | None]:
         folder = path / "unet" if (path / "unet" / "config.json").is_file() else path
         found = [folder / name for name in WEIGHT_NAMES if (folder / name).is_file()]
         if not found:
-            train_run = (path / "checkpoints").is_dir() or any(path.glob("*.ckpt"))
+            train_run = checkpoints_dir(path).is_dir() or any(path.glob("*.ckpt"))
             raise FileNotFoundError(f"{folder} holds none of {list(WEIGHT_NAMES)}" + (
                 ": it is a train.py run, which the commands read as ckpt_path=... (python -m ddpm.export RUN OUT "
                 "makes a diffusers folder of it)" if train_run else ": expected a diffusers folder (or a .safetensors "
