@@ -315,6 +315,19 @@ def _npz(path):
         return {k: z[k] for k in z.files}
 
 
+@pytest.mark.slow  # a tiny checkpoint: over 2 s on 2 cores
+def test_one_image_of_one_class_is_written_and_scored_without_a_balanced_fid(cond_ckpt, tmp_path, capsys):
+    """labels=3 num_samples=1 sampled, then failed on the balanced FID's covariance of one image (NaN)."""
+    from ddpm.commands.sampling import sample
+
+    m = sample(sample_cfg(cond_ckpt, tmp_path / "one", "num_samples=1", "labels=3", "sampler=ddim", "sampler.steps=5"))
+    assert _npz(tmp_path / "one" / "samples.npz")["arr_1"].tolist() == [3]
+    assert m["digits/class_accuracy"] in (0.0, 1.0) and "digits/fid_balanced" not in m
+    assert "balanced FID" not in capsys.readouterr().out
+    sample(sample_cfg(cond_ckpt, tmp_path / "four", "num_samples=4", "sampler=ddim", "sampler.steps=5"))
+    assert "(n=4 < 64 features: not comparable)" in capsys.readouterr().out  # a figure, said for what it is
+
+
 @pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
 def test_sample_py_balanced_guided_labels_in_the_npz(cond_ckpt, tmp_path):
     from ddpm.commands.sampling import sample

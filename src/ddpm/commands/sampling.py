@@ -215,11 +215,15 @@ def sample(cfg: DictConfig) -> dict:
                                     if k.split("_")[0] in ("fid", "is") and isinstance(v, float)))
     if labels is not None and is_digits(loaded):  # did each image get its class? (cheap: one small CNN)
         from ddpm.services.metrics.conditional import class_scores
+        from ddpm.services.metrics.digits_classifier import DigitsExtractor
 
         scores = {f"digits/{k}": v for k, v in class_scores(images, labels).items()}
         metrics.update(scores)
-        print(f"[ddpm] class accuracy (digits classifier) = {scores['digits/class_accuracy']:.4f}, "
-              f"balanced FID = {scores['digits/fid_balanced']:.4f}")
+        fid = scores.get("digits/fid_balanced")  # none for one image; below the feature dim, not comparable
+        n, dim = len(labels), DigitsExtractor.feature_dim
+        print(f"[ddpm] class accuracy (digits classifier) = {scores['digits/class_accuracy']:.4f}"
+              + ("" if fid is None else f", balanced FID = {fid:.4f}"
+                 + (f" (n={n} < {dim} features: not comparable)" if n < dim else "")))
     write_json(out_dir / "metrics.json", metrics)
     log.info("wrote samples.npz, metrics.json in %s", out_dir)
     return metrics

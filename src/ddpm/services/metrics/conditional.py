@@ -45,8 +45,9 @@ def class_scores(samples, labels, extractor: DigitsExtractor | None = None) -> d
             mu, sigma = weighted_stats(mine, np.ones(mine.shape[0]))
             ref_mu, ref_sigma = weighted_stats(ref_feats[ref_y == c], np.ones(int((ref_y == c).sum())))
             out[f"fid_class_{c}"] = float(frechet_distance(mu, sigma, ref_mu, ref_sigma))
-    counts = np.bincount(ref_y, minlength=10).astype(np.float64)
-    mu, sigma = weighted_stats(feats, np.ones(feats.shape[0]))
-    ref_mu, ref_sigma = weighted_stats(ref_feats, 1.0 / counts[ref_y])
-    out["fid_balanced"] = float(frechet_distance(mu, sigma, ref_mu, ref_sigma))
+    if feats.shape[0] >= 2:  # a covariance needs two images (labels=3 num_samples=1 is a fair request)
+        counts = np.bincount(ref_y, minlength=10).astype(np.float64)
+        mu, sigma = weighted_stats(feats, np.ones(feats.shape[0]))
+        ref_mu, ref_sigma = weighted_stats(ref_feats, 1.0 / counts[ref_y])
+        out["fid_balanced"] = float(frechet_distance(mu, sigma, ref_mu, ref_sigma))
     return out
