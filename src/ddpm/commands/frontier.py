@@ -70,14 +70,22 @@ VIEW_KEYS = ("fid", "fid_inf", "kid", "kid_std", "class_kl", "fid_classmix", "ki
 
 def entries_for(cfg: DictConfig, num_timesteps: int) -> list[SamplerConfig]:
     """The full ancestral chain, then every sampler at each step count, fewest steps first (step counts above T
-    are left out). ``samplers`` null: every registered sampler that does not always run the full chain."""
+    are said and left out; all of them above T is an error). ``samplers`` null: every registered sampler that does
+    not always run the full chain."""
     names = cfg.samplers if cfg.samplers is not None else [n for n, s in SAMPLERS.items() if not s.full_chain]
+    counts = sorted({int(s) for s in cfg.steps})  # the cheap entries first: a stopped run has them all
+    if above := [s for s in counts if s > num_timesteps]:
+        if above == counts:  # the frontier would be the full chain alone
+            T = num_timesteps
+            raise ValueError(f"steps={above}: every step count is above the model's T={T}, so no sampler would be "
+                             f"compared with the full chain; pass step counts up to {T}, e.g. "
+                             f"steps=[{max(1, T // 20)},{max(1, T // 10)},{max(1, T // 4)}]")
+        print(f"[ddpm] steps {above} are above the model's T={num_timesteps}: left out")
     out = [SamplerConfig(name=next(n for n, s in SAMPLERS.items() if s.full_chain), clip_denoised=cfg.clip_denoised)]
     searchpath = searchpath_of(cfg)
-    for steps in sorted({int(s) for s in cfg.steps}):  # the cheap entries first: a stopped run has them all
-        if steps <= num_timesteps:
-            out += [SamplerConfig.named(str(name), searchpath, steps=steps, clip_denoised=cfg.clip_denoised)
-                    for name in names]
+    for steps in counts[:len(counts) - len(above)]:  # those up to T (the sorted counts' head)
+        out += [SamplerConfig.named(str(name), searchpath, steps=steps, clip_denoised=cfg.clip_denoised)
+                for name in names]
     return out
 
 
@@ -307,13 +315,7 @@ def frontier(cfg: DictConfig) -> dict:
     T = loaded.diffusion.num_timesteps
     check_labels(cfg.labels, cfg.guidance_scale, loaded.num_classes)
     passes = 2 if loaded.num_classes and float(cfg.guidance_scale) > 0 else 1
-    if above := sorted({int(s) for s in cfg.steps if int(s) > T}):
-        if len(above) == len({int(s) for s in cfg.steps}):  # the frontier would be the full chain alone
-            raise ValueError(f"steps={sorted(above)}: every step count is above the model's T={T}, so no sampler "
-                             f"would be compared with the full chain; pass step counts up to {T}, e.g. "
-                             f"steps=[{max(1, T // 20)},{max(1, T // 10)},{max(1, T // 4)}]")
-        print(f"[ddpm] steps {above} are above the model's T={T}: left out")
-    entries_cfg = entries_for(cfg, T)
+    entries_cfg = entries_for(cfg, T)  # before any sampling: step counts all above T are refused there
     for sampler in entries_cfg:
         sampler.check(loaded.diffusion)
     out_dir = check_writable(cfg.out_dir or default_out_dir(loaded), "out_dir")
