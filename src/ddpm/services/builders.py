@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig
@@ -22,8 +24,6 @@ from ddpm.services.callbacks import AtomicCheckpointIO
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     """The ``callbacks`` group, each from its ``_target_``; a bad setting is its own message, naming the callback."""
-    from hydra.errors import InstantiationException
-
     callbacks = []
     for name, c in (cfg.get("callbacks") or {}).items():
         if c is None or "_target_" not in c:
@@ -31,15 +31,19 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
         try:
             callbacks.append(instantiate(c))
         except InstantiationException as e:
-            from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-            cause = e.__cause__  # a bad setting: its own message, not Hydra's wrap
-            if isinstance(cause, MisconfigurationException):  # Lightning's ModelCheckpoint: every_n_train_steps=-1
-                raise ValueError(f"callbacks.{name}: {cause}") from e
-            if isinstance(cause, ValueError | TypeError):
-                raise type(cause)(f"callbacks.{name}: {cause}") from e
-            raise
+            if (cause := _refused_setting(e)) is None:
+                raise
+            kind = type(cause) if isinstance(cause, ValueError | TypeError) else ValueError
+            raise kind(f"callbacks.{name}: {cause}") from e
     return callbacks
+
+
+def _refused_setting(e: InstantiationException) -> Exception | None:
+    """What Hydra's instantiate error wraps when a class refused one of its settings (Lightning's
+    MisconfigurationException: ModelCheckpoint's every_n_train_steps=-1, the Trainer's devices for the
+    accelerator; a ValueError or TypeError), else ``None``: that is a user error with its own message."""
+    cause = e.__cause__
+    return cause if isinstance(cause, MisconfigurationException | ValueError | TypeError) else None
 
 
 def build_loggers(cfg: DictConfig, output_dir: Path, resume_step: int | None = None) -> list:
@@ -49,7 +53,8 @@ def build_loggers(cfg: DictConfig, output_dir: Path, resume_step: int | None = N
     for name, lcfg in (cfg.get("logger") or {}).items():
         if lcfg is None or "_target_" not in lcfg:
             continue
-        if lcfg.get("save_dir"):  # a logger's own folder: the same one-line error as paths.output_dir, before training
+        if lcfg.get("save_dir") and Path(lcfg.save_dir) != Path(output_dir):  # a logger's own folder (the run
+            # directory, the default, train() has checked): the same one-line error as paths.output_dir
             check_writable(lcfg.save_dir, f"logger.{name}.save_dir",
                            f"Choose a writable place: logger.{name}.save_dir=... (the default is the run directory).")
         if name == "wandb":
@@ -78,14 +83,11 @@ def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], loggers: list) -
     log_every = cfg.trainer.log_every_n_steps
     if cfg.trainer.max_steps > 0:
         log_every = min(log_every, cfg.trainer.max_steps)
-    from hydra.errors import InstantiationException
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
     try:
         return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers if loggers else False,
                            plugins=[AtomicCheckpointIO()], log_every_n_steps=log_every)
     except InstantiationException as e:  # Lightning refusing a trainer.* setting (devices for the accelerator...)
-        if not isinstance(e.__cause__, MisconfigurationException | TypeError | ValueError):
+        if _refused_setting(e) is None:
             raise
         import torch
 
