@@ -250,29 +250,23 @@ def test_labelled_grid_warns_nothing_and_draws_each_label_over_its_own_cell(tmp_
         torch.from_numpy(frozen)
 
 
-def test_interpolation_command_with_a_bad_t_is_one_clean_error(model, tmp_path, capsys, monkeypatch):
-    """python -m ddpm.figures figure=interpolation ckpt_path=RUN figure.t=5000 ended in an IndexError."""
+@pytest.mark.parametrize("override, start, needle", [
+    # figure.t=5000 ended in an IndexError
+    ("figure.t=5000", "Error: figure.t=5000", "0..1000"),
+    # figure.pair beyond the digits' 181 test images too (the split's size is known only from the data)
+    ("figure.pair=[0,5000]", "Error: figure.pair=[0, 5000] is not valid for the test split of ",
+     "expected two indices in 0.."),
+])
+def test_interpolation_command_with_a_bad_value_is_one_clean_error(model, tmp_path, capsys, monkeypatch, override,
+                                                                   start, needle):
+    """python -m ddpm.figures figure=interpolation ckpt_path=RUN with a t or an image index out of range."""
     from ddpm.core.cli import user_errors
 
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     ckpt, _ = model
     with pytest.raises(SystemExit) as info, user_errors():
-        _figure("figure=interpolation", f"ckpt_path={ckpt}", "figure.t=5000", f"out={tmp_path}/i.png")
+        _figure("figure=interpolation", f"ckpt_path={ckpt}", override, f"out={tmp_path}/i.png")
     assert info.value.code == 1
     err = capsys.readouterr().err
-    assert err.startswith("Error: figure.t=5000") and "0..1000" in err and "Traceback" not in err
-    assert len([ln for ln in err.splitlines() if ln.startswith("Error:")]) == 1
-
-
-def test_interpolation_pair_outside_the_split_is_one_clean_error(model, tmp_path, capsys, monkeypatch):
-    """figure.pair=[0,5000] on the digits' 181 test images ended in an IndexError traceback."""
-    from ddpm.core.cli import user_errors
-
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    ckpt, _ = model
-    with pytest.raises(SystemExit) as info, user_errors():
-        _figure("figure=interpolation", f"ckpt_path={ckpt}", "figure.pair=[0,5000]", f"out={tmp_path}/i.png")
-    assert info.value.code == 1
-    err = capsys.readouterr().err
-    assert err.startswith("Error: figure.pair=[0, 5000] is not valid for the test split of ") and "Traceback" not in err
-    assert "expected two indices in 0.." in err and not (tmp_path / "i.png").exists()
+    assert err.startswith(start) and needle in err and "Traceback" not in err
+    assert len([ln for ln in err.splitlines() if ln.startswith("Error:")]) == 1 and not (tmp_path / "i.png").exists()
