@@ -93,11 +93,12 @@ def _find_files(path: Path) -> tuple[Path, Path | None, Path | None]:
         folder = path / "unet" if (path / "unet" / "config.json").is_file() else path
         found = [folder / name for name in WEIGHT_NAMES if (folder / name).is_file()]
         if not found:
-            train_run = checkpoints_dir(path).is_dir() or any(path.glob("*.ckpt"))
-            raise FileNotFoundError(f"{folder} holds none of {list(WEIGHT_NAMES)}" + (
-                ": it is a train.py run, which the commands read as ckpt_path=... (python -m ddpm.export RUN OUT "
-                "makes a diffusers folder of it)" if train_run else ": expected a diffusers folder (or a .safetensors "
-                "file from python -m ddpm.convert)"))
+            if checkpoints_dir(path).is_dir() or any(path.glob("*.ckpt")):  # a train.py run
+                hint = ("it is a train.py run, which the commands read as ckpt_path=... (python -m ddpm.export RUN "
+                        "OUT makes a diffusers folder of it)")
+            else:
+                hint = "expected a diffusers folder (or a .safetensors file from python -m ddpm.convert)"
+            raise FileNotFoundError(f"{folder} holds none of {list(WEIGHT_NAMES)}: {hint}")
         weights = found[0]  # safetensors preferred
         config = folder / "config.json"
         if not config.is_file():
