@@ -30,13 +30,14 @@ def draws(run: str, sets: int, set_seed: int, n: int = 181, steps: int = 200) ->
     """uint8 ``[sets, n, 1, 8, 8]``."""
     from ddpm.core.config import SamplerConfig
     from ddpm.core.data import model_to_uint8
-    from ddpm.services.generate import generate, seeds_for
+    from ddpm.services.generate import condition, generate, seeds_for
     from ddpm.services.loading import load_checkpoint_model
 
     m = load_checkpoint_model(run)
     sampler = SamplerConfig(name="respaced", steps=steps, var_type="fixed_small")
+    cond = condition(m.num_classes, 0, n)  # a conditional model: balanced labels, as sample.py
     return torch.stack([model_to_uint8(generate(m.model_fn(), m.diffusion, seeds_for(set_seed + k, 0, n),
-                                                m.image_shape, sampler)) for k in range(sets)])
+                                                m.image_shape, sampler, **cond)) for k in range(sets)])
 
 
 def compare(new: torch.Tensor, old: torch.Tensor, group: int) -> dict:

@@ -87,13 +87,11 @@ def score_equal_n(module, sampler, sets: int, set_seed: int, set_size: int = 181
     (:func:`ddpm.services.metrics.digits_score.against_real`). A class-conditional model samples balanced labels
     (``sample.py``'s default) with the guidance weight ``guidance``."""
     from ddpm.core.data import model_to_uint8 as to_uint8
-    from ddpm.services.generate import class_labels, generate, seeds_for
+    from ddpm.services.generate import condition, generate, seeds_for
     from ddpm.services.metrics.digits_score import against_real
 
     t0 = time.time()
-    k_classes = getattr(module.ema, "num_classes", None)
-    cond = {} if k_classes is None else {"labels": class_labels(None, 0, 0, set_size, k_classes),
-                                         "guidance_scale": guidance, "num_classes": k_classes}
+    cond = condition(module.num_classes, 0, set_size, guidance_scale=guidance)
     draws = [to_uint8(generate(module.model_fn(use_ema=True), module.diffusion, seeds_for(set_seed + k, 0, set_size),
                                module.image_shape, sampler, **cond)).cpu() for k in range(sets)]
     sample_seconds = (time.time() - t0) / sets
@@ -117,7 +115,7 @@ def tune(name: str, overrides: list[str], eval_steps: list[int], decays: list[fl
     from ddpm.commands.training import train
     from ddpm.core.config import SamplerConfig, compose
     from ddpm.core.data import model_to_uint8 as to_uint8
-    from ddpm.services.generate import generate, seeds_for
+    from ddpm.services.generate import condition, generate, seeds_for
     from ddpm.services.metrics.digits_score import digits_scores
 
     rows = []
@@ -160,7 +158,8 @@ def tune(name: str, overrides: list[str], eval_steps: list[int], decays: list[fl
                         emit(head | score_equal_n(module, sampler, equal_n, set_seed, set_size, w))
                     continue
                 t0 = time.time()
-                images = generate(module.model_fn(use_ema=True), module.diffusion, seeds, module.image_shape, sampler)
+                images = generate(module.model_fn(use_ema=True), module.diffusion, seeds, module.image_shape, sampler,
+                                  **condition(module.num_classes, 0, len(seeds)))
                 sample_seconds = (time.time() - t0) / sample_sets
                 both = [digits_scores(to_uint8(chunk).cpu()) for chunk in images.split(n)]
                 qs = [q["digits"] for q in both]  # extractor A (ddpm-digits); B (ddpm-digits-b) in fid_b

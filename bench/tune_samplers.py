@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from ddpm.core.config import SamplerConfig, compose  # noqa: E402
 from ddpm.core.data import model_to_uint8  # noqa: E402
-from ddpm.services.generate import generate, seeds_for  # noqa: E402
+from ddpm.services.generate import condition, generate, seeds_for  # noqa: E402
 from ddpm.services.loading import load_model, model_datamodule  # noqa: E402
 from ddpm.services.metrics.pooled import featurise, pooled_scores  # noqa: E402
 from ddpm.services.metrics.samples import all_extractors, load_extractor, reference_for  # noqa: E402
@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
             parts = []
             for i in range(0, args.n, args.batch_size):
                 j = min(i + args.batch_size, args.n)
-                x = generate(loaded.model_fn(), diffusion, seeds_for(s, i, j), loaded.image_shape, sampler)
+                x = generate(loaded.model_fn(), diffusion, seeds_for(s, i, j), loaded.image_shape, sampler,
+                             **condition(loaded.num_classes, i, j))  # a conditional model: balanced labels
                 parts.append(model_to_uint8(x.float()).cpu().numpy())
             images.append(np.concatenate(parts))
         seconds = (time.time() - start) / (args.n * len(args.seed_sets))

@@ -199,6 +199,82 @@ def _module(cond_drop_prob: float):
                            nan_policy="stop", nan_max_consecutive=1)
 
 
+def test_class_scores_of_few_images_per_class_are_exact_and_quiet():
+    """A class with fewer images than the 64 feature dimensions (a short conditional run's 16 final samples) has a
+    singular covariance: its FID is the exact low-rank closed form, without scipy's "Matrix is singular" warning on
+    the console."""
+    import warnings
+
+    from ddpm.services.metrics.classmix import weighted_stats
+    from ddpm.services.metrics.conditional import class_scores
+    from ddpm.services.metrics.digits_classifier import DigitsExtractor
+    from ddpm.services.metrics.digits_score import digits_split
+    from ddpm.services.metrics.features import extract_all
+
+    x, y = digits_split("test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails
+        out = class_scores(x[:16], y[:16].numpy())
+    feats = np.asarray(extract_all(x[:16], DigitsExtractor(), device="cpu")[0], np.float64)
+    ref_x, ref_y = digits_split("train")
+    ref = np.asarray(extract_all(ref_x, DigitsExtractor(), device="cpu")[0], np.float64)
+    c = int(np.bincount(y[:16].numpy()).argmax())  # a class with several (< 64) images
+    mine, theirs = feats[y[:16].numpy() == c], ref[ref_y.numpy() == c]
+    # the d x d eigen-route (no sqrtm): tr sqrt(sigma1 sigma2) = sum sqrt(eig(sigma1 sigma2))
+    (m1, s1), (m2, s2) = weighted_stats(mine, np.ones(len(mine))), weighted_stats(theirs, np.ones(len(theirs)))
+    tr = np.sqrt(np.clip(np.linalg.eigvals(s1 @ s2).real, 0, None)).sum()
+    want = float((m1 - m2) @ (m1 - m2) + np.trace(s1) + np.trace(s2) - 2 * tr)
+    assert (y[:16] == c).sum() >= 3 and out[f"fid_class_{c}"] == pytest.approx(want, rel=1e-4)
+
+
+def test_condition_is_sample_pys_labels_and_nothing_for_an_unconditional_model():
+    """``condition``: what every caller of ``generate`` passes so that a conditional model is sampled as
+    ``sample.py`` samples it (balanced labels by default), not through its null token."""
+    from ddpm.services.generate import condition
+
+    assert condition(None, 0, 5) == {} and condition(0, 0, 5) == {}
+    c = condition(10, 8, 13)
+    assert c["labels"].tolist() == [8, 9, 0, 1, 2] and c["guidance_scale"] == 0.0 and c["num_classes"] == 10
+    r = condition(4, 0, 6, "random", seed=3, guidance_scale=0.5)
+    assert r["labels"].tolist() == class_labels("random", 3, 0, 6, 4).tolist() and r["guidance_scale"] == 0.5
+
+
+def _random_conditional_module():
+    """A conditional module whose output depends on the labels (a trained-for-seconds one's hardly does: the
+    output convolution starts at zero)."""
+    module = _module(0.1).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in module.ema.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) / max(1, p[0].numel()) ** 0.5)
+    return module
+
+
+def test_a_conditional_runs_sample_grids_are_balanced_label_samples(tmp_path):
+    """The periodic grids of a class-conditional run (the quickstart) show what sample.py would draw: image i of
+    class i mod K at w=0. Before, they were the null token's (unconditional) samples."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from ddpm.core.data import model_to_uint8
+    from ddpm.core.io import make_grid_uint8
+    from ddpm.services.callbacks.sample_grid import SampleGrid
+
+    module = _random_conditional_module()
+    s = sampler("ddim")
+    cb = SampleGrid(every_n_steps=1, num_images=10, seed=4, sampler=s, use_ema=True, upscale=1)
+    path = cb.write_grid(SimpleNamespace(default_root_dir=str(tmp_path), loggers=[], global_step=0), module, "g")
+    grid = torch.from_numpy(np.asarray(Image.open(path).convert("L")).copy())[..., None]  # [H, W, 1]
+    seeds = seeds_for(4, 0, 10)
+    with torch.no_grad():
+        want = generate(module.model_fn(use_ema=True), module.diffusion, seeds, (1, 8, 8), s,
+                        labels=torch.arange(10), num_classes=10)
+        null = generate(module.model_fn(use_ema=True), module.diffusion, seeds, (1, 8, 8), s)
+    assert torch.equal(grid, make_grid_uint8(model_to_uint8(want)))
+    assert not torch.equal(grid, make_grid_uint8(model_to_uint8(null)))  # not the null token's samples
+
+
 @pytest.mark.parametrize("p", [1.0, 0.0])
 def test_cond_drop_prob_one_makes_the_labels_irrelevant(p):
     module = _module(p)
@@ -326,6 +402,28 @@ def test_one_image_of_one_class_is_written_and_scored_without_a_balanced_fid(con
     assert "balanced FID" not in capsys.readouterr().out
     sample(sample_cfg(cond_ckpt, tmp_path / "four", "num_samples=4", "sampler=ddim", "sampler.steps=5"))
     assert "(n=4 < 64 features: not comparable)" in capsys.readouterr().out  # a figure, said for what it is
+
+
+@pytest.mark.slow  # two tiny checkpoints' bounds: over 2 s on 2 cores
+def test_the_nll_of_a_conditional_model_says_it_is_the_null_tokens(cond_ckpt, uncond_ckpt, tmp_path, capsys):
+    """The quickstart is class-conditional: ``python -m ddpm.nll`` gives no labels, so its bound is the null
+    token's (comparable with an unconditional model's -log p(x)), and nll.json and the console say so."""
+    from ddpm.commands.nll import NULL_TOKEN, evaluate_nll, nll_of_images
+    from ddpm.core.data import DigitsDataModule, uint8_to_model
+    from ddpm.services.loading import load_model
+
+    def cfg(ckpt, out):
+        return compose("nll", [f"ckpt_path={ckpt}", f"out_dir={out}", "progress=false", "trainer.accelerator=cpu",
+                               "max_images=3", "batch_size=3", "seed=1"])
+
+    cond = evaluate_nll(cfg(cond_ckpt, tmp_path / "c"))
+    assert cond["conditioning"] == NULL_TOKEN and NULL_TOKEN in capsys.readouterr().out
+    assert "conditioning" not in evaluate_nll(cfg(uncond_ckpt, tmp_path / "u"))
+    assert NULL_TOKEN not in capsys.readouterr().out
+    loaded = load_model(cond_ckpt)  # the bound is the no-label network's
+    x = torch.stack([uint8_to_model(im) for im in DigitsDataModule().splits()["test"][:3]])
+    null = nll_of_images(loaded.model_fn(), loaded.diffusion, x, [0, 1, 2], 1)["total_bpd"].mean()
+    assert cond["bpd"] == pytest.approx(float(null), rel=1e-9)
 
 
 @pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
@@ -477,6 +575,26 @@ def test_figure_classes_rows_are_classes_and_the_sweep_shares_noise(cond_ckpt, t
     path = make_figure(compose("figures", [f"ckpt_path={cond_ckpt}", "figure=classes", "figure.seeds=2",
                                            f"out={tmp_path / 'c.png'}", "device=cpu"]))
     assert path.is_file()
+
+
+def test_the_progressive_figure_of_a_conditional_model_is_sample_pys_balanced_draw(cond_ckpt, tmp_path, capsys):
+    """Its last frame is what ``generate`` draws with balanced labels (the quickstart is conditional), not the
+    null token's samples; the figures that give no label say so."""
+    from ddpm.commands.figures import figure_model_fn, make_figure, progressive_chain
+
+    module = _random_conditional_module()
+    fn, diff, shape = module.model_fn(use_ema=True), module.diffusion, (1, 8, 8)
+    s = SamplerConfig(name="ancestral")  # the full chain (T=10)
+    x, _ = progressive_chain(figure_model_fn(fn, 10, 12), diff, shape, num_images=12, frames=3, seed=2, sampler=s)
+    want = generate(fn, diff, seeds_for(2, 0, 12), shape, s, labels=torch.arange(12) % 10, num_classes=10)
+    null = generate(fn, diff, seeds_for(2, 0, 12), shape, s)
+    as_uint8 = ((want.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    assert torch.equal(x[:, -1], as_uint8)
+    assert not torch.equal(x[:, -1], ((null.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+    assert figure_model_fn(fn, None, 12) is fn
+    make_figure(compose("figures", [f"ckpt_path={cond_ckpt}", "figure=shared_xt", "figure.splits=[500]",
+                                    "figure.continuations=1", f"out={tmp_path / 's.png'}", "device=cpu"]))
+    assert "figure=shared_xt of a class-conditional model: no label (its null token)" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -335,7 +335,8 @@ def run_dir(tmp_path_factory):
 def test_export_command_writes_a_hub_folder(run_dir, tmp_path, capsys):
     out = tmp_path / "hub"
     assert main([str(run_dir), str(out)]) is None  # a console script exits with main's return value
-    assert "hf upload USER/REPO" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "hf upload USER/REPO" in printed and f"load: DDPMPipeline.from_pretrained({str(out)!r})" in printed
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert names == ["README.md", "model_index.json", "samples.png", "scheduler/scheduler_config.json",
                      "unet/config.json", "unet/diffusion_pytorch_model.safetensors"]
@@ -460,13 +461,22 @@ def test_conditional_unet_exports_with_class_embeddings_and_converts_back(learne
 
 @pytest.mark.parametrize("objective", ["simple", "hybrid"])
 @pytest.mark.slow  # over 2 s on 2 cores: the fast tier stays under 3 minutes
-def test_conditional_run_card_shows_a_guided_loop_that_runs(objective, tmp_path_factory, tmp_path):
+def test_conditional_run_card_shows_a_guided_loop_that_runs(objective, tmp_path_factory, tmp_path, capsys):
+    """The quickstart is class-conditional: its card and the console point at the guided loop, not at
+    DDPMPipeline, which a class-conditional UNet2DModel refuses (checked below, so the advice stays true)."""
     ckpt = tiny_checkpoint(tmp_path_factory, extra=("model.ch=32", "model.num_classes=10", f"objective={objective}"))
     out = tmp_path / "hub"
     main([str(ckpt.parent.parent), str(out)])
+    printed = capsys.readouterr().out
+    assert "DDPMPipeline cannot pass labels" in printed and "DDPMPipeline.from_pretrained" not in printed
+    assert str(out / "README.md") in printed and "class_labels 0..9, 10 = no class" in printed
     assert json.loads((out / "unet" / "config.json").read_text())["num_class_embeds"] == 11
     card = (out / "README.md").read_text()
     assert "guidance_scale` is `1 + w`" in card and "0=0, 1=1" in card
+    assert "## Usage" not in card and "pipe = DDPMPipeline" not in card  # no usage that fails
+    pipe = diffusers.DDPMPipeline.from_pretrained(out)
+    with pytest.raises(ValueError, match="class_labels"):
+        pipe(batch_size=1, num_inference_steps=2)
     code = card.split("## Class-conditional sampling")[1].split("```python\n")[1].split("```")[0]
     scope: dict = {}
     exec(code.replace("REPO_OR_FOLDER", str(out)), scope)  # the card's loop, as a user would paste it

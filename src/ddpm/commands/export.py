@@ -10,6 +10,7 @@ anything is written. ``python -m ddpm.convert OUT FILE.safetensors`` reads the f
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -67,9 +68,19 @@ def main(argv: list[str] | None = None) -> None:
         {"--raw": "export the raw trained weights instead of the EMA ones",
          "--overwrite": "replace an existing OUT folder"}, argv)
     out = export_run(args.run, args.out, raw=args.raw, overwrite=args.overwrite)
-    print(f"wrote {out} ({'raw' if args.raw else 'EMA'} weights)\n"
-          f"load: DDPMPipeline.from_pretrained({str(out)!r})\n"
+    print(f"wrote {out} ({'raw' if args.raw else 'EMA'} weights)\n" + load_hint(out) +
           f"publish: hf upload USER/REPO {out}   (huggingface_hub < 1.0: huggingface-cli upload USER/REPO {out})")
+
+
+def load_hint(out: Path) -> str:
+    """How to load the folder: ``DDPMPipeline`` for an unconditional UNet; a class-conditional one needs
+    ``class_labels``, which ``DDPMPipeline`` cannot pass, so its card's loop."""
+    config = json.loads((Path(out) / "unet" / "config.json").read_text())
+    if config.get("num_class_embeds") is None:
+        return f"load: DDPMPipeline.from_pretrained({str(out)!r})\n"
+    return (f"load: a class-conditional UNet (class_labels 0..{config['num_class_embeds'] - 2}, "
+            f"{config['num_class_embeds'] - 1} = no class): DDPMPipeline cannot pass labels; the sampling loop is in "
+            f"{Path(out) / 'README.md'}\n")
 
 
 if __name__ == "__main__":

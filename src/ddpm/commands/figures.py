@@ -40,7 +40,8 @@ from ddpm.core.data import model_to_uint8 as to_uint8
 from ddpm.core.diffusion import SAMPLERS, SeededNoise, final_sample
 from ddpm.core.io import make_grid_uint8, save_png
 from ddpm.core.rundir import tool_dir
-from ddpm.services.generate import generate, seeds_for
+from ddpm.core.diffusion.guidance import with_labels
+from ddpm.services.generate import class_labels, generate, seeds_for
 from ddpm.services.loading import load_model, model_datamodule
 from ddpm.services.runtime import device_of
 
@@ -240,6 +241,15 @@ def default_out(provenance: dict, figure: str) -> Path:
     return tool_dir(provenance, "figures") / f"{figure}.png"
 
 
+def figure_model_fn(model_fn, num_classes: int | None, num_images: int, device="cpu"):
+    """The progressive figure's model function: a class-conditional model's (the quickstart's) with image i of
+    class i mod K, as ``sample.py`` draws it; an unconditional one's unchanged. (The interpolation and shared-x_t
+    figures start from real images or one x_t, so they give no label: the null token.)"""
+    if not num_classes:
+        return model_fn
+    return with_labels(model_fn, class_labels(None, 0, 0, num_images, num_classes).to(device))
+
+
 def make_figure(cfg: DictConfig) -> Path:
     """The figure ``cfg.figure`` (conf/figures.yaml) as a labelled PNG; returns its path."""
     fig = cfg.figure
@@ -258,8 +268,11 @@ def make_figure(cfg: DictConfig) -> Path:
     sampler.check(diff)
     common = {"seed": int(cfg.seed), "device": device, "sampler": sampler}
     out = Path(cfg.out) if cfg.out else default_out(loaded.provenance, fig.name)
+    if loaded.num_classes and fig.name in ("interpolation", "shared_xt"):
+        print(f"[ddpm] figure={fig.name} of a class-conditional model: no label (its null token)")
     if fig.name == "progressive":
-        x, ts = progressive_chain(fn, diff, shape, num_images=fig.num_images, frames=fig.frames, **common)
+        x, ts = progressive_chain(figure_model_fn(fn, loaded.num_classes, fig.num_images, device), diff, shape,
+                                  num_images=fig.num_images, frames=fig.frames, **common)
         labels = progressive_labels(ts, progressive_marks(len(ts), fig.frames), diff.num_timesteps)
         path = grid_png(x.flatten(0, 1), out, x.shape[1], cfg.upscale, col_labels=labels)
     elif fig.name == "interpolation":

@@ -38,7 +38,7 @@ from ddpm.core.data import model_to_uint8
 from ddpm.core.diffusion import SAMPLERS
 from ddpm.core.io import atomic_savez, atomic_write, check_writable, write_json
 from ddpm.core.rundir import tool_dir
-from ddpm.services.generate import check_labels, class_labels, generate, seeds_for
+from ddpm.services.generate import check_labels, condition, generate, seeds_for
 from ddpm.services.loading import LoadedModel, load_model, model_datamodule
 from ddpm.services.metrics.pooled import (
     EXTRACTOR_DEPENDENT,
@@ -116,9 +116,7 @@ def _labels_spec(cfg: DictConfig):
 
 def _cond(cfg: DictConfig, loaded: LoadedModel, set_seed: int, start: int, stop: int) -> dict:
     """A conditional model's labels and guidance for images ``start .. stop-1`` (nothing for an unconditional one)."""
-    k = loaded.num_classes
-    return {} if not k else {"labels": class_labels(_labels_spec(cfg), set_seed, start, stop, k),
-                             "guidance_scale": float(cfg.guidance_scale), "num_classes": k}
+    return condition(loaded.num_classes, start, stop, _labels_spec(cfg), set_seed, cfg.guidance_scale)
 
 
 def sample_set(cfg: DictConfig, loaded: LoadedModel, sampler: SamplerConfig, set_seed: int, device,

@@ -46,6 +46,10 @@ from ddpm.services.runtime import Progress, launch, provenance
 
 __all__ = ["evaluate_nll", "main", "nll_of_images", "summarise"]
 
+# a class-conditional model's bound: its network with the "no class" token, a bound on -log p(x) as an
+# unconditional model's (the training's val/bpd gives the labels: -log p(x | y), lower)
+NULL_TOKEN = "class-conditional model, no class given: the null token's bound on -log p(x)"
+
 
 @torch.no_grad()
 def nll_of_images(model_fn, diffusion, x_start: torch.Tensor, indices, seed: int, t_batch: int = 1) -> dict:
@@ -186,6 +190,7 @@ def evaluate_nll(cfg: DictConfig) -> dict:
         **provenance(),
         note="an upper bound on the NLL (report as <= bpd); one Monte-Carlo x_t per term per image",
         **loaded.provenance,
+        **({"conditioning": NULL_TOKEN} if loaded.num_classes else {}),
     )
     atomic_savez(
         out_dir / "nll_terms.npz",
@@ -203,7 +208,8 @@ def evaluate_nll(cfg: DictConfig) -> dict:
             w.writerow([_fmt(table[c][t]) for c in cols])
     _plot(table, out_dir / "nll_bits_per_timestep.png", f"{dm.name} {split}: {summary['bpd']:.4f} bits/dim")
     write_json(out_dir / "nll.json", summary)
-    print(f"[ddpm] NLL ({dm.name} {split}, {summary['num_images']} images): <= {summary['bpd']:.4f} bits/dim")
+    print(f"[ddpm] NLL ({dm.name} {split}, {summary['num_images']} images): <= {summary['bpd']:.4f} bits/dim"
+          + (f" ({NULL_TOKEN})" if loaded.num_classes else ""))
     return summary
 
 

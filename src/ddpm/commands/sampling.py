@@ -39,7 +39,7 @@ from omegaconf import DictConfig
 from ddpm.core.config import SamplerConfig, validate_config
 from ddpm.core.data import model_to_uint8
 from ddpm.core.io import atomic_savez, check_writable, make_grid_uint8, save_png, write_json
-from ddpm.services.generate import check_labels, class_labels, generate, seeds_for
+from ddpm.services.generate import check_labels, class_labels, condition, generate, seeds_for
 from ddpm.services.loading import LoadedModel, load_model, model_datamodule
 from ddpm.services.runtime import Progress, compile_for_sampling, launch, provenance
 
@@ -175,9 +175,7 @@ def sample(cfg: DictConfig) -> dict:
             parts = []
             for i in range(a, b, bs):
                 j = min(i + bs, b)
-                cond = {} if not num_classes else {
-                    "labels": class_labels(labels_spec(cfg), seed, i, j, num_classes),
-                    "guidance_scale": float(cfg.guidance_scale), "num_classes": num_classes}
+                cond = condition(num_classes, i, j, labels_spec(cfg), seed, cfg.guidance_scale)
                 with fabric.autocast():
                     x = generate(model_fn, loaded.diffusion, seeds_for(seed, i, j), loaded.image_shape, sampler,
                                  device=fabric.device, **cond)

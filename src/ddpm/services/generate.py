@@ -18,7 +18,8 @@ from ddpm.core.diffusion import GaussianDiffusion, ModelFn, SeededNoise
 from ddpm.core.diffusion.guidance import guided
 from ddpm.core.seeds import derive_seed, image_seeds
 
-__all__ = ["check_labels", "class_labels", "diffusion_for_sampler", "generate", "sampler_model_fn", "seeds_for"]
+__all__ = ["check_labels", "class_labels", "condition", "diffusion_for_sampler", "generate", "sampler_model_fn",
+           "seeds_for"]
 
 
 def skips_steps(diffusion: GaussianDiffusion, sampler: SamplerConfig) -> bool:
@@ -149,6 +150,18 @@ def class_labels(spec, seed: int, start: int, stop: int, num_classes: int) -> Te
         spec = [int(c) for c in spec]
         out = [spec[i % len(spec)] for i in idx]
     return torch.tensor(out, dtype=torch.long)
+
+
+def condition(num_classes: int | None, start: int, stop: int, spec=None, seed: int = 0,
+              guidance_scale: float = 0.0) -> dict:
+    """:func:`generate`'s keyword arguments for images ``start .. stop-1``: none for an unconditional model; for a
+    class-conditional one (``num_classes`` K) their labels (:func:`class_labels` of ``spec``, ``None``: balanced,
+    as ``sample.py``'s default) and the guidance weight. Without them a conditional network samples its null token
+    (the unconditional half of classifier-free guidance), not the model ``sample.py`` samples."""
+    if not num_classes:
+        return {}
+    return {"labels": class_labels(spec, seed, start, stop, int(num_classes)), "guidance_scale": float(guidance_scale),
+            "num_classes": int(num_classes)}
 
 
 def check_labels(spec, guidance_scale: float, num_classes: int | None) -> None:

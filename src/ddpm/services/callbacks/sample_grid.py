@@ -10,7 +10,7 @@ import torch
 from ddpm.core.config import SamplerConfig
 from ddpm.core.data import model_to_uint8
 from ddpm.core.io import make_grid_uint8, save_png
-from ddpm.services.generate import generate, seeds_for
+from ddpm.services.generate import condition, generate, seeds_for
 
 
 class SampleGrid(L.Callback):
@@ -59,6 +59,7 @@ class SampleGrid(L.Callback):
             pl_module.image_shape,
             self.sampler,
             device=pl_module.device,
+            **condition(getattr(pl_module, "num_classes", None), 0, self.num_images),  # balanced labels, w=0
         )
         grid = make_grid_uint8(model_to_uint8(images).cpu(), upscale=self.upscale)
         path = Path(trainer.default_root_dir) / self.dirname / f"{name}.png"

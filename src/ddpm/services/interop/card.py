@@ -97,17 +97,20 @@ def model_card(
     else:
         lines.append("The run directory holds no sample grid.")
     steps_arg = "" if T == 1000 else f"num_inference_steps={T}"
-    lines += [
-        "", "## Usage", "", "```python", "from diffusers import DDPMPipeline", "",
-        'pipe = DDPMPipeline.from_pretrained("REPO_OR_FOLDER")',
-        f"images = pipe(batch_size=16{', ' + steps_arg if steps_arg else ''}).images  # PIL images", "```", "",
-        "Fewer steps with DDIM as the official code runs it (eps re-derived from the clipped x_0): "
-        "`DDIMPipeline(pipe.unet, DDIMScheduler.from_config(pipe.scheduler.config))(num_inference_steps=50, "
-        "eta=0.0, use_clipped_model_output=True)`." if diffusion.var_type != VarType.LEARNED_RANGE else
-        "DDIMScheduler does not split the learned-variance channels; sample with the DDPMScheduler above.", "",
-        *(guided_usage(image_shape, T, num_classes, class_names, diffusion.var_type.is_learned) if num_classes else []),
-        "## Reproduce", "",
-    ]
+    lines.append("")
+    if num_classes:  # DDPMPipeline calls the UNet without class_labels, which a conditional UNet2DModel refuses
+        lines += guided_usage(image_shape, T, num_classes, class_names, diffusion.var_type.is_learned)
+    else:
+        lines += [
+            "## Usage", "", "```python", "from diffusers import DDPMPipeline", "",
+            'pipe = DDPMPipeline.from_pretrained("REPO_OR_FOLDER")',
+            f"images = pipe(batch_size=16{', ' + steps_arg if steps_arg else ''}).images  # PIL images", "```", "",
+            "Fewer steps with DDIM as the official code runs it (eps re-derived from the clipped x_0): "
+            "`DDIMPipeline(pipe.unet, DDIMScheduler.from_config(pipe.scheduler.config))(num_inference_steps=50, "
+            "eta=0.0, use_clipped_model_output=True)`." if diffusion.var_type != VarType.LEARNED_RANGE else
+            "DDIMScheduler does not split the learned-variance channels; sample with the DDPMScheduler above.", "",
+        ]
+    lines += ["## Reproduce", ""]
     if reproduce:
         lines += ["```bash", reproduce, "```"]
     else:
@@ -129,7 +132,8 @@ def guided_usage(image_shape: tuple[int, int, int], T: int, num_classes: int, cl
         f"This model is class-conditional: the UNet takes `class_labels` in 0..{num_classes - 1} ({names}), and "
         f"{num_classes} is the \"no class\" token it was also trained with (label dropout), for classifier-free "
         "guidance (Ho & Salimans 2022): `eps = (1 + w) * eps(x, t, c) - w * eps(x, t, null)`. `w = 0` is plain "
-        "conditional sampling; diffusers' (and Stable Diffusion's) `guidance_scale` is `1 + w`.", "",
+        "conditional sampling; diffusers' (and Stable Diffusion's) `guidance_scale` is `1 + w`. `DDPMPipeline` "
+        "calls the UNet without labels, which a class-conditional `UNet2DModel` refuses: sample with this loop.", "",
         "```python", "import torch", "from diffusers import DDPMScheduler, UNet2DModel", "",
         'unet = UNet2DModel.from_pretrained("REPO_OR_FOLDER", subfolder="unet").eval()',
         'scheduler = DDPMScheduler.from_pretrained("REPO_OR_FOLDER", subfolder="scheduler")',

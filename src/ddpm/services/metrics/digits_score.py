@@ -26,7 +26,7 @@ from ddpm.core.data.digits import digits_split
 from ddpm.services.metrics.classmix import kid_and_class_mix
 from ddpm.services.metrics.digits_classifier import DIGITS_EXTRACTOR_NAME, DigitsExtractor, DigitsExtractorB
 from ddpm.services.metrics.features import extract_all, to_nchw_uint8
-from ddpm.services.metrics.fid import frechet_distance
+from ddpm.services.metrics.fid import frechet_distance, low_rank_factor
 from ddpm.services.metrics.kid import fid_infinity
 from ddpm.services.metrics.refstats import RefStats, build_ref_stats, stats_from_features
 
@@ -93,7 +93,7 @@ def digits_fid(feats, ref: RefStats) -> float:
     """The FID of digits features ``[N, D]`` (from :func:`extract_all` under the extractor of ``ref``) against
     ``ref``: :func:`digits_quality`'s ``fid`` alone, for scoring many subsets of images extracted once."""
     mu, sigma = stats_from_features(feats)
-    return float(frechet_distance(mu, sigma, ref.mu, ref.sigma))
+    return float(frechet_distance(mu, sigma, ref.mu, ref.sigma, factor1=low_rank_factor(feats)))  # n < D: exact
 
 
 def digits_scores(samples) -> dict[str, dict]:
