@@ -4,9 +4,10 @@
     python bench/bench_quickstart.py --example-arch       # + diffusers' example UNet as well (slow to sample)
     python bench/bench_quickstart.py --quick              # seconds: a smoke test
 
-1. **ours**: ``python train.py`` with its default config (the quickstart: a fixed optimizer-step budget), in a
-   temporary run directory. Its training wall time (``fit_seconds`` in metrics.json) on this machine is the
-   budget of every other arm.
+1. **ours**: ``python train.py model.num_classes=null``, the quickstart's recipe (a fixed optimizer-step budget)
+   without its class labels, as every other arm is unconditional (``--conditional``: ``python train.py`` itself,
+   class-conditional, sampled with balanced labels), in a temporary run directory. Its training wall time
+   (``fit_seconds`` in metrics.json) on this machine is the budget of every other arm.
 2. **diffusers recipe, small UNet**: the hyperparameters of diffusers' ``examples/unconditional_image_generation/
    train_unconditional.py`` defaults (batch 16; AdamW lr 1e-4, betas (0.95, 0.999), weight decay 1e-6, eps 1e-8;
    cosine schedule with 500 warmup steps over its 100 epochs; ``EMAModel`` with inv_gamma 1, power 3/4, max decay
@@ -63,10 +64,14 @@ EXAMPLE_UNET = dict(
 )
 
 
-def run_ours(quick: bool) -> tuple[dict, float]:
-    """The quickstart as a user runs it; returns (metrics.json + its parameter count and batch, training seconds)."""
+UNCONDITIONAL = ["model.num_classes=null"]  # the quickstart's recipe without its labels, as the other arms
+
+
+def run_ours(quick: bool, overrides: list[str]) -> tuple[dict, float]:
+    """The quickstart as a user runs it (plus ``overrides``); returns (metrics.json + its parameter count and batch,
+    training seconds)."""
     with tempfile.TemporaryDirectory(prefix="ddpm-qs-") as tmp:
-        cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp}"]
+        cmd = [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={tmp}"]
         if quick:
             cmd += ["trainer.max_steps=20", "final_samples=16", "sampler.steps=10"]
         t0 = time.time()
@@ -224,16 +229,19 @@ def main() -> None:
     p.add_argument("--example-arch", action="store_true", help="also diffusers' example UNet (slow to sample)")
     p.add_argument("--skip-lucidrains", action="store_true", help="leave out the denoising-diffusion-pytorch arms")
     p.add_argument("--n", type=int, default=256, help="samples per arm (ours: the quickstart's final_samples)")
+    p.add_argument("--conditional", action="store_true",
+                   help="our arm is python train.py as it is (class-conditional), not model.num_classes=null")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     n = 16 if args.quick else args.n
+    overrides = [] if args.conditional else UNCONDITIONAL
 
     from bench_cpu import SMALL_DIFFUSERS, emit
 
     from ddpm.services.metrics.digits_classifier import DigitsExtractorB
     from ddpm.services.metrics.digits_score import digits_reference_scores
 
-    ours, budget = run_ours(args.quick)
+    ours, budget = run_ours(args.quick, overrides)
     print(f"[bench] ours: {ours.get('global_step')} steps in {budget:.0f} s, FID {ours.get('digits/fid')}",
           file=sys.stderr, flush=True)
     arms = {"diffusers recipe, quickstart UNet": dict(SMALL_DIFFUSERS, dropout=0.0)}
@@ -271,7 +279,8 @@ def main() -> None:
         f"| arm | params | steps (batch) | sampler | FID A (n={n}) | FID B | KID A | KID B | class KL A / B "
         "| confidence A | class entropy A (bits) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
-        f"| ours: `python train.py` | {ours['params']:,} | {ours.get('global_step')} ({ours['batch']}) "
+        f"| ours: `{' '.join(['python train.py', *overrides])}` | {ours['params']:,} "
+        f"| {ours.get('global_step')} ({ours['batch']}) "
         f"| {ours['sampler_label']} | " + _cells({k[len("digits/"):]: v for k, v in ours.items()
                                                    if k.startswith("digits/")},
                                                   {k[len("digits_b/"):]: v for k, v in ours.items()

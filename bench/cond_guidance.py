@@ -2,10 +2,10 @@
 
     flock /tmp/ddpm-cpu.lock python bench/cond_guidance.py --out bench/results/cond_guidance_DATE.md
 
-1. trains the unconditional quickstart (``python train.py``) and the conditional one
-   (``python train.py model.num_classes=10``), same recipe and step budget, one after the other, and times both
-   (``fit_seconds`` of their metrics.json and the process wall time);
-   ``--uncond RUN --cond RUN`` reuses finished runs instead;
+1. trains the unconditional quickstart (``python train.py model.num_classes=null``) and the conditional one (``python
+   train.py model.num_classes=10``, the quickstart's default since 2026-12-07), same recipe and step budget, one
+   after the other, and times both (``fit_seconds`` of their metrics.json and the process wall time); ``--uncond RUN
+   --cond RUN`` reuses finished runs instead;
 2. samples ``--sets`` seed sets of ``--n`` images (seed k = set k, balanced labels: image i is class i mod 10) at
    each guidance weight w of ``--w`` with the quickstart's own final sampler (200 respaced ancestral steps,
    posterior variance), and the unconditional model on the same seeds;
@@ -35,6 +35,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+
+# the two arms' train.py overrides, both explicit (the quickstart's own default is the conditional one)
+ARMS = {"uncond": ["model.num_classes=null"], "cond": ["model.num_classes=10"]}
 
 
 def train(run: Path, extra: list[str]) -> dict:
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     from ddpm.services.metrics.pooled import featurise, paired_bootstrap, verdict, verdict_interval
 
     runs = {}
-    for name, given, extra in (("uncond", args.uncond, []), ("cond", args.cond, ["model.num_classes=10"])):
+    for name, given, extra in (("uncond", args.uncond, ARMS["uncond"]), ("cond", args.cond, ARMS["cond"])):
         run = given or args.work / name
         runs[name] = {"run": run, "metrics": json.loads((run / "metrics.json").read_text()) if given
                       else train(run, extra)}
@@ -143,7 +147,7 @@ def report(args, runs, rows) -> str:
         "| run | command | fit_seconds | process seconds | digits/fid (final) | digits_b/fid (final) |",
         "|---|---|---|---|---|---|",
     ]
-    for name, cmd in (("uncond", "python train.py"), ("cond", "python train.py model.num_classes=10")):
+    for name, cmd in ((name, " ".join(["python train.py", *extra])) for name, extra in ARMS.items()):
         lines.append(f"| {name} | `{cmd}` | {m[name].get('fit_seconds')} | {m[name].get('process_seconds', '-')} | "
                      f"{m[name].get('digits/fid')} | {m[name].get('digits_b/fid', '-')} |")
     lines += ["", f"{args.sets} seed sets of {args.n} (seed k = set k; the unconditional model on the same seeds), "

@@ -134,9 +134,11 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 600, fresh: bool = False,
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
-# A network of a few thousand parameters and T=10: every objective trains for a few steps in ~1 s.
+# A network of a few thousand parameters and T=10: every objective trains for a few steps in ~1 s. Unconditional,
+# as every recipe but the quickstart's (a test of a conditional model adds model.num_classes=K after it).
 TINY_MODEL = [
     "model=unet_small",
+    "model.num_classes=null",
     "model.ch=8",
     "model.ch_mult=[1,2]",
     "model.num_res_blocks=1",

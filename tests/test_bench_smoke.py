@@ -144,7 +144,7 @@ def test_bench_quickstart_quick_prints_our_arm_the_diffusers_arm_and_references(
     run_cli([str(ROOT / "bench" / "bench_quickstart.py"), "--quick", "--skip-lucidrains", "--out", str(out)],
             cwd=tmp_path, OMP_NUM_THREADS="1")  # fmt: skip
     text = out.read_text()
-    for row in ("| ours: `python train.py` | 701,345 | 20 (256)", "| diffusers recipe, quickstart UNet | 701,345 |",
+    for row in ("| ours: `python train.py model.num_classes=null` | 701,345 | 20 (256)", "| diffusers recipe, quickstart UNet | 701,345 |",
                 "| real held-out digits (n=16)", "| uniform noise (n=16)"):
         assert row in text, row
     assert "lucidrains" not in text.split("Command:")[1].split("\n", 1)[1]  # no arm, no line about one

@@ -74,26 +74,32 @@ def test_256_configs_have_paper_values(data, steps, flip):
 
 
 def test_the_quickstart_departs_from_the_paper_only_where_its_recipe_says():
-    """The quickstart (recipe/digits.yaml) adds the cosine schedule and the cosine lr decay to the shared digits
-    recipe; the command line takes them back, and the digits sweeps of Table 2 keep the paper's linear schedule
-    and constant lr (bench/results/quickstart_tuning_2026-12-07.md measured the choice)."""
+    """The quickstart (recipe/digits.yaml) adds the cosine schedule, the cosine lr decay and class conditioning on
+    the digit labels to the shared digits recipe; the command line takes each back, and the digits sweeps of
+    Table 2 keep the paper's linear schedule, constant lr and unconditional network
+    (bench/results/quickstart_tuning_2026-12-07.md and quickstart_conditional_2026-12-07.md measured the choices)."""
     quick = compose("train", ["paths.output_dir=/tmp/unused"])
     assert (quick.diffusion.schedule, quick.diffusion.num_timesteps, quick.optim.lr_decay) == ("cosine", 1000, "cosine")
     assert (quick.objective.mean_type, quick.objective.loss_type) == ("eps", "mse")  # L_simple
-    before = compose("train", ["paths.output_dir=/tmp/unused", "diffusion=linear", "optim.lr_decay=none"])
-    assert (before.diffusion.schedule, before.optim.lr_decay) == ("linear", "none")
-    def rest(cfg):  # all but the two choices (and hydra's record of the command line)
+    assert quick.model.num_classes == 10 and quick.objective.cond_drop_prob == 0.1  # conditional, label dropout
+    before = compose("train", ["paths.output_dir=/tmp/unused", "diffusion=linear", "optim.lr_decay=none",
+                               "model.num_classes=null"])
+    assert (before.diffusion.schedule, before.optim.lr_decay, before.model.num_classes) == ("linear", "none", None)
+    def rest(cfg):  # all but the three choices (and hydra's record of the command line)
         out = {k: v for k, v in cfg.items() if k not in ("diffusion", "hydra")}
-        return out | {"optim": {k: v for k, v in cfg.optim.items() if k != "lr_decay"}}
+        return out | {"optim": {k: v for k, v in cfg.optim.items() if k != "lr_decay"},
+                      "model": {k: v for k, v in cfg.model.items() if k != "num_classes"}}
 
     assert rest(before) == rest(quick)
     for sweep, extra in (("table2_digits", ["objective=simple"]), ("objectives_digits", ["+row=v_mse"]),
                          ("table2", ["objective=mu_mse"]), ("table2", ["data=cifar10"])):
         cfg = compose("train", ["paths.output_dir=/tmp/unused", f"sweep={sweep}", "hydra.mode=RUN", *extra])
-        assert (cfg.diffusion.schedule, cfg.optim.lr_decay) == ("linear", "none"), sweep
+        assert (cfg.diffusion.schedule, cfg.optim.lr_decay, cfg.model.num_classes) == ("linear", "none", None), sweep
     row = compose("train", ["paths.output_dir=/tmp/unused", "sweep=objectives_digits", "+row=simple_cosine",
                             "hydra.mode=RUN"])
     assert (row.diffusion.schedule, row.optim.lr_decay) == ("cosine", "none")  # the row's own schedule wins
+    for other in ("data=cifar10", "data=image_folder data.root=/tmp"):  # the other recipes stay unconditional
+        assert compose("train", ["paths.output_dir=/tmp/unused", *other.split()]).model.num_classes is None, other
 
 
 def test_command_line_beats_the_dataset_recipe():
