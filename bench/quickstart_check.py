@@ -7,7 +7,7 @@
    ``checkpoints/last.ckpt``, ``samples.png`` and ``metrics.json`` after exactly the recipe's ``trainer.max_steps``
    optimizer steps (a step budget, no time cap: the same model on every machine).
 2. Its final samples against the recipe's targets (issues 14 and 33; the conditional recipe since 2026-12-07 scores
-   2.24, 3.318 and 0.967): digits FID <= 4 on its 256 samples (real held-out digits: 2.80 at n=181, noise: ~190),
+   2.03, 3.321 and 0.971): digits FID <= 4 on its 256 samples (real held-out digits: 2.80 at n=181, noise: ~190),
    class entropy >= 3.28 bits (at most log2(10) = 3.32), classifier confidence >= 0.95 (real held-out digits:
    0.964; the unconditional recipe's 0.946 fails it; noise: 0.70).
 3. ``python -m ddpm.nll`` on 32 held-out digits: all 1000 terms, the prior and the decoder; finite and below 6

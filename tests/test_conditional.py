@@ -324,6 +324,33 @@ def test_every_objective_trains_conditionally_with_ema(tmp_path, tiny, objective
         assert grid.size == (1 * 66 + 2, 10 * 66 + 2)
 
 
+@pytest.mark.slow  # a tiny run, then sample.py: over 2 s on 2 cores
+def test_final_samples_are_sample_pys_balanced_draw_and_the_grid_rows_are_classes(tmp_path, tiny):
+    """The training's final samples of a conditional model (the quickstart's metrics.json figures) are what
+    ``sample.py`` draws with the run's seed and sampler: image i of class i mod K. Before, classes came in blocks
+    (image i: class i // per_class mod K), so 256 samples held 31 zeros and 25 of each other class."""
+    from PIL import Image
+
+    from ddpm.commands.sampling import sample
+    from ddpm.commands.training import train
+    from ddpm.core.io import make_grid_uint8
+
+    cfg = tiny("model.num_classes=10", "final_samples=23", "model.ch=64", "model.ch_mult=[1]",
+               "model.attn_resolutions=[]")
+    train(cfg)
+    run = tmp_path / "run"
+    sample(sample_cfg(run / "checkpoints" / "last.ckpt", tmp_path / "s", "num_samples=23", f"seed={cfg.seed}",
+                      "sampler=respaced", f"sampler.steps={cfg.sampler.steps}", "sampler.var_type=fixed_small"))
+    z = _npz(tmp_path / "s" / "samples.npz")
+    assert z["arr_1"].tolist() == [i % 10 for i in range(23)]
+    images = torch.from_numpy(z["arr_0"][..., :1]).permute(0, 3, 1, 2)
+    rows = torch.tensor([c + 10 * j for c in range(10) for j in range(2)])  # 2 per class: images c and c + 10
+    want = make_grid_uint8(images[rows], nrow=2, upscale=8)
+    with Image.open(run / "samples.png") as im:
+        grid = torch.from_numpy(np.asarray(im.convert("L")).copy())[..., None]
+    assert torch.equal(grid, want)
+
+
 @pytest.mark.slow  # a 2-process gloo run
 def test_ddp_keeps_each_label_with_its_image_and_the_ranks_in_step(tmp_path):
     """2 gloo processes, a conditional model: on every rank and step each image arrives with its own sklearn

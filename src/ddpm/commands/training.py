@@ -27,7 +27,7 @@ from ddpm.core.rundir import METRICS, SAMPLES, checkpoints_dir, last_checkpoint,
 from ddpm.services.builders import build_callbacks, build_loggers, build_trainer, finishing, log_hyperparams
 from ddpm.services.callbacks import SaveLastAtEnd
 from ddpm.services.callbacks.sample_grid import log_image
-from ddpm.services.generate import generate, seeds_for
+from ddpm.services.generate import condition, generate, seeds_for
 from ddpm.services.resume import how_to_resume, plan_resume
 from ddpm.services.runtime import Progress, dead_ranks, peer_lost
 
@@ -174,9 +174,10 @@ def final_samples(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, 
         return {}
     sampler = SamplerConfig.from_node(cfg.sampler)
     k = module.num_classes
-    # a conditional model: rows of the grid are the classes (image i: class i // per_class), no guidance
+    # a conditional model: image i of class i mod K at w=0, what sample.py draws for seed=cfg.seed (its balanced
+    # labels); the grid's rows are the classes, per_class images each
     per_class = max(1, n // k) if k else 0
-    cond = {} if not k else {"labels": torch.arange(n) // per_class % k, "num_classes": k}
+    cond = condition(k, 0, n)
     start = time.time()
     steps = sampler.steps or module.diffusion.num_timesteps
     shown = bool(cfg.trainer.enable_progress_bar)
@@ -193,7 +194,8 @@ def final_samples(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, 
         "sample_seconds": round(time.time() - start, 2),
     }
     upscale = max(1, 64 // module.image_shape[-1])
-    grid = make_grid_uint8(images[: per_class * k] if k else images, nrow=per_class or None, upscale=upscale)
+    by_class = torch.tensor([c + k * j for c in range(min(k, n)) for j in range(per_class)]) if k else None
+    grid = make_grid_uint8(images[by_class] if k else images, nrow=per_class or None, upscale=upscale)
     save_png(grid, output_dir / SAMPLES)
     if getattr(datamodule, "name", "") == "digits":
         from ddpm.services.metrics.digits_score import flat_digits_scores
