@@ -38,9 +38,9 @@ from ddpm.core.cli import hydra_app
 from ddpm.core.config import SamplerConfig
 from ddpm.core.data import model_to_uint8 as to_uint8
 from ddpm.core.diffusion import SAMPLERS, SeededNoise, final_sample
+from ddpm.core.diffusion.guidance import with_labels
 from ddpm.core.io import make_grid_uint8, save_png
 from ddpm.core.rundir import tool_dir
-from ddpm.core.diffusion.guidance import with_labels
 from ddpm.services.generate import class_labels, generate, seeds_for
 from ddpm.services.loading import load_model, model_datamodule
 from ddpm.services.runtime import device_of
