@@ -5,7 +5,10 @@
                                                                 # one run; one JSON line per score
     python bench/tune_quickstart.py --table FILE [--out MD]     # the Markdown table of all lines in FILE
 
-A run is ``python train.py OVERRIDE ...`` (the default config is the quickstart) trained in this process up to
+A run is ``python train.py OVERRIDE ...`` (the default config is the quickstart, class-conditional since
+2026-12-07: the rows of ``results/quickstart_tuning_2026-12-07`` and ``quickstart_confidence_2026-12-07`` are
+unconditional, ``model.num_classes=null`` now; a conditional model is scored with balanced labels, as
+``sample.py`` samples it) trained in this process up to
 the largest ``--eval-steps``, without grids, checkpoints, validation or final samples. Training at a fixed step
 budget is deterministic, so a short run's weights are those of a long run at the same step, and scores at
 several budgets come from one run: ``EMASnapshots`` copies the EMA weights at each of ``--eval-steps``, and
