@@ -212,6 +212,27 @@ def test_cond_guidance_scores_both_extractors_pairs_each_w_and_rescores_kept_sam
     assert [r["digits_b"]["fid"] for r in again] == [r["digits_b"]["fid"] for r in rows]
 
 
+@pytest.mark.slow  # two tiny checkpoints: over 2 s on 2 cores
+def test_quickstart_pooled_draws_a_conditional_model_with_balanced_labels(tmp_path_factory, monkeypatch):
+    """The quickstart is class-conditional: its draws get sample.py's balanced labels (before, no labels at all,
+    which samples the null token); an unconditional model's get none."""
+    from sampling_helpers import tiny_checkpoint
+
+    import ddpm.services.generate as gen
+
+    bench = load_bench("quickstart_pooled")
+    seen = []
+    real = gen.generate
+    monkeypatch.setattr(gen, "generate", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    cond = tiny_checkpoint(tmp_path_factory, extra=("model.num_classes=10",)).parents[1]
+    assert bench.draws(str(cond), 2, 100, n=13, steps=5).shape == (2, 13, 1, 8, 8)
+    assert [kw["labels"].tolist() for kw in seen] == [[i % 10 for i in range(13)]] * 2
+    assert all(kw["num_classes"] == 10 and kw["guidance_scale"] == 0.0 for kw in seen)
+    seen.clear()
+    bench.draws(str(tiny_checkpoint(tmp_path_factory).parents[1]), 1, 100, n=3, steps=5)
+    assert "labels" not in seen[0]
+
+
 @pytest.mark.slow  # over 5 s on 2 cores: the fast tier stays under 3 minutes
 def test_quickstart_pooled_pairs_per_set_and_pooled_groups_under_both_extractors(tmp_path_factory, tmp_path):
     import numpy as np
