@@ -66,18 +66,15 @@ def kid_and_class_mix(features: np.ndarray, logits: np.ndarray | None, ref_featu
     * ``fid_classmix``, ``kid_classmix``: FID and KID against the reference reweighted to the sample's class mix
       (:func:`class_weights`): within-class quality, the class proportions taken out.
     """
-    from ddpm.services.metrics.fid import frechet_distance, low_rank_factor
+    from ddpm.services.metrics.fid import fid_of_features
     from ddpm.services.metrics.kid import kid
-    from ddpm.services.metrics.refstats import stats_from_features
 
     out = {k: v for k, v in kid(features, ref_features, seed=seed).items() if k in ("kid", "kid_std")}
     if logits is None or ref_logits is None:
         return out
     hist = class_histogram(logits)
     w = class_weights(ref_logits, hist)
-    mu, sigma = stats_from_features(features)
     rmu, rsigma = weighted_stats(ref_features, w)
     mixed = kid(features, ref_features, weights_y=w, seed=seed)
     return {**out, "class_kl": class_kl(hist, class_histogram(ref_logits, hist.size)),
-            "fid_classmix": frechet_distance(mu, sigma, rmu, rsigma, factor1=low_rank_factor(features)),
-            "kid_classmix": mixed["kid"]}
+            "fid_classmix": fid_of_features(features, rmu, rsigma), "kid_classmix": mixed["kid"]}

@@ -18,7 +18,7 @@ from ddpm.core.data.digits import digits_split
 from ddpm.services.metrics.classmix import weighted_stats
 from ddpm.services.metrics.digits_classifier import DigitsExtractor
 from ddpm.services.metrics.features import extract_all, to_nchw_uint8
-from ddpm.services.metrics.fid import frechet_distance, low_rank_factor
+from ddpm.services.metrics.fid import fid_of_features
 
 
 def class_scores(samples, labels, extractor: DigitsExtractor | None = None) -> dict[str, float]:
@@ -42,12 +42,10 @@ def class_scores(samples, labels, extractor: DigitsExtractor | None = None) -> d
     for c in sorted(set(y.tolist())):
         mine = feats[y == c]
         if mine.shape[0] >= 2:
-            mu, sigma = weighted_stats(mine, np.ones(mine.shape[0]))
             ref_mu, ref_sigma = weighted_stats(ref_feats[ref_y == c], np.ones(int((ref_y == c).sum())))
-            out[f"fid_class_{c}"] = float(frechet_distance(mu, sigma, ref_mu, ref_sigma, factor1=low_rank_factor(mine)))
+            out[f"fid_class_{c}"] = fid_of_features(mine, ref_mu, ref_sigma)
     if feats.shape[0] >= 2:  # a covariance needs two images (labels=3 num_samples=1 is a fair request)
         counts = np.bincount(ref_y, minlength=10).astype(np.float64)
-        mu, sigma = weighted_stats(feats, np.ones(feats.shape[0]))
         ref_mu, ref_sigma = weighted_stats(ref_feats, 1.0 / counts[ref_y])
-        out["fid_balanced"] = float(frechet_distance(mu, sigma, ref_mu, ref_sigma, factor1=low_rank_factor(feats)))
+        out["fid_balanced"] = fid_of_features(feats, ref_mu, ref_sigma)
     return out

@@ -26,9 +26,9 @@ from ddpm.core.data.digits import digits_split
 from ddpm.services.metrics.classmix import kid_and_class_mix
 from ddpm.services.metrics.digits_classifier import DIGITS_EXTRACTOR_NAME, DigitsExtractor, DigitsExtractorB
 from ddpm.services.metrics.features import extract_all, to_nchw_uint8
-from ddpm.services.metrics.fid import frechet_distance, low_rank_factor
+from ddpm.services.metrics.fid import fid_of_features
 from ddpm.services.metrics.kid import fid_infinity
-from ddpm.services.metrics.refstats import RefStats, build_ref_stats, stats_from_features
+from ddpm.services.metrics.refstats import RefStats, build_ref_stats
 
 __all__ = ["DIGITS_SCORERS", "against_real", "digits_quality", "digits_reference_features", "digits_reference_scores",
            "digits_scores", "digits_train_ref_stats", "flat_digits_scores", "image_confidences", "scores_from_logits"]
@@ -92,8 +92,7 @@ def digits_quality(samples, *, extractor: DigitsExtractor | None = None, ref: Re
 def digits_fid(feats, ref: RefStats) -> float:
     """The FID of digits features ``[N, D]`` (from :func:`extract_all` under the extractor of ``ref``) against
     ``ref``: :func:`digits_quality`'s ``fid`` alone, for scoring many subsets of images extracted once."""
-    mu, sigma = stats_from_features(feats)
-    return float(frechet_distance(mu, sigma, ref.mu, ref.sigma, factor1=low_rank_factor(feats)))  # n < D: exact
+    return fid_of_features(feats, ref.mu, ref.sigma)
 
 
 def digits_scores(samples) -> dict[str, dict]:

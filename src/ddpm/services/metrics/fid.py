@@ -34,6 +34,7 @@ __all__ = [
     "check_ref",
     "compute_fid_is",
     "fid_is_from_stats",
+    "fid_of_features",
     "frechet_distance",
     "low_rank_factor",
     "inception_score",
@@ -103,6 +104,14 @@ def _finish(fid: float, sigma1: np.ndarray, sigma2: np.ndarray) -> float:
             warnings.warn(f"FID came out negative ({fid:.3g}); clamped to 0", stacklevel=2)
         fid = 0.0
     return fid
+
+
+def fid_of_features(features, mu_ref, sigma_ref) -> float:
+    """The FID of a set of features ``[N, D]`` against ``(mu_ref, sigma_ref)``: their ddof=1 statistics
+    (:func:`ddpm.services.metrics.refstats.stats_from_features`), and below ``D`` images the exact low-rank trace
+    term (:func:`low_rank_factor`) instead of a ``d x d`` ``sqrtm`` of a singular product."""
+    mu, sigma = stats_from_features(features)
+    return float(frechet_distance(mu, sigma, mu_ref, sigma_ref, factor1=low_rank_factor(features)))
 
 
 def low_rank_factor(features=None, sigma=None, n: int | None = None):

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ddpm.services.metrics.features import Extractor, extract_all
-from ddpm.services.metrics.fid import check_ref, frechet_distance, inception_score, low_rank_factor
-from ddpm.services.metrics.refstats import RefStats, stats_from_features
+from ddpm.services.metrics.fid import check_ref, fid_of_features, inception_score
+from ddpm.services.metrics.refstats import RefStats
 
 __all__ = ["SetFeatures", "featurise", "pooled_scores", "paired_bootstrap", "draws_interval", "verdict_interval",
            "verdict", "VERDICTS"]
@@ -51,11 +51,6 @@ def featurise(images_nchw, extractor: Extractor, *, device="cpu", batch_size: in
     feats, logits = extract_all(images_nchw, extractor, device=device, batch_size=batch_size, need_logits=True)
     return SetFeatures(np.asarray(feats, dtype=np.float64),
                        None if logits is None else np.asarray(logits, dtype=np.float64))
-
-
-def _fid(features: np.ndarray, ref: RefStats) -> float:
-    mu, sigma = stats_from_features(features)
-    return frechet_distance(mu, sigma, ref.mu, ref.sigma, factor1=low_rank_factor(features))
 
 
 def _spread(values: list[float]) -> dict:
@@ -85,7 +80,8 @@ def pooled_scores(sets: Sequence[SetFeatures], ref: RefStats, extractor_name: st
     check_ref(ref, extractor_name, sets[0].features.shape[1])
     allf = np.concatenate([s.features for s in sets])
     out: dict = {"n": int(allf.shape[0]), "num_sets": len(sets), "set_sizes": [len(s) for s in sets],
-                 "fid": _fid(allf, ref), "fid_sets": [_fid(s.features, ref) for s in sets]}
+                 "fid": fid_of_features(allf, ref.mu, ref.sigma),
+                 "fid_sets": [fid_of_features(s.features, ref.mu, ref.sigma) for s in sets]}
     out["fid_spread"] = _spread(out["fid_sets"])
     if all(s.logits is not None for s in sets):
         logits = np.concatenate([s.logits for s in sets])
@@ -141,7 +137,7 @@ def paired_bootstrap(a: Sequence[SetFeatures], b: Sequence[SetFeatures], ref: Re
     if statistic is None:
         if ref is None:
             raise ValueError("paired_bootstrap needs ref (the FID's reference statistics) or a statistic")
-        statistic = lambda s: _fid(s.features, ref)  # noqa: E731
+        statistic = lambda s: fid_of_features(s.features, ref.mu, ref.sigma)  # noqa: E731
     if len(a) != len(b) or any(len(x) != len(y) for x, y in zip(a, b)):
         raise ValueError("a paired comparison needs the same seed sets in both sources: "
                          f"sizes {[len(x) for x in a]} against {[len(y) for y in b]}")
