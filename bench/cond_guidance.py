@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     from ddpm.services.metrics.pooled import featurise, paired_bootstrap, verdict, verdict_interval
 
     runs = {}
-    for name, given, extra in (("uncond", args.uncond, ARMS["uncond"]), ("cond", args.cond, ARMS["cond"])):
+    for name, extra in ARMS.items():
+        given = getattr(args, name)  # --uncond / --cond: a finished run
         run = given or args.work / name
         runs[name] = {"run": run, "metrics": json.loads((run / "metrics.json").read_text()) if given
                       else train(run, extra)}
@@ -147,7 +148,8 @@ def report(args, runs, rows) -> str:
         "| run | command | fit_seconds | process seconds | digits/fid (final) | digits_b/fid (final) |",
         "|---|---|---|---|---|---|",
     ]
-    for name, cmd in ((name, " ".join(["python train.py", *extra])) for name, extra in ARMS.items()):
+    for name, extra in ARMS.items():
+        cmd = " ".join(["python train.py", *extra])
         lines.append(f"| {name} | `{cmd}` | {m[name].get('fit_seconds')} | {m[name].get('process_seconds', '-')} | "
                      f"{m[name].get('digits/fid')} | {m[name].get('digits_b/fid', '-')} |")
     lines += ["", f"{args.sets} seed sets of {args.n} (seed k = set k; the unconditional model on the same seeds), "
